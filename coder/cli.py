@@ -1,0 +1,247 @@
+"""``coder`` command line. Heavy modules are imported inside commands so that
+``coder --help`` and ``coder --version`` stay fast.
+
+Exit codes (one table, also in the README):
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import click
+import traceback
+import typer
+from typer.core import TyperGroup
+from rich.console import Console
+
+from . import __version__
+from .errors import (ArtifactError, BackendError, CoderError, ConfigError, ExportError, InputError,
+                     WeightsError)
+
+# The one place errors become exit codes. Order matters: subclasses first.
+EXIT_OK = 0
+EXIT_CODES: list[tuple[type[CoderError], int, str]] = [
+    (InputError, 1, "some inputs could not be read (the others were processed)"),
+    (ConfigError, 2, "bad option value or usage"),
+    (ArtifactError, 3, "artifact missing, corrupt, of another format version, or a checksum mismatch"),
+    (ExportError, 4, "ONNX export failed or a validation gate did not pass"),
+    (WeightsError, 5, "pretrained weights unavailable (offline, bad tag, unreadable checkpoint)"),
+    (BackendError, 6, "requested backend not available or fell back"),
+    (CoderError, 9, "other coder error"),
+]
+EXIT_INTERNAL = 70  # a bug: the traceback is printed
+
+__doc__ += "\n".join(f"    {code}  {what}" for _, code, what in EXIT_CODES) + f"\n    {EXIT_INTERNAL} internal error\n"
+
+class _CoderGroup(TyperGroup):
+    """Runs every command; the single place a CoderError becomes one line + exit code."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except CoderError as e:
+            err.print(f"[red]error[/red]: {e}", highlight=False, soft_wrap=True)
+            raise typer.Exit(exit_code_for(e)) from None
+        except KeyboardInterrupt:
+            err.print("[red]interrupted[/red]: finished files are kept; re-run to resume")
+            raise typer.Exit(130) from None
+        except (typer.Exit, click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except Exception:
+            traceback.print_exc()
+            err.print(f"[red]internal error[/red] (exit {EXIT_INTERNAL}): please report the traceback above")
+            raise typer.Exit(EXIT_INTERNAL) from None
+
+
+app = typer.Typer(cls=_CoderGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="CODER CLIP classification: export, embed, classify on CPU/GPU.")
+out = Console()
+err = Console(stderr=True)
+
+
+def exit_code_for(exc: CoderError) -> int:
+    return next(code for cls, code, _ in EXIT_CODES if isinstance(exc, cls))
+
+
+def _version(value: bool) -> None:
+    if value:
+        print(f"coder {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="Print the version and exit.")) -> None:
+    """CODER CLIP classification: export, embed, classify on CPU/GPU."""
+
+
+def _progress():
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err, transient=False)
+
+
+def _print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+@app.command()
+def export(
+    backbone: str = typer.Option("ViT-B-32", "--backbone", "-b", help="open_clip architecture, e.g. ViT-B/16."),
+    pretrained: str = typer.Option("openai", help="open_clip tag, checkpoint path, or 'none' (random init)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Default ./coder-artifacts/<arch>__<tag>."),
+    precision: str = typer.Option("fp32", help="fp32 | fp16 | both."),
+    opset: int = typer.Option(17, help="ONNX opset (>= 17 for LayerNormalization)."),
+    max_batch: int = typer.Option(64, help="Largest batch the runtime sends in one call."),
+    seed: int = typer.Option(0, help="Seed for --pretrained none."),
+    model_config: Optional[Path] = typer.Option(None, help="Extra open_clip model config .json (custom arch)."),
+    no_validate: bool = typer.Option(False, "--no-validate", help="Skip the torch parity gates (not advised)."),
+    force: bool = typer.Option(False, help="Replace an existing artifact."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+) -> None:
+    """Export an open_clip model to validated ONNX encoders + manifest."""
+    from .export.pipeline import ExportOptions, default_out_dir, export_artifacts
+    from .export.registry import normalize_backbone, parse_pretrained, register_model_config
+
+    precisions = {"fp32": ("fp32",), "fp16": ("fp32", "fp16"), "both": ("fp32", "fp16")}.get(precision)
+    if precisions is None:
+        raise ConfigError(f"--precision {precision!r}: choose fp32, fp16 or both")
+    if opset < 17:
+        raise ConfigError(f"--opset {opset}: needs >= 17 (LayerNormalization; decomposed LN overflows in fp16)")
+    if model_config is not None:
+        register_model_config(model_config)
+    arch = normalize_backbone(backbone)
+    spec = parse_pretrained(pretrained, arch, seed)
+    opts = ExportOptions(arch, spec, out_dir or default_out_dir(arch, spec), precisions, opset, max_batch,
+                         force, not no_validate)
+    steps = 3 + 2 * len(precisions) * (2 if opts.validate else 1)
+    with _progress() as bar:
+        task = bar.add_task(f"export {arch}", total=steps)
+
+        def report(step: str) -> None:
+            bar.update(task, description=step, advance=0 if step == "done" else 1)
+
+        result = export_artifacts(opts, report)
+        bar.update(task, completed=steps)
+    if as_json:
+        _print_json(result.manifest)
+        return
+    _print_export_summary(result)
+
+
+def _print_export_summary(result) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"exported {result.manifest['architecture']} -> {result.out_dir}")
+    for col in ("file", "MB", "validation"):
+        t.add_column(col)
+    for name, entry in result.manifest["files"].items():
+        v = result.manifest["validation"].get(name)
+        t.add_row(name, f"{entry['bytes'] / 1e6:.1f}", _validation_text(v) + (" (resumed)" if name in result.resumed_files else ""))
+    out.print(t)
+
+
+def _validation_text(v) -> str:
+    if not v:
+        return "-"
+    if "max_abs_diff" in v:
+        return f"max|diff| {v['max_abs_diff']:.2e} (gate {v['gate']:.0e})"
+    return f"min cos {v['min_cosine']:.7f}, same top-1 {v['same_top1']}"
+
+
+@app.command()
+def embed(
+    images: List[Path] = typer.Argument(..., help="Image files, embedded in the order given."),
+    artifacts: Path = typer.Option(..., "--artifacts", "-a", help="Artifact directory from `coder export`."),
+    precision: str = typer.Option("fp32", help="fp32 | fp16 (must have been exported)."),
+    backend: str = typer.Option("cpu", help="cpu | cuda | tensorrt (ONNX Runtime providers)."),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="Save embeddings as .npy (rows of files that loaded)."),
+    batch_size: int = typer.Option(16, help="Images per encoder call."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON with every embedding."),
+) -> None:
+    """L2-normalised image embeddings computed with ONNX Runtime."""
+    from .runtime.encoder import ImageEncoder, embed_files
+
+    if precision not in ("fp32", "fp16"):
+        raise ConfigError(f"--precision {precision!r}: choose fp32 or fp16")
+    enc = ImageEncoder.load(artifacts, precision, backend)
+    with _progress() as bar:
+        task = bar.add_task("embedding", total=len(images))
+        res = embed_files(enc, [str(p) for p in images], batch_size, lambda n: bar.advance(task, n))
+    for path, why in res.failures:
+        err.print(f"[red]error[/red]: {why}", highlight=False, soft_wrap=True)
+    if out_file is not None:
+        _save_npy(out_file, res.embeddings)
+    if as_json:
+        _print_json({"backend": res.backend, "precision": res.precision, "dim": int(res.embeddings.shape[1]),
+                     "items": [{"file": f, "embedding": [round(float(v), 7) for v in row]}
+                               for f, row in zip(res.paths, res.embeddings)],
+                     "failures": [{"file": f, "error": why} for f, why in res.failures]})
+    else:
+        _print_embed_table(res, out_file)
+    if res.failures:
+        raise typer.Exit(exit_code_for(InputError()))
+
+
+def _save_npy(path: Path, arr) -> None:
+    import numpy as np
+
+    from .fsutil import atomic_path
+
+    if path.suffix != ".npy":
+        raise ConfigError(f"--out {path}: must end in .npy")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
+
+
+def _print_embed_table(res, out_file) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{len(res.paths)} embeddings, dim {res.embeddings.shape[1]}, backend {res.backend} "
+                    f"({res.precision})" + (f" -> {out_file}" if out_file else ""))
+    for col in ("file", "norm", "first values"):
+        t.add_column(col)
+    for f, row in zip(res.paths, res.embeddings):
+        t.add_row(f, f"{float((row ** 2).sum() ** 0.5):.4f}", " ".join(f"{v:+.4f}" for v in row[:4]) + " …")
+    out.print(t)
+
+
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Versions, which backends actually load here, GPU and TensorRT presence."""
+    from .doctor import collect
+
+    report = collect()
+    if as_json:
+        _print_json(report)
+        return
+    from rich.table import Table
+
+    t = Table(title="coder doctor")
+    t.add_column("item")
+    t.add_column("status")
+    from rich.markup import escape
+
+    rows = [*report["versions"].items(), *((f"backend {k}", v) for k, v in report["backends"].items()),
+            ("gpu", report["gpu"]), ("tensorrt", report["tensorrt"])]
+    for k, v in rows:
+        t.add_row(k, escape(v))
+    out.print(t)
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Console entry point; exit codes come from :class:`_CoderGroup`."""
+    try:
+        app(args=argv, prog_name="coder")
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""Typed errors. Each user-facing failure is one of these; ``coder.cli`` maps
+them to exit codes in one table (see README "Exit codes").
+
+Messages are one line and name the fix where there is one.
+"""
+
+from __future__ import annotations
+
+
+class CoderError(Exception):
+    """Base of every expected failure (never shown with a traceback)."""
+
+
+class ConfigError(CoderError):
+    """A bad option value: unknown backbone or tag, impossible batch size, ..."""
+
+
+class ArtifactError(CoderError):
+    """An artifact directory or file is missing, corrupt, or of another format version."""
+
+
+class ChecksumError(ArtifactError):
+    """A file's sha256 differs from the one its manifest recorded."""
+
+
+class ExportError(CoderError):
+    """Exporting a model to ONNX failed, or a validation gate did not pass."""
+
+
+class WeightsError(CoderError):
+    """Pretrained weights could not be obtained (offline, bad tag, unreadable checkpoint)."""
+
+
+class InputError(CoderError):
+    """An input (image file, array) could not be read or has the wrong shape/dtype."""
+
+
+class BackendError(CoderError):
+    """A requested execution backend is not available or fell back to another one."""

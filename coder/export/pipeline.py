@@ -1,0 +1,211 @@
+"""``coder export``: one function per stage, resumable, atomic.
+
+Stages: prepare the directory -> load the model -> write each ONNX file and
+validate it -> write ``manifest.json`` last. Progress of finished files lives
+in ``.coder-export.json`` so an interrupted export resumes where it stopped
+(a file counts as done only once written under its final name AND validated).
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .. import __version__
+from ..errors import ArtifactError, ConfigError
+from ..fsutil import atomic_write_json, read_json, remove_stale_temps, sha256_file
+from ..manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, PreprocessConfig, encoder_filename, file_entry,
+                        write_manifest)
+from . import onnx_export, validate
+from .registry import PretrainedSpec
+
+STATE_NAME = ".coder-export.json"
+STATE_FORMAT = "coder.export-state"
+Reporter = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    """Everything that decides the bytes of an export.
+
+    Example: ``ExportOptions("ViT-B-32", PretrainedSpec("random", "none"), Path("out"), ("fp32", "fp16"))``.
+    """
+
+    architecture: str
+    pretrained: PretrainedSpec
+    out_dir: Path
+    precisions: tuple[str, ...] = ("fp32",)
+    opset: int = 17
+    max_batch: int = 64
+    force: bool = False
+    validate: bool = True
+
+    def state_key(self) -> dict[str, Any]:
+        return {"architecture": self.architecture, "pretrained": [self.pretrained.kind, self.pretrained.value,
+                self.pretrained.seed], "opset": self.opset, "coder": __version__}
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    out_dir: Path
+    manifest: dict[str, Any]
+    resumed_files: tuple[str, ...] = field(default_factory=tuple)
+
+
+def default_out_dir(architecture: str, spec: PretrainedSpec, base: Path = Path("coder-artifacts")) -> Path:
+    return base / f"{architecture}__{spec.slug}"
+
+
+def prepare_dir(opts: ExportOptions) -> dict[str, Any]:
+    """Check the target directory and return the resume state (empty when starting fresh)."""
+    out = opts.out_dir
+    if out.exists() and not out.is_dir():
+        raise ArtifactError(f"{out} exists and is not a directory")
+    out.mkdir(parents=True, exist_ok=True)
+    manifest, state_path = out / MANIFEST_NAME, out / STATE_NAME
+    is_artifact = manifest.is_file() and _is_coder_file(manifest, FORMAT)
+    is_partial = state_path.is_file() and _is_coder_file(state_path, STATE_FORMAT)
+    if not is_artifact and not is_partial and any(p for p in out.iterdir() if not p.name.startswith(".tmp-")):
+        raise ArtifactError(f"{out} is not empty and is not a coder artifact; choose another --out")
+    if is_artifact and not opts.force:
+        raise ArtifactError(f"{out} already holds an exported artifact; pass --force to replace it")
+    if is_artifact:
+        manifest.unlink()
+    remove_stale_temps(out)
+    state = read_json(state_path) if is_partial else {}
+    if opts.force or state.get("key") != opts.state_key():
+        state = {"format": STATE_FORMAT, "format_version": 1, "key": opts.state_key(), "files": {}}
+    return state
+
+
+def _is_coder_file(path: Path, fmt: str) -> bool:
+    try:
+        return read_json(path).get("format") == fmt
+    except (ValueError, OSError, AttributeError):
+        return False
+
+
+def _done(state: dict[str, Any], out: Path, name: str) -> bool:
+    entry = state["files"].get(name)
+    return bool(entry) and (out / name).is_file() and sha256_file(out / name) == entry["sha256"]
+
+
+def _record(state: dict[str, Any], out: Path, name: str, validation: dict[str, Any] | None) -> None:
+    state["files"][name] = {**file_entry(out / name), "validation": validation}
+    atomic_write_json(out / STATE_NAME, state)
+
+
+def write_encoders(opts: ExportOptions, model, state: dict[str, Any], info: dict[str, Any],
+                   ref: dict[str, Any] | None, report: Reporter) -> list[str]:
+    """Export + validate every encoder file not already done; returns the names resumed."""
+    out, resumed = opts.out_dir, []
+    for tower in ("image", "text"):
+        for precision in opts.precisions:
+            name = encoder_filename(tower, precision)
+            if _done(state, out, name):
+                resumed.append(name)
+                continue
+            report(f"exporting {name}")
+            _write_one(opts, model, tower, precision, info)
+            result = None
+            if ref is not None:
+                report(f"validating {name}")
+                result = _validate_one(out / name, tower, precision, ref, info)
+                validate.require(name, result)
+            _record(state, out, name, result)
+    return resumed
+
+
+def _write_one(opts: ExportOptions, model, tower: str, precision: str, info: dict[str, Any]) -> None:
+    path = opts.out_dir / encoder_filename(tower, precision)
+    if precision == "fp16":
+        onnx_export.convert_fp16(opts.out_dir / encoder_filename(tower, "fp32"), path)
+    elif tower == "image":
+        onnx_export.export_image_encoder(model, path, tuple(info["preprocess"]["size"]), opts.opset)
+    else:
+        onnx_export.export_text_encoder(model, path, info["text"]["context_length"], opts.opset,
+                                        info["text"]["dynamic_seq"])
+
+
+def _validate_one(path: Path, tower: str, precision: str, ref: dict[str, Any], info: dict[str, Any]):
+    if tower == "image":
+        return validate.check_image(path, precision, ref)
+    return validate.check_text(path, precision, ref, info["text"]["dynamic_seq"])
+
+
+def model_info(model, tokenizer_record: dict[str, Any]) -> dict[str, Any]:
+    """The manifest fields that describe the model itself (from the model, not constants)."""
+    from .towers import supports_dynamic_text
+
+    cfg = dict(model.visual.preprocess_cfg)
+    pre = PreprocessConfig.from_dict(cfg).to_dict()
+    return {
+        "embed_dim": int(model.text_projection.shape[1] if hasattr(model.text_projection, "shape")
+                         else model.text_projection.out_features),
+        "preprocess": pre,
+        "text": {"context_length": int(model.context_length), "vocab_size": int(model.vocab_size),
+                 "pool": getattr(model, "text_pool_type", "argmax"), "dynamic_seq": supports_dynamic_text(model),
+                 "tokenizer": tokenizer_record},
+    }
+
+
+def versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import open_clip
+    import torch
+
+    return {"coder": __version__, "open_clip": open_clip.__version__, "torch": torch.__version__,
+            "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__}
+
+
+def build_manifest(opts: ExportOptions, pretrained: dict[str, Any], info: dict[str, Any],
+                   state: dict[str, Any]) -> dict[str, Any]:
+    out = opts.out_dir
+    files = {name: {k: v for k, v in e.items() if k != "validation"} for name, e in state["files"].items()}
+    vocab = info["text"]["tokenizer"]["file"]
+    files[vocab] = file_entry(out / vocab)
+    info["text"]["tokenizer"]["sha256"] = files[vocab]["sha256"]
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "architecture": opts.architecture,
+        "pretrained": pretrained,
+        "versions": versions(),
+        "exporter": {"tool": "torch.onnx.export", "dynamo": False, "opset": opts.opset,
+                     "export_batch": onnx_export.EXPORT_BATCH, "max_batch": opts.max_batch},
+        **info,
+        "precisions": list(opts.precisions),
+        "io": {"image": [onnx_export.IMAGE_INPUT, onnx_export.IMAGE_OUTPUT],
+               "text": [onnx_export.TEXT_INPUT, onnx_export.TEXT_OUTPUT]},
+        "files": files,
+        "validation": {name: e["validation"] for name, e in state["files"].items()},
+    }
+
+
+def export_artifacts(opts: ExportOptions, report: Reporter = lambda s: None) -> ExportResult:
+    """Run every stage; returns the written manifest. Raises CoderError subclasses only."""
+    from .tokenizer_info import copy_vocabulary, tokenizer_for
+    from .weights import load_model
+
+    if opts.max_batch < 3:
+        raise ConfigError(f"--max-batch {opts.max_batch}: must be at least 3 (validation runs batch 3)")
+    state = prepare_dir(opts)
+    report(f"loading {opts.architecture} ({opts.pretrained.kind}: {opts.pretrained.value})")
+    model, pretrained = load_model(opts.architecture, opts.pretrained)
+    tokenizer = tokenizer_for(opts.architecture, int(model.context_length))
+    info = model_info(model, copy_vocabulary(tokenizer, opts.out_dir))
+    ref = None
+    if opts.validate:
+        report("computing torch reference embeddings")
+        ref = validate.reference_inputs(model, tokenizer, PreprocessConfig.from_dict(info["preprocess"]))
+    resumed = write_encoders(opts, model, state, info, ref, report)
+    manifest = build_manifest(opts, pretrained, info, state)
+    write_manifest(opts.out_dir, manifest)
+    (opts.out_dir / STATE_NAME).unlink(missing_ok=True)
+    report("done")
+    return ExportResult(opts.out_dir, manifest, tuple(resumed))
+

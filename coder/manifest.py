@@ -1,0 +1,202 @@
+"""The artifact manifest: ``<artifact dir>/manifest.json``.
+
+One directory holds everything the runtime needs for one backbone + weights:
+
+    coder-artifacts/ViT-B-32__openai/
+        manifest.json                 this file's subject
+        image_encoder.fp32.onnx       (B,3,H,W) float32 -> (B,D) float32, raw (not normalised)
+        image_encoder.fp16.onnx       same I/O types, fp16 inside, LayerNorm/Softmax in fp32
+        text_encoder.fp32.onnx        (B,L) int32 token ids -> (B,D) float32, L <= context length
+        text_encoder.fp16.onnx
+        bpe_simple_vocab_16e6.txt.gz  tokenizer vocabulary (CLIP BPE)
+
+The manifest is versioned (``format`` / ``format_version``) and records the
+sha256 of every file; :func:`load_artifact` checks both before anything is used.
+Loading is torch-free.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import ArtifactError, ChecksumError
+from .fsutil import atomic_write_json, read_json, sha256_file
+
+FORMAT = "coder.artifact"
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+_VERIFY_CACHE = ".coder-verified.json"
+
+TOWERS = ("image", "text")
+PRECISIONS = ("fp32", "fp16")
+
+
+def encoder_filename(tower: str, precision: str) -> str:
+    """``encoder_filename("image", "fp16") == "image_encoder.fp16.onnx"``."""
+    return f"{tower}_encoder.{precision}.onnx"
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """The model's own inference transform, as open_clip defines it.
+
+    Example: ``PreprocessConfig(size=(224, 224), resize_mode="shortest",
+    interpolation="bicubic", mean=(0.481, 0.458, 0.408), std=(0.269, 0.261, 0.276))``.
+    """
+
+    size: tuple[int, int]  # (height, width)
+    resize_mode: str  # "shortest" | "longest" | "squash"
+    interpolation: str  # "bicubic" | "bilinear"
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    fill_color: int = 0
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "PreprocessConfig":
+        size = d["size"]
+        size = (int(size), int(size)) if isinstance(size, (int, float)) else (int(size[0]), int(size[1]))
+        return cls(
+            size=size,
+            resize_mode=str(d.get("resize_mode") or "shortest"),
+            interpolation=str(d.get("interpolation") or "bicubic"),
+            mean=tuple(float(x) for x in d["mean"]),
+            std=tuple(float(x) for x in d["std"]),
+            fill_color=int(d.get("fill_color", 0)),
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "size": list(self.size),
+            "resize_mode": self.resize_mode,
+            "interpolation": self.interpolation,
+            "mean": list(self.mean),
+            "std": list(self.std),
+            "fill_color": self.fill_color,
+        }
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """A loaded, format-checked artifact directory. Files are hash-checked on first use."""
+
+    root: Path
+    manifest: dict[str, Any]
+
+    @property
+    def architecture(self) -> str:
+        return self.manifest["architecture"]
+
+    @property
+    def embed_dim(self) -> int:
+        return int(self.manifest["embed_dim"])
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        return PreprocessConfig.from_dict(self.manifest["preprocess"])
+
+    @property
+    def precisions(self) -> tuple[str, ...]:
+        return tuple(self.manifest["precisions"])
+
+    def file(self, name: str) -> Path:
+        """Path of a manifest-listed file after checking its sha256 (cached by stat)."""
+        entry = self.manifest["files"].get(name)
+        if entry is None:
+            raise ArtifactError(f"{self.root}: manifest lists no file {name!r}")
+        path = self.root / name
+        _verify_file(self.root, name, entry["sha256"])
+        return path
+
+    def encoder(self, tower: str, precision: str) -> Path:
+        if precision not in self.precisions:
+            raise ArtifactError(
+                f"{self.root} has no {precision} encoders (exported: {', '.join(self.precisions)}); "
+                f"re-export with --precision {precision if precision != 'fp32' else 'both'}"
+            )
+        return self.file(encoder_filename(tower, precision))
+
+
+def load_artifact(root: str | os.PathLike) -> Artifact:
+    """Read and check ``root/manifest.json`` (format, version, listed files present).
+
+    >>> art = load_artifact("coder-artifacts/ViT-B-32__none")   # doctest: +SKIP
+    >>> art.encoder("image", "fp32")                            # sha256 checked here
+    """
+    root = Path(root)
+    path = root / MANIFEST_NAME
+    if not path.is_file():
+        raise ArtifactError(f"{root}: no {MANIFEST_NAME}; run `coder export` to create an artifact there")
+    try:
+        manifest = read_json(path)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise ArtifactError(f"{e}; re-run `coder export --force`") from None
+    check_manifest(manifest, root)
+    return Artifact(root=root, manifest=manifest)
+
+
+def check_manifest(manifest: Any, root: Path) -> None:
+    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
+        raise ArtifactError(f"{root}/{MANIFEST_NAME}: not a coder artifact manifest")
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ArtifactError(
+            f"{root}: artifact format_version {version!r}, this coder reads {FORMAT_VERSION}; "
+            "re-export it with this version (`coder export --force`)"
+        )
+    for key in ("architecture", "embed_dim", "preprocess", "files", "precisions", "text"):
+        if key not in manifest:
+            raise ArtifactError(f"{root}/{MANIFEST_NAME}: missing field {key!r}; re-run `coder export --force`")
+    for name, entry in manifest["files"].items():
+        p = root / name
+        if not p.is_file():
+            raise ArtifactError(f"{root}: file {name} listed in the manifest is missing; re-run `coder export`")
+        if p.stat().st_size != entry.get("bytes"):
+            raise ChecksumError(
+                f"{p}: size {p.stat().st_size} != manifest {entry.get('bytes')}; the file changed, "
+                "re-run `coder export --force`"
+            )
+
+
+def write_manifest(root: Path, manifest: dict[str, Any]) -> None:
+    atomic_write_json(root / MANIFEST_NAME, manifest)
+
+
+def file_entry(path: Path) -> dict[str, Any]:
+    return {"sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def _stat_key(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _verify_file(root: Path, name: str, expected: str) -> None:
+    """Check ``root/name`` against ``expected``; remember a match by (size, mtime, inode).
+
+    Hashing a 350 MB encoder costs ~0.5 s, so a verified file is not hashed
+    again until its stat changes. The cache is advisory: an unwritable
+    artifact directory (read-only partition) just means hashing every time.
+    """
+    path = root / name
+    cache_path = root / _VERIFY_CACHE
+    try:
+        cache = read_json(cache_path) if cache_path.is_file() else {}
+    except (ValueError, OSError):
+        cache = {}
+    key = [expected, *_stat_key(path)]
+    if cache.get(name) == key:
+        return
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ChecksumError(
+            f"{path}: sha256 {actual[:12]}… does not match the manifest ({expected[:12]}…); "
+            "the file is corrupt or was replaced, re-run `coder export --force`"
+        )
+    cache[name] = key
+    try:
+        atomic_write_json(cache_path, cache)
+    except OSError:
+        pass

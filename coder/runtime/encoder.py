@@ -1,0 +1,98 @@
+"""Image encoder stage: images -> L2-normalised embeddings, via an ONNX backend.
+
+>>> enc = ImageEncoder.load("coder-artifacts/ViT-B-32__none")      # doctest: +SKIP
+>>> enc.encode([Image.open("cat.jpg")]).shape                      # (1, 512) float32, unit rows
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+from ..engines.ort import load_ort
+from ..errors import InputError
+from ..manifest import Artifact, PreprocessConfig, load_artifact
+from .images import to_pil
+from .preprocess import preprocess_batch
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Row-wise L2 normalisation in float32 (a zero row stays zero)."""
+    norm = np.linalg.norm(x, axis=-1, keepdims=True)
+    return (x / np.maximum(norm, np.float32(1e-12))).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ImageEncoder:
+    """An artifact's image tower on one backend. ``backend`` names what actually runs."""
+
+    artifact: Artifact
+    engine: object
+    precision: str
+    max_batch: int
+
+    @property
+    def backend(self) -> str:
+        return self.engine.backend
+
+    @property
+    def preprocess_config(self) -> PreprocessConfig:
+        return self.artifact.preprocess
+
+    @classmethod
+    def load(cls, artifact_dir: str | os.PathLike, precision: str = "fp32", backend: str = "cpu",
+             allow_fallback: bool = False, threads: int | None = None) -> "ImageEncoder":
+        art = load_artifact(artifact_dir)
+        engine = load_ort(art.encoder("image", precision), backend, precision, allow_fallback, threads)
+        return cls(art, engine, precision, int(art.manifest["exporter"]["max_batch"]))
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """(B,3,H,W) float32 -> (B,D) float32 unit rows, in chunks of at most ``max_batch``."""
+        expected = (3, *self.preprocess_config.size)
+        if pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected or pixels.dtype != np.float32:
+            raise InputError(f"pixels must be (B,{expected[0]},{expected[1]},{expected[2]}) float32, "
+                             f"got {pixels.shape} {pixels.dtype}")
+        chunks = [self.engine.run(pixels[i:i + self.max_batch]) for i in range(0, len(pixels), self.max_batch)]
+        return l2_normalize(np.concatenate(chunks) if chunks else np.zeros((0, self.artifact.embed_dim), np.float32))
+
+    def encode(self, images: Sequence[Image.Image | np.ndarray | str | os.PathLike], bgr: bool = False) -> np.ndarray:
+        """Images (PIL, uint8 arrays or paths) -> (B, D) float32 unit rows."""
+        pils = [to_pil(im, bgr) for im in images]
+        return self.encode_pixels(preprocess_batch(pils, self.preprocess_config))
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    """Embeddings of the files that could be read, in input order, and one error line per failure."""
+
+    embeddings: np.ndarray  # (N_ok, D) float32
+    paths: tuple[str, ...]  # the N_ok files embedded
+    failures: tuple[tuple[str, str], ...]  # (file, one-line reason)
+    backend: str
+    precision: str
+
+
+def embed_files(encoder: ImageEncoder, paths: Sequence[str | Path], batch_size: int = 16,
+                on_batch=lambda n: None) -> EmbedResult:
+    """Embed files in batches; a bad file is recorded and skipped, never fatal."""
+    ok: list[str] = []
+    rows: list[np.ndarray] = []
+    failures: list[tuple[str, str]] = []
+    for start in range(0, len(paths), batch_size):
+        pils = []
+        for p in paths[start:start + batch_size]:
+            try:
+                pils.append(to_pil(p))
+                ok.append(str(p))
+            except InputError as e:
+                failures.append((str(p), str(e)))
+        if pils:
+            rows.append(encoder.encode(pils))
+        on_batch(len(paths[start:start + batch_size]))
+    emb = np.concatenate(rows) if rows else np.zeros((0, encoder.artifact.embed_dim), np.float32)
+    return EmbedResult(emb, tuple(ok), tuple(failures), encoder.backend, encoder.precision)

@@ -1,0 +1,80 @@
+"""Turning user inputs into PIL images, with one clear error per bad input.
+
+Accepted: a path (str/Path), a PIL image, or a numpy ``(H, W, 3)`` / ``(H, W)``
+uint8 array (RGB by default; ``bgr=True`` for OpenCV/ROS frames).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from ..errors import InputError
+
+# Pillow's own default (~89 Mpx); above it an image is treated as a decompression bomb.
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+
+def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Open and fully decode an image file, or raise :class:`InputError` naming it.
+
+    Zero-byte, truncated, non-image files and images over ``max_pixels``
+    (decompression bombs) are all rejected before any large allocation.
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise InputError(f"{path}: empty file (0 bytes)")
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(path) as img:
+                w, h = img.size
+                if w * h > max_pixels:
+                    raise InputError(f"{path}: {w}x{h} pixels exceeds the {max_pixels} limit (decompression bomb?)")
+                img.load()
+                return img.copy()
+    except InputError:
+        raise
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory") from None
+    except UnidentifiedImageError:
+        raise InputError(f"{path}: not an image (unrecognised format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+        raise InputError(f"{path}: decompression bomb rejected ({e})") from None
+    except (OSError, SyntaxError, ValueError) as e:
+        raise InputError(f"{path}: cannot decode image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+
+
+def array_to_pil(arr: np.ndarray, bgr: bool = False) -> Image.Image:
+    """``(H, W, 3)`` or ``(H, W)`` uint8 array -> PIL image (BGR channels swapped when ``bgr``)."""
+    if not isinstance(arr, np.ndarray):
+        raise InputError(f"expected a numpy array, got {type(arr).__name__}")
+    if arr.dtype != np.uint8:
+        raise InputError(f"image array must be uint8, got {arr.dtype} (scale floats to 0..255 and cast)")
+    if arr.ndim == 2:
+        return Image.fromarray(arr, mode="L")
+    if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
+        raise InputError(f"image array must be (H, W, 3) or (H, W) uint8, got shape {arr.shape}")
+    if arr.shape[2] == 4:
+        arr = arr[..., :3]
+    if bgr:
+        arr = arr[..., ::-1]
+    return Image.fromarray(np.ascontiguousarray(arr), mode="RGB")
+
+
+def to_pil(item: Any, bgr: bool = False, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Any accepted input -> PIL image (see module docstring)."""
+    if isinstance(item, Image.Image):
+        return item
+    if isinstance(item, (str, os.PathLike)):
+        return load_image(item, max_pixels)
+    if isinstance(item, np.ndarray):
+        return array_to_pil(item, bgr)
+    raise InputError(f"unsupported image input of type {type(item).__name__}; pass a path, PIL image or uint8 array")
