@@ -1,0 +1,110 @@
+"""Image-encoder latency: ONNX Runtime vs torch eager, same weights, same run.
+
+    python benchmarks/bench_encoder.py --artifacts coder-artifacts/ViT-B-32__none [--json]
+
+Reports medians at batch 1 and 8, the ORT/torch speed ratio, and the encoder's
+achieved GFLOPS as a percentage of this machine's fp32 matmul peak measured
+in the same run (a large numpy matmul). Needs the [export] extra (torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import numpy as np
+
+
+def median_ms(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """Best-of fp32 GEMM throughput of numpy's BLAS on this machine."""
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).random((n, n), dtype=np.float32)
+    a @ b
+    best = min(_timed(lambda: a @ b) for _ in range(repeats))
+    return 2 * n**3 / best / 1e9
+
+
+def _timed(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def encoder_flops(model, size) -> int:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    # Grad mode on purpose: under no_grad nn.MultiheadAttention takes a fused kernel the counter cannot see.
+    with FlopCounterMode(display=False) as counter:
+        model.visual(torch.zeros(1, 3, *size))
+    return int(counter.get_total_flops())
+
+
+def torch_model(manifest):
+    import open_clip
+    import torch
+
+    if manifest["pretrained"]["kind"] != "random":
+        raise SystemExit("this benchmark rebuilds the torch model from a random-init artifact (--pretrained none)")
+    torch.manual_seed(manifest["pretrained"]["seed"])
+    return open_clip.create_model(manifest["architecture"], pretrained=None).eval()
+
+
+def run(artifacts: str, repeats: int) -> dict:
+    import torch
+
+    from coder.runtime.encoder import ImageEncoder
+
+    enc = ImageEncoder.load(artifacts)
+    manifest = enc.artifact.manifest
+    model = torch_model(manifest)
+    size = tuple(manifest["preprocess"]["size"])
+    flops = encoder_flops(model, size)
+    peak = matmul_peak_gflops()
+    rows = []
+    for batch in (1, 8):
+        x = np.random.default_rng(batch).standard_normal((batch, 3, *size)).astype(np.float32)
+        xt = torch.from_numpy(x)
+        with torch.no_grad():
+            t_torch = median_ms(lambda: model.visual(xt), repeats)
+        t_ort = median_ms(lambda: enc.engine.run(x), repeats)
+        gflops = flops * batch / (t_ort / 1e3) / 1e9
+        rows.append({"batch": batch, "ort_ms": t_ort, "torch_ms": t_torch, "speedup_vs_torch": t_torch / t_ort,
+                     "ort_gflops": gflops, "pct_of_matmul_peak": 100 * gflops / peak})
+    return {"architecture": manifest["architecture"], "backend": enc.backend, "torch_threads": torch.get_num_threads(),
+            "encoder_gflop_per_image": flops / 1e9, "matmul_peak_gflops": peak, "rows": rows}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--artifacts", required=True)
+    ap.add_argument("--repeats", type=int, default=10)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    res = run(args.artifacts, args.repeats)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return
+    print(f"{res['architecture']}  {res['encoder_gflop_per_image']:.2f} GFLOP/image  "
+          f"matmul peak {res['matmul_peak_gflops']:.1f} GFLOPS  backend {res['backend']}")
+    print(f"{'batch':>5} {'ORT ms':>9} {'torch ms':>9} {'ORT/torch':>10} {'GFLOPS':>8} {'% peak':>7}")
+    for r in res["rows"]:
+        print(f"{r['batch']:>5} {r['ort_ms']:>9.1f} {r['torch_ms']:>9.1f} {r['speedup_vs_torch']:>9.2f}x "
+              f"{r['ort_gflops']:>8.1f} {r['pct_of_matmul_peak']:>6.1f}%")
+
+
+if __name__ == "__main__":
+    main()

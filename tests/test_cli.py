@@ -1,0 +1,94 @@
+"""CLI through Typer's runner and as a real subprocess: output, --json, exit codes."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from coder import __version__
+from coder.cli import EXIT_CODES, app
+from coder.errors import ArtifactError, ConfigError, InputError
+
+runner = CliRunner()
+CODE = {cls: code for cls, code, _ in EXIT_CODES}
+
+
+def _run(*args):
+    return subprocess.run([sys.executable, "-m", "coder", *map(str, args)], capture_output=True, text=True,
+                          env={**__import__("os").environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"})
+
+
+def test_version():
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and __version__ in res.output
+
+
+def test_embed_json_and_npy(tiny_artifact, sample_images, tmp_path):
+    npy = tmp_path / "e.npy"
+    res = runner.invoke(app, ["embed", *map(str, sample_images), "--artifacts", str(tiny_artifact),
+                              "--json", "--out", str(npy)])
+    assert res.exit_code == 0, res.output
+    data = json.loads(res.stdout)
+    assert data["backend"] == "cpu" and data["dim"] == 64
+    assert [i["file"] for i in data["items"]] == [str(p) for p in sample_images]
+    arr = np.load(npy, allow_pickle=False)
+    np.testing.assert_allclose(arr, np.array([i["embedding"] for i in data["items"]]), atol=1e-6)
+
+
+def test_embed_bad_file_subprocess(tiny_artifact, sample_images, tmp_path):
+    bad = tmp_path / "zero.jpg"
+    bad.write_bytes(b"")
+    res = _run("embed", sample_images[0], bad, "--artifacts", tiny_artifact)
+    assert res.returncode == CODE[InputError]
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error")]
+    assert errors == [f"error: {bad}: empty file (0 bytes)"]
+    assert "backend cpu" in res.stdout and "img0.jpg" in res.stdout
+
+
+def test_missing_artifact_exit_code(sample_images, tmp_path):
+    res = _run("embed", sample_images[0], "--artifacts", tmp_path / "none")
+    assert res.returncode == CODE[ArtifactError]
+    assert "Traceback" not in res.stderr and res.stderr.count("\n") == 1
+
+
+def test_unknown_backbone_one_line(tmp_path):
+    res = _run("export", "--backbone", "ViT-Q/99", "--pretrained", "none", "--out", tmp_path / "x")
+    assert res.returncode == CODE[ConfigError]
+    assert res.stderr.startswith("error: unknown backbone 'ViT-Q/99'") and res.stderr.count("\n") == 1
+
+
+def test_export_cli_tiny(tmp_path, tiny_arch):
+    from tests.conftest import TINY_CONFIG
+
+    out = tmp_path / "cli-tiny"
+    args = ["export", "--backbone", "coder-tiny", "--model-config", str(TINY_CONFIG), "--pretrained", "none",
+            "--precision", "both", "--out", str(out), "--json"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == 0, res.output
+    manifest = json.loads(res.stdout[res.stdout.index("{"):])
+    assert manifest["precisions"] == ["fp32", "fp16"]
+    again = runner.invoke(app, args)
+    assert again.exit_code == CODE[ArtifactError] and "--force" in again.output
+
+
+def test_bad_option_values(tiny_artifact, sample_images):
+    res = runner.invoke(app, ["embed", str(sample_images[0]), "--artifacts", str(tiny_artifact),
+                              "--precision", "int3"])
+    assert res.exit_code == CODE[ConfigError]
+    res = runner.invoke(app, ["export", "--opset", "13", "--pretrained", "none"])
+    assert res.exit_code == CODE[ConfigError] and "opset" in res.output
+
+
+def test_doctor_json():
+    res = runner.invoke(app, ["doctor", "--json"])
+    assert res.exit_code == 0
+    data = json.loads(res.stdout)
+    assert data["backends"]["ort-cpu"] == "ok" and "onnxruntime" in data["versions"]
+
+
+def test_exit_code_table_is_consistent():
+    codes = [code for _, code, _ in EXIT_CODES]
+    assert len(codes) == len(set(codes)) and 0 not in codes

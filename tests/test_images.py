@@ -1,0 +1,94 @@
+"""Bad inputs give one clear InputError naming the file; arrays are checked."""
+
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from coder.errors import InputError
+from coder.runtime.images import array_to_pil, load_image, to_pil
+
+
+def _png_header_only(path, w, h):
+    """A PNG that claims w x h pixels but holds no pixel data (a cheap bomb)."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IEND", b""))
+    return path
+
+
+def test_good_image_loads_fully(tmp_path):
+    p = tmp_path / "ok.png"
+    Image.new("RGB", (10, 7), (1, 2, 3)).save(p)
+    img = load_image(p)
+    assert img.size == (10, 7) and img.getpixel((0, 0)) == (1, 2, 3)
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b"", "empty file"),
+    (b"this is not an image", "not an image"),
+])
+def test_bad_bytes(tmp_path, content, needle):
+    p = tmp_path / "bad.jpg"
+    p.write_bytes(content)
+    with pytest.raises(InputError, match=needle) as ei:
+        load_image(p)
+    assert str(p) in str(ei.value) and "\n" not in str(ei.value)
+
+
+def test_truncated(tmp_path):
+    p = tmp_path / "t.jpg"
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(p, quality=95)
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    with pytest.raises(InputError, match="cannot decode"):
+        load_image(p)
+
+
+def test_missing_and_directory(tmp_path):
+    with pytest.raises(InputError, match="no such file"):
+        load_image(tmp_path / "nope.jpg")
+    with pytest.raises(InputError, match="directory"):
+        load_image(tmp_path)
+
+
+@pytest.mark.parametrize("side", [10_000, 30_000])
+def test_decompression_bomb(tmp_path, side):
+    p = _png_header_only(tmp_path / "bomb.png", side, side)
+    with pytest.raises(InputError, match="bomb"):
+        load_image(p)
+
+
+def test_pixel_limit_is_configurable(tmp_path):
+    p = tmp_path / "ok.png"
+    Image.new("L", (100, 100)).save(p)
+    with pytest.raises(InputError, match="exceeds"):
+        load_image(p, max_pixels=5_000)
+
+
+def test_arrays_rgb_bgr_gray():
+    rgb = np.zeros((4, 5, 3), np.uint8)
+    rgb[..., 0] = 200
+    assert array_to_pil(rgb).getpixel((0, 0)) == (200, 0, 0)
+    assert array_to_pil(rgb, bgr=True).getpixel((0, 0)) == (0, 0, 200)
+    assert array_to_pil(np.zeros((4, 5), np.uint8)).mode == "L"
+    assert array_to_pil(np.zeros((4, 5, 4), np.uint8)).mode == "RGB"
+
+
+@pytest.mark.parametrize("arr,needle", [
+    (np.zeros((4, 5, 3), np.float32), "uint8"),
+    (np.zeros((4, 5, 2), np.uint8), "shape"),
+    (np.zeros((2, 4, 5, 3), np.uint8), "shape"),
+    (np.zeros((0, 5, 3), np.uint8), "shape"),
+])
+def test_bad_arrays(arr, needle):
+    with pytest.raises(InputError, match=needle):
+        array_to_pil(arr)
+
+
+def test_unsupported_type():
+    with pytest.raises(InputError, match="unsupported"):
+        to_pil(12345)

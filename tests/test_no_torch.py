@@ -1,0 +1,33 @@
+"""The runtime path must not import torch or open_clip (checked in a fresh interpreter)."""
+
+import json
+import subprocess
+import sys
+
+HEAVY = ("torch", "open_clip", "torchvision")
+
+
+def _loaded_after(code: str) -> list[str]:
+    probe = code + "\nimport sys, json\nprint(json.dumps(sorted(m for m in sys.modules if m.split('.')[0] in %r)))" % (HEAVY,)
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_import_coder_and_runtime_is_torch_free():
+    assert _loaded_after("import coder, coder.runtime, coder.engines, coder.manifest, coder.samples") == []
+
+
+def test_cli_module_is_torch_free():
+    assert _loaded_after("import coder.cli") == []
+
+
+def test_embedding_images_is_torch_free(tiny_artifact, sample_images):
+    code = (f"from coder.runtime import ImageEncoder\n"
+            f"enc = ImageEncoder.load({str(tiny_artifact)!r})\n"
+            f"enc.encode([{str(sample_images[0])!r}])")
+    assert _loaded_after(code) == []
+
+
+def test_probe_sees_torch_when_it_is_imported():
+    # Guards the probe itself: it must be able to fail.
+    assert "torch" in _loaded_after("import torch")
