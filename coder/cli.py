@@ -19,7 +19,7 @@ from rich.console import Console
 
 from . import __version__
 from .errors import (ArtifactError, BackendError, CoderError, ConfigError, ExportError, InputError,
-                     WeightsError)
+                     TextsError, WeightsError)
 
 # The one place errors become exit codes. Order matters: subclasses first.
 EXIT_OK = 0
@@ -30,6 +30,7 @@ EXIT_CODES: list[tuple[type[CoderError], int, str]] = [
     (ExportError, 4, "ONNX export failed or a validation gate did not pass"),
     (WeightsError, 5, "pretrained weights unavailable (offline, bad tag, unreadable checkpoint)"),
     (BackendError, 6, "requested backend not available or fell back"),
+    (TextsError, 7, "class-texts file malformed (the message names the field)"),
     (CoderError, 9, "other coder error"),
 ]
 EXIT_INTERNAL = 70  # a bug: the traceback is printed

@@ -37,3 +37,7 @@ class InputError(CoderError):
 
 class BackendError(CoderError):
     """A requested execution backend is not available or fell back to another one."""
+
+
+class TextsError(CoderError):
+    """A class-texts or bank file is malformed; the message names the field."""

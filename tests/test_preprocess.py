@@ -53,8 +53,13 @@ sizes = st.tuples(st.integers(1, 700), st.integers(1, 700))
 def test_matches_open_clip(wh, mode, seed, resize_mode, target, interpolation):
     ref, cfg = _pair(target, resize_mode, interpolation, fill=seed % 256)
     img = _image(seed, *wh, mode)
-    want = ref(img).numpy()
     got = preprocess(img, cfg)
+    try:
+        want = ref(img).numpy()
+    except ValueError:
+        # open_clip crashes on strips that round to 0 px (e.g. 1x128, "longest"); coder keeps >= 1 px.
+        assert got.shape == (3, *cfg.size) and np.isfinite(got).all()
+        return
     assert got.dtype == np.float32 and got.shape == want.shape
     assert np.abs(got - want).max() <= 1e-6
 
@@ -65,6 +70,14 @@ def test_extreme_sizes(wh, mode):
     ref, cfg = _pair(224, "shortest")
     img = _image(1, *wh, mode)
     assert np.abs(preprocess(img, cfg) - ref(img).numpy()).max() <= 1e-6
+
+
+def test_degenerate_strip_longest():
+    ref, cfg = _pair(64, "longest")
+    img = _image(0, 1, 128, "RGB")
+    with pytest.raises(ValueError):
+        ref(img)
+    assert preprocess(img, cfg).shape == (3, 64, 64)
 
 
 def test_siglip_style_constants_and_squash():

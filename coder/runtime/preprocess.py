@@ -41,7 +41,8 @@ def _resize_keep_ratio(img: Image.Image, target: tuple[int, int], longest: float
     h, w = img.height, img.width
     ratio_h, ratio_w = h / target[0], w / target[1]
     ratio = max(ratio_h, ratio_w) * longest + min(ratio_h, ratio_w) * (1.0 - longest)
-    return _resize(img, round(h / ratio), round(w / ratio), resample)
+    # max(1, ...): a 1x128 strip would round to width 0, where open_clip itself crashes.
+    return _resize(img, max(1, round(h / ratio)), max(1, round(w / ratio)), resample)
 
 
 def _pad(img: Image.Image, ltrb: list[int], fill: int) -> Image.Image:

@@ -1,0 +1,166 @@
+"""``coder bank build``: encode every text of a texts file and write the folded CODER bank.
+
+Layout, under the artifact directory (or ``--out``)::
+
+    banks/<name>/bank.json   format "coder.bank" v1: encoder sha256, texts sha256, settings, raw texts
+    banks/<name>/bank.npz    folded head + raw rows (numpy, loaded with allow_pickle=False)
+    banks/.embed-cache-<sha>.npz   per-encoder text-embedding cache (only changed texts re-encode)
+
+Loading refuses a bank of another format version or whose text encoder differs
+from the artifact's (typed error naming the fix).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from ..errors import ArtifactError
+from ..fsutil import atomic_path, atomic_write_json, read_json, sha256_file
+from ..manifest import Artifact, load_artifact
+from .fold import fold
+from .rows import Rows, expand
+from .texts import Texts, to_json
+
+FORMAT = "coder.bank"
+FORMAT_VERSION = 1
+RAW_KEYS = ("raw_emb", "raw_kind", "raw_class", "raw_other")
+
+
+@dataclass(frozen=True)
+class Bank:
+    """A loaded bank: the folded head arrays plus raw rows for explain/reference checks."""
+
+    root: Path
+    meta: dict[str, Any]
+    arrays: dict[str, np.ndarray]
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.meta["classes"]
+
+    @property
+    def tau(self) -> float:
+        return float(self.meta["settings"]["tau"])
+
+    @property
+    def k(self) -> int:
+        return int(self.meta["settings"]["k"])
+
+    def __getattr__(self, name: str) -> np.ndarray:
+        arrays = self.__dict__.get("arrays", {})
+        if name in arrays:
+            return arrays[name]
+        raise AttributeError(name)
+
+
+def texts_sha256(t: Texts) -> str:
+    return hashlib.sha256(json.dumps(to_json(t), sort_keys=True).encode()).hexdigest()
+
+
+def default_bank_dir(artifact: Artifact, name: str) -> Path:
+    return artifact.root / "banks" / name
+
+
+class EmbeddingCache:
+    """(encoder sha256, text) -> embedding, one ``.npz`` per encoder beside the banks."""
+
+    def __init__(self, directory: Path, encoder_sha: str):
+        self.path = directory / f".embed-cache-{encoder_sha[:16]}.npz"
+        self.table: dict[str, np.ndarray] = {}
+        if self.path.is_file():
+            try:
+                with np.load(self.path, allow_pickle=False) as z:
+                    self.table = dict(zip(z["texts"].tolist(), z["emb"]))
+            except (OSError, ValueError, KeyError):
+                self.table = {}  # a damaged cache is only a slower rebuild
+
+    def missing(self, texts: list[str]) -> list[str]:
+        return sorted({t for t in texts if t not in self.table})
+
+    def add(self, texts: list[str], emb: np.ndarray) -> None:
+        self.table.update(zip(texts, emb))
+
+    def lookup(self, texts: list[str]) -> np.ndarray:
+        return np.stack([self.table[t] for t in texts]).astype(np.float32)
+
+    def save(self) -> None:
+        keys = list(self.table)
+        with atomic_path(self.path) as tmp:
+            with open(tmp, "wb") as f:
+                np.savez(f, texts=np.array(keys, dtype=str), emb=np.stack([self.table[k] for k in keys]))
+
+
+def encode_rows(rows: Rows, encoder, cache_dir: Path, on_progress: Callable[[int, int], None] = lambda d, t: None,
+                batch_size: int = 64) -> tuple[np.ndarray, int]:
+    """Embeddings of every row (cache first); returns (emb, number newly encoded)."""
+    cache = EmbeddingCache(cache_dir, encoder.encoder_sha256)
+    todo = cache.missing(rows.texts)
+    done = 0
+    on_progress(0, len(todo))
+    for start in range(0, len(todo), 4096):  # save the cache every chunk: an interrupt loses little
+        chunk = todo[start:start + 4096]
+        cache.add(chunk, encoder.encode(chunk, batch_size))
+        cache.save()
+        done += len(chunk)
+        on_progress(done, len(todo))
+    return cache.lookup(rows.texts), len(todo)
+
+
+def build_bank(artifact_dir: str | os.PathLike, texts: Texts, precision: str = "fp32", out: Path | None = None,
+               on_progress: Callable[[int, int], None] = lambda d, t: None) -> tuple[Path, dict[str, Any]]:
+    """Encode + fold + write; returns (bank dir, bank.json contents)."""
+    from ..runtime.text_encoder import TextEncoder
+
+    encoder = TextEncoder.load(artifact_dir, precision)
+    out = out or default_bank_dir(encoder.artifact, texts.name)
+    rows = expand(texts)
+    emb, n_new = encode_rows(rows, encoder, out.parent, on_progress)
+    arrays = fold(rows, emb, len(texts.classes))
+    arrays.update(raw_emb=emb, raw_kind=rows.kind, raw_class=rows.cls, raw_other=rows.other)
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "bank.npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+    meta = {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "name": texts.name,
+        "encoder": {"file": encoder.engine.path.name, "sha256": encoder.encoder_sha256, "precision": precision},
+        "texts_sha256": texts_sha256(texts), "npz_sha256": sha256_file(out / "bank.npz"),
+        "classes": texts.class_names, "preset": texts.preset,
+        "settings": {"tau": texts.templates["tau"], "k": texts.templates["k"]},
+        "counts": {"texts": len(rows.texts), "newly_encoded": n_new, "pairs": int(len(arrays["pair_vec"]))},
+        "raw_texts": rows.texts,
+    }
+    atomic_write_json(out / "bank.json", meta)
+    return out, meta
+
+
+def load_bank(bank_dir: str | os.PathLike, artifact: Artifact | str | os.PathLike | None = None) -> Bank:
+    """Read a bank; with ``artifact`` also check it was built by that artifact's text encoder."""
+    root = Path(bank_dir)
+    if not (root / "bank.json").is_file():
+        raise ArtifactError(f"{root}: no bank.json; build one with `coder bank build`")
+    try:
+        meta = read_json(root / "bank.json")
+    except ValueError as e:
+        raise ArtifactError(f"{e}; rebuild with `coder bank build`") from None
+    if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{root}: bank format {meta.get('format')!r} v{meta.get('format_version')!r}, "
+                            f"this coder reads {FORMAT} v{FORMAT_VERSION}; rebuild with `coder bank build`")
+    if sha256_file(root / "bank.npz") != meta.get("npz_sha256"):
+        raise ArtifactError(f"{root}/bank.npz does not match bank.json (corrupt or replaced); rebuild the bank")
+    if artifact is not None:
+        art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
+        file_entry = art.manifest["files"].get(meta["encoder"]["file"])
+        if file_entry is None or file_entry["sha256"] != meta["encoder"]["sha256"]:
+            raise ArtifactError(f"{root} was built with another text encoder than {art.root}; "
+                                f"rebuild it: coder bank build --artifacts {art.root} --texts TEXTS.json")
+    with np.load(root / "bank.npz", allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    return Bank(root, meta, arrays)

@@ -1,0 +1,228 @@
+"""The class-texts file: every text CODER uses for a class list, as versioned JSON.
+
+    {
+      "format": "coder.texts", "format_version": 1,
+      "name": "cifar10", "preset": "default",
+      "templates": {"name": "a photo of a {c}.", "att": "{c} which has {a}", "ana": "a {c} similar to {g}.",
+                    "pair": ["Because of {a}, {c} is different from {o}.", ...],
+                    "clip": ["a photo of a {c}.", ...], "tau": 0.1, "k": 5},
+      "classes": [{"name": "cat", "wnid": null, "syn": ["true cat"], "att": ["pointed ears"], "ana": ["lynx"]}],
+      "pairs": [{"from": "cat", "to": "dog", "texts": ["a small flat face"]}],
+      "provenance": {"llm_model": null, "prompt_version": null, "date": null, "class_source": "..."}
+    }
+
+``syn``/``att``/``ana`` hold the raw words (synonym, attribute, analogous
+object); templates are applied when the bank is built. ``pairs`` are ordered:
+``from`` c's side of "c differs from o". Validation errors name the field,
+e.g. ``classes[17].att[2]: empty string``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field, replace
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from ..errors import TextsError
+from ..fsutil import atomic_write_json
+from .presets import preset as preset_settings
+
+FORMAT = "coder.texts"
+FORMAT_VERSION = 1
+KINDS = ("syn", "att", "ana")
+_WNID_LINE = re.compile(r"^(n\d{8})\s+(.+)$")
+
+
+@dataclass(frozen=True)
+class ClassTexts:
+    name: str
+    wnid: str | None = None
+    syn: tuple[str, ...] = ()
+    att: tuple[str, ...] = ()
+    ana: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Texts:
+    """A loaded class-texts file. ``pairs[(i, j)]`` = attributes of class i vs class j."""
+
+    name: str
+    preset: str
+    templates: dict[str, Any]
+    classes: tuple[ClassTexts, ...]
+    pairs: dict[tuple[int, int], tuple[str, ...]] = field(default_factory=dict)
+    provenance: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c.name for c in self.classes]
+
+    def with_classes(self, classes: list[ClassTexts]) -> "Texts":
+        return replace(self, classes=tuple(classes))
+
+
+@lru_cache(maxsize=1)
+def _data(name: str) -> dict:
+    return json.loads(resources.files("coder.text_bank").joinpath("data", name).read_text(encoding="utf-8"))
+
+
+def builtin_lists() -> dict[str, dict]:
+    """``{"cifar10": {"classes": [...], "preset": "default", "source": "..."}, ...}``."""
+    return _data("class_lists.json")["lists"]
+
+
+def clip_templates() -> list[str]:
+    """OpenAI CLIP's 80 ImageNet prompt templates (for the plain-CLIP weights W)."""
+    return list(_data("imagenet_templates.json")["templates"])
+
+
+def read_class_file(path: str | os.PathLike) -> list[ClassTexts]:
+    """One class per line; ``n01440764 tench, Tinca tinca`` lines give a WordNet id (first name kept)."""
+    out = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if not line:
+            continue
+        m = _WNID_LINE.match(line)
+        wnid, name = (m.group(1), m.group(2).split(",")[0]) if m else (None, line)
+        out.append(ClassTexts(name=name.strip().replace("_", " "), wnid=wnid))
+    return out
+
+
+def init_texts(classes: str, preset: str | None = None) -> Texts:
+    """A names-only texts file from a built-in list name or a class file path."""
+    lists = builtin_lists()
+    if classes in lists:
+        entry = lists[classes]
+        items = [ClassTexts(name=n.replace("_", " ")) for n in entry["classes"]]
+        name, source, preset = classes, entry["source"], preset or entry["preset"]
+    elif Path(classes).is_file():
+        items, name, source = read_class_file(classes), Path(classes).stem, str(classes)
+        preset = preset or "default"
+    else:
+        raise TextsError(f"--classes {classes!r}: neither a built-in list ({', '.join(lists)}) nor a file")
+    templates = {**preset_settings(preset), "clip": clip_templates()}
+    texts = Texts(name, preset, templates, tuple(items), {}, {"class_source": source, "llm_model": None,
+                                                                "prompt_version": None, "date": None})
+    validate(to_json(texts))
+    return texts
+
+
+def to_json(t: Texts) -> dict[str, Any]:
+    names = t.class_names
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "name": t.name, "preset": t.preset,
+        "templates": t.templates,
+        "classes": [{"name": c.name, "wnid": c.wnid, "syn": list(c.syn), "att": list(c.att), "ana": list(c.ana)}
+                    for c in t.classes],
+        "pairs": [{"from": names[i], "to": names[j], "texts": list(v)} for (i, j), v in sorted(t.pairs.items())],
+        "provenance": t.provenance,
+    }
+
+
+def save_texts(path: str | os.PathLike, t: Texts) -> None:
+    atomic_write_json(path, to_json(t))
+
+
+def load_texts(path: str | os.PathLike) -> Texts:
+    """Read + validate; raises :class:`TextsError` naming the first bad field."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise TextsError(f"{path}: no such texts file (create one with `coder texts init`)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TextsError(f"{path}: not valid JSON ({e})") from None
+    try:
+        validate(data)
+    except TextsError as e:
+        raise TextsError(f"{path}: {e}") from None
+    classes = tuple(ClassTexts(c["name"], c.get("wnid"), *(tuple(c.get(k, ())) for k in KINDS))
+                    for c in data["classes"])
+    index = {c.name: i for i, c in enumerate(classes)}
+    pairs = {(index[p["from"]], index[p["to"]]): tuple(p["texts"]) for p in data.get("pairs", [])}
+    return Texts(data.get("name", Path(path).stem), data["preset"], data["templates"], classes, pairs,
+                 data.get("provenance", {}))
+
+
+def _strings(value: Any, where: str, allow_empty_list: bool = True) -> None:
+    if not isinstance(value, list):
+        raise TextsError(f"{where}: expected a list of strings")
+    if not value and not allow_empty_list:
+        raise TextsError(f"{where}: empty list")
+    for i, s in enumerate(value):
+        if not isinstance(s, str):
+            raise TextsError(f"{where}[{i}]: expected a string, got {type(s).__name__}")
+        if not s.strip():
+            raise TextsError(f"{where}[{i}]: empty string")
+
+
+def _template(value: Any, where: str, slots: tuple[str, ...]) -> None:
+    if not isinstance(value, str) or any("{" + s + "}" not in value for s in slots):
+        raise TextsError(f"{where}: must be a string containing {', '.join('{' + s + '}' for s in slots)}")
+
+
+def validate(data: Any) -> None:
+    """Structural checks of a texts JSON document; the error names the field."""
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise TextsError(f"format: expected {FORMAT!r}")
+    if data.get("format_version") != FORMAT_VERSION:
+        raise TextsError(f"format_version: {data.get('format_version')!r}, this coder reads {FORMAT_VERSION}")
+    tpl = data.get("templates")
+    if not isinstance(tpl, dict):
+        raise TextsError("templates: missing or not an object")
+    _template(tpl.get("name"), "templates.name", ("c",))
+    _template(tpl.get("att"), "templates.att", ("c", "a"))
+    _template(tpl.get("ana"), "templates.ana", ("c", "g"))
+    _strings(tpl.get("pair"), "templates.pair", allow_empty_list=False)
+    for i, t in enumerate(tpl["pair"]):
+        _template(t, f"templates.pair[{i}]", ("a", "c", "o"))
+    _strings(tpl.get("clip"), "templates.clip", allow_empty_list=False)
+    for i, t in enumerate(tpl["clip"]):
+        _template(t, f"templates.clip[{i}]", ("c",))
+    for key in ("tau", "k"):
+        if not isinstance(tpl.get(key), (int, float)) or tpl[key] <= 0:
+            raise TextsError(f"templates.{key}: must be a positive number")
+    _validate_classes(data.get("classes"))
+    _validate_pairs(data.get("pairs", []), {c["name"] for c in data["classes"]})
+
+
+def _validate_classes(classes: Any) -> None:
+    if not isinstance(classes, list) or not classes:
+        raise TextsError("classes: must be a non-empty list")
+    seen: set[str] = set()
+    for i, c in enumerate(classes):
+        where = f"classes[{i}]"
+        if not isinstance(c, dict) or not isinstance(c.get("name"), str) or not c["name"].strip():
+            raise TextsError(f"{where}.name: missing or empty")
+        if c["name"] in seen:
+            raise TextsError(f"{where}.name: duplicate class name {c['name']!r}")
+        seen.add(c["name"])
+        wnid = c.get("wnid")
+        if wnid is not None and not re.fullmatch(r"n\d{8}", str(wnid)):
+            raise TextsError(f"{where}.wnid: {wnid!r} is not a WordNet noun id like n01440764")
+        for k in KINDS:
+            _strings(c.get(k, []), f"{where}.{k}")
+
+
+def _validate_pairs(pairs: Any, names: set[str]) -> None:
+    if not isinstance(pairs, list):
+        raise TextsError("pairs: expected a list")
+    seen: set[tuple[str, str]] = set()
+    for i, p in enumerate(pairs):
+        where = f"pairs[{i}]"
+        if not isinstance(p, dict):
+            raise TextsError(f"{where}: expected an object")
+        for key in ("from", "to"):
+            if p.get(key) not in names:
+                raise TextsError(f"{where}.{key}: {p.get(key)!r} is not a class of this file")
+        if p["from"] == p["to"]:
+            raise TextsError(f"{where}: a class cannot be paired with itself")
+        if (p["from"], p["to"]) in seen:
+            raise TextsError(f"{where}: duplicate pair {p['from']!r} -> {p['to']!r}")
+        seen.add((p["from"], p["to"]))
+        _strings(p.get("texts"), f"{where}.texts", allow_empty_list=False)
