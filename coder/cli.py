@@ -11,10 +11,14 @@ import sys
 from pathlib import Path
 from typing import List, Optional
 
-import click
 import traceback
 import typer
 from typer.core import TyperGroup
+
+try:  # typer >= 0.20 vendors click as typer._click; older typer uses click itself
+    from typer._click import exceptions as _click_exceptions
+except ImportError:  # pragma: no cover
+    from click import exceptions as _click_exceptions
 from rich.console import Console
 
 from . import __version__
@@ -37,6 +41,10 @@ EXIT_INTERNAL = 70  # a bug: the traceback is printed
 
 __doc__ += "\n".join(f"    {code}  {what}" for _, code, what in EXIT_CODES) + f"\n    {EXIT_INTERNAL} internal error\n"
 
+# Usage errors, --help exits and aborts are click's own control flow, not crashes.
+_CLICK_CONTROL_FLOW = (_click_exceptions.ClickException, typer.Exit, typer.Abort)
+
+
 class _CoderGroup(TyperGroup):
     """Runs every command; the single place a CoderError becomes one line + exit code."""
 
@@ -49,7 +57,7 @@ class _CoderGroup(TyperGroup):
         except KeyboardInterrupt:
             err.print("[red]interrupted[/red]: finished files are kept; re-run to resume")
             raise typer.Exit(130) from None
-        except (typer.Exit, click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+        except _CLICK_CONTROL_FLOW:
             raise
         except Exception:
             traceback.print_exc()
@@ -210,6 +218,83 @@ def _print_embed_table(res, out_file) -> None:
     for f, row in zip(res.paths, res.embeddings):
         t.add_row(f, f"{float((row ** 2).sum() ** 0.5):.4f}", " ".join(f"{v:+.4f}" for v in row[:4]) + " …")
     out.print(t)
+
+
+texts_app = typer.Typer(help="Class-texts files: init, inspect.", no_args_is_help=True)
+bank_app = typer.Typer(help="Build the folded CODER bank for a texts file.", no_args_is_help=True)
+app.add_typer(texts_app, name="texts")
+app.add_typer(bank_app, name="bank")
+
+
+@texts_app.command("init")
+def texts_init(
+    classes: str = typer.Option(..., help="Built-in list name (cifar10, imagenet1k, ...) or a class file."),
+    out_file: Path = typer.Option(..., "--out", help="texts.json to write."),
+    preset: Optional[str] = typer.Option(None, help="Template preset (default, eurosat, food, pets, dtd, ...)."),
+    force: bool = typer.Option(False, help="Overwrite an existing file."),
+) -> None:
+    """Write a names-only class-texts file (the documented baseline)."""
+    from .text_bank.texts import init_texts, save_texts
+
+    if out_file.exists() and not force:
+        raise ConfigError(f"{out_file} exists; pass --force to overwrite")
+    t = init_texts(classes, preset)
+    save_texts(out_file, t)
+    out.print(f"wrote {out_file}: {len(t.classes)} classes, preset {t.preset}")
+
+
+@texts_app.command("list")
+def texts_list(as_json: bool = typer.Option(False, "--json")) -> None:
+    """The built-in class lists and their sources."""
+    from .text_bank.texts import builtin_lists
+
+    lists = builtin_lists()
+    if as_json:
+        _print_json({k: {"classes": len(v["classes"]), "preset": v["preset"], "source": v["source"]}
+                     for k, v in lists.items()})
+        return
+    from rich.table import Table
+
+    t = Table(title="built-in class lists")
+    for col in ("name", "classes", "preset", "source"):
+        t.add_column(col)
+    for k, v in lists.items():
+        t.add_row(k, str(len(v["classes"])), v["preset"], v["source"])
+    out.print(t)
+
+
+@bank_app.command("build")
+def bank_build(
+    artifacts: Path = typer.Option(..., "--artifacts", "-a", help="Artifact directory from `coder export`."),
+    texts: Path = typer.Option(..., "--texts", help="Class-texts file (`coder texts init`)."),
+    precision: str = typer.Option("fp32", help="Text encoder precision: fp32 | fp16."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Default <artifacts>/banks/<texts name>."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Encode every text (cached, length-grouped) and write the folded bank."""
+    _build_bank(artifacts, texts, precision, out_dir, as_json)
+
+
+def _build_bank(artifacts: Path, texts_path: Path, precision: str, out_dir, as_json: bool) -> None:
+    from .text_bank.bank import build_bank
+    from .text_bank.texts import load_texts
+
+    if precision not in ("fp32", "fp16"):
+        raise ConfigError(f"--precision {precision!r}: choose fp32 or fp16")
+    texts = load_texts(texts_path)
+    with _progress() as bar:
+        task = bar.add_task("encoding texts", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        path, meta = build_bank(artifacts, texts, precision, out_dir, progress)
+    summary = {"bank": str(path), **meta["counts"], "classes": len(meta["classes"]), "settings": meta["settings"]}
+    if as_json:
+        _print_json(summary)
+    else:
+        out.print(f"bank {path}: {meta['counts']['texts']} texts ({meta['counts']['newly_encoded']} newly encoded), "
+                  f"{len(meta['classes'])} classes, {meta['counts']['pairs']} pairs, tau {meta['settings']['tau']}")
 
 
 @app.command()
