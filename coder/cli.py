@@ -110,9 +110,11 @@ def export(
     model_config: Optional[Path] = typer.Option(None, help="Extra open_clip model config .json (custom arch)."),
     no_validate: bool = typer.Option(False, "--no-validate", help="Skip the torch parity gates (not advised)."),
     force: bool = typer.Option(False, help="Replace an existing artifact."),
+    classes: str = typer.Option("imagenet1k", help="Built-in class list or class file for the bank ('none': skip)."),
+    texts: Optional[Path] = typer.Option(None, "--texts", help="Build the bank from this texts file instead."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
-    """Export an open_clip model to validated ONNX encoders + manifest."""
+    """Export an open_clip model to validated ONNX encoders + manifest, then build the class bank."""
     from .export.pipeline import ExportOptions, default_out_dir, export_artifacts
     from .export.registry import normalize_backbone, parse_pretrained, register_model_config
 
@@ -138,8 +140,15 @@ def export(
         bar.update(task, completed=steps)
     if as_json:
         _print_json(result.manifest)
-        return
-    _print_export_summary(result)
+    else:
+        _print_export_summary(result)
+    if texts is None and classes != "none":
+        from .text_bank.texts import init_texts, save_texts
+
+        texts = result.out_dir / f"texts-{Path(classes).stem}.json"
+        save_texts(texts, init_texts(classes))
+    if texts is not None:
+        _build_bank(result.out_dir, texts, "fp32", None, False, quiet=as_json)
 
 
 def _print_export_summary(result) -> None:
@@ -275,7 +284,7 @@ def bank_build(
     _build_bank(artifacts, texts, precision, out_dir, as_json)
 
 
-def _build_bank(artifacts: Path, texts_path: Path, precision: str, out_dir, as_json: bool) -> None:
+def _build_bank(artifacts: Path, texts_path: Path, precision: str, out_dir, as_json: bool, quiet: bool = False) -> None:
     from .text_bank.bank import build_bank
     from .text_bank.texts import load_texts
 
@@ -290,11 +299,85 @@ def _build_bank(artifacts: Path, texts_path: Path, precision: str, out_dir, as_j
 
         path, meta = build_bank(artifacts, texts, precision, out_dir, progress)
     summary = {"bank": str(path), **meta["counts"], "classes": len(meta["classes"]), "settings": meta["settings"]}
+    if quiet:
+        return
     if as_json:
         _print_json(summary)
     else:
         out.print(f"bank {path}: {meta['counts']['texts']} texts ({meta['counts']['newly_encoded']} newly encoded), "
                   f"{len(meta['classes'])} classes, {meta['counts']['pairs']} pairs, tau {meta['settings']['tau']}")
+
+
+@app.command()
+def classify(
+    paths: List[str] = typer.Argument(..., help="Image files, directories (recursive) or quoted globs."),
+    artifacts: Optional[Path] = typer.Option(None, "--artifacts", "-a",
+                                             help="Default: $CODER_ARTIFACTS, else the newest ./coder-artifacts/*."),
+    bank: Optional[str] = typer.Option(None, help="Bank name under <artifacts>/banks (default: the only one)."),
+    top_k: int = typer.Option(5, "--top-k", help="Classes shown per image."),
+    no_rerank: bool = typer.Option(False, "--no-rerank", help="Stage 1 only."),
+    tau: Optional[float] = typer.Option(None, help="Rerank gate (default: the bank preset's published value)."),
+    explain: bool = typer.Option(False, "--explain", help="Show the texts that matched best."),
+    backend: str = typer.Option("auto", help="auto | cpu | cuda | tensorrt."),
+    precision: str = typer.Option("fp32", help="fp32 | fp16."),
+    batch_size: int = typer.Option(16, help="Images per encoder call (bounds memory)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per image (JSON lines)."),
+) -> None:
+    """Classify images with CODER (stage 1 + gated one-to-one rerank)."""
+    from .manifest import default_artifact_dir
+    from .runtime.classifier import Classifier
+    from .runtime.images import to_pil
+    from .runtime.inputs import batched, iter_image_paths
+
+    clf = Classifier.load(artifacts or default_artifact_dir(), bank, backend, precision, tau)
+    rows, failures = [], 0
+    with _progress() as bar:
+        task = bar.add_task(f"classifying ({clf.backend})", total=None)
+        for chunk in batched(iter_image_paths(paths), batch_size):
+            ok, pils = [], []
+            for p in chunk:
+                try:
+                    pils.append(to_pil(p))
+                    ok.append(p)
+                except InputError as e:
+                    failures += 1
+                    err.print(f"[red]error[/red]: {e}", highlight=False, soft_wrap=True)
+            for p, pred, pil in zip(ok, clf.classify(pils, top_k, not no_rerank) if pils else [], pils):
+                record = _prediction_record(p, pred, clf.explain(pil) if explain else None)
+                if as_json:
+                    sys.stdout.write(json.dumps(record) + "\n")
+                else:
+                    rows.append(record)
+            bar.advance(task, len(chunk))
+    if not as_json:
+        _print_predictions(rows, clf)
+    if failures:
+        raise typer.Exit(exit_code_for(InputError()))
+
+
+def _prediction_record(path, pred, explanation) -> dict:
+    from dataclasses import asdict
+
+    record = {"file": str(path), **asdict(pred)}
+    if explanation is not None:
+        record["explain"] = {k: [{"text": t, "cosine": round(c, 5)} for t, c in v] for k, v in explanation.items()}
+    return record
+
+
+def _print_predictions(rows: list[dict], clf) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title=f"{len(rows)} images, backend {clf.backend}, tau {clf.tau}")
+    for col in ("file", "label", "top-k (stage-1 score)", "gap", "reranked"):
+        t.add_column(col)
+    for r in rows:
+        top = ", ".join(f"{n} {s:.2f}" for n, s in zip(r["top_k_names"], r["stage1_scores"]))
+        t.add_row(escape(r["file"]), escape(r["name"]), escape(top), f"{r['gap']:.3f}", "yes" if r["reranked"] else "")
+        for cls_name, matches in (r.get("explain") or {}).items():
+            t.add_row("", f"  why {escape(cls_name)}", escape("; ".join(f"{m['text']} ({m['cosine']:.3f})"
+                                                                       for m in matches)), "", "")
+    out.print(t)
 
 
 @app.command()

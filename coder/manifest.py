@@ -200,3 +200,18 @@ def _verify_file(root: Path, name: str, expected: str) -> None:
         atomic_write_json(cache_path, cache)
     except OSError:
         pass
+
+
+DEFAULT_BASE = Path("coder-artifacts")
+
+
+def default_artifact_dir() -> Path:
+    """``$CODER_ARTIFACTS`` if set, else the most recently exported artifact under ``./coder-artifacts``."""
+    env = os.environ.get("CODER_ARTIFACTS")
+    if env:
+        return Path(env)
+    manifests = sorted(DEFAULT_BASE.glob(f"*/{MANIFEST_NAME}"), key=lambda p: p.stat().st_mtime)
+    if not manifests:
+        raise ArtifactError(f"no artifact in ./{DEFAULT_BASE} and CODER_ARTIFACTS is unset; "
+                            "run `coder export` first or pass --artifacts DIR")
+    return manifests[-1].parent

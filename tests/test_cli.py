@@ -92,3 +92,64 @@ def test_doctor_json():
 def test_exit_code_table_is_consistent():
     codes = [code for _, code, _ in EXIT_CODES]
     assert len(codes) == len(set(codes)) and 0 not in codes
+
+
+@pytest.fixture(scope="module")
+def cli_art(tiny_artifact, tmp_path_factory):
+    """A copy of the tiny artifact with one cifar10 bank, built through the CLI."""
+    import shutil
+
+    art = tmp_path_factory.mktemp("cli") / "art"
+    shutil.copytree(tiny_artifact, art, ignore=shutil.ignore_patterns("banks"))
+    texts = art.parent / "c10.json"
+    assert runner.invoke(app, ["texts", "init", "--classes", "cifar10", "--out", str(texts)]).exit_code == 0
+    res = runner.invoke(app, ["bank", "build", "-a", str(art), "--texts", str(texts), "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["classes"] == 10
+    return art
+
+
+def test_classify_json_lines_dir_and_glob(cli_art, sample_images, tmp_path):
+    folder = sample_images[0].parent
+    res = runner.invoke(app, ["classify", str(folder), str(folder / "*.png"), "-a", str(cli_art), "--json",
+                              "--explain"])
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["file"] for r in lines] == sorted(str(p) for p in sample_images) + [str(sample_images[1])]
+    assert all(r["backend"] == "cpu" and r["name"] in r["top_k_names"] + [r["name"]] for r in lines)
+    assert all(r["explain"] for r in lines)
+
+
+def test_classify_bad_file_keeps_going_subprocess(cli_art, sample_images, tmp_path):
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\nnot really")
+    res = _run("classify", sample_images[0], bad, sample_images[2], "-a", cli_art)
+    assert res.returncode == CODE[InputError]
+    assert [line for line in res.stderr.splitlines() if line.startswith("error")] == \
+        [f"error: {bad}: cannot decode image (Truncated File Read)"]
+    assert "2 images" in res.stdout
+
+
+def test_classify_default_artifact_dir(cli_art, sample_images, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CODER_ARTIFACTS", raising=False)
+    res = runner.invoke(app, ["classify", str(sample_images[0])])
+    assert res.exit_code == CODE[ArtifactError] and "coder export" in res.output
+    shutil.copytree(cli_art, tmp_path / "coder-artifacts" / "tiny")
+    res = runner.invoke(app, ["classify", str(sample_images[0]), "--json"])
+    assert res.exit_code == 0, res.output
+
+
+def test_texts_init_refuses_overwrite_and_bad_texts(tmp_path, cli_art):
+    out_file = tmp_path / "t.json"
+    assert runner.invoke(app, ["texts", "init", "--classes", "dtd", "--out", str(out_file)]).exit_code == 0
+    res = runner.invoke(app, ["texts", "init", "--classes", "dtd", "--out", str(out_file)])
+    assert res.exit_code == CODE[ConfigError]
+    data = json.loads(out_file.read_text())
+    data["classes"][2]["att"] = [""]
+    out_file.write_text(json.dumps(data))
+    res = _run("bank", "build", "-a", cli_art, "--texts", out_file)
+    from coder.errors import TextsError
+    assert res.returncode == CODE[TextsError] and r"classes[2].att[0]: empty string" in res.stderr

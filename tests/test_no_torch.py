@@ -31,3 +31,16 @@ def test_embedding_images_is_torch_free(tiny_artifact, sample_images):
 def test_probe_sees_torch_when_it_is_imported():
     # Guards the probe itself: it must be able to fail.
     assert "torch" in _loaded_after("import torch")
+
+
+def test_classifier_path_is_torch_free(tiny_artifact, sample_images, tmp_path):
+    import shutil
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art, ignore=shutil.ignore_patterns("banks"))
+    code = (f"from coder.text_bank.bank import build_bank\n"
+            f"from coder.text_bank.texts import init_texts\n"
+            f"build_bank({str(art)!r}, init_texts('cifar10'))\n"
+            f"from coder import Classifier\n"
+            f"Classifier.load({str(art)!r}).classify([{str(sample_images[0])!r}])")
+    assert _loaded_after(code) == []

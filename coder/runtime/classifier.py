@@ -1,0 +1,173 @@
+"""The Python API a robotics pipeline embeds: images in, frozen predictions out.
+
+>>> clf = Classifier.load("coder-artifacts/ViT-B-32__openai", backend="auto")   # doctest: +SKIP
+>>> [p] = clf.classify([frame_bgr], bgr=True)
+>>> p.name, p.reranked, p.backend, p.timings_ms.encoder
+('tabby cat', False, 'cpu', 41.2)
+
+Stages, each its own function: :func:`preprocess` (PIL/numpy) -> encoder
+(ONNX backend) -> :func:`~coder.runtime.head.stage1_scores` -> gated
+:func:`~coder.runtime.head.rerank`. One ``Classifier`` is safe to share between
+threads: it holds no mutable state and ONNX Runtime sessions allow concurrent ``run``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from ..engines.ort import BACKENDS, load_ort
+from ..errors import ArtifactError, BackendError, ConfigError
+from ..manifest import load_artifact
+from ..text_bank.bank import Bank, load_bank
+from .encoder import ImageEncoder
+from .head import rerank, stage1_scores
+from .images import to_pil
+from .preprocess import preprocess_batch
+
+AUTO_ORDER = ("tensorrt", "cuda", "cpu")
+
+
+@dataclass(frozen=True)
+class Timings:
+    """Milliseconds per image for this call's batch (batch time / batch size)."""
+
+    preprocess: float
+    encoder: float
+    head: float
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result. Indices refer to the bank's class list."""
+
+    label: int
+    name: str
+    top_k: tuple[int, ...]
+    top_k_names: tuple[str, ...]
+    stage1_scores: tuple[float, ...]  # of top_k, x100 scale
+    gap: float  # softmax p1 - p2 of stage 1
+    reranked: bool  # the gate fired (gap < tau)
+    rerank_candidates: tuple[int, ...]  # K: the stage-1 top-k the rerank chooses among
+    rerank_scores: tuple[float, ...]  # r(c) for each candidate (zeros when the gate did not fire)
+    backend: str
+    timings_ms: Timings
+
+
+def find_bank(artifact_root: Path, name: str | None) -> Path:
+    """``<artifact>/banks/<name>``; with no name, the only bank there."""
+    banks_dir = artifact_root / "banks"
+    found = sorted(p.parent.name for p in banks_dir.glob("*/bank.json")) if banks_dir.is_dir() else []
+    if name is not None:
+        path = Path(name) if Path(name, "bank.json").is_file() else banks_dir / name
+        if not (path / "bank.json").is_file():
+            raise ArtifactError(f"no bank {name!r} in {banks_dir} (have: {', '.join(found) or 'none'})")
+        return path
+    if len(found) != 1:
+        what = f"several banks ({', '.join(found)}): pass --bank NAME" if found else \
+            "no bank: run `coder bank build --artifacts DIR --texts TEXTS.json`"
+        raise ArtifactError(f"{artifact_root}: {what}")
+    return banks_dir / found[0]
+
+
+def open_image_encoder(artifact_dir, backend: str, precision: str, threads: int | None) -> ImageEncoder:
+    """``backend="auto"`` tries tensorrt, cuda, cpu and keeps the first that really loads."""
+    if backend != "auto":
+        return ImageEncoder.load(artifact_dir, precision, backend, threads=threads)
+    reasons = []
+    for name in AUTO_ORDER:
+        try:
+            return ImageEncoder.load(artifact_dir, precision, name, threads=threads)
+        except BackendError as e:
+            reasons.append(str(e))
+    raise BackendError("no backend could load: " + " | ".join(reasons))
+
+
+@dataclass(frozen=True)
+class Classifier:
+    encoder: ImageEncoder
+    bank: Bank
+    tau: float
+    k: int
+
+    @classmethod
+    def load(cls, artifact_dir: str | os.PathLike, bank: str | None = None, backend: str = "auto",
+             precision: str = "fp32", tau: float | None = None, k: int | None = None,
+             threads: int | None = None) -> "Classifier":
+        """Open an artifact + bank. ``tau``/``k`` default to the bank's preset (published values)."""
+        if backend != "auto" and backend not in BACKENDS:
+            raise ConfigError(f"backend {backend!r}: choose auto, {', '.join(BACKENDS)}")
+        art = load_artifact(artifact_dir)
+        b = load_bank(find_bank(art.root, bank), art)
+        enc = open_image_encoder(artifact_dir, backend, precision, threads)
+        tau = b.tau if tau is None else float(tau)
+        k = b.k if k is None else int(k)
+        if tau < 0 or k < 1:
+            raise ConfigError(f"tau must be >= 0 and k >= 1 (got tau={tau}, k={k})")
+        return cls(enc, b, tau, k)
+
+    @property
+    def backend(self) -> str:
+        return self.encoder.backend
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.bank.class_names
+
+    def embed(self, images: Sequence, bgr: bool = False) -> tuple[np.ndarray, float, float]:
+        """Images -> (B,D) unit rows, preprocess ms, encoder ms."""
+        t0 = time.perf_counter()
+        pixels = preprocess_batch([to_pil(im, bgr) for im in images], self.encoder.preprocess_config)
+        t1 = time.perf_counter()
+        f = self.encoder.encode_pixels(pixels)
+        return f, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
+
+    def classify(self, images, top_k: int = 5, rerank_enabled: bool = True, bgr: bool = False) -> list[Prediction]:
+        """One :class:`Prediction` per image; a single image (not in a list) also works."""
+        if not isinstance(images, (list, tuple)):
+            images = [images]
+        if not images:
+            return []
+        f, t_pre, t_enc = self.embed(images, bgr)
+        return self.classify_embeddings(f, top_k, rerank_enabled, t_pre, t_enc)
+
+    def classify_embeddings(self, f: np.ndarray, top_k: int = 5, rerank_enabled: bool = True,
+                            t_pre: float = 0.0, t_enc: float = 0.0) -> list[Prediction]:
+        """The CODER head on precomputed unit embeddings (B,D)."""
+        t0 = time.perf_counter()
+        s1 = stage1_scores(f, self.bank)
+        rr = rerank(f, s1, self.bank, self.tau if rerank_enabled else -1.0, self.k)
+        shown = np.argsort(-s1, axis=1, kind="stable")[:, :top_k]
+        t_head = (time.perf_counter() - t0) * 1e3
+        n = len(f)
+        timings = Timings(t_pre / n, t_enc / n, t_head / n)
+        return [self._prediction(i, s1, rr, shown[i], timings) for i in range(n)]
+
+    def _prediction(self, i: int, s1: np.ndarray, rr, shown: np.ndarray, timings: Timings) -> Prediction:
+        names = self.class_names
+        top = [int(c) for c in shown]
+        return Prediction(
+            label=int(rr.labels[i]), name=names[int(rr.labels[i])], top_k=tuple(top),
+            top_k_names=tuple(names[c] for c in top), stage1_scores=tuple(float(s1[i, c]) for c in top),
+            gap=float(rr.gap[i]), reranked=bool(rr.fired[i]),
+            rerank_candidates=tuple(int(c) for c in rr.top[i]),
+            rerank_scores=tuple(float(x) for x in rr.scores[i]), backend=self.backend, timings_ms=timings)
+
+    def explain(self, image, n: int = 3, bgr: bool = False) -> dict[str, list[tuple[str, float]]]:
+        """For the final label and the runner-up: the raw texts most similar to the image."""
+        f, _, _ = self.embed([image], bgr)
+        pred = self.classify_embeddings(f)[0]
+        runner = next(c for c in pred.top_k if c != pred.label) if len(pred.top_k) > 1 else pred.label
+        texts = self.bank.meta["raw_texts"]
+        sims = self.bank.raw_emb @ f[0]
+        out = {}
+        for c in dict.fromkeys([pred.label, runner]):
+            rows = np.flatnonzero((self.bank.raw_class == c) & (self.bank.raw_kind != 5))
+            best = rows[np.argsort(-sims[rows], kind="stable")[:n]]
+            out[self.class_names[c]] = [(texts[r], float(sims[r])) for r in best]
+        return out
