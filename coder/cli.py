@@ -252,6 +252,28 @@ def texts_init(
     out.print(f"wrote {out_file}: {len(t.classes)} classes, preset {t.preset}")
 
 
+@texts_app.command("synonyms")
+def texts_synonyms(
+    texts: Path = typer.Argument(..., help="Class-texts file to update in place (atomically)."),
+    artifacts: Optional[Path] = typer.Option(None, "--artifacts", "-a",
+                                             help="Pick ambiguous synsets with this text encoder (else: most frequent sense)."),
+    wordnet_dir: Optional[Path] = typer.Option(None, help="WordNet 3.0 dict dir (default /usr/share/wordnet)."),
+) -> None:
+    """Add WordNet 3.0 synonyms (exact for classes with a WordNet id)."""
+    from .runtime.text_encoder import TextEncoder
+    from .text_bank.texts import load_texts, save_texts
+    from .text_bank.wordnet import WordNet, add_synonyms
+
+    t = load_texts(texts)
+    wn = WordNet(wordnet_dir) if wordnet_dir else WordNet()
+    enc = TextEncoder.load(artifacts) if artifacts else None
+    new, unmatched = add_synonyms(t, wn, enc)
+    save_texts(texts, new)
+    added = sum(len(b.syn) - len(a.syn) for a, b in zip(t.classes, new.classes))
+    out.print(f"{texts}: {added} synonyms added; {len(unmatched)} classes without a WordNet noun"
+              + (f": {', '.join(unmatched[:10])}{' …' if len(unmatched) > 10 else ''}" if unmatched else ""))
+
+
 @texts_app.command("list")
 def texts_list(as_json: bool = typer.Option(False, "--json")) -> None:
     """The built-in class lists and their sources."""
@@ -378,6 +400,57 @@ def _print_predictions(rows: list[dict], clf) -> None:
             t.add_row("", f"  why {escape(cls_name)}", escape("; ".join(f"{m['text']} ({m['cosine']:.3f})"
                                                                        for m in matches)), "", "")
     out.print(t)
+
+
+@app.command("eval")
+def eval_cmd(
+    data: str = typer.Argument(..., help="ImageFolder directory, or fashion-mnist[:train|test] (Debian package)."),
+    artifacts: Optional[Path] = typer.Option(None, "--artifacts", "-a", help="Default as in `coder classify`."),
+    bank: Optional[str] = typer.Option(None, help="Bank name under <artifacts>/banks."),
+    limit: Optional[int] = typer.Option(None, help="Evaluate a reproducible random subset of this many images."),
+    seed: int = typer.Option(0, help="Seed of the --limit subset."),
+    tau: Optional[float] = typer.Option(None, help="Rerank gate (default: the bank preset)."),
+    backend: str = typer.Option("auto", help="auto | cpu | cuda | tensorrt."),
+    confusions_out: Optional[Path] = typer.Option(None, help="Write stage-1 confusion pairs (JSON) here."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Top-1/top-5 of plain CLIP, CODER stage 1 and CODER + rerank on labelled images."""
+    from dataclasses import asdict, replace
+
+    from .fsutil import atomic_write_json
+    from .manifest import default_artifact_dir
+    from .runtime.classifier import Classifier
+    from .runtime.datasets import open_dataset, subset
+    from .runtime.evaluate import evaluate
+
+    clf = Classifier.load(artifacts or default_artifact_dir(), bank, backend, "fp32", tau)
+    ds = open_dataset(data)
+    ds = replace(ds, items=subset(ds.items, limit, seed))
+    with _progress() as bar:
+        task = bar.add_task(f"eval {ds.name} ({clf.backend})", total=len(ds.items))
+        report = evaluate(clf, ds, lambda n: bar.advance(task, n))
+    for name in report.missing_classes:
+        err.print(f"[yellow]warning[/yellow]: dataset class {name!r} is not in the bank; its images are skipped",
+                  highlight=False, soft_wrap=True)
+    if confusions_out is not None:
+        atomic_write_json(confusions_out, {"format": "coder.confusions", "format_version": 1,
+                                           "pairs": [{"true": t, "predicted": p, "count": n}
+                                                     for t, p, n in report.confusions]})
+    if as_json:
+        _print_json({"dataset": ds.name, "backend": clf.backend, "tau": clf.tau, **asdict(report)})
+        return
+    from rich.table import Table
+
+    t = Table(title=f"{ds.name}: {report.n} images, backend {clf.backend}, tau {clf.tau}")
+    for col in ("method", "top-1", "top-5"):
+        t.add_column(col)
+    for method, acc in report.rows.items():
+        t.add_row(method, f"{100 * acc['top1']:.2f}%", f"{100 * acc['top5']:.2f}%")
+    out.print(t)
+    out.print(f"reranked {100 * report.reranked_fraction:.1f}% of images: {report.wrong_to_right} wrong->right, "
+              f"{report.right_to_wrong} right->wrong; {report.failures} unreadable")
+    if report.failures:
+        raise typer.Exit(exit_code_for(InputError()))
 
 
 @app.command()

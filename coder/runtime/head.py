@@ -42,6 +42,8 @@ def softmax_gap(scores: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
 def pair_lookup(bank, n_classes: int) -> tuple[np.ndarray, np.ndarray]:
     """Sorted keys ``from * C + to`` and the pair rows they point to."""
     keys = bank.pair_from.astype(np.int64) * n_classes + bank.pair_to
+    if len(keys) < 2 or np.all(keys[1:] > keys[:-1]):  # banks store pairs sorted: skip the sort
+        return keys, np.arange(len(keys))
     order = np.argsort(keys)
     return keys[order], order
 
@@ -80,10 +82,10 @@ def rerank(f: np.ndarray, s1: np.ndarray, bank, tau: float, k: int = 5) -> Reran
         fwd = _pair_rows(keys, rows, np.broadcast_to(a, (len(idx), kk, kk)), np.broadcast_to(b, (len(idx), kk, kk)),
                          n_classes)
         bwd = np.swapaxes(fwd, 1, 2)
-        proj = f[idx] @ bank.pair_vec.T  # (b,P): f . mean(P(c->c')) for every stored pair
-        take = lambda rr: np.take_along_axis(proj, np.maximum(rr, 0).reshape(len(idx), -1), axis=1).reshape(rr.shape)
+        # Gather only the <= k*(k-1) pair vectors this image needs instead of projecting onto all P pairs.
         both = (fwd >= 0) & (bwd >= 0)
-        bracket = np.where(both, take(fwd) - take(bwd), 0.0)
+        vec = bank.pair_vec[np.maximum(fwd, 0)] - bank.pair_vec[np.maximum(bwd, 0)]  # (b,k,k,D)
+        bracket = np.where(both, np.einsum("bijd,bd->bij", vec, f[idx]), 0.0)
         r[idx] = (bracket.sum(axis=2) / (kk - 1)).astype(np.float32)
         # argmax keeps the first maximum: ties go to the class ranked higher in stage 1.
         labels[idx] = t[np.arange(len(idx)), np.argmax(r[idx], axis=1)]

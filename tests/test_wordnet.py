@@ -1,0 +1,84 @@
+"""WordNet 3.0 reader and synonym filling (Debian wordnet-base, installed by .ci/run)."""
+
+import numpy as np
+import pytest
+
+from coder.errors import ConfigError, TextsError
+from coder.text_bank.texts import ClassTexts, init_texts
+from coder.text_bank.wordnet import DEFAULT_DIR, Synset, WordNet, add_synonyms, choose_synset
+
+pytestmark = pytest.mark.skipif(not (DEFAULT_DIR / "data.noun").is_file(), reason="wordnet-base not installed")
+
+
+@pytest.fixture(scope="module")
+def wn():
+    return WordNet()
+
+
+def test_exact_synset_by_id(wn):
+    s = wn.synset("n02084071")
+    assert s.lemmas == ("dog", "domestic dog", "Canis familiaris")
+    assert s.gloss.startswith("a member of the genus Canis") and '"' not in s.gloss
+    assert s.synonyms_of("Dog") == ("domestic dog", "Canis familiaris")
+
+
+def test_imagenet_ids_resolve(wn):
+    # ImageNet class 0 (tench) and 1 (goldfish) are WordNet 3.0 noun synsets.
+    assert wn.synset("n01440764").lemmas[:2] == ("tench", "Tinca tinca")
+    assert "Carassius auratus" in wn.synset("n01443537").lemmas
+
+
+def test_lookup_forms(wn):
+    assert wn.noun_synsets("great white shark")[0].wnid == "n01484850"
+    assert wn.noun_synsets("mice")[0].lemmas[0] == "mouse"
+    assert wn.noun_synsets("T-shirt/top") == []
+
+
+def test_bad_ids(wn):
+    with pytest.raises(TextsError, match="not a WordNet noun id"):
+        wn.synset("dog")
+    with pytest.raises(TextsError, match="not a synset"):
+        wn.synset("n00000001")
+
+
+def test_missing_database(tmp_path):
+    with pytest.raises(ConfigError, match="wordnet-base"):
+        WordNet(tmp_path)
+
+
+class _FakeEncoder:
+    """Encodes the query as e0 and the gloss containing 'pick me' as e0 too: that one must win."""
+
+    def encode(self, texts):
+        out = np.zeros((len(texts), 4), np.float32)
+        out[0, 0] = 1
+        for i, t in enumerate(texts[1:], 1):
+            out[i, 0 if "pick me" in t else 1] = 1
+        return out
+
+
+def test_choose_by_definition_similarity():
+    a, b = Synset("n00000001", ("x",), "unrelated"), Synset("n00000002", ("x", "y"), "pick me")
+    assert choose_synset("x", [a, b], _FakeEncoder()) == b
+    assert choose_synset("x", [a, b], None) == a  # most frequent sense
+    assert choose_synset("x", [], None) is None
+
+
+def test_add_synonyms_uses_name_template_and_reports_unmatched(wn):
+    t = init_texts("fashion-mnist")
+    t = t.with_classes([ClassTexts("dog", "n02084071", ("pup",))] + list(t.classes[:2]))
+    new, unmatched = add_synonyms(t, wn)
+    assert new.classes[0].syn == ("pup", "domestic dog", "Canis familiaris")
+    assert "T-shirt/top" in unmatched
+    from coder.text_bank.rows import expand
+    rows = expand(new)
+    assert "a photo of a domestic dog, a type of clothing." in rows.texts  # name template, never "None"
+    assert not any("None" in s for s in rows.texts)
+
+
+def test_with_real_text_encoder(wn, tiny_artifact):
+    from coder.runtime.text_encoder import TextEncoder
+
+    new, _ = add_synonyms(init_texts("cifar10"), wn, TextEncoder.load(tiny_artifact))
+    assert all(c.name not in c.syn for c in new.classes)
+    assert sum(len(c.syn) for c in new.classes) > 0
