@@ -274,6 +274,29 @@ def texts_synonyms(
               + (f": {', '.join(unmatched[:10])}{' …' if len(unmatched) > 10 else ''}" if unmatched else ""))
 
 
+@texts_app.command("import")
+def texts_import(
+    texts: Path = typer.Argument(..., help="Class-texts file to update in place (atomically)."),
+    source: Path = typer.Argument(..., help="Descriptor JSON: {class name: [text, ...]}."),
+    kind: str = typer.Option("att", help="att | ana."),
+    fmt: str = typer.Option("vcd", "--format", help="vcd (descriptor JSON) | cupl (CuPL prompt file)."),
+) -> None:
+    """Import existing LLM descriptions, matching class names tolerantly."""
+    from .text_bank.importers import import_descriptions, read_descriptions
+    from .text_bank.texts import load_texts, save_texts
+
+    t = load_texts(texts)
+    new, missing, extra = import_descriptions(t, read_descriptions(source, fmt), kind)
+    save_texts(texts, new)
+    out.print(f"{texts}: imported {kind} for {len(t.classes) - len(missing)}/{len(t.classes)} classes")
+    if missing:
+        err.print(f"[yellow]warning[/yellow]: no descriptions for {len(missing)} classes: "
+                  f"{', '.join(missing[:10])}{' …' if len(missing) > 10 else ''}", highlight=False, soft_wrap=True)
+    if extra:
+        err.print(f"[yellow]warning[/yellow]: {len(extra)} entries of {source} match no class: "
+                  f"{', '.join(extra[:10])}{' …' if len(extra) > 10 else ''}", highlight=False, soft_wrap=True)
+
+
 @texts_app.command("list")
 def texts_list(as_json: bool = typer.Option(False, "--json")) -> None:
     """The built-in class lists and their sources."""
