@@ -23,7 +23,7 @@ from rich.console import Console
 
 from . import __version__
 from .errors import (ArtifactError, BackendError, CoderError, ConfigError, ExportError, InputError,
-                     TextsError, WeightsError)
+                     LLMError, TextsError, WeightsError)
 
 # The one place errors become exit codes. Order matters: subclasses first.
 EXIT_OK = 0
@@ -35,6 +35,7 @@ EXIT_CODES: list[tuple[type[CoderError], int, str]] = [
     (WeightsError, 5, "pretrained weights unavailable (offline, bad tag, unreadable checkpoint)"),
     (BackendError, 6, "requested backend not available or fell back"),
     (TextsError, 7, "class-texts file malformed (the message names the field)"),
+    (LLMError, 8, "LLM generation failed for some texts (recorded; re-run resumes from the cache)"),
     (CoderError, 9, "other coder error"),
 ]
 EXIT_INTERNAL = 70  # a bug: the traceback is printed
@@ -52,7 +53,7 @@ class _CoderGroup(TyperGroup):
         try:
             return super().invoke(ctx)
         except CoderError as e:
-            err.print(f"[red]error[/red]: {e}", highlight=False, soft_wrap=True)
+            say("error", str(e))
             raise typer.Exit(exit_code_for(e)) from None
         except KeyboardInterrupt:
             err.print("[red]interrupted[/red]: finished files are kept; re-run to resume")
@@ -67,8 +68,23 @@ class _CoderGroup(TyperGroup):
 
 app = typer.Typer(cls=_CoderGroup, add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="CODER CLIP classification: export, embed, classify on CPU/GPU.")
-out = Console()
-err = Console(stderr=True)
+# emoji=False: a class named "frog" in "att:frog:" must not become an emoji.
+out = Console(emoji=False, highlight=False)
+err = Console(stderr=True, emoji=False, highlight=False)
+
+
+def say(level: str, msg: str) -> None:
+    """One line on stderr, ``error: ...`` / ``warning: ...``; ``msg`` is data, never markup."""
+    from rich.markup import escape
+
+    style = "yellow" if level == "warning" else "red"
+    err.print(f"[{style}]{level}[/{style}]: " + escape(str(msg)), soft_wrap=True)
+
+
+def info(msg: str) -> None:
+    from rich.markup import escape
+
+    out.print(escape(str(msg)), soft_wrap=True)
 
 
 def exit_code_for(exc: CoderError) -> int:
@@ -92,6 +108,10 @@ def _progress():
 
     return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=err, transient=False)
+
+
+def _some(names: list[str], n: int = 10) -> str:
+    return ", ".join(names[:n]) + (" …" if len(names) > n else "")
 
 
 def _print_json(obj) -> None:
@@ -148,7 +168,9 @@ def export(
         texts = result.out_dir / f"texts-{Path(classes).stem}.json"
         save_texts(texts, init_texts(classes))
     if texts is not None:
-        _build_bank(result.out_dir, texts, "fp32", None, False, quiet=as_json)
+        from .cli_texts import build_bank_with_progress
+
+        build_bank_with_progress(result.out_dir, texts, "fp32", None, False, quiet=as_json)
 
 
 def _print_export_summary(result) -> None:
@@ -191,7 +213,7 @@ def embed(
         task = bar.add_task("embedding", total=len(images))
         res = embed_files(enc, [str(p) for p in images], batch_size, lambda n: bar.advance(task, n))
     for path, why in res.failures:
-        err.print(f"[red]error[/red]: {why}", highlight=False, soft_wrap=True)
+        say("error", why)
     if out_file is not None:
         _save_npy(out_file, res.embeddings)
     if as_json:
@@ -229,253 +251,6 @@ def _print_embed_table(res, out_file) -> None:
     out.print(t)
 
 
-texts_app = typer.Typer(help="Class-texts files: init, inspect.", no_args_is_help=True)
-bank_app = typer.Typer(help="Build the folded CODER bank for a texts file.", no_args_is_help=True)
-app.add_typer(texts_app, name="texts")
-app.add_typer(bank_app, name="bank")
-
-
-@texts_app.command("init")
-def texts_init(
-    classes: str = typer.Option(..., help="Built-in list name (cifar10, imagenet1k, ...) or a class file."),
-    out_file: Path = typer.Option(..., "--out", help="texts.json to write."),
-    preset: Optional[str] = typer.Option(None, help="Template preset (default, eurosat, food, pets, dtd, ...)."),
-    force: bool = typer.Option(False, help="Overwrite an existing file."),
-) -> None:
-    """Write a names-only class-texts file (the documented baseline)."""
-    from .text_bank.texts import init_texts, save_texts
-
-    if out_file.exists() and not force:
-        raise ConfigError(f"{out_file} exists; pass --force to overwrite")
-    t = init_texts(classes, preset)
-    save_texts(out_file, t)
-    out.print(f"wrote {out_file}: {len(t.classes)} classes, preset {t.preset}")
-
-
-@texts_app.command("synonyms")
-def texts_synonyms(
-    texts: Path = typer.Argument(..., help="Class-texts file to update in place (atomically)."),
-    artifacts: Optional[Path] = typer.Option(None, "--artifacts", "-a",
-                                             help="Pick ambiguous synsets with this text encoder (else: most frequent sense)."),
-    wordnet_dir: Optional[Path] = typer.Option(None, help="WordNet 3.0 dict dir (default /usr/share/wordnet)."),
-) -> None:
-    """Add WordNet 3.0 synonyms (exact for classes with a WordNet id)."""
-    from .runtime.text_encoder import TextEncoder
-    from .text_bank.texts import load_texts, save_texts
-    from .text_bank.wordnet import WordNet, add_synonyms
-
-    t = load_texts(texts)
-    wn = WordNet(wordnet_dir) if wordnet_dir else WordNet()
-    enc = TextEncoder.load(artifacts) if artifacts else None
-    new, unmatched = add_synonyms(t, wn, enc)
-    save_texts(texts, new)
-    added = sum(len(b.syn) - len(a.syn) for a, b in zip(t.classes, new.classes))
-    out.print(f"{texts}: {added} synonyms added; {len(unmatched)} classes without a WordNet noun"
-              + (f": {', '.join(unmatched[:10])}{' …' if len(unmatched) > 10 else ''}" if unmatched else ""))
-
-
-@texts_app.command("import")
-def texts_import(
-    texts: Path = typer.Argument(..., help="Class-texts file to update in place (atomically)."),
-    source: Path = typer.Argument(..., help="Descriptor JSON: {class name: [text, ...]}."),
-    kind: str = typer.Option("att", help="att | ana."),
-    fmt: str = typer.Option("vcd", "--format", help="vcd (descriptor JSON) | cupl (CuPL prompt file)."),
-) -> None:
-    """Import existing LLM descriptions, matching class names tolerantly."""
-    from .text_bank.importers import import_descriptions, read_descriptions
-    from .text_bank.texts import load_texts, save_texts
-
-    t = load_texts(texts)
-    new, missing, extra = import_descriptions(t, read_descriptions(source, fmt), kind)
-    save_texts(texts, new)
-    out.print(f"{texts}: imported {kind} for {len(t.classes) - len(missing)}/{len(t.classes)} classes")
-    if missing:
-        err.print(f"[yellow]warning[/yellow]: no descriptions for {len(missing)} classes: "
-                  f"{', '.join(missing[:10])}{' …' if len(missing) > 10 else ''}", highlight=False, soft_wrap=True)
-    if extra:
-        err.print(f"[yellow]warning[/yellow]: {len(extra)} entries of {source} match no class: "
-                  f"{', '.join(extra[:10])}{' …' if len(extra) > 10 else ''}", highlight=False, soft_wrap=True)
-
-
-@texts_app.command("list")
-def texts_list(as_json: bool = typer.Option(False, "--json")) -> None:
-    """The built-in class lists and their sources."""
-    from .text_bank.texts import builtin_lists
-
-    lists = builtin_lists()
-    if as_json:
-        _print_json({k: {"classes": len(v["classes"]), "preset": v["preset"], "source": v["source"]}
-                     for k, v in lists.items()})
-        return
-    from rich.table import Table
-
-    t = Table(title="built-in class lists")
-    for col in ("name", "classes", "preset", "source"):
-        t.add_column(col)
-    for k, v in lists.items():
-        t.add_row(k, str(len(v["classes"])), v["preset"], v["source"])
-    out.print(t)
-
-
-@bank_app.command("build")
-def bank_build(
-    artifacts: Path = typer.Option(..., "--artifacts", "-a", help="Artifact directory from `coder export`."),
-    texts: Path = typer.Option(..., "--texts", help="Class-texts file (`coder texts init`)."),
-    precision: str = typer.Option("fp32", help="Text encoder precision: fp32 | fp16."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Default <artifacts>/banks/<texts name>."),
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Encode every text (cached, length-grouped) and write the folded bank."""
-    _build_bank(artifacts, texts, precision, out_dir, as_json)
-
-
-def _build_bank(artifacts: Path, texts_path: Path, precision: str, out_dir, as_json: bool, quiet: bool = False) -> None:
-    from .text_bank.bank import build_bank
-    from .text_bank.texts import load_texts
-
-    if precision not in ("fp32", "fp16"):
-        raise ConfigError(f"--precision {precision!r}: choose fp32 or fp16")
-    texts = load_texts(texts_path)
-    with _progress() as bar:
-        task = bar.add_task("encoding texts", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        path, meta = build_bank(artifacts, texts, precision, out_dir, progress)
-    summary = {"bank": str(path), **meta["counts"], "classes": len(meta["classes"]), "settings": meta["settings"]}
-    if quiet:
-        return
-    if as_json:
-        _print_json(summary)
-    else:
-        out.print(f"bank {path}: {meta['counts']['texts']} texts ({meta['counts']['newly_encoded']} newly encoded), "
-                  f"{len(meta['classes'])} classes, {meta['counts']['pairs']} pairs, tau {meta['settings']['tau']}")
-
-
-@app.command()
-def classify(
-    paths: List[str] = typer.Argument(..., help="Image files, directories (recursive) or quoted globs."),
-    artifacts: Optional[Path] = typer.Option(None, "--artifacts", "-a",
-                                             help="Default: $CODER_ARTIFACTS, else the newest ./coder-artifacts/*."),
-    bank: Optional[str] = typer.Option(None, help="Bank name under <artifacts>/banks (default: the only one)."),
-    top_k: int = typer.Option(5, "--top-k", help="Classes shown per image."),
-    no_rerank: bool = typer.Option(False, "--no-rerank", help="Stage 1 only."),
-    tau: Optional[float] = typer.Option(None, help="Rerank gate (default: the bank preset's published value)."),
-    explain: bool = typer.Option(False, "--explain", help="Show the texts that matched best."),
-    backend: str = typer.Option("auto", help="auto | cpu | cuda | tensorrt."),
-    precision: str = typer.Option("fp32", help="fp32 | fp16."),
-    batch_size: int = typer.Option(16, help="Images per encoder call (bounds memory)."),
-    as_json: bool = typer.Option(False, "--json", help="One JSON object per image (JSON lines)."),
-) -> None:
-    """Classify images with CODER (stage 1 + gated one-to-one rerank)."""
-    from .manifest import default_artifact_dir
-    from .runtime.classifier import Classifier
-    from .runtime.images import to_pil
-    from .runtime.inputs import batched, iter_image_paths
-
-    clf = Classifier.load(artifacts or default_artifact_dir(), bank, backend, precision, tau)
-    rows, failures = [], 0
-    with _progress() as bar:
-        task = bar.add_task(f"classifying ({clf.backend})", total=None)
-        for chunk in batched(iter_image_paths(paths), batch_size):
-            ok, pils = [], []
-            for p in chunk:
-                try:
-                    pils.append(to_pil(p))
-                    ok.append(p)
-                except InputError as e:
-                    failures += 1
-                    err.print(f"[red]error[/red]: {e}", highlight=False, soft_wrap=True)
-            for p, pred, pil in zip(ok, clf.classify(pils, top_k, not no_rerank) if pils else [], pils):
-                record = _prediction_record(p, pred, clf.explain(pil) if explain else None)
-                if as_json:
-                    sys.stdout.write(json.dumps(record) + "\n")
-                else:
-                    rows.append(record)
-            bar.advance(task, len(chunk))
-    if not as_json:
-        _print_predictions(rows, clf)
-    if failures:
-        raise typer.Exit(exit_code_for(InputError()))
-
-
-def _prediction_record(path, pred, explanation) -> dict:
-    from dataclasses import asdict
-
-    record = {"file": str(path), **asdict(pred)}
-    if explanation is not None:
-        record["explain"] = {k: [{"text": t, "cosine": round(c, 5)} for t, c in v] for k, v in explanation.items()}
-    return record
-
-
-def _print_predictions(rows: list[dict], clf) -> None:
-    from rich.markup import escape
-    from rich.table import Table
-
-    t = Table(title=f"{len(rows)} images, backend {clf.backend}, tau {clf.tau}")
-    for col in ("file", "label", "top-k (stage-1 score)", "gap", "reranked"):
-        t.add_column(col)
-    for r in rows:
-        top = ", ".join(f"{n} {s:.2f}" for n, s in zip(r["top_k_names"], r["stage1_scores"]))
-        t.add_row(escape(r["file"]), escape(r["name"]), escape(top), f"{r['gap']:.3f}", "yes" if r["reranked"] else "")
-        for cls_name, matches in (r.get("explain") or {}).items():
-            t.add_row("", f"  why {escape(cls_name)}", escape("; ".join(f"{m['text']} ({m['cosine']:.3f})"
-                                                                       for m in matches)), "", "")
-    out.print(t)
-
-
-@app.command("eval")
-def eval_cmd(
-    data: str = typer.Argument(..., help="ImageFolder directory, or fashion-mnist[:train|test] (Debian package)."),
-    artifacts: Optional[Path] = typer.Option(None, "--artifacts", "-a", help="Default as in `coder classify`."),
-    bank: Optional[str] = typer.Option(None, help="Bank name under <artifacts>/banks."),
-    limit: Optional[int] = typer.Option(None, help="Evaluate a reproducible random subset of this many images."),
-    seed: int = typer.Option(0, help="Seed of the --limit subset."),
-    tau: Optional[float] = typer.Option(None, help="Rerank gate (default: the bank preset)."),
-    backend: str = typer.Option("auto", help="auto | cpu | cuda | tensorrt."),
-    confusions_out: Optional[Path] = typer.Option(None, help="Write stage-1 confusion pairs (JSON) here."),
-    as_json: bool = typer.Option(False, "--json"),
-) -> None:
-    """Top-1/top-5 of plain CLIP, CODER stage 1 and CODER + rerank on labelled images."""
-    from dataclasses import asdict, replace
-
-    from .fsutil import atomic_write_json
-    from .manifest import default_artifact_dir
-    from .runtime.classifier import Classifier
-    from .runtime.datasets import open_dataset, subset
-    from .runtime.evaluate import evaluate
-
-    clf = Classifier.load(artifacts or default_artifact_dir(), bank, backend, "fp32", tau)
-    ds = open_dataset(data)
-    ds = replace(ds, items=subset(ds.items, limit, seed))
-    with _progress() as bar:
-        task = bar.add_task(f"eval {ds.name} ({clf.backend})", total=len(ds.items))
-        report = evaluate(clf, ds, lambda n: bar.advance(task, n))
-    for name in report.missing_classes:
-        err.print(f"[yellow]warning[/yellow]: dataset class {name!r} is not in the bank; its images are skipped",
-                  highlight=False, soft_wrap=True)
-    if confusions_out is not None:
-        atomic_write_json(confusions_out, {"format": "coder.confusions", "format_version": 1,
-                                           "pairs": [{"true": t, "predicted": p, "count": n}
-                                                     for t, p, n in report.confusions]})
-    if as_json:
-        _print_json({"dataset": ds.name, "backend": clf.backend, "tau": clf.tau, **asdict(report)})
-        return
-    from rich.table import Table
-
-    t = Table(title=f"{ds.name}: {report.n} images, backend {clf.backend}, tau {clf.tau}")
-    for col in ("method", "top-1", "top-5"):
-        t.add_column(col)
-    for method, acc in report.rows.items():
-        t.add_row(method, f"{100 * acc['top1']:.2f}%", f"{100 * acc['top5']:.2f}%")
-    out.print(t)
-    out.print(f"reranked {100 * report.reranked_fraction:.1f}% of images: {report.wrong_to_right} wrong->right, "
-              f"{report.right_to_wrong} right->wrong; {report.failures} unreadable")
-    if report.failures:
-        raise typer.Exit(exit_code_for(InputError()))
-
-
 @app.command()
 def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Versions, which backends actually load here, GPU and TensorRT presence."""
@@ -507,6 +282,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
     return EXIT_OK
 
+
+# Sub-command modules register themselves on `app` (they import it from here).
+from . import cli_predict, cli_texts  # noqa: E402,F401
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -41,3 +41,7 @@ class BackendError(CoderError):
 
 class TextsError(CoderError):
     """A class-texts or bank file is malformed; the message names the field."""
+
+
+class LLMError(CoderError):
+    """Talking to the LLM endpoint failed (after retries), or some generations were recorded as failures."""

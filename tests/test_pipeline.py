@@ -1,8 +1,6 @@
 """coder export: manifest contents, validation record, atomic + resumable writes, --force."""
 
 import json
-from pathlib import Path
-
 import pytest
 
 from coder.errors import ArtifactError, ExportError

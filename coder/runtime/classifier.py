@@ -21,7 +21,7 @@ from typing import Sequence
 
 import numpy as np
 
-from ..engines.ort import BACKENDS, load_ort
+from ..engines.ort import BACKENDS
 from ..errors import ArtifactError, BackendError, ConfigError
 from ..manifest import load_artifact
 from ..text_bank.bank import Bank, load_bank

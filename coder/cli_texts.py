@@ -1,0 +1,186 @@
+"""``coder texts ...`` and ``coder bank build``: class-texts files and the folded bank."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from .cli import _print_json, _progress, _some, app, info, out, say
+from .errors import ConfigError, LLMError
+
+
+texts_app = typer.Typer(help="Class-texts files: init, inspect.", no_args_is_help=True)
+bank_app = typer.Typer(help="Build the folded CODER bank for a texts file.", no_args_is_help=True)
+app.add_typer(texts_app, name="texts")
+app.add_typer(bank_app, name="bank")
+
+
+@texts_app.command("init")
+def texts_init(
+    classes: str = typer.Option(..., help="Built-in list name (cifar10, imagenet1k, ...) or a class file."),
+    out_file: Path = typer.Option(..., "--out", help="texts.json to write."),
+    preset: Optional[str] = typer.Option(None, help="Template preset (default, eurosat, food, pets, dtd, ...)."),
+    force: bool = typer.Option(False, help="Overwrite an existing file."),
+) -> None:
+    """Write a names-only class-texts file (the documented baseline)."""
+    from .text_bank.texts import init_texts, save_texts
+
+    if out_file.exists() and not force:
+        raise ConfigError(f"{out_file} exists; pass --force to overwrite")
+    t = init_texts(classes, preset)
+    save_texts(out_file, t)
+    info(f"wrote {out_file}: {len(t.classes)} classes, preset {t.preset}")
+
+
+@texts_app.command("synonyms")
+def texts_synonyms(
+    texts: Path = typer.Argument(..., help="Class-texts file to update in place (atomically)."),
+    artifacts: Optional[Path] = typer.Option(None, "--artifacts", "-a",
+                                             help="Pick ambiguous synsets with this text encoder (else: most frequent sense)."),
+    wordnet_dir: Optional[Path] = typer.Option(None, help="WordNet 3.0 dict dir (default /usr/share/wordnet)."),
+) -> None:
+    """Add WordNet 3.0 synonyms (exact for classes with a WordNet id)."""
+    from .runtime.text_encoder import TextEncoder
+    from .text_bank.texts import load_texts, save_texts
+    from .text_bank.wordnet import WordNet, add_synonyms
+
+    t = load_texts(texts)
+    wn = WordNet(wordnet_dir) if wordnet_dir else WordNet()
+    enc = TextEncoder.load(artifacts) if artifacts else None
+    new, unmatched = add_synonyms(t, wn, enc)
+    save_texts(texts, new)
+    added = sum(len(b.syn) - len(a.syn) for a, b in zip(t.classes, new.classes))
+    info(f"{texts}: {added} synonyms added; {len(unmatched)} classes without a WordNet noun"
+         + (f": {_some(unmatched)}" if unmatched else ""))
+
+
+@texts_app.command("import")
+def texts_import(
+    texts: Path = typer.Argument(..., help="Class-texts file to update in place (atomically)."),
+    source: Path = typer.Argument(..., help="Descriptor JSON: {class name: [text, ...]}."),
+    kind: str = typer.Option("att", help="att | ana."),
+    fmt: str = typer.Option("vcd", "--format", help="vcd (descriptor JSON) | cupl (CuPL prompt file)."),
+) -> None:
+    """Import existing LLM descriptions, matching class names tolerantly."""
+    from .text_bank.importers import import_descriptions, read_descriptions
+    from .text_bank.texts import load_texts, save_texts
+
+    t = load_texts(texts)
+    new, missing, extra = import_descriptions(t, read_descriptions(source, fmt), kind)
+    save_texts(texts, new)
+    info(f"{texts}: imported {kind} for {len(t.classes) - len(missing)}/{len(t.classes)} classes")
+    if missing:
+        say("warning", f"no descriptions for {len(missing)} classes: {_some(missing)}")
+    if extra:
+        say("warning", f"{len(extra)} entries of {source} match no class: {_some(extra)}")
+
+
+@texts_app.command("generate")
+def texts_generate(
+    texts: Path = typer.Argument(..., help="Class-texts file to update in place (atomically)."),
+    llm_url: str = typer.Option(..., help="OpenAI-compatible base URL, e.g. http://127.0.0.1:8000/v1."),
+    model: str = typer.Option(..., help="Model name the endpoint serves."),
+    api_key_env: Optional[str] = typer.Option(None, help="Environment variable holding the API key."),
+    kinds: str = typer.Option("att,ana,pair", help="Comma list of att, ana, pair."),
+    pairs_per_class: int = typer.Option(3, help="Hard pairs: K nearest classes in text-embedding space."),
+    pairs_file: Optional[Path] = typer.Option(None, help="Hard pairs from `coder eval --confusions-out` or a,b lines."),
+    artifacts: Optional[Path] = typer.Option(None, "--artifacts", "-a",
+                                             help="Text encoder for the ana filter and nearest pairs (default as classify)."),
+    concurrency: int = typer.Option(4, help="Requests in flight."),
+    timeout: float = typer.Option(60.0, help="Seconds per request before a retry."),
+    cache_dir: Optional[Path] = typer.Option(None, help="Response cache (default: .coder-llm-cache beside TEXTS)."),
+) -> None:
+    """Ask an LLM for attributes, analogous objects and one-to-one pair texts (ATG)."""
+    from .manifest import default_artifact_dir
+    from .runtime.text_encoder import TextEncoder
+    from .text_bank.atg import GenerateOptions, generate, read_pairs_file
+    from .text_bank.llm import ChatClient, LLMConfig, ResponseCache
+    from .text_bank.texts import load_texts, save_texts
+
+    wanted = tuple(k.strip() for k in kinds.split(",") if k.strip())
+    if not wanted or set(wanted) - {"att", "ana", "pair"}:
+        raise ConfigError(f"--kinds {kinds!r}: a comma list of att, ana, pair")
+    t = load_texts(texts)
+    pairs = None
+    if pairs_file is not None:
+        found, unknown = read_pairs_file(pairs_file, t.class_names)
+        pairs = tuple(found)
+        if unknown:
+            say("warning", f"{len(set(unknown))} names in {pairs_file} are not classes: {_some(sorted(set(unknown)))}")
+    needs_encoder = "ana" in wanted or ("pair" in wanted and pairs is None)
+    encoder = TextEncoder.load(artifacts or default_artifact_dir()) if needs_encoder else None
+    client = ChatClient(LLMConfig(llm_url, model, api_key_env, timeout_s=timeout),
+                        ResponseCache(cache_dir or texts.parent / ".coder-llm-cache"))
+    opts = GenerateOptions(wanted, pairs_per_class, pairs, concurrency)
+    with _progress() as bar:
+        task = bar.add_task("asking the LLM", total=None)
+
+        def progress(done: int, total: int, failed: int) -> None:
+            bar.update(task, completed=done, total=total, description=f"asking the LLM ({failed} failed)")
+
+        new, report = generate(t, client, encoder, opts, progress)
+    save_texts(texts, new)
+    info(f"{texts}: {report.done} generations done, {len(report.failures)} failed")
+    for f in report.failures:
+        say("failed", f"{f['task']}: {f['error']}")
+    if report.failures:
+        raise LLMError(f"{len(report.failures)} generations failed (recorded in provenance.failures); "
+                       "re-run the same command to retry them, finished ones come from the cache")
+
+
+@texts_app.command("list")
+def texts_list(as_json: bool = typer.Option(False, "--json")) -> None:
+    """The built-in class lists and their sources."""
+    from .text_bank.texts import builtin_lists
+
+    lists = builtin_lists()
+    if as_json:
+        _print_json({k: {"classes": len(v["classes"]), "preset": v["preset"], "source": v["source"]}
+                     for k, v in lists.items()})
+        return
+    from rich.table import Table
+
+    t = Table(title="built-in class lists")
+    for col in ("name", "classes", "preset", "source"):
+        t.add_column(col)
+    for k, v in lists.items():
+        t.add_row(k, str(len(v["classes"])), v["preset"], v["source"])
+    out.print(t)
+
+
+@bank_app.command("build")
+def bank_build(
+    artifacts: Path = typer.Option(..., "--artifacts", "-a", help="Artifact directory from `coder export`."),
+    texts: Path = typer.Option(..., "--texts", help="Class-texts file (`coder texts init`)."),
+    precision: str = typer.Option("fp32", help="Text encoder precision: fp32 | fp16."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Default <artifacts>/banks/<texts name>."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Encode every text (cached, length-grouped) and write the folded bank."""
+    build_bank_with_progress(artifacts, texts, precision, out_dir, as_json)
+
+
+def build_bank_with_progress(artifacts: Path, texts_path: Path, precision: str, out_dir, as_json: bool, quiet: bool = False) -> None:
+    from .text_bank.bank import build_bank
+    from .text_bank.texts import load_texts
+
+    if precision not in ("fp32", "fp16"):
+        raise ConfigError(f"--precision {precision!r}: choose fp32 or fp16")
+    texts = load_texts(texts_path)
+    with _progress() as bar:
+        task = bar.add_task("encoding texts", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        path, meta = build_bank(artifacts, texts, precision, out_dir, progress)
+    summary = {"bank": str(path), **meta["counts"], "classes": len(meta["classes"]), "settings": meta["settings"]}
+    if quiet:
+        return
+    if as_json:
+        _print_json(summary)
+    else:
+        info(f"bank {path}: {meta['counts']['texts']} texts ({meta['counts']['newly_encoded']} newly encoded), "
+                  f"{len(meta['classes'])} classes, {meta['counts']['pairs']} pairs, tau {meta['settings']['tau']}")

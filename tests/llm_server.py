@@ -1,0 +1,92 @@
+"""A scripted OpenAI-compatible chat-completions server on 127.0.0.1 for tests.
+
+It answers ATG questions deterministically and can misbehave on demand:
+garbage answers for some classes, 429/500 for the first requests, a slow first
+response, or going away after N requests.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Script:
+    def __init__(self, garbage_for=(), fail_first=0, fail_status=429, slow_first=0.0, die_after=None,
+                 similar=None, garbage_once_for=()):
+        self.garbage_for = set(garbage_for)
+        self.garbage_once_for = set(garbage_once_for)
+        self.fail_first, self.fail_status = fail_first, fail_status
+        self.slow_first = slow_first
+        self.die_after = die_after
+        self.similar = similar or {}
+        self.calls = 0
+        self.auth: list[str | None] = []
+        self.lock = threading.Lock()
+
+    def answer(self, question: str) -> str:
+        m = re.search(r"distinguishing an? (.+?) in a photo", question)
+        if m:
+            c = m.group(1)
+            if c in self.garbage_for or (c in self.garbage_once_for and "ONLY" not in question):
+                return "I'm sorry, as a language model I cannot see images."
+            return f"- {c} feature one\n- {c} feature two\n- {c} feature three"
+        m = re.search(r"What other objects are (.+?) visually similar to\?", question)
+        if m:
+            c = m.group(1)
+            exclude = question.split("Do not name any of: ")[1] if "Do not name" in question else ""
+            options = self.similar.get(c, [f"{c}-like thing {i}" for i in range(3)])
+            return "\n".join(f"- {g}" for g in options if g not in exclude) or "- something else entirely"
+        m = re.search(r"between the (.+?) and the (.+?) in a photo", question)
+        if m:
+            a, b = m.groups()
+            if a in self.garbage_for or b in self.garbage_for:
+                return "They are different."
+            return f"{a}:\n- {a} has trait x\n- {a} has trait y\n{b}:\n- {b} has trait z"
+        return "unrecognised question"
+
+
+def serve(script: Script):
+    """Start a server; returns (base_url, stop())."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def do_POST(self):
+            body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+            with script.lock:
+                script.calls += 1
+                n = script.calls
+                script.auth.append(self.headers.get("Authorization"))
+            if script.die_after is not None and n > script.die_after:
+                threading.Thread(target=server.shutdown, daemon=True).start()
+                self.close_connection = True
+                return
+            if n <= script.fail_first:
+                self.send_response(script.fail_status)
+                self.send_header("Retry-After", "0")
+                self.end_headers()
+                return
+            if n == 1 and script.slow_first:
+                time.sleep(script.slow_first)
+            text = script.answer(body["messages"][-1]["content"])
+            payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+
+    def stop():
+        server.shutdown()
+        server.server_close()
+
+    return f"http://127.0.0.1:{server.server_address[1]}/v1", stop
