@@ -163,14 +163,29 @@ def export(
     else:
         _print_export_summary(result)
     if texts is None and classes != "none":
-        from .text_bank.texts import init_texts, save_texts
-
-        texts = result.out_dir / f"texts-{Path(classes).stem}.json"
-        save_texts(texts, init_texts(classes))
+        texts = _default_texts(result.out_dir, classes)
     if texts is not None:
         from .cli_texts import build_bank_with_progress
 
         build_bank_with_progress(result.out_dir, texts, "fp32", None, False, quiet=as_json)
+
+
+def _default_texts(out_dir: Path, classes: str) -> Path:
+    """Names + WordNet synonyms (when WordNet is installed) for a class list, saved in the artifact."""
+    from .runtime.text_encoder import TextEncoder
+    from .text_bank.texts import init_texts, save_texts
+    from .text_bank.wordnet import WordNet, add_synonyms
+
+    texts = init_texts(classes)
+    try:
+        wordnet = WordNet()
+    except ConfigError as e:
+        say("warning", f"no synonyms: {e}")
+    else:
+        texts, _ = add_synonyms(texts, wordnet, TextEncoder.load(out_dir))
+    path = out_dir / f"texts-{Path(classes).stem}.json"
+    save_texts(path, texts)
+    return path
 
 
 def _print_export_summary(result) -> None:

@@ -10,7 +10,7 @@ from typing import List, Optional
 import typer
 
 from .cli import _print_json, _progress, app, exit_code_for, info, out, say
-from .errors import InputError
+from .errors import ConfigError, InputError
 
 
 @app.command()
@@ -26,6 +26,7 @@ def classify(
     backend: str = typer.Option("auto", help="auto | cpu | cuda | tensorrt."),
     precision: str = typer.Option("fp32", help="fp32 | fp16."),
     batch_size: int = typer.Option(16, help="Images per encoder call (bounds memory)."),
+    adapter: Optional[Path] = typer.Option(None, help="Few-shot adapter from `coder fit`."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image (JSON lines)."),
 ) -> None:
     """Classify images with CODER (stage 1 + gated one-to-one rerank)."""
@@ -34,7 +35,7 @@ def classify(
     from .runtime.images import to_pil
     from .runtime.inputs import batched, iter_image_paths
 
-    clf = Classifier.load(artifacts or default_artifact_dir(), bank, backend, precision, tau)
+    clf = Classifier.load(artifacts or default_artifact_dir(), bank, backend, precision, tau, adapter=adapter)
     rows, failures = [], 0
     with _progress() as bar:
         task = bar.add_task(f"classifying ({clf.backend})", total=None)
@@ -95,6 +96,7 @@ def eval_cmd(
     tau: Optional[float] = typer.Option(None, help="Rerank gate (default: the bank preset)."),
     backend: str = typer.Option("auto", help="auto | cpu | cuda | tensorrt."),
     confusions_out: Optional[Path] = typer.Option(None, help="Write stage-1 confusion pairs (JSON) here."),
+    adapter: Optional[Path] = typer.Option(None, help="Also report this few-shot adapter (`coder fit`)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Top-1/top-5 of plain CLIP, CODER stage 1 and CODER + rerank on labelled images."""
@@ -106,7 +108,7 @@ def eval_cmd(
     from .runtime.datasets import open_dataset, subset
     from .runtime.evaluate import evaluate
 
-    clf = Classifier.load(artifacts or default_artifact_dir(), bank, backend, "fp32", tau)
+    clf = Classifier.load(artifacts or default_artifact_dir(), bank, backend, "fp32", tau, adapter=adapter)
     ds = open_dataset(data)
     ds = replace(ds, items=subset(ds.items, limit, seed))
     with _progress() as bar:
@@ -133,3 +135,44 @@ def eval_cmd(
               f"{report.right_to_wrong} right->wrong; {report.failures} unreadable")
     if report.failures:
         raise typer.Exit(exit_code_for(InputError()))
+
+
+@app.command()
+def fit(
+    train: str = typer.Argument(..., help="ImageFolder directory or fashion-mnist[:train]."),
+    shots: int = typer.Option(..., "--shots", help="K images per class for the cache."),
+    out_file: Path = typer.Option(..., "--out", help="Adapter file to write (.npz)."),
+    artifacts: Optional[Path] = typer.Option(None, "--artifacts", "-a", help="Default as in `coder classify`."),
+    bank: Optional[str] = typer.Option(None, help="Bank name under <artifacts>/banks."),
+    val: Optional[str] = typer.Option(None, help="Validation set (ImageFolder or fashion-mnist:...)."),
+    val_fraction: float = typer.Option(0.1, help="Else: this share of each class's non-support images."),
+    val_limit: int = typer.Option(1000, help="At most this many validation images."),
+    augment_epochs: int = typer.Option(1, help="Augmented views averaged per support image (0: none)."),
+    seed: int = typer.Option(0, help="Seed for shot sampling and augmentation."),
+    kind: str = typer.Option("coder", help="coder (CODER-Adapter) | tip (plain Tip-Adapter, CLIP-feature keys)."),
+) -> None:
+    """Fit a training-free few-shot cache adapter; alpha/beta searched on validation only."""
+    from .manifest import default_artifact_dir
+    from .runtime.adapter import KINDS, save_adapter
+    from .runtime.classifier import Classifier
+    from .runtime.datasets import open_dataset
+    from .runtime.fewshot import fit as fit_adapter
+
+    if kind not in KINDS or shots < 1 or not 0 < val_fraction < 1:
+        raise ConfigError(f"need --kind in {KINDS}, --shots >= 1 and 0 < --val-fraction < 1")
+    clf = Classifier.load(artifacts or default_artifact_dir(), bank, "auto")
+    ds = open_dataset("fashion-mnist:train" if train == "fashion-mnist" else train)  # fit: the training split
+    val_ds = open_dataset(val) if val else None
+    n_classes = len(ds.classes)
+    total = n_classes * shots * max(augment_epochs, 1) + (val_limit if val_ds is None else min(val_limit, len(val_ds.items)))
+    with _progress() as bar:
+        task = bar.add_task(f"fit {kind} {shots}-shot ({clf.backend})", total=total)
+        res = fit_adapter(clf, ds, shots, val_ds, val_fraction, augment_epochs, seed, kind, val_limit,
+                          lambda n: bar.advance(task, n))
+        bar.update(task, completed=total)
+    for name, count in res.short_classes:
+        say("warning", f"class {name!r} has only {count} images (< {shots} shots); all of them were used")
+    save_adapter(out_file, res.adapter)
+    info(f"wrote {out_file}: {res.n_support} support images, alpha {res.adapter.alpha:.3g}, "
+         f"beta {res.adapter.beta:.3g}, validation top-1 {100 * res.val_accuracy:.2f}% on {res.n_val} images "
+         f"(encode {res.seconds_encode:.1f} s, search {res.seconds_search:.2f} s)")

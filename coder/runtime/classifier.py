@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -25,6 +25,7 @@ from ..engines.ort import BACKENDS
 from ..errors import ArtifactError, BackendError, ConfigError
 from ..manifest import load_artifact
 from ..text_bank.bank import Bank, load_bank
+from .adapter import Adapter, load_adapter
 from .encoder import ImageEncoder
 from .head import rerank, stage1_scores
 from .images import to_pil
@@ -57,6 +58,7 @@ class Prediction:
     rerank_scores: tuple[float, ...]  # r(c) for each candidate (zeros when the gate did not fire)
     backend: str
     timings_ms: Timings
+    few_shot: bool = False  # the label comes from a fitted adapter (``coder fit``)
 
 
 def find_bank(artifact_root: Path, name: str | None) -> Path:
@@ -94,11 +96,12 @@ class Classifier:
     bank: Bank
     tau: float
     k: int
+    adapter: Adapter | None = None
 
     @classmethod
     def load(cls, artifact_dir: str | os.PathLike, bank: str | None = None, backend: str = "auto",
              precision: str = "fp32", tau: float | None = None, k: int | None = None,
-             threads: int | None = None) -> "Classifier":
+             threads: int | None = None, adapter: str | os.PathLike | None = None) -> "Classifier":
         """Open an artifact + bank. ``tau``/``k`` default to the bank's preset (published values)."""
         if backend != "auto" and backend not in BACKENDS:
             raise ConfigError(f"backend {backend!r}: choose auto, {', '.join(BACKENDS)}")
@@ -109,7 +112,7 @@ class Classifier:
         k = b.k if k is None else int(k)
         if tau < 0 or k < 1:
             raise ConfigError(f"tau must be >= 0 and k >= 1 (got tau={tau}, k={k})")
-        return cls(enc, b, tau, k)
+        return cls(enc, b, tau, k, load_adapter(adapter, b) if adapter is not None else None)
 
     @property
     def backend(self) -> str:
@@ -142,6 +145,8 @@ class Classifier:
         t0 = time.perf_counter()
         s1 = stage1_scores(f, self.bank)
         rr = rerank(f, s1, self.bank, self.tau if rerank_enabled else -1.0, self.k)
+        if self.adapter is not None:  # few-shot: the adapter's logits decide the label
+            rr = replace(rr, labels=np.argmax(self.adapter.logits(f, self.bank.clip_w), axis=1))
         shown = np.argsort(-s1, axis=1, kind="stable")[:, :top_k]
         t_head = (time.perf_counter() - t0) * 1e3
         n = len(f)
@@ -156,7 +161,8 @@ class Classifier:
             top_k_names=tuple(names[c] for c in top), stage1_scores=tuple(float(s1[i, c]) for c in top),
             gap=float(rr.gap[i]), reranked=bool(rr.fired[i]),
             rerank_candidates=tuple(int(c) for c in rr.top[i]),
-            rerank_scores=tuple(float(x) for x in rr.scores[i]), backend=self.backend, timings_ms=timings)
+            rerank_scores=tuple(float(x) for x in rr.scores[i]), backend=self.backend, timings_ms=timings,
+            few_shot=self.adapter is not None)
 
     def explain(self, image, n: int = 3, bgr: bool = False) -> dict[str, list[tuple[str, float]]]:
         """For the final label and the runner-up: the raw texts most similar to the image."""

@@ -67,16 +67,19 @@ def evaluate(clf: Classifier, ds: Dataset, on_batch: Callable[[int], None] = lam
         raise InputError(f"no evaluable images: none of the dataset classes match the bank ({', '.join(missing[:5])})")
     clip = 100.0 * f @ clf.bank.clip_w.T
     s1 = stage1_scores(f, clf.bank)
-    rr = rerank(f, s1, clf.bank, clf.tau, clf.k)
+    rr = rerank(f, s1, clf.bank, clf.tau, clf.k)  # zero-shot rows; the adapter gets its own row
     final = s1.copy()
     final[np.arange(len(y)), rr.labels] = s1.max(axis=1) + 1.0  # final label first; the rest by stage 1
     stage1_right, final_right = rr.top[:, 0] == y, rr.labels == y
+    methods = [("clip", clip), ("coder_stage1", s1), ("coder_rerank", final)]
+    if clf.adapter is not None:
+        methods.append((f"{clf.adapter.kind}_adapter_{clf.adapter.meta.get('shots')}shot",
+                        clf.adapter.logits(f, clf.bank.clip_w)))
     names = clf.class_names
     conf = Counter((names[t], names[p]) for t, p in zip(y, rr.top[:, 0]) if t != p)
     return EvalReport(
         n=len(y),
-        rows={m: {"top1": _topk_acc(s, y, 1), "top5": _topk_acc(s, y, 5)}
-              for m, s in (("clip", clip), ("coder_stage1", s1), ("coder_rerank", final))},
+        rows={m: {"top1": _topk_acc(s, y, 1), "top5": _topk_acc(s, y, 5)} for m, s in methods},
         reranked_fraction=float(rr.fired.mean()),
         right_to_wrong=int((stage1_right & ~final_right).sum()),
         wrong_to_right=int((~stage1_right & final_right).sum()),

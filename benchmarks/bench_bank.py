@@ -1,0 +1,86 @@
+"""Bank build speed: coder (ONNX, length-grouped) vs open_clip encode_text (full context), same texts, same run.
+
+    python benchmarks/bench_bank.py --artifacts coder-artifacts/ViT-B-32__none [--classes cifar100] [--json]
+
+Also times an incremental rebuild after changing 1 % of the texts (embedding cache).
+Needs the [export] extra for the open_clip side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from coder.runtime.text_encoder import TextEncoder  # noqa: E402
+from coder.text_bank.bank import build_bank  # noqa: E402
+from coder.text_bank.rows import expand  # noqa: E402
+from coder.text_bank.texts import init_texts  # noqa: E402
+
+
+def _time(fn) -> float:
+    t0 = time.perf_counter()
+    fn()
+    return time.perf_counter() - t0
+
+
+def open_clip_encode(manifest: dict, texts: list[str], batch: int = 64) -> None:
+    import open_clip
+    import torch
+
+    torch.manual_seed(manifest["pretrained"]["seed"])
+    model = open_clip.create_model(manifest["architecture"], pretrained=None).eval()
+    tok = open_clip.get_tokenizer(manifest["architecture"])
+    with torch.no_grad():
+        for i in range(0, len(texts), batch):
+            model.encode_text(tok(texts[i:i + batch]))
+
+
+def run(artifacts: str, classes: str) -> dict:
+    texts = init_texts(classes)
+    rows = expand(texts)
+    unique = sorted(set(rows.texts))
+    enc = TextEncoder.load(artifacts)
+    t_coder = _time(lambda: enc.encode(unique))
+    t_torch = _time(lambda: open_clip_encode(enc.artifact.manifest, unique))
+    work = Path(tempfile.mkdtemp())
+    try:
+        build_bank(artifacts, texts, out=work / "bank")
+        changed = list(texts.classes)
+        n_change = max(1, len(unique) // 100)
+        for i in range(n_change):  # one new attribute text per changed class
+            c = changed[i % len(changed)]
+            changed[i % len(changed)] = dataclasses.replace(c, att=c.att + (f"new attribute {i}",))
+        t_incr = _time(lambda: build_bank(artifacts, texts.with_classes(changed), out=work / "bank"))
+        t_full = _time(lambda: build_bank(artifacts, texts, out=work / "fresh" / "bank"))
+    finally:
+        shutil.rmtree(work)
+    return {"texts": len(unique), "coder_texts_per_s": len(unique) / t_coder,
+            "open_clip_texts_per_s": len(unique) / t_torch, "speedup": t_torch / t_coder,
+            "full_build_s": t_full, "incremental_1pct_s": t_incr, "changed_texts": n_change}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--artifacts", required=True)
+    ap.add_argument("--classes", default="cifar100")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    r = run(args.artifacts, args.classes)
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return
+    print(f"{r['texts']} texts: coder {r['coder_texts_per_s']:.0f} texts/s, open_clip encode_text "
+          f"{r['open_clip_texts_per_s']:.0f} texts/s -> {r['speedup']:.1f}x")
+    print(f"bank build from scratch {r['full_build_s']:.1f} s; after changing {r['changed_texts']} texts (1 %) "
+          f"{r['incremental_1pct_s']:.2f} s")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+"""``coder fit``: sample K shots per class, encode them under E augmentations, fold the keys,
+search alpha/beta on a validation split (never the evaluation split), return the adapter.
+
+>>> result = fit(clf, train, shots=16, val=None, val_fraction=0.1, epochs=2, seed=0)   # doctest: +SKIP
+>>> result.adapter.alpha, result.val_accuracy
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+from ..errors import InputError
+from .adapter import Adapter, coder_text_matrix, fold_keys, search
+from .augment import augment
+from .classifier import Classifier
+from .datasets import Dataset, match_classes
+from .encoder import l2_normalize
+from .images import to_pil
+from .preprocess import preprocess_batch
+
+
+@dataclass(frozen=True)
+class FitResult:
+    adapter: Adapter
+    val_accuracy: float
+    short_classes: tuple[tuple[str, int], ...]  # classes with fewer than K images (name, count)
+    missing_classes: tuple[str, ...]  # dataset classes not in the bank
+    n_support: int
+    n_val: int
+    seconds_encode: float
+    seconds_search: float
+
+
+def split_support_val(ds: Dataset, mapping: dict[str, int], shots: int, val_fraction: float, seed: int,
+                      val_limit: int | None):
+    """Per class: ``shots`` support items and a ``val_fraction`` share of the rest, both seeded."""
+    rng = np.random.default_rng(seed)
+    by_class: dict[str, list] = {}
+    for x, c in ds.items:
+        if c in mapping:
+            by_class.setdefault(c, []).append(x)
+    support, val, short = [], [], []
+    for c, xs in by_class.items():
+        order = rng.permutation(len(xs))
+        if len(xs) < shots:
+            short.append((c, len(xs)))
+        support += [(xs[i], mapping[c]) for i in order[:shots]]
+        rest = order[shots:]
+        val += [(xs[i], mapping[c]) for i in rest[:int(round(len(rest) * val_fraction))]]
+    if val_limit is not None and len(val) > val_limit:
+        val = [val[i] for i in sorted(rng.permutation(len(val))[:val_limit])]
+    return support, val, short
+
+
+def encode_augmented(clf: Classifier, items: list, epochs: int, seed: int, batch: int = 32,
+                     on_step: Callable[[int], None] = lambda n: None) -> np.ndarray:
+    """Mean of ``epochs`` augmented views per image, renormalised; ``epochs=0``: the plain view."""
+    cfg = clf.encoder.preprocess_config
+    rng = np.random.default_rng(seed)
+    pils = [to_pil(x).convert("RGB") for x, _ in items]
+    total = np.zeros((len(pils), clf.encoder.artifact.embed_dim), np.float32)
+    for _ in range(max(epochs, 1)):
+        views = [augment(p, cfg.size, rng) for p in pils] if epochs else pils
+        for s in range(0, len(views), batch):
+            total[s:s + batch] += clf.encoder.encode_pixels(preprocess_batch(views[s:s + batch], cfg))
+            on_step(len(views[s:s + batch]))
+    return l2_normalize(total)
+
+
+def encode_plain(clf: Classifier, items: list, batch: int = 32, on_step=lambda n: None) -> tuple[np.ndarray, np.ndarray]:
+    feats, ys = [], []
+    for s in range(0, len(items), batch):
+        chunk = items[s:s + batch]
+        feats.append(clf.embed([x for x, _ in chunk])[0])
+        ys += [y for _, y in chunk]
+        on_step(len(chunk))
+    d = clf.encoder.artifact.embed_dim
+    return (np.concatenate(feats) if feats else np.zeros((0, d), np.float32)), np.asarray(ys, np.int64)
+
+
+def build_adapter(kind: str, clf: Classifier, support_f: np.ndarray, support_y: np.ndarray, val_f: np.ndarray,
+                  val_y: np.ndarray, meta: dict) -> tuple[Adapter, float, float]:
+    """Keys for ``kind`` (coder|tip) + the validation search; returns (adapter, val acc, search seconds)."""
+    keys = fold_keys(support_f, coder_text_matrix(clf.bank)) if kind == "coder" else support_f
+    t0 = time.perf_counter()
+    alpha, beta, acc = search(val_f, val_y, clf.bank.clip_w, keys, support_y, kind, len(clf.class_names))
+    meta = {**meta, "kind": kind, "val_accuracy": acc, "classes": len(clf.class_names),
+            "bank_sha256": clf.bank.meta["npz_sha256"], "encoder_sha256": clf.bank.meta["encoder"]["sha256"]}
+    return Adapter(kind, keys, support_y, alpha, beta, meta), acc, time.perf_counter() - t0
+
+
+def fit(clf: Classifier, train: Dataset, shots: int, val: Dataset | None = None, val_fraction: float = 0.1,
+        epochs: int = 1, seed: int = 0, kind: str = "coder", val_limit: int | None = 1000,
+        on_step: Callable[[int], None] = lambda n: None) -> FitResult:
+    mapping, missing = match_classes(train.classes, clf.class_names)
+    support, val_items, short = split_support_val(train, mapping, shots, 0.0 if val else val_fraction, seed, val_limit)
+    if val is not None:
+        vmap, _ = match_classes(val.classes, clf.class_names)
+        val_items = [(x, vmap[c]) for x, c in val.items if c in vmap][:val_limit]
+    if not support or not val_items:
+        raise InputError(f"nothing to fit: {len(support)} support and {len(val_items)} validation images")
+    t0 = time.perf_counter()
+    support_f = encode_augmented(clf, support, epochs, seed, on_step=on_step)
+    support_y = np.asarray([y for _, y in support], np.int64)
+    val_f, val_y = encode_plain(clf, val_items, on_step=on_step)
+    t_enc = time.perf_counter() - t0
+    meta = {"shots": shots, "augment_epochs": epochs, "seed": seed, "n_support": len(support), "n_val": len(val_y)}
+    adapter, acc, t_search = build_adapter(kind, clf, support_f, support_y, val_f, val_y, meta)
+    return FitResult(adapter, acc, tuple(short), tuple(missing), len(support), len(val_y), t_enc, t_search)

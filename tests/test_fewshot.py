@@ -1,0 +1,89 @@
+"""coder fit end to end on real images (Fashion-MNIST) with the tiny random model; augmentation."""
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from coder.cli import app
+from coder.runtime.augment import augment, crop_box
+from coder.runtime.datasets import FASHION_DIR, fashion_mnist, subset
+from coder.runtime.classifier import Classifier
+from coder.runtime.fewshot import fit, split_support_val
+from coder.text_bank.bank import build_bank
+from coder.text_bank.texts import init_texts
+
+needs_fashion = pytest.mark.skipif(not (FASHION_DIR / "train-labels-idx1-ubyte.gz").is_file(),
+                                   reason="dataset-fashion-mnist missing")
+
+
+def test_augment_is_seeded_and_sized():
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (50, 80, 3), dtype=np.uint8))
+    a = augment(img, (32, 32), np.random.default_rng(7))
+    b = augment(img, (32, 32), np.random.default_rng(7))
+    assert a.size == (32, 32) and np.array_equal(np.asarray(a), np.asarray(b))
+    for seed in range(50):
+        top, left, h, w = crop_box(80, 50, np.random.default_rng(seed))
+        assert 0 <= top and top + h <= 50 and 0 <= left and left + w <= 80
+        assert h * w >= 0.5 * 80 * 50 * 0.95 or (h, w) == (50, 67)  # scale >= 0.5 (or the fallback)
+
+
+def _fashion_art(src, tmp_path_factory, name):
+    import shutil
+    art = tmp_path_factory.mktemp("fs") / name
+    shutil.copytree(src, art, ignore=shutil.ignore_patterns("banks"))
+    build_bank(art, init_texts("fashion-mnist"))
+    return Classifier.load(art, backend="cpu"), art
+
+
+@pytest.fixture(scope="module")
+def fashion_clf(tiny_artifact, tmp_path_factory):
+    return _fashion_art(tiny_artifact, tmp_path_factory, "tiny")
+
+
+@pytest.fixture(scope="module")
+def fashion_b32(b32_artifact, tmp_path_factory):
+    """Real ViT-B-32 architecture (random weights): its features carry image similarity."""
+    return _fashion_art(b32_artifact, tmp_path_factory, "b32")
+
+
+@needs_fashion
+def test_split_is_seeded_and_disjoint():
+    ds = fashion_mnist("train")
+    mapping = {c: i for i, c in enumerate(ds.classes)}
+    s1, v1, short = split_support_val(ds, mapping, 4, 0.001, seed=3, val_limit=None)
+    s2, _, _ = split_support_val(ds, mapping, 4, 0.001, seed=3, val_limit=None)
+    assert [id(x) for x, _ in s1] == [id(x) for x, _ in s2] and len(s1) == 40 and not short
+    assert not {id(x) for x, _ in s1} & {id(x) for x, _ in v1}
+
+
+@needs_fashion
+def test_16_shot_adapter_beats_chance_by_a_wide_margin(fashion_b32):
+    clf, _ = fashion_b32
+    train = fashion_mnist("train")
+    res = fit(clf, train, shots=16, val_fraction=0.01, epochs=1, seed=0, val_limit=200)
+    test = fashion_mnist("test")
+    items = subset(test.items, 300, seed=1)
+    fitted = Classifier(clf.encoder, clf.bank, clf.tau, clf.k, res.adapter)
+    preds = fitted.classify([x for x, _ in items])
+    acc = np.mean([p.name == c for p, (_, c) in zip(preds, items)])
+    assert all(p.few_shot for p in preds)
+    print(f"16-shot CODER-Adapter top-1 on 300 test images: {acc:.3f} (val {res.val_accuracy:.3f})")
+    # Chance is 0.10; with 300 images its standard deviation is 0.017, so 0.17 is 4 sigma above it.
+    assert acc > 0.17, f"16-shot top-1 {acc:.2f} vs chance 0.10"
+
+
+@needs_fashion
+def test_fit_cli_and_classify_with_adapter(fashion_clf, tmp_path):
+    _, art = fashion_clf
+    out = tmp_path / "ad.npz"
+    res = CliRunner().invoke(app, ["fit", "fashion-mnist", "--shots", "2", "-a", str(art), "--out", str(out),
+                                   "--val-limit", "50", "--augment-epochs", "2"])
+    assert res.exit_code == 0, res.output
+    assert out.is_file() and "validation top-1" in res.output
+    img = tmp_path / "x.png"
+    fashion_mnist("test").items[0][0].save(img)
+    res = CliRunner().invoke(app, ["classify", str(img), "-a", str(art), "--adapter", str(out), "--json"])
+    assert res.exit_code == 0, res.output
+    import json
+    assert json.loads(res.stdout)["few_shot"] is True
