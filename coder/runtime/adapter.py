@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -73,10 +74,24 @@ class Adapter:
         n_classes = int(self.meta["classes"])
         return np.eye(n_classes, dtype=np.float32)[self.labels]
 
+    @cached_property
+    def _groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Keys ordered by class, the classes present and where each class's run starts."""
+        order = np.argsort(self.labels, kind="stable")
+        present, starts = np.unique(self.labels[order], return_index=True)
+        return order, present, starts
+
     def logits(self, f: np.ndarray, clip_w: np.ndarray) -> np.ndarray:
-        """(B,D) unit features -> (B,C) few-shot logits."""
-        a = affinity(f, self.keys, self.kind)
-        return 100.0 * f @ clip_w.T + self.alpha * cache_term(a, self.onehot, self.beta)
+        """(B,D) unit features -> (B,C) few-shot logits.
+
+        The one-hot product is a per-class segment sum: a dense (N, C) one-hot would be
+        64 MB at 16 shots x 1000 classes.
+        """
+        order, present, starts = self._groups
+        weights = np.exp(-self.beta * (1.0 - affinity(f, self.keys[order], self.kind)))
+        cache = np.zeros((len(f), clip_w.shape[0]), np.float32)
+        cache[:, present] = np.add.reduceat(weights, starts, axis=1)
+        return 100.0 * f @ clip_w.T + self.alpha * cache
 
 
 def search(f_val: np.ndarray, y_val: np.ndarray, clip_w: np.ndarray, keys: np.ndarray, labels: np.ndarray,
