@@ -30,16 +30,21 @@ def _time(fn) -> float:
     return time.perf_counter() - t0
 
 
-def open_clip_encode(manifest: dict, texts: list[str], batch: int = 64) -> None:
+def open_clip_encoder(manifest: dict, batch: int = 64):
+    """open_clip's own path (model built outside the timing): tokenize + encode_text at full context."""
     import open_clip
     import torch
 
     torch.manual_seed(manifest["pretrained"]["seed"])
     model = open_clip.create_model(manifest["architecture"], pretrained=None).eval()
     tok = open_clip.get_tokenizer(manifest["architecture"])
-    with torch.no_grad():
-        for i in range(0, len(texts), batch):
-            model.encode_text(tok(texts[i:i + batch]))
+
+    def encode(texts: list[str]) -> None:
+        with torch.no_grad():
+            for i in range(0, len(texts), batch):
+                model.encode_text(tok(texts[i:i + batch]))
+
+    return encode
 
 
 def run(artifacts: str, classes: str) -> dict:
@@ -48,7 +53,8 @@ def run(artifacts: str, classes: str) -> dict:
     unique = sorted(set(rows.texts))
     enc = TextEncoder.load(artifacts)
     t_coder = _time(lambda: enc.encode(unique))
-    t_torch = _time(lambda: open_clip_encode(enc.artifact.manifest, unique))
+    torch_encode = open_clip_encoder(enc.artifact.manifest)
+    t_torch = _time(lambda: torch_encode(unique))
     work = Path(tempfile.mkdtemp())
     try:
         build_bank(artifacts, texts, out=work / "bank")

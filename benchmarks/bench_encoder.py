@@ -11,36 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import numpy as np
 
-
-def median_ms(fn, repeats: int, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
-    """Best-of fp32 GEMM throughput of numpy's BLAS on this machine."""
-    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
-    b = np.random.default_rng(1).random((n, n), dtype=np.float32)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(repeats))
-    return 2 * n**3 / best / 1e9
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from coder.bench import matmul_peak_gflops, median_ms  # noqa: E402,F401  (re-exported for other scripts)
 
 
 def encoder_flops(model, size) -> int:

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_encoder import median_ms  # noqa: E402
-from coder.runtime.adapter import Adapter, fold_keys, coder_text_matrix  # noqa: E402
+from coder.bench import median_ms  # noqa: E402
+from coder.runtime.adapter import Adapter, fold_keys  # noqa: E402
 from coder.runtime.classifier import Classifier  # noqa: E402
 from coder.runtime.datasets import fashion_mnist, match_classes, subset  # noqa: E402
 from coder.runtime.encoder import l2_normalize  # noqa: E402

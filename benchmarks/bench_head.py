@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from benchmarks.bench_encoder import median_ms  # noqa: E402
+from coder.bench import median_ms  # noqa: E402
 from coder.runtime.encoder import ImageEncoder  # noqa: E402
 from coder.runtime.head import rerank, stage1_scores  # noqa: E402
 from coder.text_bank.fold import fold  # noqa: E402

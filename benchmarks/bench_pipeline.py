@@ -70,8 +70,6 @@ def cold_start(artifacts: str, image: str, runs: int) -> dict:
 
 
 def throughput(artifacts: str, n_images: int) -> list[dict]:
-    import numpy as np
-
     from coder.runtime.classifier import Classifier
     from coder.runtime.preprocess import preprocess_batch
     from coder.runtime.images import load_image

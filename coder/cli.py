@@ -23,7 +23,7 @@ from rich.console import Console
 
 from . import __version__
 from .errors import (ArtifactError, BackendError, CoderError, ConfigError, ExportError, InputError,
-                     LLMError, TextsError, WeightsError)
+                     LLMError, StaleEngineError, TextsError, WeightsError)
 
 # The one place errors become exit codes. Order matters: subclasses first.
 EXIT_OK = 0
@@ -33,6 +33,7 @@ EXIT_CODES: list[tuple[type[CoderError], int, str]] = [
     (ArtifactError, 3, "artifact missing, corrupt, of another format version, or a checksum mismatch"),
     (ExportError, 4, "ONNX export failed or a validation gate did not pass"),
     (WeightsError, 5, "pretrained weights unavailable (offline, bad tag, unreadable checkpoint)"),
+    (StaleEngineError, 10, "TensorRT engine is stale (other ONNX, TensorRT version or GPU): rebuild it"),
     (BackendError, 6, "requested backend not available or fell back"),
     (TextsError, 7, "class-texts file malformed (the message names the field)"),
     (LLMError, 8, "LLM generation failed for some texts (recorded; re-run resumes from the cache)"),
@@ -130,6 +131,7 @@ def export(
     model_config: Optional[Path] = typer.Option(None, help="Extra open_clip model config .json (custom arch)."),
     no_validate: bool = typer.Option(False, "--no-validate", help="Skip the torch parity gates (not advised)."),
     force: bool = typer.Option(False, help="Replace an existing artifact."),
+    int8: bool = typer.Option(False, "--int8", help="Also an int8 (dynamic quantization) image encoder for CPUs."),
     classes: str = typer.Option("imagenet1k", help="Built-in class list or class file for the bank ('none': skip)."),
     texts: Optional[Path] = typer.Option(None, "--texts", help="Build the bank from this texts file instead."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
@@ -148,8 +150,8 @@ def export(
     arch = normalize_backbone(backbone)
     spec = parse_pretrained(pretrained, arch, seed)
     opts = ExportOptions(arch, spec, out_dir or default_out_dir(arch, spec), precisions, opset, max_batch,
-                         force, not no_validate)
-    steps = 3 + 2 * len(precisions) * (2 if opts.validate else 1)
+                         force, not no_validate, int8)
+    steps = 3 + (2 * len(precisions) + int8) * (2 if opts.validate else 1)
     with _progress() as bar:
         task = bar.add_task(f"export {arch}", total=steps)
 
@@ -212,7 +214,7 @@ def _validation_text(v) -> str:
 def embed(
     images: List[Path] = typer.Argument(..., help="Image files, embedded in the order given."),
     artifacts: Path = typer.Option(..., "--artifacts", "-a", help="Artifact directory from `coder export`."),
-    precision: str = typer.Option("fp32", help="fp32 | fp16 (must have been exported)."),
+    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8 (must have been exported)."),
     backend: str = typer.Option("cpu", help="cpu | cuda | tensorrt (ONNX Runtime providers)."),
     out_file: Optional[Path] = typer.Option(None, "--out", help="Save embeddings as .npy (rows of files that loaded)."),
     batch_size: int = typer.Option(16, help="Images per encoder call."),
@@ -221,8 +223,8 @@ def embed(
     """L2-normalised image embeddings computed with ONNX Runtime."""
     from .runtime.encoder import ImageEncoder, embed_files
 
-    if precision not in ("fp32", "fp16"):
-        raise ConfigError(f"--precision {precision!r}: choose fp32 or fp16")
+    if precision not in ("fp32", "fp16", "int8"):
+        raise ConfigError(f"--precision {precision!r}: choose fp32, fp16 or int8")
     enc = ImageEncoder.load(artifacts, precision, backend)
     with _progress() as bar:
         task = bar.add_task("embedding", total=len(images))

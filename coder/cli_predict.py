@@ -24,7 +24,7 @@ def classify(
     tau: Optional[float] = typer.Option(None, help="Rerank gate (default: the bank preset's published value)."),
     explain: bool = typer.Option(False, "--explain", help="Show the texts that matched best."),
     backend: str = typer.Option("auto", help="auto | cpu | cuda | tensorrt."),
-    precision: str = typer.Option("fp32", help="fp32 | fp16."),
+    precision: str = typer.Option("fp32", help="Image encoder: fp32 | fp16 | int8 (as exported)."),
     batch_size: int = typer.Option(16, help="Images per encoder call (bounds memory)."),
     adapter: Optional[Path] = typer.Option(None, help="Few-shot adapter from `coder fit`."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image (JSON lines)."),
@@ -176,3 +176,71 @@ def fit(
     info(f"wrote {out_file}: {res.n_support} support images, alpha {res.adapter.alpha:.3g}, "
          f"beta {res.adapter.beta:.3g}, validation top-1 {100 * res.val_accuracy:.2f}% on {res.n_val} images "
          f"(encode {res.seconds_encode:.1f} s, search {res.seconds_search:.2f} s)")
+
+
+@app.command()
+def bench(
+    artifacts: Optional[Path] = typer.Argument(None, help="Artifact directory (default as in `coder classify`)."),
+    batches: str = typer.Option("1,8,32", help="Comma list of batch sizes."),
+    repeats: int = typer.Option(20, help="Timed repeats per row."),
+    no_torch: bool = typer.Option(False, "--no-torch", help="Skip the torch eager reference rows."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Latency p50/p90/p99 per stage and throughput, per backend that loads; % of the matmul peak."""
+    from .bench import run_bench
+    from .manifest import default_artifact_dir
+
+    try:
+        sizes = tuple(int(b) for b in batches.split(","))
+    except ValueError:
+        raise ConfigError(f"--batches {batches!r}: a comma list of integers") from None
+    with _progress() as bar:
+        task = bar.add_task("benchmarking", total=None)
+        result = run_bench(artifacts or default_artifact_dir(), sizes, repeats, with_torch=not no_torch,
+                           report=lambda msg: bar.update(task, description=msg))
+    if as_json:
+        _print_json(result)
+        return
+    from rich.table import Table
+
+    t = Table(title=f"coder bench {result['architecture']}: matmul peak {result['matmul_peak_gflops']:.0f} GFLOPS")
+    for col in ("backend", "stage", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "% peak"):
+        t.add_column(col)
+    for r in result["rows"]:
+        pct = f"{r['pct_of_matmul_peak']:.0f}%" if r["pct_of_matmul_peak"] is not None else ""
+        t.add_row(r["backend"], r["stage"], str(r["batch"]), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
+                  f"{r['p99_ms']:.2f}", f"{r['images_per_s']:.1f}", pct)
+    out.print(t)
+    for name, why in result["skipped"].items():
+        info(f"skipped {name}: {why}")
+
+
+@app.command("build-engine")
+def build_engine(
+    artifacts: Path = typer.Argument(..., help="Artifact directory from `coder export`."),
+    precision: str = typer.Option("fp16", help="fp16 | fp32 (taken from that ONNX graph; strongly typed)."),
+    max_batch: int = typer.Option(32, help="Largest batch of the optimization profile."),
+    opt_batch: int = typer.Option(8, help="Batch TensorRT tunes for."),
+    workspace: int = typer.Option(4096, help="Workspace limit in MB."),
+    timing_cache: Optional[Path] = typer.Option(None, help="Timing cache file, reused across builds."),
+    engine_dir: Optional[Path] = typer.Option(None, help="Where engines live (default <artifacts>/engines)."),
+) -> None:
+    """Build a native TensorRT engine for the image encoder (needs a CUDA GPU and the [trt] extra)."""
+    from .engines.trt import BuildOptions, build_engine_trt, default_engine_dir
+    from .manifest import load_artifact
+
+    if precision not in ("fp16", "fp32") or not 1 <= opt_batch <= max_batch:
+        raise ConfigError("--precision fp16|fp32 and 1 <= --opt-batch <= --max-batch")
+    art = load_artifact(artifacts)
+    onnx = art.encoder("image", precision)
+    engine = (engine_dir or default_engine_dir(art.root)) / f"image_encoder.{precision}.engine"
+    opts = BuildOptions(precision, 1, opt_batch, max_batch, workspace, timing_cache)
+    with _progress() as bar:
+        task = bar.add_task("building TensorRT engine", total=None)
+
+        def report(msg: str) -> bool:
+            bar.update(task, description=msg)
+            return True
+
+        key = build_engine_trt(onnx, engine, opts, report)
+    info(f"wrote {engine} (TensorRT {key['tensorrt']}, {key['gpu']} sm {key['compute_capability']})")

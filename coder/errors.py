@@ -45,3 +45,7 @@ class TextsError(CoderError):
 
 class LLMError(CoderError):
     """Talking to the LLM endpoint failed (after retries), or some generations were recorded as failures."""
+
+
+class StaleEngineError(BackendError):
+    """A TensorRT engine was built for another ONNX file, TensorRT version, GPU or profile."""

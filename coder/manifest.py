@@ -31,7 +31,7 @@ MANIFEST_NAME = "manifest.json"
 _VERIFY_CACHE = ".coder-verified.json"
 
 TOWERS = ("image", "text")
-PRECISIONS = ("fp32", "fp16")
+PRECISIONS = ("fp32", "fp16", "int8")
 
 
 def encoder_filename(tower: str, precision: str) -> str:
@@ -99,7 +99,11 @@ class Artifact:
 
     @property
     def precisions(self) -> tuple[str, ...]:
+        """Precisions exported for both towers (``int8`` exists for the image tower only)."""
         return tuple(self.manifest["precisions"])
+
+    def variants(self, tower: str) -> tuple[str, ...]:
+        return tuple(self.manifest.get("encoders", {}).get(tower, self.manifest["precisions"]))
 
     def file(self, name: str) -> Path:
         """Path of a manifest-listed file after checking its sha256 (cached by stat)."""
@@ -111,10 +115,11 @@ class Artifact:
         return path
 
     def encoder(self, tower: str, precision: str) -> Path:
-        if precision not in self.precisions:
+        if precision not in self.variants(tower):
+            hint = "--int8" if precision == "int8" else f"--precision {precision}"
             raise ArtifactError(
-                f"{self.root} has no {precision} encoders (exported: {', '.join(self.precisions)}); "
-                f"re-export with --precision {precision if precision != 'fp32' else 'both'}"
+                f"{self.root} has no {precision} {tower} encoder (exported: {', '.join(self.variants(tower))}); "
+                f"re-export with {hint}"
             )
         return self.file(encoder_filename(tower, precision))
 

@@ -23,7 +23,7 @@ def _export(arch: str, out: Path, precisions=("fp32", "fp16")):
     from coder.export.pipeline import ExportOptions, export_artifacts
     from coder.export.registry import PretrainedSpec
 
-    return export_artifacts(ExportOptions(arch, PretrainedSpec("random", "none", 0), out, precisions))
+    return export_artifacts(ExportOptions(arch, PretrainedSpec("random", "none", 0), out, precisions, int8=True))
 
 
 @pytest.fixture(scope="session")

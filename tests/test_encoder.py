@@ -70,3 +70,9 @@ def test_embed_files_keeps_going(tiny_artifact, sample_images, tmp_path):
 def test_l2_normalize_zero_row():
     out = l2_normalize(np.array([[3.0, 4.0], [0.0, 0.0]], np.float32))
     np.testing.assert_allclose(out, [[0.6, 0.8], [0.0, 0.0]])
+
+
+def test_b32_int8_agrees(b32_artifact, sample_images):
+    fp32 = ImageEncoder.load(b32_artifact, "fp32").encode(sample_images)
+    int8 = ImageEncoder.load(b32_artifact, "int8").encode(sample_images)
+    assert (fp32 * int8).sum(axis=1).min() >= 0.99

@@ -18,6 +18,9 @@ def art_copy(tiny_artifact, tmp_path):
 
 def test_loads_and_describes(tiny_artifact):
     art = load_artifact(tiny_artifact)
+    assert art.encoder("image", "int8").name == "image_encoder.int8.onnx"
+    with pytest.raises(ArtifactError, match="no int8 text encoder"):
+        art.encoder("text", "int8")
     assert art.architecture == "coder-tiny" and art.embed_dim == 64
     assert isinstance(art.preprocess, PreprocessConfig) and art.preprocess.size == (64, 64)
     assert art.encoder("image", "fp32").name == encoder_filename("image", "fp32")
@@ -73,3 +76,6 @@ def test_precision_not_exported(tmp_path, tiny_arch):
     export_artifacts(ExportOptions(tiny_arch, PretrainedSpec("random", "none"), out, ("fp32",), validate=False))
     with pytest.raises(ArtifactError, match="--precision fp16"):
         load_artifact(out).encoder("image", "fp16")
+    with pytest.raises(ArtifactError, match="--int8"):
+        load_artifact(out).encoder("image", "int8")
+

@@ -21,12 +21,14 @@ def test_manifest_fields(tiny_artifact):
     assert m["text"]["context_length"] == 77 and m["text"]["dynamic_seq"] is True
     assert m["text"]["tokenizer"]["kind"] == "clip_bpe" and len(m["text"]["tokenizer"]["sha256"]) == 64
     assert set(m["versions"]) >= {"open_clip", "torch", "onnx", "onnxruntime", "coder"}
-    assert set(m["files"]) == {"image_encoder.fp32.onnx", "image_encoder.fp16.onnx", "text_encoder.fp32.onnx",
-                               "text_encoder.fp16.onnx", "bpe_simple_vocab_16e6.txt.gz"}
+    assert set(m["files"]) == {"image_encoder.fp32.onnx", "image_encoder.fp16.onnx", "image_encoder.int8.onnx",
+                               "text_encoder.fp32.onnx", "text_encoder.fp16.onnx", "bpe_simple_vocab_16e6.txt.gz"}
+    assert m["encoders"] == {"image": ["fp32", "fp16", "int8"], "text": ["fp32", "fp16"]}
     v = m["validation"]
     assert v["image_encoder.fp32.onnx"]["max_abs_diff"] <= 1e-4
     assert v["text_encoder.fp32.onnx"]["sliced_vs_full_max_abs"] <= 1e-5
     assert v["image_encoder.fp16.onnx"]["min_cosine"] >= 0.999 and v["image_encoder.fp16.onnx"]["same_top1"]
+    assert v["image_encoder.int8.onnx"]["min_cosine"] >= 0.99 and v["image_encoder.int8.onnx"]["same_top1"]
     assert not (tiny_artifact / STATE_NAME).exists()
     assert not list(tiny_artifact.glob(".tmp-*"))
 
@@ -37,6 +39,7 @@ def test_b32_validation_numbers(b32_artifact):
     assert v["text_encoder.fp32.onnx"]["max_abs_diff"] <= 1e-4
     assert v["image_encoder.fp16.onnx"]["min_cosine"] >= 0.999
     assert v["text_encoder.fp16.onnx"]["min_cosine"] >= 0.999
+    assert v["image_encoder.int8.onnx"]["min_cosine"] >= 0.99 and v["image_encoder.int8.onnx"]["same_top1"]
 
 
 def test_interrupted_export_resumes(tmp_path, tiny_arch, monkeypatch):

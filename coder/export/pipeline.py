@@ -41,6 +41,10 @@ class ExportOptions:
     max_batch: int = 64
     force: bool = False
     validate: bool = True
+    int8: bool = False  # also a dynamically quantized (QInt8 weights) image encoder for CPUs
+
+    def variants(self, tower: str) -> tuple[str, ...]:
+        return self.precisions + (("int8",) if self.int8 and tower == "image" else ())
 
     def state_key(self) -> dict[str, Any]:
         return {"architecture": self.architecture, "pretrained": [self.pretrained.kind, self.pretrained.value,
@@ -102,7 +106,7 @@ def write_encoders(opts: ExportOptions, model, state: dict[str, Any], info: dict
     """Export + validate every encoder file not already done; returns the names resumed."""
     out, resumed = opts.out_dir, []
     for tower in ("image", "text"):
-        for precision in opts.precisions:
+        for precision in opts.variants(tower):
             name = encoder_filename(tower, precision)
             if _done(state, out, name):
                 resumed.append(name)
@@ -122,6 +126,8 @@ def _write_one(opts: ExportOptions, model, tower: str, precision: str, info: dic
     path = opts.out_dir / encoder_filename(tower, precision)
     if precision == "fp16":
         onnx_export.convert_fp16(opts.out_dir / encoder_filename(tower, "fp32"), path)
+    elif precision == "int8":
+        onnx_export.quantize_int8(opts.out_dir / encoder_filename(tower, "fp32"), path)
     elif tower == "image":
         onnx_export.export_image_encoder(model, path, tuple(info["preprocess"]["size"]), opts.opset)
     else:
@@ -135,6 +141,17 @@ def _validate_one(path: Path, tower: str, precision: str, ref: dict[str, Any], i
     return validate.check_text(path, precision, ref, info["text"]["dynamic_seq"])
 
 
+def image_gflop(model, size: tuple[int, int]) -> float:
+    """FLOPs of one image through the image tower (matmuls + convs), for GFLOPS figures in `coder bench`."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    # Grad mode on purpose: under no_grad nn.MultiheadAttention takes a fused kernel the counter cannot see.
+    with FlopCounterMode(display=False) as counter:
+        model.visual(torch.zeros(1, 3, *size))
+    return counter.get_total_flops() / 1e9
+
+
 def model_info(model, tokenizer_record: dict[str, Any]) -> dict[str, Any]:
     """The manifest fields that describe the model itself (from the model, not constants)."""
     from .towers import supports_dynamic_text
@@ -142,6 +159,7 @@ def model_info(model, tokenizer_record: dict[str, Any]) -> dict[str, Any]:
     cfg = dict(model.visual.preprocess_cfg)
     pre = PreprocessConfig.from_dict(cfg).to_dict()
     return {
+        "image_gflop": image_gflop(model, tuple(pre["size"])),
         "embed_dim": int(model.text_projection.shape[1] if hasattr(model.text_projection, "shape")
                          else model.text_projection.out_features),
         "preprocess": pre,
@@ -179,6 +197,7 @@ def build_manifest(opts: ExportOptions, pretrained: dict[str, Any], info: dict[s
                      "export_batch": onnx_export.EXPORT_BATCH, "max_batch": opts.max_batch},
         **info,
         "precisions": list(opts.precisions),
+        "encoders": {tower: list(opts.variants(tower)) for tower in ("image", "text")},
         "io": {"image": [onnx_export.IMAGE_INPUT, onnx_export.IMAGE_OUTPUT],
                "text": [onnx_export.TEXT_INPUT, onnx_export.TEXT_OUTPUT]},
         "files": files,

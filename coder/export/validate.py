@@ -24,6 +24,7 @@ from ..samples import synthetic_batch
 
 FP32_MAX_ABS = 1e-4
 FP16_MIN_COS = 0.999
+INT8_MIN_COS = 0.99
 DYNAMIC_SEQ_MAX_ABS = 1e-5
 PROMPT_CLASSES = [
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
@@ -75,8 +76,9 @@ def check_image(path, precision: str, ref: dict[str, np.ndarray]) -> dict[str, A
     cos = float(_cosines(full, want).min())
     same = bool(np.array_equal(_top1(full, ref["text"]), _top1(want, ref["text"])))
     batch_consistent = float(np.abs(out[1] - full[:1]).max())
+    gate = INT8_MIN_COS if precision == "int8" else FP16_MIN_COS
     return {"min_cosine": cos, "same_top1": same, "batch1_vs_batch3_max_abs": batch_consistent,
-            "gate": FP16_MIN_COS, "passed": cos >= FP16_MIN_COS and same}
+            "gate": gate, "passed": cos >= gate and same}
 
 
 def check_text(path, precision: str, ref: dict[str, np.ndarray], dynamic_seq: bool) -> dict[str, Any]:

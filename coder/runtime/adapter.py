@@ -76,10 +76,10 @@ class Adapter:
 
     @cached_property
     def _groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Keys ordered by class, the classes present and where each class's run starts."""
+        """Keys sorted by class (copied once), the classes present and where each class's run starts."""
         order = np.argsort(self.labels, kind="stable")
         present, starts = np.unique(self.labels[order], return_index=True)
-        return order, present, starts
+        return np.ascontiguousarray(self.keys[order]), present, starts
 
     def logits(self, f: np.ndarray, clip_w: np.ndarray) -> np.ndarray:
         """(B,D) unit features -> (B,C) few-shot logits.
@@ -87,8 +87,8 @@ class Adapter:
         The one-hot product is a per-class segment sum: a dense (N, C) one-hot would be
         64 MB at 16 shots x 1000 classes.
         """
-        order, present, starts = self._groups
-        weights = np.exp(-self.beta * (1.0 - affinity(f, self.keys[order], self.kind)))
+        keys, present, starts = self._groups
+        weights = np.exp(-self.beta * (1.0 - affinity(f, keys, self.kind)))
         cache = np.zeros((len(f), clip_w.shape[0]), np.float32)
         cache[:, present] = np.add.reduceat(weights, starts, axis=1)
         return 100.0 * f @ clip_w.T + self.alpha * cache

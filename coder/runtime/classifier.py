@@ -23,7 +23,7 @@ import numpy as np
 
 from ..engines.ort import BACKENDS
 from ..errors import ArtifactError, BackendError, ConfigError
-from ..manifest import load_artifact
+from ..manifest import PRECISIONS, load_artifact
 from ..text_bank.bank import Bank, load_bank
 from .adapter import Adapter, load_adapter
 from .encoder import ImageEncoder
@@ -105,6 +105,8 @@ class Classifier:
         """Open an artifact + bank. ``tau``/``k`` default to the bank's preset (published values)."""
         if backend != "auto" and backend not in BACKENDS:
             raise ConfigError(f"backend {backend!r}: choose auto, {', '.join(BACKENDS)}")
+        if precision not in PRECISIONS:
+            raise ConfigError(f"precision {precision!r}: choose {', '.join(PRECISIONS)}")
         art = load_artifact(artifact_dir)
         b = load_bank(find_bank(art.root, bank), art)
         enc = open_image_encoder(artifact_dir, backend, precision, threads)

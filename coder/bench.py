@@ -1,0 +1,153 @@
+"""``coder bench DIR``: per-stage latency and throughput for every backend that loads here.
+
+Stages: decode+preprocess (JPEG file -> pixels), encoder, CODER head (stage 1) and rerank
+(forced on, the worst case). Latencies are p50/p90/p99 over repeats at batch 1, 8 and 32; the
+encoder's achieved GFLOPS is compared with this machine's fp32 matmul peak measured in the same
+run (numpy GEMM). With the [export] extra, torch eager rows run in the same process for reference.
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .errors import ArtifactError, BackendError
+from .manifest import load_artifact
+
+
+@dataclass(frozen=True)
+class BenchRow:
+    backend: str  # what actually ran, e.g. "ort-cpu fp32" or "torch-eager fp32"
+    stage: str
+    batch: int
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    images_per_s: float
+    pct_of_matmul_peak: float | None = None
+
+
+def timings_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> np.ndarray:
+    for _ in range(warmup):
+        fn()
+    out = np.empty(repeats)
+    for i in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        out[i] = (time.perf_counter() - t0) * 1e3
+    return out
+
+
+def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
+    return float(np.median(timings_ms(fn, repeats, warmup)))
+
+
+def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
+    """Best-of fp32 GEMM throughput of numpy's BLAS on this machine."""
+    a = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    b = np.random.default_rng(1).random((n, n), dtype=np.float32)
+    best = min(timings_ms(lambda: a @ b, repeats, warmup=1)) / 1e3
+    return 2 * n**3 / best / 1e9
+
+
+def _row(backend: str, stage: str, batch: int, t: np.ndarray, flops: float | None = None,
+         peak: float | None = None) -> BenchRow:
+    p50, p90, p99 = np.percentile(t, [50, 90, 99])
+    pct = 100 * flops * batch / (p50 / 1e3) / 1e9 / peak if flops and peak else None
+    return BenchRow(backend, stage, batch, float(p50), float(p90), float(p99), 1e3 * batch / float(p50), pct)
+
+
+def _images(tmp: Path, n: int) -> list[Path]:
+    from .samples import synthetic_scene
+
+    paths = []
+    for i in range(n):
+        p = tmp / f"{i}.jpg"
+        synthetic_scene(i, (640, 480)).save(p, quality=90)
+        paths.append(p)
+    return paths
+
+
+def run_bench(artifact_dir, batches=(1, 8, 32), repeats: int = 20, backends=("cpu", "cuda", "tensorrt"),
+              with_torch: bool = True, report=lambda msg: None) -> dict:
+    from .runtime.encoder import ImageEncoder
+    from .runtime.images import load_image
+    from .runtime.preprocess import preprocess_batch
+
+    art = load_artifact(artifact_dir)
+    flops = art.manifest.get("image_gflop")
+    peak = matmul_peak_gflops()
+    rows: list[BenchRow] = []
+    skipped: dict[str, str] = {}
+    with tempfile.TemporaryDirectory() as d:
+        paths = _images(Path(d), max(batches))
+        cfg = art.preprocess
+        for b in batches:
+            rows.append(_row("cpu (PIL+numpy)", "decode+preprocess", b,
+                             timings_ms(lambda: preprocess_batch([load_image(p) for p in paths[:b]], cfg),
+                                        max(3, repeats // 4))))
+    for backend in backends:
+        for precision in art.variants("image"):
+            name = f"ort-{backend} {precision}"
+            try:
+                enc = ImageEncoder.load(artifact_dir, precision, backend)
+            except (BackendError, ArtifactError) as e:
+                skipped[name] = str(e)
+                continue
+            report(f"benchmarking {name}")
+            for b in batches:
+                x = np.random.default_rng(b).standard_normal((b, 3, *cfg.size)).astype(np.float32)
+                rows.append(_row(name, "encoder", b, timings_ms(lambda: enc.engine.run(x), repeats), flops, peak))
+    rows += _head_rows(art, batches, repeats, report)
+    if with_torch:
+        rows += _torch_rows(art, batches, max(3, repeats // 2), flops, peak, skipped, report)
+    return {"architecture": art.architecture, "matmul_peak_gflops": peak, "image_gflop": flops,
+            "rows": [asdict(r) for r in rows], "skipped": skipped}
+
+
+def _head_rows(art, batches, repeats, report) -> list[BenchRow]:
+    from .runtime.classifier import find_bank
+    from .runtime.head import rerank, stage1_scores
+    from .text_bank.bank import load_bank
+
+    try:
+        bank = load_bank(find_bank(art.root, None), art)
+    except ArtifactError:
+        return []
+    report("benchmarking the CODER head")
+    rows = []
+    for b in batches:
+        f = np.random.default_rng(b).standard_normal((b, art.embed_dim)).astype(np.float32)
+        f /= np.linalg.norm(f, axis=1, keepdims=True)
+        s1 = stage1_scores(f, bank)
+        rows.append(_row("numpy", "head (stage 1)", b, timings_ms(lambda: stage1_scores(f, bank), repeats * 5)))
+        rows.append(_row("numpy", "rerank (forced)", b, timings_ms(lambda: rerank(f, s1, bank, 1.01, bank.k),
+                                                                   repeats * 5)))
+    return rows
+
+
+def _torch_rows(art, batches, repeats, flops, peak, skipped, report) -> list[BenchRow]:
+    try:
+        import open_clip
+        import torch
+    except ImportError as e:
+        skipped["torch-eager"] = f"not installed ({e.name})"
+        return []
+    if art.manifest["pretrained"]["kind"] != "random":
+        skipped["torch-eager"] = "needs the original weights; only random-init artifacts are rebuilt here"
+        return []
+    report("benchmarking torch eager")
+    torch.manual_seed(art.manifest["pretrained"]["seed"])
+    model = open_clip.create_model(art.architecture, pretrained=None).eval()
+    rows = []
+    for b in batches:
+        x = torch.randn(b, 3, *art.preprocess.size)
+        with torch.no_grad():
+            rows.append(_row("torch-eager fp32", "encoder", b, timings_ms(lambda: model.visual(x), repeats),
+                             flops, peak))
+    return rows

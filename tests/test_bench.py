@@ -1,0 +1,44 @@
+"""coder bench: rows for every stage and backend that loads, named by what ran; skipped ones explained."""
+
+import json
+
+from typer.testing import CliRunner
+
+from coder.bench import matmul_peak_gflops, run_bench
+from coder.cli import app
+
+
+def test_run_bench_rows(tiny_artifact):
+    res = run_bench(tiny_artifact, batches=(1, 2), repeats=3)
+    stages = {(r["backend"], r["stage"], r["batch"]) for r in res["rows"]}
+    for b in (1, 2):
+        assert ("cpu (PIL+numpy)", "decode+preprocess", b) in stages
+        for precision in ("fp32", "fp16", "int8"):
+            assert (f"ort-cpu {precision}", "encoder", b) in stages
+        assert ("torch-eager fp32", "encoder", b) in stages
+    assert all(r["p50_ms"] <= r["p90_ms"] <= r["p99_ms"] for r in res["rows"])
+    encoder_rows = [r for r in res["rows"] if r["stage"] == "encoder"]
+    assert all(r["pct_of_matmul_peak"] > 0 for r in encoder_rows)
+    assert res["image_gflop"] > 0 and res["matmul_peak_gflops"] > 0
+    import onnxruntime as ort
+    if "CUDAExecutionProvider" not in ort.get_available_providers():
+        assert "ort-cuda fp32" in res["skipped"]
+
+
+def test_head_rows_with_a_bank(tiny_artifact, tmp_path):
+    import shutil
+
+    from coder.text_bank.bank import build_bank
+    from coder.text_bank.texts import init_texts
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art, ignore=shutil.ignore_patterns("banks"))
+    build_bank(art, init_texts("cifar10"))
+    res = CliRunner().invoke(app, ["bench", str(art), "--batches", "1", "--repeats", "2", "--no-torch", "--json"])
+    assert res.exit_code == 0, res.output
+    stages = {r["stage"] for r in json.loads(res.stdout)["rows"]}
+    assert {"head (stage 1)", "rerank (forced)", "encoder", "decode+preprocess"} <= stages
+
+
+def test_matmul_peak_is_positive():
+    assert matmul_peak_gflops(n=256, repeats=2) > 0

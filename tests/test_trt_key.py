@@ -1,0 +1,47 @@
+"""Engine staleness is decided from the sidecar key before any deserialisation (no GPU needed)."""
+
+import pytest
+
+from coder.engines.trt_key import check_key, engine_key, sidecar, write_key
+from coder.errors import BackendError, StaleEngineError
+
+
+def _key(**over):
+    base = dict(onnx_sha256="a" * 64, precision="fp16", profile=(1, 8, 32), trt_version="10.3.0",
+                gpu_name="Orin", compute_capability="8.7", builder_options={"workspace_mb": 2048})
+    base.update(over)
+    return engine_key(**base)
+
+
+def test_matching_key_passes(tmp_path):
+    engine = tmp_path / "image_encoder.fp16.engine"
+    engine.write_bytes(b"plan")
+    write_key(engine, _key())
+    check_key(engine, _key())
+
+
+@pytest.mark.parametrize("change,needle", [
+    (dict(trt_version="11.0.0"), "tensorrt: '10.3.0' -> '11.0.0'"),
+    (dict(gpu_name="H100"), "gpu"),
+    (dict(compute_capability="9.0"), "compute_capability"),
+    (dict(onnx_sha256="b" * 64), "onnx_sha256"),
+    (dict(profile=(1, 16, 64)), "profile"),
+    (dict(builder_options={"workspace_mb": 4096}), "builder"),
+])
+def test_any_change_is_stale_and_names_it(tmp_path, change, needle):
+    engine = tmp_path / "e.engine"
+    engine.write_bytes(b"plan")
+    write_key(engine, _key())
+    with pytest.raises(StaleEngineError, match=needle) as ei:
+        check_key(engine, _key(**change))
+    assert "rebuild" in str(ei.value) and isinstance(ei.value, BackendError)
+
+
+def test_missing_or_garbled_sidecar(tmp_path):
+    engine = tmp_path / "e.engine"
+    engine.write_bytes(b"plan")
+    with pytest.raises(StaleEngineError, match="no engine or key"):
+        check_key(engine, _key())
+    sidecar(engine).write_text("{nope")
+    with pytest.raises(StaleEngineError, match="unreadable"):
+        check_key(engine, _key())
