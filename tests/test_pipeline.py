@@ -88,3 +88,22 @@ def test_failed_gate_reports_numbers(tmp_path, tiny_arch, monkeypatch):
     with pytest.raises(ExportError, match=r"validation failed for image_encoder.fp32.onnx: max_abs_diff=\d"):
         export_artifacts(ExportOptions(tiny_arch, SPEC, tmp_path / "c"))
     assert not (tmp_path / "c" / "manifest.json").exists()
+
+
+def test_non_causal_text_tower_falls_back_to_full_context(tmp_path, tiny_arch, monkeypatch):
+    """Simulate a tower whose pooled output depends on the padding: the export must notice and re-export."""
+    from coder.export import towers
+
+    real_forward = towers.TextTower.forward
+
+    def padding_sensitive(self, input_ids):
+        out = real_forward(self, input_ids)
+        # Mixes in every position, padding included, like a bidirectional tower would.
+        return out + 1e-2 * self.token_embedding(input_ids.long()).mean(dim=1)[:, : out.shape[1]]
+
+    monkeypatch.setattr(towers.TextTower, "forward", padding_sensitive)
+    out = tmp_path / "nc"
+    export_artifacts(ExportOptions(tiny_arch, SPEC, out))
+    m = load_artifact(out).manifest
+    assert m["text"]["dynamic_seq"] is False
+    assert "sliced_vs_full_max_abs" not in m["validation"]["text_encoder.fp32.onnx"]
