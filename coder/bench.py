@@ -1,7 +1,7 @@
 """``coder bench DIR``: per-stage latency and throughput for every backend that loads here.
 
-Stages: decode+preprocess (JPEG file -> pixels), encoder, CODER head (stage 1) and rerank
-(forced on, the worst case). Latencies are p50/p90/p99 over repeats at batch 1, 8 and 32; the
+Stages: ``decode+pre`` (640x480 JPEG file -> pixels), ``encoder``, the CODER head's ``stage 1`` and
+``rerank`` (forced on, the worst case). Latencies are p50/p90/p99 over repeats at batch 1, 8 and 32; the
 encoder's achieved GFLOPS is compared with this machine's fp32 matmul peak measured in the same
 run (numpy GEMM). With the [export] extra, torch eager rows run in the same process for reference.
 """
@@ -58,7 +58,7 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
 def _row(backend: str, stage: str, batch: int, t: np.ndarray, flops: float | None = None,
          peak: float | None = None) -> BenchRow:
     p50, p90, p99 = np.percentile(t, [50, 90, 99])
-    pct = 100 * flops * batch / (p50 / 1e3) / 1e9 / peak if flops and peak else None
+    pct = 100 * flops * batch / (p50 / 1e3) / peak if flops and peak else None  # flops: GFLOP per image
     return BenchRow(backend, stage, batch, float(p50), float(p90), float(p99), 1e3 * batch / float(p50), pct)
 
 
@@ -88,7 +88,7 @@ def run_bench(artifact_dir, batches=(1, 8, 32), repeats: int = 20, backends=("cp
         paths = _images(Path(d), max(batches))
         cfg = art.preprocess
         for b in batches:
-            rows.append(_row("cpu (PIL+numpy)", "decode+preprocess", b,
+            rows.append(_row("pil+numpy", "decode+pre", b,
                              timings_ms(lambda: preprocess_batch([load_image(p) for p in paths[:b]], cfg),
                                         max(3, repeats // 4))))
     for backend in backends:
@@ -125,8 +125,8 @@ def _head_rows(art, batches, repeats, report) -> list[BenchRow]:
         f = np.random.default_rng(b).standard_normal((b, art.embed_dim)).astype(np.float32)
         f /= np.linalg.norm(f, axis=1, keepdims=True)
         s1 = stage1_scores(f, bank)
-        rows.append(_row("numpy", "head (stage 1)", b, timings_ms(lambda: stage1_scores(f, bank), repeats * 5)))
-        rows.append(_row("numpy", "rerank (forced)", b, timings_ms(lambda: rerank(f, s1, bank, 1.01, bank.k),
+        rows.append(_row("numpy", "stage 1", b, timings_ms(lambda: stage1_scores(f, bank), repeats * 5)))
+        rows.append(_row("numpy", "rerank", b, timings_ms(lambda: rerank(f, s1, bank, 1.01, bank.k),
                                                                    repeats * 5)))
     return rows
 

@@ -107,3 +107,26 @@ def test_non_causal_text_tower_falls_back_to_full_context(tmp_path, tiny_arch, m
     m = load_artifact(out).manifest
     assert m["text"]["dynamic_seq"] is False
     assert "sliced_vs_full_max_abs" not in m["validation"]["text_encoder.fp32.onnx"]
+
+
+def test_int8_falls_back_to_per_channel_when_the_gate_fails(tmp_path, tiny_arch, monkeypatch):
+    calls = []
+    real = onnx_export.quantize_int8
+
+    def spy(src, dst, per_channel=False):
+        calls.append(per_channel)
+        real(src, dst, per_channel)
+        if not per_channel:  # make the per-tensor result fail validation
+            import onnx
+            from onnx import numpy_helper
+            m = onnx.load(str(dst))
+            for init in m.graph.initializer:
+                if init.data_type == onnx.TensorProto.FLOAT and init.dims and len(init.dims) >= 2:
+                    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 0 + 0.5, init.name))
+            onnx.save(m, str(dst))
+
+    monkeypatch.setattr(onnx_export, "quantize_int8", spy)
+    out = tmp_path / "q"
+    export_artifacts(ExportOptions(tiny_arch, SPEC, out, ("fp32",), int8=True))
+    assert calls == [False, True]
+    assert load_artifact(out).manifest["validation"]["image_encoder.int8.onnx"]["per_channel"] is True

@@ -118,6 +118,10 @@ def write_encoders(opts: ExportOptions, model, state: dict[str, Any], info: dict
                 report("text tower output depends on padding: re-exporting at full context")
                 info["text"]["dynamic_seq"] = state["text_dynamic_seq"] = False
                 result = _export_and_validate(opts, model, tower, precision, info, ref, report)
+            if precision == "int8" and result is not None and not result["passed"]:
+                report("per-tensor int8 misses the gate: re-quantizing per channel")
+                info["int8_per_channel"] = True
+                result = _export_and_validate(opts, model, tower, precision, info, ref, report)
             if result is not None:
                 validate.require(name, result)
             _record(state, out, name, result)
@@ -146,7 +150,8 @@ def _write_one(opts: ExportOptions, model, tower: str, precision: str, info: dic
     if precision == "fp16":
         onnx_export.convert_fp16(opts.out_dir / encoder_filename(tower, "fp32"), path)
     elif precision == "int8":
-        onnx_export.quantize_int8(opts.out_dir / encoder_filename(tower, "fp32"), path)
+        onnx_export.quantize_int8(opts.out_dir / encoder_filename(tower, "fp32"), path,
+                                  per_channel=info.get("int8_per_channel", False))
     elif tower == "image":
         onnx_export.export_image_encoder(model, path, tuple(info["preprocess"]["size"]), opts.opset)
     else:
@@ -156,7 +161,10 @@ def _write_one(opts: ExportOptions, model, tower: str, precision: str, info: dic
 
 def _validate_one(path: Path, tower: str, precision: str, ref: dict[str, Any], info: dict[str, Any]):
     if tower == "image":
-        return validate.check_image(path, precision, ref)
+        result = validate.check_image(path, precision, ref)
+        if precision == "int8":
+            result["per_channel"] = info.get("int8_per_channel", False)
+        return result
     return validate.check_text(path, precision, ref, info["text"]["dynamic_seq"])
 
 
