@@ -8,16 +8,14 @@ Needs the [export] extra for the open_clip side.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import script  # also puts the repository on sys.path
+
 from coder.runtime.text_encoder import TextEncoder  # noqa: E402
 from coder.text_bank.bank import build_bank  # noqa: E402
 from coder.text_bank.rows import expand  # noqa: E402
@@ -72,16 +70,7 @@ def run(artifacts: str, classes: str) -> dict:
             "full_build_s": t_full, "incremental_1pct_s": t_incr, "changed_texts": n_change}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--artifacts", required=True)
-    ap.add_argument("--classes", default="cifar100")
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    r = run(args.artifacts, args.classes)
-    if args.json:
-        print(json.dumps(r, indent=2))
-        return
+def render(r: dict) -> None:
     print(f"{r['texts']} texts: coder {r['coder_texts_per_s']:.0f} texts/s, open_clip encode_text "
           f"{r['open_clip_texts_per_s']:.0f} texts/s -> {r['speedup']:.1f}x")
     print(f"bank build from scratch {r['full_build_s']:.1f} s; after changing {r['changed_texts']} texts (1 %) "
@@ -89,4 +78,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script(__doc__, run, render, classes="cifar100")

@@ -11,15 +11,12 @@ the adapter's per-query overhead vs the encoder at 16 shots x 1000 classes (synt
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import script  # also puts the repository on sys.path
+
 from coder.bench import median_ms  # noqa: E402
 from coder.runtime.adapter import Adapter, fold_keys  # noqa: E402
 from coder.runtime.classifier import Classifier  # noqa: E402
@@ -33,7 +30,8 @@ def accuracy(scores: np.ndarray, y: np.ndarray) -> float:
     return float((np.argmax(scores, axis=1) == y).mean())
 
 
-def run(artifacts: str, n_test: int, n_val: int, epochs: int, seed: int) -> dict:
+def run(artifacts: str, test: int, val: int, augment_epochs: int, seed: int) -> dict:
+    n_test, n_val, epochs = test, val, augment_epochs
     clf = Classifier.load(artifacts, bank="fashion-mnist", backend="cpu")
     train, test = fashion_mnist("train"), fashion_mnist("test")
     mapping, _ = match_classes(train.classes, clf.class_names)
@@ -77,19 +75,7 @@ def overhead(clf: Classifier, classes: int = 1000, shots: int = 16) -> dict:
             "keys_mb": keys.nbytes / 2**20, "unfolded_keys_mb": classes * shots * len(T) * 4 / 2**20}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--artifacts", required=True)
-    ap.add_argument("--test", type=int, default=1000)
-    ap.add_argument("--val", type=int, default=500)
-    ap.add_argument("--augment-epochs", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    r = run(args.artifacts, args.test, args.val, args.augment_epochs, args.seed)
-    if args.json:
-        print(json.dumps(r, indent=2))
-        return
+def render(r: dict) -> None:
     print(f"Fashion-MNIST, {r['n_test']} test images, top-1 (alpha/beta from {r['n_val']} validation images)")
     print(f"{'method':<16} {'1-shot':>7} {'4-shot':>7} {'16-shot':>8}")
     for name, accs in r["rows"].items():
@@ -101,4 +87,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script(__doc__, run, render, test=1000, val=500, augment_epochs=1, seed=0)

@@ -9,14 +9,10 @@ always reranks (tau = 1.01) so the figure is the worst case. Also reports folded
 
 from __future__ import annotations
 
-import argparse
-import json
-import sys
-from pathlib import Path
-
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import script  # also puts the repository on sys.path
+
 from coder.bench import median_ms  # noqa: E402
 from coder.runtime.encoder import ImageEncoder  # noqa: E402
 from coder.runtime.head import rerank, stage1_scores  # noqa: E402
@@ -77,16 +73,7 @@ def run(artifacts: str, repeats: int) -> dict:
             "folded_mb": folded * 4 / 2**20, "folded_over_raw": folded / emb.size}
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--artifacts", required=True)
-    ap.add_argument("--repeats", type=int, default=10)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
-    r = run(args.artifacts, args.repeats)
-    if args.json:
-        print(json.dumps(r, indent=2))
-        return
+def render(r: dict) -> None:
     print(f"{r['architecture']} ({r['backend']}), {r['classes']} classes, {r['texts']} texts, {r['pairs']} pairs")
     print(f"encoder {r['encoder_ms']:.1f} ms | CODER head (stage 1 + rerank) {r['head_ms']:.3f} ms "
           f"= {r['head_pct_of_encoder']:.2f}% of encoder | naive full-matrix head {r['naive_head_ms']:.1f} ms "
@@ -96,4 +83,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    script(__doc__, run, render, repeats=10)

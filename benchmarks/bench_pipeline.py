@@ -11,8 +11,6 @@
 
 from __future__ import annotations
 
-import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -21,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import script  # noqa: E402  (also puts the repository on sys.path)
 
 OPEN_CLIP_SCRIPT = """
 import sys, torch, open_clip
@@ -100,31 +98,26 @@ def throughput(artifacts: str, n_images: int) -> list[dict]:
     return out
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--artifacts", required=True)
-    ap.add_argument("--images", type=int, default=1000)
-    ap.add_argument("--runs", type=int, default=3)
-    ap.add_argument("--json", action="store_true")
-    args = ap.parse_args()
+def run(artifacts: str, images: int, runs: int) -> dict:
     from coder.samples import synthetic_scene
 
     with tempfile.TemporaryDirectory() as d:
         img = str(Path(d) / "probe.jpg")
         synthetic_scene(1, (640, 480)).save(img)
-        cs = cold_start(args.artifacts, img, args.runs)
-    tp = throughput(args.artifacts, args.images)
-    if args.json:
-        print(json.dumps({"cold_start": cs, "throughput": tp}, indent=2))
-        return
+        cs = cold_start(artifacts, img, runs)
+    return {"cold_start": cs, "throughput": throughput(artifacts, images)}
+
+
+def render(r: dict) -> None:
+    cs = r["cold_start"]
     print(f"cold start: coder classify {cs['coder_s']:.2f} s, {cs['coder_rss_mb']:.0f} MiB | open_clip script "
           f"{cs['open_clip_s']:.2f} s, {cs['open_clip_rss_mb']:.0f} MiB -> {cs['speedup']:.1f}x faster, "
           f"{cs['rss_ratio']:.2f}x the memory")
-    for r in tp:
-        print(f"batch {r['batch']:>2}: pipeline {r['pipeline_img_per_s']:.1f} img/s, encoder alone "
-              f"{r['encoder_img_per_s']:.1f} img/s -> pipeline/encoder time {r['pipeline_over_encoder']:.2f}x "
-              f"({r['images']} images)")
+    for t in r["throughput"]:
+        print(f"batch {t['batch']:>2}: pipeline {t['pipeline_img_per_s']:.1f} img/s, encoder alone "
+              f"{t['encoder_img_per_s']:.1f} img/s -> pipeline/encoder time {t['pipeline_over_encoder']:.2f}x "
+              f"({t['images']} images)")
 
 
 if __name__ == "__main__":
-    main()
+    script(__doc__, run, render, images=1000, runs=3)

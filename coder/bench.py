@@ -147,7 +147,10 @@ def _torch_rows(art, batches, repeats, skipped, report) -> list[BenchRow]:
     if art.manifest["pretrained"]["kind"] != "random":
         skipped["torch-eager"] = "needs the original weights; only random-init artifacts are rebuilt here"
         return []
+    from .export.registry import ensure_registered
+
     report("benchmarking torch eager")
+    ensure_registered(art.architecture, art.manifest.get("open_clip_config"))
     torch.manual_seed(art.manifest["pretrained"]["seed"])
     model = open_clip.create_model(art.architecture, pretrained=None).eval()
     rows = []

@@ -179,13 +179,16 @@ def image_gflop(model, size: tuple[int, int]) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def model_info(model, tokenizer_record: dict[str, Any]) -> dict[str, Any]:
+def model_info(model, architecture: str, tokenizer_record: dict[str, Any]) -> dict[str, Any]:
     """The manifest fields that describe the model itself (from the model, not constants)."""
     from .towers import supports_dynamic_text
 
     cfg = dict(model.visual.preprocess_cfg)
     pre = PreprocessConfig.from_dict(cfg).to_dict()
+    import open_clip
+
     return {
+        "open_clip_config": open_clip.get_model_config(architecture),
         "image_gflop": image_gflop(model, tuple(pre["size"])),
         "embed_dim": int(model.text_projection.shape[1] if hasattr(model.text_projection, "shape")
                          else model.text_projection.out_features),
@@ -243,7 +246,7 @@ def export_artifacts(opts: ExportOptions, report: Reporter = lambda s: None) -> 
     report(f"loading {opts.architecture} ({opts.pretrained.kind}: {opts.pretrained.value})")
     model, pretrained = load_model(opts.architecture, opts.pretrained)
     tokenizer = tokenizer_for(opts.architecture, int(model.context_length))
-    info = model_info(model, copy_vocabulary(tokenizer, opts.out_dir))
+    info = model_info(model, opts.architecture, copy_vocabulary(tokenizer, opts.out_dir))
     ref = None
     if opts.validate:
         report("computing torch reference embeddings")

@@ -50,6 +50,21 @@ def register_model_config(path: str | os.PathLike) -> str:
     return path.stem
 
 
+def ensure_registered(architecture: str, config: dict | None) -> None:
+    """Make a custom architecture recorded in a manifest known to open_clip again (torch-side rebuilds)."""
+    import json
+    import tempfile
+
+    import open_clip
+
+    if architecture in open_clip.list_models() or not config:
+        return
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / f"{architecture}.json"
+        path.write_text(json.dumps(config))
+        open_clip.add_model_config(path)
+
+
 @dataclass(frozen=True)
 class PretrainedSpec:
     """Where the weights come from.
