@@ -111,7 +111,7 @@ class Artifact:
         if entry is None:
             raise ArtifactError(f"{self.root}: manifest lists no file {name!r}")
         path = self.root / name
-        _verify_file(self.root, name, entry["sha256"])
+        verify_file(self.root, name, entry["sha256"])
         return path
 
     def encoder(self, tower: str, precision: str) -> Path:
@@ -178,8 +178,8 @@ def _stat_key(path: Path) -> list[int]:
     return [st.st_size, st.st_mtime_ns, st.st_ino]
 
 
-def _verify_file(root: Path, name: str, expected: str) -> None:
-    """Check ``root/name`` against ``expected``; remember a match by (size, mtime, inode).
+def verify_file(root: Path, name: str, expected: str) -> None:
+    """Check ``root/name`` against ``expected`` (ChecksumError); remember a match by (size, mtime, inode).
 
     Hashing a 350 MB encoder costs ~0.5 s, so a verified file is not hashed
     again until its stat changes. The cache is advisory: an unwritable

@@ -25,6 +25,7 @@ from ..engines.ort import BACKENDS
 from ..errors import ArtifactError, BackendError, ConfigError
 from ..manifest import PRECISIONS, load_artifact
 from ..text_bank.bank import Bank, load_bank
+from ..text_bank.rows import KIND_IDS
 from .adapter import Adapter, load_adapter
 from .encoder import ImageEncoder
 from .head import rerank, stage1_scores
@@ -175,7 +176,7 @@ class Classifier:
         sims = self.bank.raw_emb @ f[0]
         out = {}
         for c in dict.fromkeys([pred.label, runner]):
-            rows = np.flatnonzero((self.bank.raw_class == c) & (self.bank.raw_kind != 5))
+            rows = np.flatnonzero((self.bank.raw_class == c) & (self.bank.raw_kind != KIND_IDS["clip"]))
             best = rows[np.argsort(-sims[rows], kind="stable")[:n]]
             out[self.class_names[c]] = [(texts[r], float(sims[r])) for r in best]
         return out

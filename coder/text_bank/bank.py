@@ -23,7 +23,7 @@ import numpy as np
 
 from ..errors import ArtifactError
 from ..fsutil import atomic_path, atomic_write_json, read_json, sha256_file
-from ..manifest import Artifact, load_artifact
+from ..manifest import Artifact, load_artifact, verify_file
 from .fold import fold
 from .rows import Rows, expand
 from .texts import Texts, to_json
@@ -153,8 +153,12 @@ def load_bank(bank_dir: str | os.PathLike, artifact: Artifact | str | os.PathLik
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{root}: bank format {meta.get('format')!r} v{meta.get('format_version')!r}, "
                             f"this coder reads {FORMAT} v{FORMAT_VERSION}; rebuild with `coder bank build`")
-    if sha256_file(root / "bank.npz") != meta.get("npz_sha256"):
-        raise ArtifactError(f"{root}/bank.npz does not match bank.json (corrupt or replaced); rebuild the bank")
+    try:
+        verify_file(root, "bank.npz", str(meta.get("npz_sha256")))
+    except ArtifactError:
+        raise ArtifactError(f"{root}/bank.npz does not match bank.json (corrupt or replaced); rebuild the bank") from None
+    except FileNotFoundError:
+        raise ArtifactError(f"{root}/bank.npz is missing; rebuild the bank") from None
     if artifact is not None:
         art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
         file_entry = art.manifest["files"].get(meta["encoder"]["file"])
