@@ -33,8 +33,9 @@ def open_clip_encoder(manifest: dict, batch: int = 64):
     import open_clip
     import torch
 
-    torch.manual_seed(manifest["pretrained"]["seed"])
-    model = open_clip.create_model(manifest["architecture"], pretrained=None).eval()
+    from coder.export.weights import rebuild_from_manifest
+
+    model = rebuild_from_manifest(manifest)
     tok = open_clip.get_tokenizer(manifest["architecture"])
 
     def encode(texts: list[str]) -> None:

@@ -16,29 +16,17 @@ from common import script  # also puts the repository on sys.path
 from coder.bench import matmul_peak_gflops, median_ms  # noqa: E402
 
 
-def torch_model(manifest):
-    import open_clip
-    import torch
-
-    from coder.export.registry import ensure_registered
-
-    if manifest["pretrained"]["kind"] != "random":
-        raise SystemExit("this benchmark rebuilds the torch model from a random-init artifact (--pretrained none)")
-    ensure_registered(manifest["architecture"], manifest.get("open_clip_config"))
-    torch.manual_seed(manifest["pretrained"]["seed"])
-    return open_clip.create_model(manifest["architecture"], pretrained=None).eval()
-
-
 def run(artifacts: str, repeats: int) -> dict:
     import torch
 
     from coder.export.pipeline import image_gflop
+    from coder.export.weights import rebuild_from_manifest
 
     from coder.runtime.encoder import ImageEncoder
 
     enc = ImageEncoder.load(artifacts)
     manifest = enc.artifact.manifest
-    model = torch_model(manifest)
+    model = rebuild_from_manifest(manifest)
     size = tuple(manifest["preprocess"]["size"])
     flops = image_gflop(model, size) * 1e9
     rows = []

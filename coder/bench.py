@@ -16,7 +16,7 @@ from typing import Callable
 
 import numpy as np
 
-from .errors import ArtifactError, BackendError
+from .errors import ArtifactError, BackendError, WeightsError
 from .manifest import load_artifact
 
 
@@ -139,20 +139,18 @@ def _head_rows(art, batches, repeats, report) -> list[BenchRow]:
 
 def _torch_rows(art, batches, repeats, skipped, report) -> list[BenchRow]:
     try:
-        import open_clip
         import torch
+
+        from .export.weights import rebuild_from_manifest
     except ImportError as e:
         skipped["torch-eager"] = f"not installed ({e.name})"
         return []
-    if art.manifest["pretrained"]["kind"] != "random":
-        skipped["torch-eager"] = "needs the original weights; only random-init artifacts are rebuilt here"
+    try:
+        model = rebuild_from_manifest(art.manifest)
+    except WeightsError as e:
+        skipped["torch-eager"] = str(e)
         return []
-    from .export.registry import ensure_registered
-
     report("benchmarking torch eager")
-    ensure_registered(art.architecture, art.manifest.get("open_clip_config"))
-    torch.manual_seed(art.manifest["pretrained"]["seed"])
-    model = open_clip.create_model(art.architecture, pretrained=None).eval()
     rows = []
     for b in batches:
         x = torch.randn(b, 3, *art.preprocess.size)

@@ -33,6 +33,20 @@ def load_model(architecture: str, spec: PretrainedSpec):
     return model.eval(), record
 
 
+def rebuild_from_manifest(manifest: dict[str, Any]):
+    """The torch model of a random-init artifact (same seed, same architecture), for same-run comparisons.
+
+    Raises :class:`WeightsError` for artifacts exported from real weights: those are not kept.
+    """
+    from .registry import ensure_registered
+
+    if manifest["pretrained"]["kind"] != "random":
+        raise WeightsError("needs the original weights; only random-init artifacts (--pretrained none) are rebuilt")
+    ensure_registered(manifest["architecture"], manifest.get("open_clip_config"))
+    model, _ = load_model(manifest["architecture"], PretrainedSpec("random", "none", manifest["pretrained"]["seed"]))
+    return model
+
+
 def _from_file(architecture: str, path: str):
     import open_clip
 

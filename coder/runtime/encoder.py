@@ -77,22 +77,33 @@ class EmbedResult:
     precision: str
 
 
+def embed_items(encoder: ImageEncoder, items: Sequence, batch_size: int = 16,
+                on_batch=lambda n: None) -> tuple[np.ndarray, list[int], list[tuple[int, str]]]:
+    """Embed any image inputs in batches; an unreadable one is skipped and reported, never fatal.
+
+    Returns ``(embeddings (N_ok, D), indices of the items embedded, [(index, one-line reason)])``.
+    """
+    rows: list[np.ndarray] = []
+    kept: list[int] = []
+    failures: list[tuple[int, str]] = []
+    for start in range(0, len(items), batch_size):
+        pils = []
+        for i in range(start, min(start + batch_size, len(items))):
+            try:
+                pils.append(to_pil(items[i]))
+                kept.append(i)
+            except InputError as e:
+                failures.append((i, str(e)))
+        if pils:
+            rows.append(encoder.encode(pils))
+        on_batch(min(batch_size, len(items) - start))
+    emb = np.concatenate(rows) if rows else np.zeros((0, encoder.artifact.embed_dim), np.float32)
+    return emb, kept, failures
+
+
 def embed_files(encoder: ImageEncoder, paths: Sequence[str | Path], batch_size: int = 16,
                 on_batch=lambda n: None) -> EmbedResult:
     """Embed files in batches; a bad file is recorded and skipped, never fatal."""
-    ok: list[str] = []
-    rows: list[np.ndarray] = []
-    failures: list[tuple[str, str]] = []
-    for start in range(0, len(paths), batch_size):
-        pils = []
-        for p in paths[start:start + batch_size]:
-            try:
-                pils.append(to_pil(p))
-                ok.append(str(p))
-            except InputError as e:
-                failures.append((str(p), str(e)))
-        if pils:
-            rows.append(encoder.encode(pils))
-        on_batch(len(paths[start:start + batch_size]))
-    emb = np.concatenate(rows) if rows else np.zeros((0, encoder.artifact.embed_dim), np.float32)
-    return EmbedResult(emb, tuple(ok), tuple(failures), encoder.backend, encoder.precision)
+    emb, kept, failures = embed_items(encoder, paths, batch_size, on_batch)
+    return EmbedResult(emb, tuple(str(paths[i]) for i in kept), tuple((str(paths[i]), why) for i, why in failures),
+                       encoder.backend, encoder.precision)

@@ -18,7 +18,7 @@ from ..errors import InputError
 from .classifier import Classifier
 from .datasets import Dataset, match_classes
 from .head import rerank, stage1_scores
-from .images import to_pil
+from .encoder import embed_items
 
 
 @dataclass(frozen=True)
@@ -41,22 +41,9 @@ def _topk_acc(scores: np.ndarray, y: np.ndarray, k: int) -> float:
 def embed_dataset(clf: Classifier, ds: Dataset, mapping: dict[str, int], batch: int = 32,
                   on_batch: Callable[[int], None] = lambda n: None) -> tuple[np.ndarray, np.ndarray, int]:
     """Unit embeddings and bank labels of every item whose class is in the bank."""
-    feats, labels, failures = [], [], 0
     items = [(x, mapping[c]) for x, c in ds.items if c in mapping]
-    for start in range(0, len(items), batch):
-        pils, ys = [], []
-        for x, y in items[start:start + batch]:
-            try:
-                pils.append(to_pil(x))
-                ys.append(y)
-            except InputError:
-                failures += 1
-        if pils:
-            feats.append(clf.embed(pils)[0])
-            labels.extend(ys)
-        on_batch(len(items[start:start + batch]))
-    d = clf.encoder.artifact.embed_dim
-    return (np.concatenate(feats) if feats else np.zeros((0, d), np.float32)), np.asarray(labels, np.int64), failures
+    emb, kept, failures = embed_items(clf.encoder, [x for x, _ in items], batch, on_batch)
+    return emb, np.asarray([items[i][1] for i in kept], np.int64), len(failures)
 
 
 def evaluate(clf: Classifier, ds: Dataset, on_batch: Callable[[int], None] = lambda n: None,

@@ -18,7 +18,7 @@ from .adapter import Adapter, coder_text_matrix, fold_keys, search
 from .augment import augment
 from .classifier import Classifier
 from .datasets import Dataset, match_classes
-from .encoder import l2_normalize
+from .encoder import embed_items, l2_normalize
 from .images import to_pil
 from .preprocess import preprocess_batch
 
@@ -72,14 +72,11 @@ def encode_augmented(clf: Classifier, items: list, epochs: int, seed: int, batch
 
 
 def encode_plain(clf: Classifier, items: list, batch: int = 32, on_step=lambda n: None) -> tuple[np.ndarray, np.ndarray]:
-    feats, ys = [], []
-    for s in range(0, len(items), batch):
-        chunk = items[s:s + batch]
-        feats.append(clf.embed([x for x, _ in chunk])[0])
-        ys += [y for _, y in chunk]
-        on_step(len(chunk))
-    d = clf.encoder.artifact.embed_dim
-    return (np.concatenate(feats) if feats else np.zeros((0, d), np.float32)), np.asarray(ys, np.int64)
+    """(features, labels) of (image, label) items; an unreadable image stops the fit (InputError)."""
+    emb, _, failures = embed_items(clf.encoder, [x for x, _ in items], batch, on_step)
+    if failures:
+        raise InputError(failures[0][1])
+    return emb, np.asarray([y for _, y in items], np.int64)
 
 
 def build_adapter(kind: str, clf: Classifier, support_f: np.ndarray, support_y: np.ndarray, val_f: np.ndarray,
