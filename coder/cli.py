@@ -51,6 +51,12 @@ class _CoderGroup(TyperGroup):
     """Runs every command; the single place a CoderError becomes one line + exit code."""
 
     def invoke(self, ctx):
+        import warnings
+
+        # A backend fallback the user allowed (--allow-fallback) is reported as one loud line.
+        shown = warnings.showwarning
+        warnings.showwarning = lambda msg, cat, *a, **k: say("warning", str(msg)) if issubclass(cat, RuntimeWarning) \
+            else shown(msg, cat, *a, **k)
         try:
             return super().invoke(ctx)
         except CoderError as e:
@@ -102,6 +108,10 @@ def _version(value: bool) -> None:
 def _root(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
                                        help="Print the version and exit.")) -> None:
     """CODER CLIP classification: export, embed, classify on CPU/GPU."""
+
+
+ALLOW_FALLBACK = typer.Option(False, "--allow-fallback",
+                              help="If ONNX Runtime falls back to another provider, warn and go on (else exit 6).")
 
 
 def _progress():
@@ -216,6 +226,7 @@ def embed(
     artifacts: Path = typer.Option(..., "--artifacts", "-a", help="Artifact directory from `coder export`."),
     precision: str = typer.Option("fp32", help="fp32 | fp16 | int8 (must have been exported)."),
     backend: str = typer.Option("cpu", help="cpu | cuda | tensorrt (ONNX Runtime providers)."),
+    allow_fallback: bool = ALLOW_FALLBACK,
     out_file: Optional[Path] = typer.Option(None, "--out", help="Save embeddings as .npy (rows of files that loaded)."),
     batch_size: int = typer.Option(16, help="Images per encoder call."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON with every embedding."),
@@ -225,7 +236,7 @@ def embed(
 
     if precision not in ("fp32", "fp16", "int8"):
         raise ConfigError(f"--precision {precision!r}: choose fp32, fp16 or int8")
-    enc = ImageEncoder.load(artifacts, precision, backend)
+    enc = ImageEncoder.load(artifacts, precision, backend, allow_fallback)
     with _progress() as bar:
         task = bar.add_task("embedding", total=len(images))
         res = embed_files(enc, [str(p) for p in images], batch_size, lambda n: bar.advance(task, n))

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from .cli import _print_json, _progress, app, exit_code_for, info, out, say
+from .cli import ALLOW_FALLBACK, _print_json, _progress, app, exit_code_for, info, out, say
 from .errors import ConfigError, InputError
 
 
@@ -27,6 +27,9 @@ def classify(
     precision: str = typer.Option("fp32", help="Image encoder: fp32 | fp16 | int8 (as exported)."),
     batch_size: int = typer.Option(16, help="Images per encoder call (bounds memory)."),
     adapter: Optional[Path] = typer.Option(None, help="Few-shot adapter from `coder fit`."),
+    fused_head: bool = typer.Option(True, "--fused-head/--no-fused-head",
+                                    help="Run the CODER head inside the encoder graph (one call per batch)."),
+    allow_fallback: bool = ALLOW_FALLBACK,
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image (JSON lines)."),
 ) -> None:
     """Classify images with CODER (stage 1 + gated one-to-one rerank)."""
@@ -35,7 +38,8 @@ def classify(
     from .runtime.images import to_pil
     from .runtime.inputs import batched, iter_image_paths
 
-    clf = Classifier.load(artifacts or default_artifact_dir(), bank, backend, precision, tau, adapter=adapter)
+    clf = Classifier.load(artifacts or default_artifact_dir(), bank, backend, precision, tau, adapter=adapter,
+                          allow_fallback=allow_fallback, fused_head=fused_head)
     rows, failures = [], 0
     with _progress() as bar:
         task = bar.add_task(f"classifying ({clf.backend})", total=None)
@@ -97,6 +101,7 @@ def eval_cmd(
     backend: str = typer.Option("auto", help="auto | cpu | cuda | tensorrt."),
     confusions_out: Optional[Path] = typer.Option(None, help="Write stage-1 confusion pairs (JSON) here."),
     adapter: Optional[Path] = typer.Option(None, help="Also report this few-shot adapter (`coder fit`)."),
+    allow_fallback: bool = ALLOW_FALLBACK,
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Top-1/top-5 of plain CLIP, CODER stage 1 and CODER + rerank on labelled images."""
@@ -108,7 +113,9 @@ def eval_cmd(
     from .runtime.datasets import open_dataset, subset
     from .runtime.evaluate import evaluate
 
-    clf = Classifier.load(artifacts or default_artifact_dir(), bank, backend, "fp32", tau, adapter=adapter)
+    # eval needs the embeddings for the plain-CLIP row, so the numpy head runs on them.
+    clf = Classifier.load(artifacts or default_artifact_dir(), bank, backend, "fp32", tau, adapter=adapter,
+                          allow_fallback=allow_fallback, fused_head=False)
     ds = open_dataset(data)
     ds = replace(ds, items=subset(ds.items, limit, seed))
     with _progress() as bar:
@@ -160,7 +167,7 @@ def fit(
 
     if kind not in KINDS or shots < 1 or not 0 < val_fraction < 1:
         raise ConfigError(f"need --kind in {KINDS}, --shots >= 1 and 0 < --val-fraction < 1")
-    clf = Classifier.load(artifacts or default_artifact_dir(), bank, "auto")
+    clf = Classifier.load(artifacts or default_artifact_dir(), bank, "auto", fused_head=False)
     ds = open_dataset("fashion-mnist:train" if train == "fashion-mnist" else train)  # fit: the training split
     val_ds = open_dataset(val) if val else None
     n_classes = len(ds.classes)

@@ -153,3 +153,37 @@ def test_texts_init_refuses_overwrite_and_bad_texts(tmp_path, cli_art):
     res = _run("bank", "build", "-a", cli_art, "--texts", out_file)
     from coder.errors import TextsError
     assert res.returncode == CODE[TextsError] and r"classes[2].att[0]: empty string" in res.stderr
+
+
+def test_classify_backend_fallback_flag(cli_art, sample_images, monkeypatch):
+    """ORT quietly putting a CUDA session on the CPU: exit 6, or with --allow-fallback one warning line."""
+    import onnxruntime as ort
+
+    from coder.engines.ort import BACKENDS
+    from coder.errors import BackendError
+
+    real = ort.InferenceSession
+
+    class Quiet(real):
+        def __init__(self, path, sess_options=None, providers=None):
+            super().__init__(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: list(BACKENDS.values()))
+    monkeypatch.setattr(ort, "InferenceSession", Quiet)
+    args = ["classify", str(sample_images[0]), "-a", str(cli_art), "--backend", "cuda", "--json"]
+    res = runner.invoke(app, args)
+    assert res.exit_code == CODE[BackendError] and "--allow-fallback" in res.output
+    res = runner.invoke(app, args + ["--allow-fallback"])
+    assert res.exit_code == 0, res.output
+    assert "warning: backend 'cuda' requested but ONNX Runtime runs" in res.stderr
+    assert json.loads(res.stdout.splitlines()[0])["backend"] == "cpu"
+
+
+def test_classify_fused_and_plain_head_agree(cli_art, sample_images):
+    base = ["classify", *map(str, sample_images), "-a", str(cli_art), "--json", "--tau", "1.01"]
+    fused, plain = runner.invoke(app, base), runner.invoke(app, base + ["--no-fused-head"])
+    assert fused.exit_code == plain.exit_code == 0, fused.output + plain.output
+    a = [json.loads(x) for x in fused.stdout.splitlines()]
+    b = [json.loads(x) for x in plain.stdout.splitlines()]
+    assert [(r["label"], r["top_k"], r["reranked"]) for r in a] == [(r["label"], r["top_k"], r["reranked"]) for r in b]
+    assert (cli_art / "banks" / "cifar10" / "fused" / "image_head.fp32.k5.onnx").is_file()

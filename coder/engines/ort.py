@@ -56,12 +56,20 @@ class OrtEncoder:
     input_dtype: str = ""
 
     def run(self, x: np.ndarray) -> np.ndarray:
+        """The first output (the embedding, for plain and fused graphs alike)."""
         return self.session.run(None, {self.input_name: x})[0]
 
+    def run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(None, {self.input_name: x})
 
-def load_ort(path: str | os.PathLike, backend: str = "cpu", precision: str = "fp32",
+
+def load_ort(path: str | os.PathLike | bytes, backend: str = "cpu", precision: str = "fp32",
              allow_fallback: bool = False, threads: int | None = None) -> OrtEncoder:
-    """Open ``path`` on ``backend`` (cpu|cuda|tensorrt); raise if another provider ends up running it."""
+    """Open ``path`` (or serialized model bytes) on ``backend`` (cpu|cuda|tensorrt).
+
+    Raises BackendError if another provider ends up running it, unless ``allow_fallback``
+    (then a RuntimeWarning, and ``.backend`` names the provider really used).
+    """
     import onnxruntime as ort
 
     if backend not in BACKENDS:
@@ -71,19 +79,21 @@ def load_ort(path: str | os.PathLike, backend: str = "cpu", precision: str = "fp
     if wanted not in ort.get_available_providers():
         raise BackendError(f"backend {backend!r}: onnxruntime {ort.__version__} has no {wanted} "
                            f"(install the [gpu] extra for cuda/tensorrt; `coder doctor` shows what loads)")
+    name = "<in-memory model>" if isinstance(path, bytes) else Path(path).name
     try:
-        sess = ort.InferenceSession(str(path), sess_options=session_options(precision, threads), providers=providers)
+        source = path if isinstance(path, bytes) else str(path)
+        sess = ort.InferenceSession(source, sess_options=session_options(precision, threads), providers=providers)
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise BackendError(f"backend {backend!r} could not load {path}: {str(e).splitlines()[0][:200]}") from None
+        raise BackendError(f"backend {backend!r} could not load {name}: {str(e).splitlines()[0][:200]}") from None
     used = sess.get_providers()
     if used[0] != wanted:
-        msg = f"backend {backend!r} requested but ONNX Runtime runs {path.name if isinstance(path, Path) else path} on {used[0]}"
+        msg = f"backend {backend!r} requested but ONNX Runtime runs {name} on {used[0]}"
         if not allow_fallback:
             raise BackendError(msg + "; fix the CUDA/TensorRT install (`coder doctor`) or pass --allow-fallback")
         warnings.warn(msg, RuntimeWarning, stacklevel=2)
         backend = next((k for k, v in BACKENDS.items() if v == used[0]), used[0])
     inp = sess.get_inputs()[0]
-    return OrtEncoder(Path(path), backend, used, sess, inp.name, inp.type)
+    return OrtEncoder(Path(name if isinstance(path, bytes) else path), backend, used, sess, inp.name, inp.type)
 
 
 def probe_providers() -> dict[str, str]:

@@ -28,7 +28,7 @@ from ..text_bank.bank import Bank, load_bank
 from ..text_bank.rows import KIND_IDS
 from .adapter import Adapter, load_adapter
 from .encoder import ImageEncoder
-from .head import rerank, stage1_scores
+from .head import gate, rerank, stage1_scores
 from .images import to_pil
 from .preprocess import preprocess_batch
 
@@ -78,14 +78,23 @@ def find_bank(artifact_root: Path, name: str | None) -> Path:
     return banks_dir / found[0]
 
 
-def open_image_encoder(artifact_dir, backend: str, precision: str, threads: int | None) -> ImageEncoder:
-    """``backend="auto"`` tries tensorrt, cuda, cpu and keeps the first that really loads."""
+def open_image_encoder(artifact_dir, backend: str, precision: str, threads: int | None,
+                       allow_fallback: bool = False, fused_bank: Bank | None = None, k: int = 5) -> ImageEncoder:
+    """``backend="auto"`` tries tensorrt, cuda, cpu and keeps the first that really loads.
+
+    With ``fused_bank`` the encoder graph carries that bank's CODER head (top-``k``).
+    """
+    def load(name: str) -> ImageEncoder:
+        if fused_bank is not None:
+            return ImageEncoder.load_fused(artifact_dir, fused_bank, k, precision, name, allow_fallback, threads)
+        return ImageEncoder.load(artifact_dir, precision, name, allow_fallback, threads)
+
     if backend != "auto":
-        return ImageEncoder.load(artifact_dir, precision, backend, threads=threads)
+        return load(backend)
     reasons = []
     for name in AUTO_ORDER:
         try:
-            return ImageEncoder.load(artifact_dir, precision, name, threads=threads)
+            return load(name)
         except BackendError as e:
             reasons.append(str(e))
     raise BackendError("no backend could load: " + " | ".join(reasons))
@@ -102,19 +111,28 @@ class Classifier:
     @classmethod
     def load(cls, artifact_dir: str | os.PathLike, bank: str | None = None, backend: str = "auto",
              precision: str = "fp32", tau: float | None = None, k: int | None = None,
-             threads: int | None = None, adapter: str | os.PathLike | None = None) -> "Classifier":
-        """Open an artifact + bank. ``tau``/``k`` default to the bank's preset (published values)."""
+             threads: int | None = None, adapter: str | os.PathLike | None = None,
+             allow_fallback: bool = False, fused_head: bool = True) -> "Classifier":
+        """Open an artifact + bank. ``tau``/``k`` default to the bank's preset (published values).
+
+        ``fused_head`` runs the CODER head inside the encoder graph (one engine call per batch; on
+        a 2-core CPU it halved batch-1 latency, as the numpy head's BLAS threads no longer
+        contend with ONNX Runtime's: benchmarks/bench_fused.py);
+        ``allow_fallback`` turns a provider mismatch into a warning (``backend`` then names
+        what really runs).
+        """
         if backend != "auto" and backend not in BACKENDS:
             raise ConfigError(f"backend {backend!r}: choose auto, {', '.join(BACKENDS)}")
         if precision not in PRECISIONS:
             raise ConfigError(f"precision {precision!r}: choose {', '.join(PRECISIONS)}")
         art = load_artifact(artifact_dir)
         b = load_bank(find_bank(art.root, bank), art)
-        enc = open_image_encoder(artifact_dir, backend, precision, threads)
         tau = b.tau if tau is None else float(tau)
         k = b.k if k is None else int(k)
         if tau < 0 or k < 1:
             raise ConfigError(f"tau must be >= 0 and k >= 1 (got tau={tau}, k={k})")
+        enc = open_image_encoder(artifact_dir, backend, precision, threads, allow_fallback,
+                                 b if fused_head else None, k)
         return cls(enc, b, tau, k, load_adapter(adapter, b) if adapter is not None else None)
 
     @property
@@ -139,15 +157,28 @@ class Classifier:
             images = [images]
         if not images:
             return []
-        f, t_pre, t_enc = self.embed(images, bgr)
-        return self.classify_embeddings(f, top_k, rerank_enabled, t_pre, t_enc)
+        if not self.encoder.fused:
+            f, t_pre, t_enc = self.embed(images, bgr)
+            return self.classify_embeddings(f, top_k, rerank_enabled, t_pre, t_enc)
+        t0 = time.perf_counter()
+        pixels = preprocess_batch([to_pil(im, bgr) for im in images], self.encoder.preprocess_config)
+        t1 = time.perf_counter()
+        out = self.encoder.run_head(pixels)  # encoder + stage 1 + r(c), one engine call
+        t2 = time.perf_counter()
+        rr = gate(out.topk_ids, out.gap, out.rerank, self.tau if rerank_enabled else -1.0)
+        return self._finish(out.embedding, out.stage1, rr, top_k, (t1 - t0) * 1e3, (t2 - t1) * 1e3, t2)
 
     def classify_embeddings(self, f: np.ndarray, top_k: int = 5, rerank_enabled: bool = True,
                             t_pre: float = 0.0, t_enc: float = 0.0) -> list[Prediction]:
-        """The CODER head on precomputed unit embeddings (B,D)."""
+        """The CODER head (numpy) on precomputed unit embeddings (B,D)."""
         t0 = time.perf_counter()
         s1 = stage1_scores(f, self.bank)
         rr = rerank(f, s1, self.bank, self.tau if rerank_enabled else -1.0, self.k)
+        return self._finish(f, s1, rr, top_k, t_pre, t_enc, t0)
+
+    def _finish(self, f: np.ndarray, s1: np.ndarray, rr, top_k: int, t_pre: float, t_enc: float,
+                t0: float) -> list[Prediction]:
+        """Adapter (if any), displayed top-k and timings; ``t0`` is when the head started."""
         if self.adapter is not None:  # few-shot: the adapter's logits decide the label
             rr = replace(rr, labels=np.argmax(self.adapter.logits(f, self.bank.clip_w), axis=1))
         shown = np.argsort(-s1, axis=1, kind="stable")[:, :top_k]

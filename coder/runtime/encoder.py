@@ -35,6 +35,7 @@ class ImageEncoder:
     engine: object
     precision: str
     max_batch: int
+    head_k: int = 0  # > 0: the engine is the fused graph (encoder + CODER head, top-``head_k``)
 
     @property
     def backend(self) -> str:
@@ -44,6 +45,10 @@ class ImageEncoder:
     def preprocess_config(self) -> PreprocessConfig:
         return self.artifact.preprocess
 
+    @property
+    def fused(self) -> bool:
+        return self.head_k > 0
+
     @classmethod
     def load(cls, artifact_dir: str | os.PathLike, precision: str = "fp32", backend: str = "cpu",
              allow_fallback: bool = False, threads: int | None = None) -> "ImageEncoder":
@@ -51,12 +56,38 @@ class ImageEncoder:
         engine = load_ort(art.encoder("image", precision), backend, precision, allow_fallback, threads)
         return cls(art, engine, precision, int(art.manifest["exporter"]["max_batch"]))
 
-    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
-        """(B,3,H,W) float32 -> (B,D) float32 unit rows, in chunks of at most ``max_batch``."""
+    @classmethod
+    def load_fused(cls, artifact_dir: str | os.PathLike, bank, k: int, precision: str = "fp32",
+                   backend: str = "cpu", allow_fallback: bool = False, threads: int | None = None) -> "ImageEncoder":
+        """The encoder with ``bank``'s head appended (:mod:`coder.runtime.fused`); same API plus ``run_head``."""
+        from .fused import ensure_fused_onnx
+
+        art = load_artifact(artifact_dir)
+        path = ensure_fused_onnx(art, bank, precision, k)
+        engine = load_ort(path, backend, precision, allow_fallback, threads)
+        k = max(1, min(int(k), len(bank.class_names)))
+        return cls(art, engine, precision, int(art.manifest["exporter"]["max_batch"]), head_k=k)
+
+    def _check_pixels(self, pixels: np.ndarray) -> None:
         expected = (3, *self.preprocess_config.size)
         if pixels.ndim != 4 or tuple(pixels.shape[1:]) != expected or pixels.dtype != np.float32:
             raise InputError(f"pixels must be (B,{expected[0]},{expected[1]},{expected[2]}) float32, "
                              f"got {pixels.shape} {pixels.dtype}")
+
+    def run_head(self, pixels: np.ndarray):
+        """Fused graphs only: (B,3,H,W) float32 -> :class:`~coder.runtime.fused.FusedOutputs`."""
+        from .fused import FusedOutputs
+
+        if not self.fused:
+            raise InputError("run_head needs an encoder loaded with ImageEncoder.load_fused")
+        self._check_pixels(pixels)
+        parts = [FusedOutputs.from_list(self.engine.run_all(pixels[i:i + self.max_batch]))
+                 for i in range(0, len(pixels), self.max_batch)]
+        return FusedOutputs.concat(parts)
+
+    def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """(B,3,H,W) float32 -> (B,D) float32 unit rows, in chunks of at most ``max_batch``."""
+        self._check_pixels(pixels)
         chunks = [self.engine.run(pixels[i:i + self.max_batch]) for i in range(0, len(pixels), self.max_batch)]
         return l2_normalize(np.concatenate(chunks) if chunks else np.zeros((0, self.artifact.embed_dim), np.float32))
 

@@ -90,3 +90,15 @@ def rerank(f: np.ndarray, s1: np.ndarray, bank, tau: float, k: int = 5) -> Reran
         # argmax keeps the first maximum: ties go to the class ranked higher in stage 1.
         labels[idx] = t[np.arange(len(idx)), np.argmax(r[idx], axis=1)]
     return RerankResult(labels, top, gap, fired, r)
+
+
+def gate(top: np.ndarray, gap: np.ndarray, r_all: np.ndarray, tau: float) -> RerankResult:
+    """The rerank decision from precomputed r(c) of every top-k (a fused graph's outputs).
+
+    Same result as :func:`rerank`: where ``gap >= tau`` (or k = 1) the stage-1 winner stays
+    and the scores read 0.
+    """
+    fired = (gap < tau) & (top.shape[1] > 1)
+    r = np.where(fired[:, None], r_all, 0.0).astype(np.float32)
+    picked = top[np.arange(len(top)), np.argmax(r, axis=1)] if len(top) else top[:, 0]
+    return RerankResult(np.where(fired, picked, top[:, 0]), top, gap.astype(np.float32), fired, r)
