@@ -1,7 +1,9 @@
 """``coder bench DIR``: per-stage latency and throughput for every backend that loads here.
 
 Stages: ``decode+pre`` (640x480 JPEG file -> pixels), ``encoder``, the CODER head's ``stage 1`` and
-``rerank`` (forced on, the worst case). Latencies are p50/p90/p99 over repeats at batch 1, 8 and 32; the
+``rerank`` (forced on, the worst case), and with a bank ``encoder+head`` (pixels -> labels) both ways:
+the encoder + the numpy head, and the graph with the head fused. Native TensorRT engines get rows
+where ``coder build-engine`` built them. Latencies are p50/p90/p99 over repeats at batch 1, 8 and 32; the
 encoder's achieved GFLOPS is compared with this machine's fp32 matmul peak measured in the same
 run (numpy GEMM). With the [export] extra, torch eager rows run in the same process for reference.
 """
@@ -11,12 +13,13 @@ from __future__ import annotations
 import tempfile
 import time
 from dataclasses import asdict, dataclass, replace
+from functools import partial
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from .errors import ArtifactError, BackendError, WeightsError
+from .errors import ArtifactError, BackendError, StaleEngineError, WeightsError
 from .manifest import load_artifact
 
 
@@ -78,7 +81,6 @@ def _images(tmp: Path, n: int) -> list[Path]:
 
 def run_bench(artifact_dir, batches=(1, 8, 32), repeats: int = 20, backends=("cpu", "cuda", "tensorrt"),
               with_torch: bool = True, report=lambda msg: None) -> dict:
-    from .runtime.encoder import ImageEncoder
     from .runtime.images import load_image
     from .runtime.preprocess import preprocess_batch
 
@@ -93,18 +95,15 @@ def run_bench(artifact_dir, batches=(1, 8, 32), repeats: int = 20, backends=("cp
             rows.append(_row("pil+numpy", "decode+pre", b,
                              timings_ms(lambda: preprocess_batch([load_image(p) for p in paths[:b]], cfg),
                                         max(3, repeats // 4))))
-    for backend in backends:
-        for precision in art.variants("image"):
-            name = f"ort-{backend} {precision}"
-            try:
-                enc = ImageEncoder.load(artifact_dir, precision, backend)
-            except (BackendError, ArtifactError) as e:
-                skipped[name] = str(e)
-                continue
-            report(f"benchmarking {name}")
-            for b in batches:
-                x = np.random.default_rng(b).standard_normal((b, 3, *cfg.size)).astype(np.float32)
-                rows.append(_row(name, "encoder", b, timings_ms(lambda: enc.engine.run(x), repeats)))
+    bank = _bank_or_none(art)
+    for name, load in _candidates(artifact_dir, art, backends, bank):
+        try:
+            enc = load()
+        except (BackendError, ArtifactError, StaleEngineError) as e:
+            skipped[name] = str(e)
+            continue
+        report(f"benchmarking {name}")
+        rows += _encoder_rows(name, enc, bank, batches, repeats, cfg.size)
     rows += _head_rows(art, batches, repeats, report)
     if with_torch:
         rows += _torch_rows(art, batches, max(3, repeats // 2), skipped, report)
@@ -116,14 +115,61 @@ def run_bench(artifact_dir, batches=(1, 8, 32), repeats: int = 20, backends=("cp
             "rows": [asdict(r) for r in rows], "skipped": skipped}
 
 
-def _head_rows(art, batches, repeats, report) -> list[BenchRow]:
+def _bank_or_none(art):
     from .runtime.classifier import find_bank
-    from .runtime.head import rerank, stage1_scores
     from .text_bank.bank import load_bank
 
     try:
-        bank = load_bank(find_bank(art.root, None), art)
+        return load_bank(find_bank(art.root, None), art)
     except ArtifactError:
+        return None
+
+
+def _candidates(artifact_dir, art, backends, bank):
+    """(row name, loader) for every ONNX Runtime backend x exported precision, plain and fused with the
+    bank's head, then native TensorRT engines (which exist only where `coder build-engine` ran)."""
+    from .runtime.encoder import ImageEncoder
+
+    for backend in backends:
+        for precision in art.variants("image"):
+            yield f"ort-{backend} {precision}", partial(ImageEncoder.load, artifact_dir, precision, backend)
+            if bank is not None:
+                yield (f"ort-{backend} {precision} fused head",
+                       partial(ImageEncoder.load_fused, artifact_dir, bank, bank.k, precision, backend))
+    for precision in ("fp16", "fp32"):
+        yield f"tensorrt-native {precision}", partial(ImageEncoder.load_trt, artifact_dir, precision)
+        if bank is not None:
+            yield (f"tensorrt-native {precision} fused head",
+                   partial(ImageEncoder.load_trt, artifact_dir, precision, None, False, bank, bank.k))
+
+
+def _encoder_rows(name, enc, bank, batches, repeats, size) -> list[BenchRow]:
+    """``encoder`` rows (the engine call), and with a bank ``encoder+head``: image batch -> labels,
+    through the fused graph or the engine + the numpy head (rerank forced on, the worst case)."""
+    from .runtime.encoder import l2_normalize
+    from .runtime.head import gate, rerank, stage1_scores
+
+    rows = []
+    for b in batches:
+        b_eff = min(b, enc.max_batch)
+        x = np.random.default_rng(b).standard_normal((b_eff, 3, *size)).astype(np.float32)
+        if enc.fused:
+            head = lambda: gate(*enc.engine.run_all(x)[2:], 1.01).labels  # noqa: E731
+        else:
+            rows.append(_row(name, "encoder", b_eff, timings_ms(lambda: enc.engine.run(x), repeats)))
+            f = lambda: l2_normalize(enc.engine.run(x))  # noqa: E731
+            head = (lambda: rerank(e := f(), stage1_scores(e, bank), bank, 1.01, bank.k).labels) if bank else None
+        if head is not None:
+            label = name if enc.fused else f"{name} + numpy head"
+            rows.append(_row(label, "encoder+head", b_eff, timings_ms(head, repeats)))
+    return rows
+
+
+def _head_rows(art, batches, repeats, report) -> list[BenchRow]:
+    from .runtime.head import rerank, stage1_scores
+
+    bank = _bank_or_none(art)
+    if bank is None:
         return []
     report("benchmarking the CODER head")
     rows = []

@@ -144,6 +144,9 @@ def export(
     int8: bool = typer.Option(False, "--int8", help="Also an int8 (dynamic quantization) image encoder for CPUs."),
     classes: str = typer.Option("imagenet1k", help="Built-in class list or class file for the bank ('none': skip)."),
     texts: Optional[Path] = typer.Option(None, "--texts", help="Build the bank from this texts file instead."),
+    engine: str = typer.Option("none", help="none | tensorrt: also build a validated fp16 TensorRT engine "
+                                            "(with the bank's head fused) on this machine's GPU."),
+    engine_dir: Optional[Path] = typer.Option(None, help="Where the engine goes (default <out>/engines)."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
 ) -> None:
     """Export an open_clip model to validated ONNX encoders + manifest, then build the class bank."""
@@ -151,8 +154,13 @@ def export(
     from .export.registry import normalize_backbone, parse_pretrained, register_model_config
 
     precisions = {"fp32": ("fp32",), "fp16": ("fp32", "fp16"), "both": ("fp32", "fp16")}.get(precision)
-    if precisions is None:
-        raise ConfigError(f"--precision {precision!r}: choose fp32, fp16 or both")
+    if precisions is None or engine not in ("none", "tensorrt"):
+        raise ConfigError(f"--precision {precision!r} / --engine {engine!r}: choose fp32|fp16|both, none|tensorrt")
+    if engine == "tensorrt":
+        from .engines.trt import require_trt
+
+        require_trt()  # fail now, not after minutes of export
+        precisions = ("fp32", "fp16")  # the engine is built from the fp16 graph (strongly typed)
     if opset < 17:
         raise ConfigError(f"--opset {opset}: needs >= 17 (LayerNormalization; decomposed LN overflows in fp16)")
     if model_config is not None:
@@ -180,6 +188,13 @@ def export(
         from .cli_texts import build_bank_with_progress
 
         build_bank_with_progress(result.out_dir, texts, "fp32", None, False, quiet=as_json)
+    if engine == "tensorrt":
+        from .cli_predict import build_engine_with_progress
+        from .engines.trt import BuildOptions
+
+        mb = min(32, max_batch)
+        build_engine_with_progress(result.out_dir, BuildOptions("fp16", opt_batch=min(8, mb), max_batch=mb),
+                                   engine_dir, None if texts is not None else "none", None, as_json)
 
 
 def _default_texts(out_dir: Path, classes: str) -> Path:

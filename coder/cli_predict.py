@@ -230,18 +230,38 @@ def build_engine(
     opt_batch: int = typer.Option(8, help="Batch TensorRT tunes for."),
     workspace: int = typer.Option(4096, help="Workspace limit in MB."),
     timing_cache: Optional[Path] = typer.Option(None, help="Timing cache file, reused across builds."),
-    engine_dir: Optional[Path] = typer.Option(None, help="Where engines live (default <artifacts>/engines)."),
+    engine_dir: Optional[Path] = typer.Option(None, help="Where engines live (default $CODER_ENGINE_DIR, else "
+                                                         "<artifacts>/engines)."),
+    bank: Optional[str] = typer.Option(None, help="Fuse this bank's CODER head into the engine ('none': plain "
+                                                  "encoder; default: the only bank, if there is one)."),
+    k: Optional[int] = typer.Option(None, help="Rerank candidates in the fused head (default: the bank preset)."),
+    as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Build a native TensorRT engine for the image encoder (needs a CUDA GPU and the [trt] extra)."""
-    from .engines.trt import BuildOptions, build_engine_trt, default_engine_dir
-    from .manifest import load_artifact
+    """Build a native TensorRT engine (needs a CUDA GPU and the [trt] extra), validate it, record it."""
+    from .engines.trt import BuildOptions
 
     if precision not in ("fp16", "fp32") or not 1 <= opt_batch <= max_batch:
         raise ConfigError("--precision fp16|fp32 and 1 <= --opt-batch <= --max-batch")
-    art = load_artifact(artifacts)
-    onnx = art.encoder("image", precision)
-    engine = (engine_dir or default_engine_dir(art.root)) / f"image_encoder.{precision}.engine"
     opts = BuildOptions(precision, 1, opt_batch, max_batch, workspace, timing_cache)
+    build_engine_with_progress(artifacts, opts, engine_dir, bank, k, as_json)
+
+
+def build_engine_with_progress(artifacts: Path, opts, engine_dir: Optional[Path], bank_name: Optional[str],
+                               k: Optional[int], as_json: bool = False) -> None:
+    """Shared by `coder build-engine` and `coder export --engine tensorrt`."""
+    from dataclasses import asdict
+
+    from .engines.engine_build import build_image_engine
+    from .engines.trt import require_trt
+    from .manifest import load_artifact
+    from .runtime.classifier import find_bank
+    from .text_bank.bank import load_bank
+
+    require_trt()
+    art = load_artifact(artifacts)
+    bank = None
+    if bank_name != "none" and (bank_name or list(art.root.glob("banks/*/bank.json"))):
+        bank = load_bank(find_bank(art.root, bank_name), art)
     with _progress() as bar:
         task = bar.add_task("building TensorRT engine", total=None)
 
@@ -249,5 +269,11 @@ def build_engine(
             bar.update(task, description=msg)
             return True
 
-        key = build_engine_trt(onnx, engine, opts, report)
-    info(f"wrote {engine} (TensorRT {key['tensorrt']}, {key['gpu']} sm {key['compute_capability']})")
+        built = build_image_engine(art.root, opts, engine_dir, bank, k or (bank.k if bank else 5), report)
+    if as_json:
+        _print_json({"engine": str(built.path), "key": built.key, "validation": asdict(built.validation)})
+        return
+    v, key = built.validation, built.key
+    info(f"wrote {built.path} (TensorRT {key['tensorrt']}, {key['gpu']} sm {key['compute_capability']}); "
+         f"vs fp32 ONNX Runtime on {v.images} scenes: min cosine {v.min_cosine:.5f}"
+         + (f", top-1 agreement {100 * v.top1_agreement:.0f}%" if v.top1_agreement is not None else ""))

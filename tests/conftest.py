@@ -71,3 +71,20 @@ def sample_images(tmp_path) -> list[Path]:
         synthetic_scene(100 + i, size).save(p)
         paths.append(p)
     return paths
+
+
+@pytest.fixture
+def quiet_cpu_fallback(monkeypatch):
+    """ONNX Runtime claims every provider but quietly runs each session on the CPU (the trap we guard)."""
+    import onnxruntime as ort
+
+    from coder.engines.ort import BACKENDS
+
+    real = ort.InferenceSession
+
+    class Quiet(real):
+        def __init__(self, path, sess_options=None, providers=None):
+            super().__init__(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: list(BACKENDS.values()))
+    monkeypatch.setattr(ort, "InferenceSession", Quiet)

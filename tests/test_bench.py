@@ -38,8 +38,12 @@ def test_head_rows_with_a_bank(tiny_artifact, tmp_path):
     build_bank(art, init_texts("cifar10"))
     res = CliRunner().invoke(app, ["bench", str(art), "--batches", "1", "--repeats", "2", "--no-torch", "--json"])
     assert res.exit_code == 0, res.output
-    stages = {r["stage"] for r in json.loads(res.stdout)["rows"]}
-    assert {"stage 1", "rerank", "encoder", "decode+pre"} <= stages
+    out = json.loads(res.stdout)
+    stages = {r["stage"] for r in out["rows"]}
+    assert {"stage 1", "rerank", "encoder", "decode+pre", "encoder+head"} <= stages
+    pipelines = {r["backend"] for r in out["rows"] if r["stage"] == "encoder+head"}
+    assert {"ort-cpu fp32 + numpy head", "ort-cpu fp32 fused head"} <= pipelines
+    assert "tensorrt-native fp16" in out["skipped"]
 
 
 def test_matmul_peak_is_positive():

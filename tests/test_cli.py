@@ -155,21 +155,10 @@ def test_texts_init_refuses_overwrite_and_bad_texts(tmp_path, cli_art):
     assert res.returncode == CODE[TextsError] and r"classes[2].att[0]: empty string" in res.stderr
 
 
-def test_classify_backend_fallback_flag(cli_art, sample_images, monkeypatch):
+def test_classify_backend_fallback_flag(cli_art, sample_images, quiet_cpu_fallback):
     """ORT quietly putting a CUDA session on the CPU: exit 6, or with --allow-fallback one warning line."""
-    import onnxruntime as ort
-
-    from coder.engines.ort import BACKENDS
     from coder.errors import BackendError
 
-    real = ort.InferenceSession
-
-    class Quiet(real):
-        def __init__(self, path, sess_options=None, providers=None):
-            super().__init__(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
-
-    monkeypatch.setattr(ort, "get_available_providers", lambda: list(BACKENDS.values()))
-    monkeypatch.setattr(ort, "InferenceSession", Quiet)
     args = ["classify", str(sample_images[0]), "-a", str(cli_art), "--backend", "cuda", "--json"]
     res = runner.invoke(app, args)
     assert res.exit_code == CODE[BackendError] and "--allow-fallback" in res.output

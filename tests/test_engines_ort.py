@@ -29,16 +29,8 @@ def test_gpu_backend_without_gpu_is_an_error(tiny_artifact, backend):
         load_ort(load_artifact(tiny_artifact).encoder("image", "fp32"), backend)
 
 
-def test_fallback_detected(tiny_artifact, monkeypatch):
+def test_fallback_detected(tiny_artifact, quiet_cpu_fallback):
     """Simulate ORT quietly putting a CUDA session on the CPU."""
-    real = ort.InferenceSession
-
-    class Quiet(real):
-        def __init__(self, path, sess_options=None, providers=None):
-            super().__init__(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
-
-    monkeypatch.setattr(ort, "get_available_providers", lambda: list(BACKENDS.values()))
-    monkeypatch.setattr(ort, "InferenceSession", Quiet)
     path = load_artifact(tiny_artifact).encoder("image", "fp32")
     with pytest.raises(BackendError, match="runs .* on CPUExecutionProvider"):
         load_ort(path, "cuda")

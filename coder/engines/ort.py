@@ -75,7 +75,7 @@ def load_ort(path: str | os.PathLike | bytes, backend: str = "cpu", precision: s
     if backend not in BACKENDS:
         raise BackendError(f"unknown ONNX Runtime backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     wanted = BACKENDS[backend]
-    providers = [wanted] if backend == "cpu" else [wanted, "CPUExecutionProvider"]
+    providers = [wanted] if backend == "cpu" else [_with_options(wanted, path), "CPUExecutionProvider"]
     if wanted not in ort.get_available_providers():
         raise BackendError(f"backend {backend!r}: onnxruntime {ort.__version__} has no {wanted} "
                            f"(install the [gpu] extra for cuda/tensorrt; `coder doctor` shows what loads)")
@@ -94,6 +94,19 @@ def load_ort(path: str | os.PathLike | bytes, backend: str = "cpu", precision: s
         backend = next((k for k, v in BACKENDS.items() if v == used[0]), used[0])
     inp = sess.get_inputs()[0]
     return OrtEncoder(Path(name if isinstance(path, bytes) else path), backend, used, sess, inp.name, inp.type)
+
+
+def _with_options(provider: str, path):
+    """The TensorRT provider builds an engine at every session start unless told to cache it.
+
+    Engines and timing cache go to ``<model dir>/engines/ort-trt`` (ONNX Runtime keys them by
+    model and GPU itself); precision comes from the graph, as for native engines.
+    """
+    if provider != BACKENDS["tensorrt"] or isinstance(path, bytes):
+        return provider
+    cache = str(Path(path).parent / "engines" / "ort-trt")
+    return (provider, {"trt_engine_cache_enable": "True", "trt_engine_cache_path": cache,
+                       "trt_timing_cache_enable": "True", "trt_timing_cache_path": cache})
 
 
 def probe_providers() -> dict[str, str]:

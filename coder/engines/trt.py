@@ -10,7 +10,10 @@ Needs a CUDA GPU; every entry point raises :class:`~coder.errors.BackendError` w
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,7 +22,8 @@ import numpy as np
 
 from ..errors import BackendError, StaleEngineError
 from ..fsutil import atomic_path, sha256_file
-from .trt_key import check_key, engine_key, write_key
+from ..fsutil import read_json
+from .trt_key import check_key, engine_key, sidecar, write_key
 
 
 def _import_trt():
@@ -56,6 +60,13 @@ def gpu_identity(device: int = 0) -> tuple[str, str]:
     return name, f"{prop.major}.{prop.minor}"
 
 
+def require_trt() -> str:
+    """TensorRT version if TensorRT, cuda-python and a CUDA GPU are all usable; else BackendError."""
+    trt = _import_trt()
+    gpu_identity()
+    return trt.__version__
+
+
 @dataclass(frozen=True)
 class BuildOptions:
     precision: str = "fp16"
@@ -73,6 +84,20 @@ def expected_key(onnx_path: Path, opts: BuildOptions) -> dict:
                       trt.__version__, name, cc, {"workspace_mb": opts.workspace_mb, "strongly_typed": True})
 
 
+def options_from_key(engine_path: Path, precision: str) -> BuildOptions:
+    """The build options recorded in an engine's sidecar (defaults where it is missing or unreadable).
+
+    Profile and workspace are choices made at build time, not facts that invalidate an
+    engine: loading takes them from the sidecar, and a ``--rebuild-stale`` reuses them.
+    """
+    try:
+        found = read_json(sidecar(engine_path))
+        lo, opt, hi = (int(v) for v in found["profile"])
+        return BuildOptions(precision, lo, opt, hi, int(found["builder"]["workspace_mb"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return BuildOptions(precision)
+
+
 def _progress_monitor(trt, report: Callable[[str], bool]):
     class Monitor(trt.IProgressMonitor):
         def __init__(self):
@@ -88,6 +113,20 @@ def _progress_monitor(trt, report: Callable[[str], bool]):
             report(f"{phase_name} done")
 
     return Monitor()
+
+
+@contextlib.contextmanager
+def _cancel_on_sigint():
+    """While building, Ctrl-C sets a flag the progress monitor returns, so TensorRT stops between steps."""
+    flag = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield flag.is_set
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: flag.set())
+    try:
+        yield flag.is_set
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def build_engine_trt(onnx_path: Path, engine_path: Path, opts: BuildOptions,
@@ -111,10 +150,13 @@ def build_engine_trt(onnx_path: Path, engine_path: Path, opts: BuildOptions,
     cache_bytes = opts.timing_cache.read_bytes() if opts.timing_cache and opts.timing_cache.is_file() else b""
     cache = config.create_timing_cache(cache_bytes)
     config.set_timing_cache(cache, ignore_mismatch=False)
-    config.progress_monitor = _progress_monitor(trt, report)
-    plan = builder.build_serialized_network(network, config)
+    with _cancel_on_sigint() as cancelled:
+        config.progress_monitor = _progress_monitor(trt, lambda msg: report(msg) and not cancelled())
+        plan = builder.build_serialized_network(network, config)
+    if cancelled():
+        raise KeyboardInterrupt  # nothing was written; the CLI exits 130
     if plan is None:
-        raise BackendError(f"TensorRT build of {onnx_path} failed or was cancelled")
+        raise BackendError(f"TensorRT build of {onnx_path} failed (see the TensorRT log above)")
     with atomic_path(engine_path) as tmp:
         tmp.write_bytes(bytes(plan))
     if opts.timing_cache:
@@ -127,56 +169,72 @@ def build_engine_trt(onnx_path: Path, engine_path: Path, opts: BuildOptions,
 
 @dataclass
 class TrtEncoder:
-    """A deserialised engine with device buffers sized for ``max_batch``; ``run`` takes and returns numpy."""
+    """A deserialised engine with device buffers grown on demand; ``run``/``run_all`` take and return numpy.
+
+    Outputs come back in ``output_names`` order: the ONNX graph's order for fused graphs
+    (:data:`coder.engines.head_graph.OUTPUTS`), whatever order TensorRT lists otherwise.
+    Not thread-safe (one execution context): give each thread its own.
+    """
 
     path: Path
     engine: object = field(repr=False)
     context: object = field(repr=False)
     input_name: str
-    output_name: str
+    output_names: list[str]
     max_batch: int
     backend: str = "tensorrt-native"
     providers: list[str] = field(default_factory=lambda: ["TensorRT"])
     _buffers: dict = field(default_factory=dict, repr=False)
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        cudart = _cudart()
+        return self.run_all(x)[0]
+
+    def run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        trt, cudart = _import_trt(), _cudart()
         x = np.ascontiguousarray(x, dtype=np.float32)
-        if len(x) > self.max_batch:
-            raise BackendError(f"batch {len(x)} exceeds the engine profile's max {self.max_batch}")
+        if not 1 <= len(x) <= self.max_batch:
+            raise BackendError(f"batch {len(x)} outside the engine profile's 1..{self.max_batch}")
         self.context.set_input_shape(self.input_name, x.shape)
-        out_shape = tuple(self.context.get_tensor_shape(self.output_name))
-        out = np.empty(out_shape, np.float32)
-        d_in, d_out = self._device(x.nbytes, out.nbytes)
+        outs = [np.empty(tuple(self.context.get_tensor_shape(n)), trt.nptype(self.engine.get_tensor_dtype(n)))
+                for n in self.output_names]
         kind = cudart.cudaMemcpyKind
+        d_in = self._device(self.input_name, x.nbytes)
         _check(cudart.cudaMemcpy(d_in, x.ctypes.data, x.nbytes, kind.cudaMemcpyHostToDevice))
         self.context.set_tensor_address(self.input_name, d_in)
-        self.context.set_tensor_address(self.output_name, d_out)
+        for name, out in zip(self.output_names, outs):
+            self.context.set_tensor_address(name, self._device(name, max(out.nbytes, 1)))
         stream = self._buffers.setdefault("stream", _check(cudart.cudaStreamCreate()))
         if not self.context.execute_async_v3(stream):
             raise BackendError("TensorRT execution failed")
         _check(cudart.cudaStreamSynchronize(stream))
-        _check(cudart.cudaMemcpy(out.ctypes.data, d_out, out.nbytes, kind.cudaMemcpyDeviceToHost))
-        return out
+        for name, out in zip(self.output_names, outs):
+            _check(cudart.cudaMemcpy(out.ctypes.data, self._buffers[name], out.nbytes, kind.cudaMemcpyDeviceToHost))
+        return outs
 
-    def _device(self, n_in: int, n_out: int):
+    def _device(self, name: str, nbytes: int):
+        """Device pointer for tensor ``name`` with room for ``nbytes`` (grown, never shrunk)."""
         cudart = _cudart()
-        for key, n in (("in", n_in), ("out", n_out)):
-            if self._buffers.get(key + "_bytes", 0) < n:
-                if key in self._buffers:
-                    _check(cudart.cudaFree(self._buffers[key]))
-                self._buffers[key] = _check(cudart.cudaMalloc(n))
-                self._buffers[key + "_bytes"] = n
-        return self._buffers["in"], self._buffers["out"]
+        if self._buffers.get(name + ":bytes", 0) < nbytes:
+            if name in self._buffers:
+                _check(cudart.cudaFree(self._buffers[name]))
+            self._buffers[name] = _check(cudart.cudaMalloc(nbytes))
+            self._buffers[name + ":bytes"] = nbytes
+        return self._buffers[name]
 
 
-def load_engine_trt(engine_path: Path, onnx_path: Path, opts: BuildOptions, rebuild_stale: bool = False,
+def load_engine_trt(engine_path: Path, onnx_path: Path, precision: str, rebuild_stale: bool = False,
                     report: Callable[[str], bool] = lambda msg: True) -> TrtEncoder:
-    """Check the key, then deserialise; a stale or undeserialisable engine raises (or is rebuilt)."""
+    """Check the key, then deserialise; a stale or undeserialisable engine raises (or is rebuilt).
+
+    >>> enc = load_engine_trt(Path("engines/image_encoder.fp16.engine"), art.encoder("image", "fp16"), "fp16")
+    >>> enc.run(pixels).shape           # (B, D) float32 raw embeddings, B <= enc.max_batch
+    """
+    from .head_graph import OUTPUTS
+
     trt = _import_trt()
-    key = expected_key(onnx_path, opts)
+    opts = options_from_key(engine_path, precision)
     try:
-        check_key(engine_path, key)
+        check_key(engine_path, expected_key(onnx_path, opts))
     except StaleEngineError:
         if not rebuild_stale:
             raise
@@ -188,8 +246,16 @@ def load_engine_trt(engine_path: Path, onnx_path: Path, opts: BuildOptions, rebu
     names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
     inputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT]
     outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
-    return TrtEncoder(engine_path, engine, engine.create_execution_context(), inputs[0], outputs[0], opts.max_batch)
+    if sorted(outputs) == sorted(OUTPUTS):
+        outputs = list(OUTPUTS)
+    return TrtEncoder(engine_path, engine, engine.create_execution_context(), inputs[0], outputs, opts.max_batch)
 
 
 def default_engine_dir(artifact_root: Path) -> Path:
+    """``$CODER_ENGINE_DIR`` (robots keep engines on a data partition), else ``<artifact>/engines``."""
     return Path(os.environ.get("CODER_ENGINE_DIR", artifact_root / "engines"))
+
+
+def engine_filename(precision: str, bank: str | None = None, k: int | None = None) -> str:
+    """``image_encoder.fp16.engine``, or ``image_head.<bank>.fp16.k5.engine`` with the CODER head fused."""
+    return f"image_encoder.{precision}.engine" if bank is None else f"image_head.{bank}.{precision}.k{k}.engine"

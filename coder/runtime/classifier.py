@@ -32,7 +32,8 @@ from .head import gate, rerank, stage1_scores
 from .images import to_pil
 from .preprocess import preprocess_batch
 
-AUTO_ORDER = ("tensorrt", "cuda", "cpu")
+NATIVE = "tensorrt-native"  # a TensorRT engine from `coder build-engine`, no ONNX Runtime
+AUTO_ORDER = (NATIVE, "tensorrt", "cuda", "cpu")
 
 
 @dataclass(frozen=True)
@@ -78,13 +79,36 @@ def find_bank(artifact_root: Path, name: str | None) -> Path:
     return banks_dir / found[0]
 
 
+@dataclass(frozen=True)
+class EngineOptions:
+    """Where native TensorRT engines live and what to do with a stale one."""
+
+    engine_dir: str | None = None
+    rebuild_stale: bool = False
+
+
+def _native_engine_exists(artifact_dir, precision: str, opts: EngineOptions, fused_bank, k: int) -> bool:
+    from ..engines.trt import default_engine_dir, engine_filename
+
+    directory = Path(opts.engine_dir) if opts.engine_dir else default_engine_dir(Path(artifact_dir))
+    if fused_bank is None:
+        return (directory / engine_filename(precision)).is_file()
+    k = max(1, min(k, len(fused_bank.class_names)))
+    return (directory / engine_filename(precision, fused_bank.root.name, k)).is_file()
+
+
 def open_image_encoder(artifact_dir, backend: str, precision: str, threads: int | None,
-                       allow_fallback: bool = False, fused_bank: Bank | None = None, k: int = 5) -> ImageEncoder:
-    """``backend="auto"`` tries tensorrt, cuda, cpu and keeps the first that really loads.
+                       allow_fallback: bool = False, fused_bank: Bank | None = None, k: int = 5,
+                       engines: EngineOptions = EngineOptions()) -> ImageEncoder:
+    """``backend="auto"``: a native TensorRT engine if one was built (a stale one raises, naming
+    the fix), else ONNX Runtime tensorrt, cuda, cpu: the first that really loads.
 
     With ``fused_bank`` the encoder graph carries that bank's CODER head (top-``k``).
     """
     def load(name: str) -> ImageEncoder:
+        if name == NATIVE:
+            return ImageEncoder.load_trt(artifact_dir, precision, engines.engine_dir, engines.rebuild_stale,
+                                         fused_bank, k)
         if fused_bank is not None:
             return ImageEncoder.load_fused(artifact_dir, fused_bank, k, precision, name, allow_fallback, threads)
         return ImageEncoder.load(artifact_dir, precision, name, allow_fallback, threads)
@@ -93,6 +117,9 @@ def open_image_encoder(artifact_dir, backend: str, precision: str, threads: int 
         return load(backend)
     reasons = []
     for name in AUTO_ORDER:
+        if name == NATIVE and not _native_engine_exists(artifact_dir, precision, engines, fused_bank, k):
+            reasons.append(f"{NATIVE}: no engine built for {precision} (coder build-engine)")
+            continue
         try:
             return load(name)
         except BackendError as e:
@@ -112,7 +139,8 @@ class Classifier:
     def load(cls, artifact_dir: str | os.PathLike, bank: str | None = None, backend: str = "auto",
              precision: str = "fp32", tau: float | None = None, k: int | None = None,
              threads: int | None = None, adapter: str | os.PathLike | None = None,
-             allow_fallback: bool = False, fused_head: bool = True) -> "Classifier":
+             allow_fallback: bool = False, fused_head: bool = True,
+             engines: EngineOptions = EngineOptions()) -> "Classifier":
         """Open an artifact + bank. ``tau``/``k`` default to the bank's preset (published values).
 
         ``fused_head`` runs the CODER head inside the encoder graph (one engine call per batch; on
@@ -121,8 +149,8 @@ class Classifier:
         ``allow_fallback`` turns a provider mismatch into a warning (``backend`` then names
         what really runs).
         """
-        if backend != "auto" and backend not in BACKENDS:
-            raise ConfigError(f"backend {backend!r}: choose auto, {', '.join(BACKENDS)}")
+        if backend != "auto" and backend not in (*BACKENDS, NATIVE):
+            raise ConfigError(f"backend {backend!r}: choose auto, {', '.join(BACKENDS)}, {NATIVE}")
         if precision not in PRECISIONS:
             raise ConfigError(f"precision {precision!r}: choose {', '.join(PRECISIONS)}")
         art = load_artifact(artifact_dir)
@@ -132,7 +160,7 @@ class Classifier:
         if tau < 0 or k < 1:
             raise ConfigError(f"tau must be >= 0 and k >= 1 (got tau={tau}, k={k})")
         enc = open_image_encoder(artifact_dir, backend, precision, threads, allow_fallback,
-                                 b if fused_head else None, k)
+                                 b if fused_head else None, k, engines)
         return cls(enc, b, tau, k, load_adapter(adapter, b) if adapter is not None else None)
 
     @property
