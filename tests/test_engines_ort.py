@@ -5,7 +5,7 @@ import shutil
 import onnxruntime as ort
 import pytest
 
-from coder.engines.ort import BACKENDS, load_ort, probe_providers
+from coder.engines.ort import load_ort, probe_providers
 from coder.errors import BackendError
 from coder.manifest import load_artifact
 

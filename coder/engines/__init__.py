@@ -1,9 +1,12 @@
 """Execution backends for the ONNX encoders.
 
 Every backend is an object with ``.backend`` (the name of what actually runs),
-``.providers`` and ``.run(x) -> np.ndarray``. Backends are chosen by name and
-never fall back silently: a backend that cannot load raises
-:class:`~coder.errors.BackendError`.
+``.providers``, ``.run(x) -> np.ndarray`` (first output) and ``.run_all(x)`` (all
+outputs, for graphs with the CODER head fused: :mod:`coder.engines.head_graph`).
+ONNX Runtime: ``cpu``, ``cuda``, ``tensorrt`` (:mod:`.ort`); native TensorRT engines:
+``tensorrt-native`` (:mod:`.trt`, built and validated by :mod:`.engine_build`).
+Backends are chosen by name and never fall back silently: a backend that cannot
+load raises :class:`~coder.errors.BackendError`.
 """
 
 from .ort import BACKENDS, OrtEncoder, load_ort, probe_providers

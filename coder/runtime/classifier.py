@@ -6,9 +6,12 @@
 ('tabby cat', False, 'cpu', 41.2)
 
 Stages, each its own function: :func:`preprocess` (PIL/numpy) -> encoder
-(ONNX backend) -> :func:`~coder.runtime.head.stage1_scores` -> gated
-:func:`~coder.runtime.head.rerank`. One ``Classifier`` is safe to share between
-threads: it holds no mutable state and ONNX Runtime sessions allow concurrent ``run``.
+(ONNX Runtime or a native TensorRT engine) -> :func:`~coder.runtime.head.stage1_scores`
+-> gated :func:`~coder.runtime.head.rerank`. By default the head runs inside the encoder
+graph (:mod:`coder.runtime.fused`) and only the gate (:func:`~coder.runtime.head.gate`)
+runs here. One ONNX Runtime ``Classifier`` is safe to share between threads: it holds no
+mutable state and sessions allow concurrent ``run``; a ``tensorrt-native`` one is not
+(one execution context): give each thread its own.
 """
 
 from __future__ import annotations
