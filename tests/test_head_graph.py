@@ -56,16 +56,22 @@ def test_exact_ties_go_to_the_lower_class_id():
 
 
 @pytest.fixture(scope="module")
-def fused_dir(tiny_artifact):
+def fused_dir(tiny_artifact, tmp_path_factory):
+    """A copy of the tiny artifact (its banks stay as other tests expect them) with one bank."""
+    import shutil
+
     from coder.text_bank.bank import build_bank
     from coder.text_bank.texts import init_texts
+
+    art = tmp_path_factory.mktemp("fused") / "art"
+    shutil.copytree(tiny_artifact, art, ignore=shutil.ignore_patterns("banks"))
 
     t = init_texts("cifar10")
     classes = list(t.classes)
     classes[1] = dataclasses.replace(classes[1], att=("four wheels",), ana=("truck",))
     pairs = {(a, b): ("differs",) for a in range(10) for b in range(10) if a != b and (a + b) % 3}
-    build_bank(tiny_artifact, dataclasses.replace(t, name="fusedtest", classes=tuple(classes), pairs=pairs))
-    return tiny_artifact
+    build_bank(art, dataclasses.replace(t, name="fusedtest", classes=tuple(classes), pairs=pairs))
+    return art
 
 
 @pytest.mark.parametrize("precision", ["fp32", "fp16"])

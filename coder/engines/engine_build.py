@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import BackendError
+from ..errors import ArtifactError, BackendError
 from ..manifest import load_artifact, write_manifest
 
 MIN_COSINE = 0.999
@@ -85,17 +85,14 @@ def build_image_engine(artifact_dir, opts, engine_dir: Path | None = None, bank=
                        report: Callable[[str], bool] = lambda msg: True) -> EngineBuild:
     """Build, validate and record one engine; raise BackendError (engine deleted) if validation fails."""
     from ..runtime.fused import ensure_fused_onnx
-    from .trt import build_engine_trt, default_engine_dir, engine_filename, load_engine_trt
+    from .trt import build_engine_trt, engine_path, load_engine_trt
     from .trt_key import sidecar
 
     art = load_artifact(artifact_dir)
-    directory = engine_dir or default_engine_dir(art.root)
-    if bank is None:
-        onnx, path = art.encoder("image", opts.precision), directory / engine_filename(opts.precision)
-    else:
-        k = max(1, min(int(k), len(bank.class_names)))
-        onnx = ensure_fused_onnx(art, bank, opts.precision, k)
-        path = directory / engine_filename(opts.precision, bank.root.name, k)
+    onnx = art.encoder("image", opts.precision) if bank is None else ensure_fused_onnx(art, bank, opts.precision, k)
+    if isinstance(onnx, bytes):
+        raise ArtifactError(f"{bank.root} is read-only: fuse and build the engine where it is writable")
+    path = engine_path(art.root, opts.precision, engine_dir, bank, k)
     key = build_engine_trt(onnx, path, opts, report)
     report("validating against fp32 ONNX Runtime")
     engine = load_engine_trt(path, onnx, opts.precision)

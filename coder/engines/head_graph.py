@@ -37,6 +37,11 @@ OUTPUTS = ("embedding", "stage1", "topk_ids", "gap", "rerank")
 HEAD_FORMAT_VERSION = 1  # bump when the graph below changes: it invalidates fused engines
 
 
+def clamp_k(k: int, n_classes: int) -> int:
+    """The rerank's candidate count, as the numpy head uses it: ``clamp_k(5, 3) == 3``."""
+    return max(1, min(int(k), n_classes))
+
+
 def segment_table(n_class: np.ndarray, n_classes: int) -> np.ndarray:
     """(C, M) int64 indices into the name/synonym rows of each class, padded with its first row.
 
@@ -166,7 +171,7 @@ def head_model(bank, k: int, opset: int = OPSET, input_name: str = HEAD_INPUT):
 
     n_classes = len(bank.g_count)
     dim = bank.g_sum.shape[1]
-    k = max(1, min(int(k), n_classes))
+    k = clamp_k(k, n_classes)
     g = _Graph(opset)
     sq = g.op("ReduceSum", g.op("Mul", input_name, input_name), g.const("head_axm1", np.array([-1], np.int64)),
               keepdims=1)

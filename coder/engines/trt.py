@@ -256,6 +256,16 @@ def default_engine_dir(artifact_root: Path) -> Path:
     return Path(os.environ.get("CODER_ENGINE_DIR", artifact_root / "engines"))
 
 
+def engine_path(artifact_root: Path, precision: str, engine_dir=None, bank=None, k: int = 5) -> Path:
+    """Where the engine for (precision, optional fused bank, k) lives; ``k`` clamped as the head does."""
+    from .head_graph import clamp_k
+
+    directory = Path(engine_dir) if engine_dir else default_engine_dir(Path(artifact_root))
+    if bank is None:
+        return directory / engine_filename(precision)
+    return directory / engine_filename(precision, bank.root.name, clamp_k(k, len(bank.class_names)))
+
+
 def engine_filename(precision: str, bank: str | None = None, k: int | None = None) -> str:
     """``image_encoder.fp16.engine``, or ``image_head.<bank>.fp16.k5.engine`` with the CODER head fused."""
     return f"image_encoder.{precision}.engine" if bank is None else f"image_head.{bank}.{precision}.k{k}.engine"

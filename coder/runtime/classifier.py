@@ -91,13 +91,9 @@ class EngineOptions:
 
 
 def _native_engine_exists(artifact_dir, precision: str, opts: EngineOptions, fused_bank, k: int) -> bool:
-    from ..engines.trt import default_engine_dir, engine_filename
+    from ..engines.trt import engine_path
 
-    directory = Path(opts.engine_dir) if opts.engine_dir else default_engine_dir(Path(artifact_dir))
-    if fused_bank is None:
-        return (directory / engine_filename(precision)).is_file()
-    k = max(1, min(k, len(fused_bank.class_names)))
-    return (directory / engine_filename(precision, fused_bank.root.name, k)).is_file()
+    return engine_path(Path(artifact_dir), precision, opts.engine_dir, fused_bank, k).is_file()
 
 
 def open_image_encoder(artifact_dir, backend: str, precision: str, threads: int | None,

@@ -14,6 +14,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from ..engines.head_graph import clamp_k
 from ..engines.ort import load_ort
 from ..errors import ArtifactError, InputError
 from ..manifest import Artifact, PreprocessConfig, load_artifact
@@ -65,8 +66,8 @@ class ImageEncoder:
         art = load_artifact(artifact_dir)
         path = ensure_fused_onnx(art, bank, precision, k)
         engine = load_ort(path, backend, precision, allow_fallback, threads)
-        k = max(1, min(int(k), len(bank.class_names)))
-        return cls(art, engine, precision, int(art.manifest["exporter"]["max_batch"]), head_k=k)
+        return cls(art, engine, precision, int(art.manifest["exporter"]["max_batch"]),
+                   head_k=clamp_k(k, len(bank.class_names)))
 
     @classmethod
     def load_trt(cls, artifact_dir: str | os.PathLike, precision: str = "fp16", engine_dir: str | os.PathLike | None = None,
@@ -76,20 +77,19 @@ class ImageEncoder:
         The engine's key is checked before it is deserialised (StaleEngineError names the fix);
         ``rebuild_stale`` rebuilds it in place instead.
         """
-        from ..engines.trt import default_engine_dir, engine_filename, load_engine_trt
+        from ..engines.trt import engine_path, load_engine_trt
         from .fused import ensure_fused_onnx
 
         art = load_artifact(artifact_dir)
-        directory = Path(engine_dir) if engine_dir else default_engine_dir(art.root)
         if fused_bank is None:
-            onnx, name, head_k = art.encoder("image", precision), engine_filename(precision), 0
+            onnx, head_k = art.encoder("image", precision), 0
         else:
-            head_k = max(1, min(int(k), len(fused_bank.class_names)))
+            head_k = clamp_k(k, len(fused_bank.class_names))
             onnx = ensure_fused_onnx(art, fused_bank, precision, head_k)
             if isinstance(onnx, bytes):
                 raise ArtifactError(f"{fused_bank.root} is read-only: fuse and build the engine where it is writable")
-            name = engine_filename(precision, fused_bank.root.name, head_k)
-        engine = load_engine_trt(directory / name, onnx, precision, rebuild_stale)
+        path = engine_path(art.root, precision, engine_dir, fused_bank, head_k)
+        engine = load_engine_trt(path, onnx, precision, rebuild_stale)
         max_batch = min(int(art.manifest["exporter"]["max_batch"]), engine.max_batch)
         return cls(art, engine, precision, max_batch, head_k=head_k)
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engines.head_graph import HEAD_FORMAT_VERSION, OUTPUTS, fuse_head, head_model
+from ..engines.head_graph import HEAD_FORMAT_VERSION, OUTPUTS, clamp_k, fuse_head, head_model
 from ..errors import ChecksumError
 from ..fsutil import atomic_path, atomic_write_json, read_json, sha256_file
 from ..manifest import Artifact, verify_file
@@ -80,7 +80,7 @@ def ensure_fused_onnx(art: Artifact, bank, precision: str, k: int) -> Path | byt
     """
     import onnx
 
-    k = max(1, min(int(k), len(bank.class_names)))
+    k = clamp_k(k, len(bank.class_names))
     path = fused_path(bank, precision, k)
     key = fused_key(art, bank, precision, k)
     if _current(path, key):
