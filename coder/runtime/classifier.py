@@ -170,10 +170,13 @@ class Classifier:
     def class_names(self) -> list[str]:
         return self.bank.class_names
 
+    def _pixels(self, images: Sequence, bgr: bool) -> np.ndarray:
+        return preprocess_batch([to_pil(im, bgr) for im in images], self.encoder.preprocess_config)
+
     def embed(self, images: Sequence, bgr: bool = False) -> tuple[np.ndarray, float, float]:
         """Images -> (B,D) unit rows, preprocess ms, encoder ms."""
         t0 = time.perf_counter()
-        pixels = preprocess_batch([to_pil(im, bgr) for im in images], self.encoder.preprocess_config)
+        pixels = self._pixels(images, bgr)
         t1 = time.perf_counter()
         f = self.encoder.encode_pixels(pixels)
         return f, (t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3
@@ -188,7 +191,7 @@ class Classifier:
             f, t_pre, t_enc = self.embed(images, bgr)
             return self.classify_embeddings(f, top_k, rerank_enabled, t_pre, t_enc)
         t0 = time.perf_counter()
-        pixels = preprocess_batch([to_pil(im, bgr) for im in images], self.encoder.preprocess_config)
+        pixels = self._pixels(images, bgr)
         t1 = time.perf_counter()
         out = self.encoder.run_head(pixels)  # encoder + stage 1 + r(c), one engine call
         t2 = time.perf_counter()
