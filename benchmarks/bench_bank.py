@@ -16,7 +16,7 @@ from pathlib import Path
 
 from common import script  # also puts the repository on sys.path
 
-from coder.runtime.text_encoder import TextEncoder  # noqa: E402
+from coder.text_bank.text_encoder import TextEncoder  # noqa: E402
 from coder.text_bank.bank import build_bank  # noqa: E402
 from coder.text_bank.rows import expand  # noqa: E402
 from coder.text_bank.texts import init_texts  # noqa: E402

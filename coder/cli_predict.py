@@ -9,8 +9,10 @@ from typing import List, Optional
 
 import typer
 
-from .cli import ALLOW_FALLBACK, _print_json, _progress, app, exit_code_for, info, out, say
+from .cli_common import ALLOW_FALLBACK, exit_code_for, info, out, print_json, progress_bar, say
 from .errors import ConfigError, InputError
+
+app = typer.Typer()
 
 
 @app.command()
@@ -41,7 +43,7 @@ def classify(
     clf = Classifier.load(artifacts or default_artifact_dir(), bank, backend, precision, tau, adapter=adapter,
                           allow_fallback=allow_fallback, fused_head=fused_head)
     rows, failures = [], 0
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task(f"classifying ({clf.backend})", total=None)
         for chunk in batched(iter_image_paths(paths), batch_size):
             ok, pils = [], []
@@ -66,9 +68,9 @@ def classify(
 
 
 def _prediction_record(path, pred, explanation) -> dict:
-    from dataclasses import asdict
+    from .runtime.records import prediction_record
 
-    record = {"file": str(path), **asdict(pred)}
+    record = prediction_record(path, pred)
     if explanation is not None:
         record["explain"] = {k: [{"text": t, "cosine": round(c, 5)} for t, c in v] for k, v in explanation.items()}
     return record
@@ -118,7 +120,7 @@ def eval_cmd(
                           allow_fallback=allow_fallback, fused_head=False)
     ds = open_dataset(data)
     ds = replace(ds, items=subset(ds.items, limit, seed))
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task(f"eval {ds.name} ({clf.backend})", total=len(ds.items))
         report = evaluate(clf, ds, lambda n: bar.advance(task, n))
     for name in report.missing_classes:
@@ -128,7 +130,7 @@ def eval_cmd(
                                            "pairs": [{"true": t, "predicted": p, "count": n}
                                                      for t, p, n in report.confusions]})
     if as_json:
-        _print_json({"dataset": ds.name, "backend": clf.backend, "tau": clf.tau, **asdict(report)})
+        print_json({"dataset": ds.name, "backend": clf.backend, "tau": clf.tau, **asdict(report)})
         return
     from rich.table import Table
 
@@ -172,7 +174,7 @@ def fit(
     val_ds = open_dataset(val) if val else None
     n_classes = len(ds.classes)
     total = n_classes * shots * max(augment_epochs, 1) + (val_limit if val_ds is None else min(val_limit, len(val_ds.items)))
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task(f"fit {kind} {shots}-shot ({clf.backend})", total=total)
         res = fit_adapter(clf, ds, shots, val_ds, val_fraction, augment_epochs, seed, kind, val_limit,
                           lambda n: bar.advance(task, n))
@@ -201,12 +203,12 @@ def bench(
         sizes = tuple(int(b) for b in batches.split(","))
     except ValueError:
         raise ConfigError(f"--batches {batches!r}: a comma list of integers") from None
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task("benchmarking", total=None)
         result = run_bench(artifacts or default_artifact_dir(), sizes, repeats, with_torch=not no_torch,
                            report=lambda msg: bar.update(task, description=msg))
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
     from rich.table import Table
 
@@ -262,7 +264,7 @@ def build_engine_with_progress(artifacts: Path, opts, engine_dir: Optional[Path]
     bank = None
     if bank_name != "none" and (bank_name or list(art.root.glob("banks/*/bank.json"))):
         bank = load_bank(find_bank(art.root, bank_name), art)
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task("building TensorRT engine", total=None)
 
         def report(msg: str) -> bool:
@@ -271,7 +273,7 @@ def build_engine_with_progress(artifacts: Path, opts, engine_dir: Optional[Path]
 
         built = build_image_engine(art.root, opts, engine_dir, bank, k or (bank.k if bank else 5), report)
     if as_json:
-        _print_json({"engine": str(built.path), "key": built.key, "validation": asdict(built.validation)})
+        print_json({"engine": str(built.path), "key": built.key, "validation": asdict(built.validation)})
         return
     v, key = built.validation, built.key
     info(f"wrote {built.path} (TensorRT {key['tensorrt']}, {key['gpu']} sm {key['compute_capability']}); "

@@ -7,14 +7,12 @@ from typing import Optional
 
 import typer
 
-from .cli import _print_json, _progress, _some, app, info, out, say
+from .cli_common import info, out, print_json, progress_bar, say, some
 from .errors import ConfigError, LLMError
 
 
 texts_app = typer.Typer(help="Class-texts files: init, inspect.", no_args_is_help=True)
 bank_app = typer.Typer(help="Build the folded CODER bank for a texts file.", no_args_is_help=True)
-app.add_typer(texts_app, name="texts")
-app.add_typer(bank_app, name="bank")
 
 
 @texts_app.command("init")
@@ -42,7 +40,7 @@ def texts_synonyms(
     wordnet_dir: Optional[Path] = typer.Option(None, help="WordNet 3.0 dict dir (default /usr/share/wordnet)."),
 ) -> None:
     """Add WordNet 3.0 synonyms (exact for classes with a WordNet id)."""
-    from .runtime.text_encoder import TextEncoder
+    from .text_bank.text_encoder import TextEncoder
     from .text_bank.texts import load_texts, save_texts
     from .text_bank.wordnet import WordNet, add_synonyms
 
@@ -53,7 +51,7 @@ def texts_synonyms(
     save_texts(texts, new)
     added = sum(len(b.syn) - len(a.syn) for a, b in zip(t.classes, new.classes))
     info(f"{texts}: {added} synonyms added; {len(unmatched)} classes without a WordNet noun"
-         + (f": {_some(unmatched)}" if unmatched else ""))
+         + (f": {some(unmatched)}" if unmatched else ""))
 
 
 @texts_app.command("import")
@@ -72,9 +70,9 @@ def texts_import(
     save_texts(texts, new)
     info(f"{texts}: imported {kind} for {len(t.classes) - len(missing)}/{len(t.classes)} classes")
     if missing:
-        say("warning", f"no descriptions for {len(missing)} classes: {_some(missing)}")
+        say("warning", f"no descriptions for {len(missing)} classes: {some(missing)}")
     if extra:
-        say("warning", f"{len(extra)} entries of {source} match no class: {_some(extra)}")
+        say("warning", f"{len(extra)} entries of {source} match no class: {some(extra)}")
 
 
 @texts_app.command("generate")
@@ -94,7 +92,7 @@ def texts_generate(
 ) -> None:
     """Ask an LLM for attributes, analogous objects and one-to-one pair texts (ATG)."""
     from .manifest import default_artifact_dir
-    from .runtime.text_encoder import TextEncoder
+    from .text_bank.text_encoder import TextEncoder
     from .text_bank.atg import GenerateOptions, generate, read_pairs_file
     from .text_bank.llm import ChatClient, LLMConfig, ResponseCache
     from .text_bank.texts import load_texts, save_texts
@@ -108,13 +106,13 @@ def texts_generate(
         found, unknown = read_pairs_file(pairs_file, t.class_names)
         pairs = tuple(found)
         if unknown:
-            say("warning", f"{len(set(unknown))} names in {pairs_file} are not classes: {_some(sorted(set(unknown)))}")
+            say("warning", f"{len(set(unknown))} names in {pairs_file} are not classes: {some(sorted(set(unknown)))}")
     needs_encoder = "ana" in wanted or ("pair" in wanted and pairs is None)
     encoder = TextEncoder.load(artifacts or default_artifact_dir()) if needs_encoder else None
     client = ChatClient(LLMConfig(llm_url, model, api_key_env, timeout_s=timeout),
                         ResponseCache(cache_dir or texts.parent / ".coder-llm-cache"))
     opts = GenerateOptions(wanted, pairs_per_class, pairs, concurrency)
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task("asking the LLM", total=None)
 
         def progress(done: int, total: int, failed: int) -> None:
@@ -137,7 +135,7 @@ def texts_list(as_json: bool = typer.Option(False, "--json")) -> None:
 
     lists = builtin_lists()
     if as_json:
-        _print_json({k: {"classes": len(v["classes"]), "preset": v["preset"], "source": v["source"]}
+        print_json({k: {"classes": len(v["classes"]), "preset": v["preset"], "source": v["source"]}
                      for k, v in lists.items()})
         return
     from rich.table import Table
@@ -169,7 +167,7 @@ def build_bank_with_progress(artifacts: Path, texts_path: Path, precision: str, 
     if precision not in ("fp32", "fp16"):
         raise ConfigError(f"--precision {precision!r}: choose fp32 or fp16")
     texts = load_texts(texts_path)
-    with _progress() as bar:
+    with progress_bar() as bar:
         task = bar.add_task("encoding texts", total=None)
 
         def progress(done: int, total: int) -> None:
@@ -180,7 +178,7 @@ def build_bank_with_progress(artifacts: Path, texts_path: Path, precision: str, 
     if quiet:
         return
     if as_json:
-        _print_json(summary)
+        print_json(summary)
     else:
         info(f"bank {path}: {meta['counts']['texts']} texts ({meta['counts']['newly_encoded']} newly encoded), "
                   f"{len(meta['classes'])} classes, {meta['counts']['pairs']} pairs, tau {meta['settings']['tau']}")

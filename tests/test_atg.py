@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from coder.cli import EXIT_CODES, app
 from coder.errors import LLMError
-from coder.runtime.text_encoder import TextEncoder
+from coder.text_bank.text_encoder import TextEncoder
 from coder.text_bank.atg import GenerateOptions, generate, nearest_pairs, read_pairs_file
 from coder.text_bank.llm import ChatClient, LLMConfig, ResponseCache
 from coder.text_bank.texts import init_texts, load_texts, save_texts

@@ -8,7 +8,7 @@ import pytest
 
 from coder.errors import ArtifactError
 from coder.runtime.head import stage1_scores
-from coder.runtime.text_encoder import TextEncoder
+from coder.text_bank.text_encoder import TextEncoder
 from coder.text_bank.bank import build_bank, load_bank
 from coder.text_bank.texts import init_texts
 from tests import reference_coder as ref

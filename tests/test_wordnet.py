@@ -77,7 +77,7 @@ def test_add_synonyms_uses_name_template_and_reports_unmatched(wn):
 
 
 def test_with_real_text_encoder(wn, tiny_artifact):
-    from coder.runtime.text_encoder import TextEncoder
+    from coder.text_bank.text_encoder import TextEncoder
 
     new, _ = add_synonyms(init_texts("cifar10"), wn, TextEncoder.load(tiny_artifact))
     assert all(c.name not in c.syn for c in new.classes)

@@ -17,15 +17,10 @@ from PIL import Image
 from ..engines.head_graph import clamp_k
 from ..engines.ort import load_ort
 from ..errors import ArtifactError, InputError
+from ..vectors import l2_normalize  # noqa: F401  (re-exported: the runtime's normaliser)
 from ..manifest import Artifact, PreprocessConfig, load_artifact
 from .images import to_pil
 from .preprocess import preprocess_batch
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    """Row-wise L2 normalisation in float32 (a zero row stays zero)."""
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return (x / np.maximum(norm, np.float32(1e-12))).astype(np.float32)
 
 
 @dataclass(frozen=True)

@@ -116,7 +116,7 @@ def encode_rows(rows: Rows, encoder, cache_dir: Path, on_progress: Callable[[int
 def build_bank(artifact_dir: str | os.PathLike, texts: Texts, precision: str = "fp32", out: Path | None = None,
                on_progress: Callable[[int, int], None] = lambda d, t: None) -> tuple[Path, dict[str, Any]]:
     """Encode + fold + write; returns (bank dir, bank.json contents)."""
-    from ..runtime.text_encoder import TextEncoder
+    from .text_encoder import TextEncoder
 
     encoder = TextEncoder.load(artifact_dir, precision)
     out = out or default_bank_dir(encoder.artifact, texts.name)

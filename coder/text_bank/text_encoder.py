@@ -18,8 +18,8 @@ import numpy as np
 
 from ..engines.ort import load_ort
 from ..manifest import Artifact, load_artifact
-from ..text_bank.tokenizer import ClipTokenizer
-from .encoder import l2_normalize
+from .tokenizer import ClipTokenizer
+from ..vectors import l2_normalize
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,201 @@
+"""``coder export``, ``coder embed`` and ``coder doctor``: making and inspecting an artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .cli_common import ALLOW_FALLBACK, exit_code_for, out, print_json, progress_bar, say
+from .errors import ConfigError, InputError
+
+app = typer.Typer()
+
+
+@app.command()
+def export(
+    backbone: str = typer.Option("ViT-B-32", "--backbone", "-b", help="open_clip architecture, e.g. ViT-B/16."),
+    pretrained: str = typer.Option("openai", help="open_clip tag, checkpoint path, or 'none' (random init)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Default ./coder-artifacts/<arch>__<tag>."),
+    precision: str = typer.Option("fp32", help="fp32 | fp16 | both."),
+    opset: int = typer.Option(17, help="ONNX opset (>= 17 for LayerNormalization)."),
+    max_batch: int = typer.Option(64, help="Largest batch the runtime sends in one call."),
+    seed: int = typer.Option(0, help="Seed for --pretrained none."),
+    model_config: Optional[Path] = typer.Option(None, help="Extra open_clip model config .json (custom arch)."),
+    no_validate: bool = typer.Option(False, "--no-validate", help="Skip the torch parity gates (not advised)."),
+    force: bool = typer.Option(False, help="Replace an existing artifact."),
+    int8: bool = typer.Option(False, "--int8", help="Also an int8 (dynamic quantization) image encoder for CPUs."),
+    classes: str = typer.Option("imagenet1k", help="Built-in class list or class file for the bank ('none': skip)."),
+    texts: Optional[Path] = typer.Option(None, "--texts", help="Build the bank from this texts file instead."),
+    engine: str = typer.Option("none", help="none | tensorrt: also build a validated fp16 TensorRT engine "
+                                            "(with the bank's head fused) on this machine's GPU."),
+    engine_dir: Optional[Path] = typer.Option(None, help="Where the engine goes (default <out>/engines)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+) -> None:
+    """Export an open_clip model to validated ONNX encoders + manifest, then build the class bank."""
+    from .export.pipeline import ExportOptions, default_out_dir, export_artifacts
+    from .export.registry import normalize_backbone, parse_pretrained, register_model_config
+
+    precisions = {"fp32": ("fp32",), "fp16": ("fp32", "fp16"), "both": ("fp32", "fp16")}.get(precision)
+    if precisions is None or engine not in ("none", "tensorrt"):
+        raise ConfigError(f"--precision {precision!r} / --engine {engine!r}: choose fp32|fp16|both, none|tensorrt")
+    if engine == "tensorrt":
+        from .engines.trt import require_trt
+
+        require_trt()  # fail now, not after minutes of export
+        precisions = ("fp32", "fp16")  # the engine is built from the fp16 graph (strongly typed)
+    if opset < 17:
+        raise ConfigError(f"--opset {opset}: needs >= 17 (LayerNormalization; decomposed LN overflows in fp16)")
+    if model_config is not None:
+        register_model_config(model_config)
+    arch = normalize_backbone(backbone)
+    spec = parse_pretrained(pretrained, arch, seed)
+    opts = ExportOptions(arch, spec, out_dir or default_out_dir(arch, spec), precisions, opset, max_batch,
+                         force, not no_validate, int8)
+    steps = 3 + (2 * len(precisions) + int8) * (2 if opts.validate else 1)
+    with progress_bar() as bar:
+        task = bar.add_task(f"export {arch}", total=steps)
+
+        def report(step: str) -> None:
+            bar.update(task, description=step, advance=0 if step == "done" else 1)
+
+        result = export_artifacts(opts, report)
+        bar.update(task, completed=steps)
+    if as_json:
+        print_json(result.manifest)
+    else:
+        _print_export_summary(result)
+    if texts is None and classes != "none":
+        texts = _default_texts(result.out_dir, classes)
+    if texts is not None:
+        from .cli_texts import build_bank_with_progress
+
+        build_bank_with_progress(result.out_dir, texts, "fp32", None, False, quiet=as_json)
+    if engine == "tensorrt":
+        from .cli_predict import build_engine_with_progress
+        from .engines.trt import BuildOptions
+
+        mb = min(32, max_batch)
+        build_engine_with_progress(result.out_dir, BuildOptions("fp16", opt_batch=min(8, mb), max_batch=mb),
+                                   engine_dir, None if texts is not None else "none", None, as_json)
+
+
+def _default_texts(out_dir: Path, classes: str) -> Path:
+    """Names + WordNet synonyms (when WordNet is installed) for a class list, saved in the artifact."""
+    from .text_bank.text_encoder import TextEncoder
+    from .text_bank.texts import init_texts, save_texts
+    from .text_bank.wordnet import WordNet, add_synonyms
+
+    texts = init_texts(classes)
+    try:
+        wordnet = WordNet()
+    except ConfigError as e:
+        say("warning", f"no synonyms: {e}")
+    else:
+        texts, _ = add_synonyms(texts, wordnet, TextEncoder.load(out_dir))
+    path = out_dir / f"texts-{Path(classes).stem}.json"
+    save_texts(path, texts)
+    return path
+
+
+def _print_export_summary(result) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"exported {result.manifest['architecture']} -> {result.out_dir}")
+    for col in ("file", "MB", "validation"):
+        t.add_column(col)
+    for name, entry in result.manifest["files"].items():
+        v = result.manifest["validation"].get(name)
+        t.add_row(name, f"{entry['bytes'] / 1e6:.1f}", _validation_text(v) + (" (resumed)" if name in result.resumed_files else ""))
+    out.print(t)
+
+
+def _validation_text(v) -> str:
+    if not v:
+        return "-"
+    if "max_abs_diff" in v:
+        return f"max|diff| {v['max_abs_diff']:.2e} (gate {v['gate']:.0e})"
+    return f"min cos {v['min_cosine']:.7f}, same top-1 {v['same_top1']}"
+
+
+@app.command()
+def embed(
+    images: List[Path] = typer.Argument(..., help="Image files, embedded in the order given."),
+    artifacts: Path = typer.Option(..., "--artifacts", "-a", help="Artifact directory from `coder export`."),
+    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8 (must have been exported)."),
+    backend: str = typer.Option("cpu", help="cpu | cuda | tensorrt (ONNX Runtime providers)."),
+    allow_fallback: bool = ALLOW_FALLBACK,
+    out_file: Optional[Path] = typer.Option(None, "--out", help="Save embeddings as .npy (rows of files that loaded)."),
+    batch_size: int = typer.Option(16, help="Images per encoder call."),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON with every embedding."),
+) -> None:
+    """L2-normalised image embeddings computed with ONNX Runtime."""
+    from .runtime.encoder import ImageEncoder, embed_files
+
+    if precision not in ("fp32", "fp16", "int8"):
+        raise ConfigError(f"--precision {precision!r}: choose fp32, fp16 or int8")
+    enc = ImageEncoder.load(artifacts, precision, backend, allow_fallback)
+    with progress_bar() as bar:
+        task = bar.add_task("embedding", total=len(images))
+        res = embed_files(enc, [str(p) for p in images], batch_size, lambda n: bar.advance(task, n))
+    for path, why in res.failures:
+        say("error", why)
+    if out_file is not None:
+        _save_npy(out_file, res.embeddings)
+    if as_json:
+        print_json({"backend": res.backend, "precision": res.precision, "dim": int(res.embeddings.shape[1]),
+                     "items": [{"file": f, "embedding": [round(float(v), 7) for v in row]}
+                               for f, row in zip(res.paths, res.embeddings)],
+                     "failures": [{"file": f, "error": why} for f, why in res.failures]})
+    else:
+        _print_embed_table(res, out_file)
+    if res.failures:
+        raise typer.Exit(exit_code_for(InputError()))
+
+
+def _save_npy(path: Path, arr) -> None:
+    import numpy as np
+
+    from .fsutil import atomic_path
+
+    if path.suffix != ".npy":
+        raise ConfigError(f"--out {path}: must end in .npy")
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as f:
+            np.save(f, arr, allow_pickle=False)
+
+
+def _print_embed_table(res, out_file) -> None:
+    from rich.table import Table
+
+    t = Table(title=f"{len(res.paths)} embeddings, dim {res.embeddings.shape[1]}, backend {res.backend} "
+                    f"({res.precision})" + (f" -> {out_file}" if out_file else ""))
+    for col in ("file", "norm", "first values"):
+        t.add_column(col)
+    for f, row in zip(res.paths, res.embeddings):
+        t.add_row(f, f"{float((row ** 2).sum() ** 0.5):.4f}", " ".join(f"{v:+.4f}" for v in row[:4]) + " …")
+    out.print(t)
+
+
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Versions, which backends actually load here, GPU and TensorRT presence."""
+    from .doctor import collect
+
+    report = collect()
+    if as_json:
+        print_json(report)
+        return
+    from rich.table import Table
+
+    t = Table(title="coder doctor")
+    t.add_column("item")
+    t.add_column("status")
+    from rich.markup import escape
+
+    rows = [*report["versions"].items(), *((f"backend {k}", v) for k, v in report["backends"].items()),
+            ("gpu", report["gpu"]), ("tensorrt", report["tensorrt"])]
+    for k, v in rows:
+        t.add_row(k, escape(v))
+    out.print(t)

@@ -1,0 +1,73 @@
+"""What every ``coder`` sub-command module shares: the consoles, one-line messages, the
+exit-code table, progress bars and JSON output. It imports no command module, so the
+root app (:mod:`coder.cli`) and the sub-apps all import it from below.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import typer
+from rich.console import Console
+
+from .errors import (ArtifactError, BackendError, CoderError, ConfigError, ExportError, InputError,
+                     LLMError, StaleEngineError, TextsError, WeightsError)
+
+# The one place errors become exit codes. Order matters: subclasses first.
+EXIT_OK = 0
+EXIT_CODES: list[tuple[type[CoderError], int, str]] = [
+    (InputError, 1, "some inputs could not be read (the others were processed)"),
+    (ConfigError, 2, "bad option value or usage"),
+    (ArtifactError, 3, "artifact missing, corrupt, of another format version, or a checksum mismatch"),
+    (ExportError, 4, "ONNX export failed or a validation gate did not pass"),
+    (WeightsError, 5, "pretrained weights unavailable (offline, bad tag, unreadable checkpoint)"),
+    (StaleEngineError, 10, "TensorRT engine is stale (other ONNX, TensorRT version or GPU): rebuild it"),
+    (BackendError, 6, "requested backend not available or fell back"),
+    (TextsError, 7, "class-texts file malformed (the message names the field)"),
+    (LLMError, 8, "LLM generation failed for some texts (recorded; re-run resumes from the cache)"),
+    (CoderError, 9, "other coder error"),
+]
+EXIT_INTERRUPTED = 130
+EXIT_INTERNAL = 70  # a bug: the traceback is printed
+
+# emoji=False: a class named "frog" in "att:frog:" must not become an emoji.
+out = Console(emoji=False, highlight=False)
+err = Console(stderr=True, emoji=False, highlight=False)
+
+ALLOW_FALLBACK = typer.Option(False, "--allow-fallback",
+                              help="If ONNX Runtime falls back to another provider, warn and go on (else exit 6).")
+
+
+def exit_code_for(exc: CoderError) -> int:
+    return next(code for cls, code, _ in EXIT_CODES if isinstance(exc, cls))
+
+
+def say(level: str, msg: str) -> None:
+    """One line on stderr, ``error: ...`` / ``warning: ...``; ``msg`` is data, never markup."""
+    from rich.markup import escape
+
+    style = "yellow" if level == "warning" else "red"
+    err.print(f"[{style}]{level}[/{style}]: " + escape(str(msg)), soft_wrap=True)
+
+
+def info(msg: str) -> None:
+    from rich.markup import escape
+
+    out.print(escape(str(msg)), soft_wrap=True)
+
+
+def progress_bar():
+    """A Rich progress bar on stderr (stdout stays clean for ``--json``)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), console=err, transient=False)
+
+
+def some(names: list[str], n: int = 10) -> str:
+    return ", ".join(names[:n]) + (" …" if len(names) > n else "")
+
+
+def print_json(obj) -> None:
+    sys.stdout.write(json.dumps(obj, indent=2) + "\n")
