@@ -70,6 +70,11 @@ def remove_stale_temps(directory: str | os.PathLike) -> int:
     """Delete ``.tmp-*`` leftovers of an interrupted run; returns how many."""
     n = 0
     for p in Path(directory).glob(".tmp-*"):
-        p.unlink(missing_ok=True)
+        if p.is_dir():  # a staging directory (ONNX file + external data)
+            import shutil
+
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
         n += 1
     return n

@@ -8,7 +8,14 @@ One directory holds everything the runtime needs for one backbone + weights:
         image_encoder.fp16.onnx       same I/O types, fp16 inside, LayerNorm/Softmax in fp32
         text_encoder.fp32.onnx        (B,L) int32 token ids -> (B,D) float32, L <= context length
         text_encoder.fp16.onnx
-        bpe_simple_vocab_16e6.txt.gz  tokenizer vocabulary (CLIP BPE)
+        bpe_simple_vocab_16e6.txt.gz  tokenizer vocabulary (CLIP BPE), or tokenizer.json (HF tokenizers)
+        *.onnx.data                   ONNX external data of encoders over 2 GB (listed per file)
+
+Fields added without a format bump (older manifests load with these defaults):
+``preprocess.source`` (where the transform came from; absent: the model),
+``reparameterization`` (absent: none applied), ``files[*].external_data``
+(absent: weights inline), ``text.tokenizer.kind`` ``hf_tokenizers`` (older
+manifests only hold ``clip_bpe``).
 
 The manifest is versioned (``format`` / ``format_version``) and records the
 sha256 of every file; :func:`load_artifact` checks both before anything is used.
@@ -112,6 +119,9 @@ class Artifact:
             raise ArtifactError(f"{self.root}: manifest lists no file {name!r}")
         path = self.root / name
         verify_file(self.root, name, entry["sha256"])
+        # ONNX external data (models over 2 GB): the weights file is checked with its graph.
+        for extra in entry.get("external_data", []):
+            self.file(extra)
         return path
 
     def encoder(self, tower: str, precision: str) -> Path:

@@ -1,19 +1,22 @@
-"""torch -> ONNX for the two towers, and the fp32 -> fp16 graph conversion.
+"""torch -> ONNX for the two towers, and the fp32 -> fp16 / int8 graph conversions.
 
 Exported with the TorchScript-based exporter (``dynamo=False``, recorded in the
 manifest): it handles the dynamic batch and sequence axes of these towers in a
 few seconds. Dummy batch is 2 so that a silently fixed batch axis shows up when
-validating at 1 and 3 (PITFALLS.md).
+validating at 1 and 3 (PITFALLS.md). Every file goes through
+:mod:`coder.export.onnx_files`: atomic, and in the external-data format when the
+weights pass 2 GB (or ``external`` forces it).
 """
 
 from __future__ import annotations
 
-import io
+import contextlib
+import tempfile
 import warnings
 from pathlib import Path
 
 from ..errors import ExportError
-from ..fsutil import atomic_path
+from .onnx_files import needs_external, save_model, staged
 
 EXPORT_BATCH = 2
 IMAGE_INPUT, IMAGE_OUTPUT = "pixel_values", "image_embeds"
@@ -22,54 +25,83 @@ TEXT_INPUT, TEXT_OUTPUT = "input_ids", "text_embeds"
 FP16_KEEP_FP32 = ["LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt", "ArgMax"]
 
 
-def _export(module, args: tuple, path: Path, opset: int, input_name: str, output_name: str, axes: dict) -> None:
+@contextlib.contextmanager
+def _no_mha_fastpath():
+    """``aten::_native_multi_head_attention`` has no ONNX symbolic: keep MHA on its plain path."""
     import torch
 
-    buf = io.BytesIO()
+    mha = getattr(torch.backends, "mha", None)
+    before = mha.get_fastpath_enabled() if mha else None
+    if mha:
+        mha.set_fastpath_enabled(False)
+    try:
+        yield
+    finally:
+        if mha:
+            mha.set_fastpath_enabled(before)
+
+
+def _export(module, args: tuple, path: Path, opset: int, input_name: str, output_name: str, axes: dict,
+            external: bool = False) -> None:
+    import onnx
+    import torch
+
     # Not under no_grad: that sends nn.MultiheadAttention down its fused fast path, which has no ONNX export.
-    with warnings.catch_warnings():
+    with tempfile.TemporaryDirectory(prefix=".tmp-raw-", dir=path.parent) as raw_dir, warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        raw = Path(raw_dir) / "model.onnx"  # a path, not a buffer: > 2 GB models need external data
         try:
-            torch.onnx.export(
-                module, args, buf, dynamo=False, opset_version=opset,
-                input_names=[input_name], output_names=[output_name],
-                dynamic_axes={input_name: axes, output_name: {0: "batch"}},
-                do_constant_folding=True,
-            )
+            with _no_mha_fastpath():
+                torch.onnx.export(
+                    module, args, str(raw), dynamo=False, opset_version=opset,
+                    input_names=[input_name], output_names=[output_name],
+                    dynamic_axes={input_name: axes, output_name: {0: "batch"}},
+                    do_constant_folding=True,
+                )
         except Exception as e:
-            raise ExportError(f"ONNX export of {path.name} failed: {str(e).splitlines()[0][:300]}") from None
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(buf.getvalue())
+            raise ExportError(f"ONNX export of {path.name} failed: {_first_line(e)}") from None
+        model = onnx.load(str(raw))
+        with staged(path) as tmp:
+            save_model(model, tmp, needs_external(model, external))
 
 
-def export_image_encoder(model, path: Path, image_size: tuple[int, int], opset: int) -> None:
-    """Write ``(B,3,H,W) float32 -> (B,D) float32`` raw image embeddings to ``path``."""
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return (text.splitlines()[0][:300] if text else type(e).__name__)
+
+
+def export_image_encoder(visual, path: Path, image_size: tuple[int, int], opset: int, external: bool = False) -> None:
+    """Write ``(B,3,H,W) float32 -> (B,D) float32`` raw image embeddings to ``path``.
+
+    ``visual`` is ``model.visual``, or its reparameterized copy (:mod:`coder.export.reparam`).
+    """
     import torch
 
     from .towers import ImageTower
 
     dummy = torch.randn(EXPORT_BATCH, 3, *image_size)
-    _export(ImageTower(model).eval(), (dummy,), path, opset, IMAGE_INPUT, IMAGE_OUTPUT, {0: "batch"})
+    _export(ImageTower(visual).eval(), (dummy,), path, opset, IMAGE_INPUT, IMAGE_OUTPUT, {0: "batch"}, external)
 
 
-def export_text_encoder(model, path: Path, context_length: int, opset: int, dynamic_seq: bool) -> None:
+def export_text_encoder(model, path: Path, context_length: int, opset: int, dynamic_seq: bool,
+                        external: bool = False) -> None:
     """Write ``(B,L) int32 -> (B,D) float32`` raw text embeddings; ``L`` dynamic if ``dynamic_seq``."""
     import torch
 
-    from .towers import FullContextTextTower, TextTower
+    from .towers import FullContextTextTower, TextTower, text_module
 
     tower = TextTower(model) if dynamic_seq else FullContextTextTower(model)
     # A realistic dummy: start token, a few words, end token (the highest id), zero padding.
-    vocab = int(model.token_embedding.num_embeddings)
+    vocab = int(getattr(model, "vocab_size", 0) or text_module(model).token_embedding.num_embeddings)
     dummy = torch.zeros(EXPORT_BATCH, context_length, dtype=torch.int32)
     dummy[:, 0] = vocab - 2
-    dummy[:, 1:6] = torch.arange(100, 105, dtype=torch.int32)
+    dummy[:, 1:6] = torch.arange(3, 8, dtype=torch.int32)
     dummy[:, 6] = vocab - 1
     axes = {0: "batch", 1: "sequence"} if dynamic_seq else {0: "batch"}
-    _export(tower.eval(), (dummy,), path, opset, TEXT_INPUT, TEXT_OUTPUT, axes)
+    _export(tower.eval(), (dummy,), path, opset, TEXT_INPUT, TEXT_OUTPUT, axes, external)
 
 
-def quantize_int8(src: Path, dst: Path, per_channel: bool = False) -> None:
+def quantize_int8(src: Path, dst: Path, per_channel: bool = False, external: bool = False) -> None:
     """Dynamic int8 quantization for CPUs (QInt8 weights, activations quantized at run time).
 
     Per-tensor weight scales are the fast default (ViT-B/32 here: 21 ms vs 25 ms per channel at
@@ -78,12 +110,24 @@ def quantize_int8(src: Path, dst: Path, per_channel: bool = False) -> None:
     """
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with atomic_path(dst) as tmp, warnings.catch_warnings():
+    from .onnx_files import EXTERNAL_THRESHOLD_BYTES
+
+    # int8 weights are a quarter of fp32: external only when forced or the int8 file itself passes the limit.
+    external = external or (src.stat().st_size + _data_size(src)) // 4 > EXTERNAL_THRESHOLD_BYTES
+    with staged(dst) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=per_channel)
+        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=per_channel,
+                         use_external_data_format=external)
 
 
-def convert_fp16(src: Path, dst: Path) -> None:
+def _data_size(path: Path) -> int:
+    from .onnx_files import data_name
+
+    data = path.parent / data_name(path.name)
+    return data.stat().st_size if data.exists() else 0
+
+
+def convert_fp16(src: Path, dst: Path, external: bool = False) -> None:
     """fp32 ONNX -> fp16 ONNX with fp32 inputs/outputs and sensitive ops kept in fp32.
 
     ``onnxruntime.transformers.float16`` writes valid graphs where
@@ -96,5 +140,5 @@ def convert_fp16(src: Path, dst: Path) -> None:
         warnings.simplefilter("ignore")
         model = onnx.load(str(src))
         half = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_FP32)
-    with atomic_path(dst) as tmp:
-        onnx.save(half, str(tmp))
+    with staged(dst) as tmp:
+        save_model(half, tmp, needs_external(half, external))

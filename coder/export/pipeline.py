@@ -42,6 +42,7 @@ class ExportOptions:
     force: bool = False
     validate: bool = True
     int8: bool = False  # also a dynamically quantized (QInt8 weights) image encoder for CPUs
+    external_data: bool = False  # force the ONNX external-data format (automatic above 2 GB)
 
     def variants(self, tower: str) -> tuple[str, ...]:
         return self.precisions + (("int8",) if self.int8 and tower == "image" else ())
@@ -103,7 +104,10 @@ def _record(state: dict[str, Any], out: Path, name: str, validation: dict[str, A
 
 def write_encoders(opts: ExportOptions, model, state: dict[str, Any], info: dict[str, Any],
                    ref: dict[str, Any] | None, report: Reporter) -> list[str]:
-    """Export + validate every encoder file not already done; returns the names resumed."""
+    """Export + validate every encoder file not already done; returns the names resumed.
+
+    ``model`` is an :class:`~coder.export.families.ExportModel` (or a plain open_clip model).
+    """
     out, resumed = opts.out_dir, []
     if state.get("text_dynamic_seq") is False:  # an earlier run of this export fell back to full context
         info["text"]["dynamic_seq"] = False
@@ -146,17 +150,21 @@ def _export_and_validate(opts: ExportOptions, model, tower: str, precision: str,
 
 
 def _write_one(opts: ExportOptions, model, tower: str, precision: str, info: dict[str, Any]) -> None:
+    from .families import export_visual, torch_model
+
     path = opts.out_dir / encoder_filename(tower, precision)
+    ext = {"external": True} if opts.external_data else {}
     if precision == "fp16":
-        onnx_export.convert_fp16(opts.out_dir / encoder_filename(tower, "fp32"), path)
+        onnx_export.convert_fp16(opts.out_dir / encoder_filename(tower, "fp32"), path, **ext)
     elif precision == "int8":
         onnx_export.quantize_int8(opts.out_dir / encoder_filename(tower, "fp32"), path,
-                                  per_channel=info.get("int8_per_channel", False))
+                                  per_channel=info.get("int8_per_channel", False), **ext)
     elif tower == "image":
-        onnx_export.export_image_encoder(model, path, tuple(info["preprocess"]["size"]), opts.opset)
+        onnx_export.export_image_encoder(export_visual(model), path, tuple(info["preprocess"]["size"]), opts.opset,
+                                         **ext)
     else:
-        onnx_export.export_text_encoder(model, path, info["text"]["context_length"], opts.opset,
-                                        info["text"]["dynamic_seq"])
+        onnx_export.export_text_encoder(torch_model(model), path, info["text"]["context_length"], opts.opset,
+                                        info["text"]["dynamic_seq"], **ext)
 
 
 def _validate_one(path: Path, tower: str, precision: str, ref: dict[str, Any], info: dict[str, Any]):
@@ -179,22 +187,27 @@ def image_gflop(model, size: tuple[int, int]) -> float:
     return counter.get_total_flops() / 1e9
 
 
-def model_info(model, architecture: str, tokenizer_record: dict[str, Any]) -> dict[str, Any]:
-    """The manifest fields that describe the model itself (from the model, not constants)."""
-    from .towers import supports_dynamic_text
+def model_info(model, architecture: str, tokenizer_record: dict[str, Any],
+               preprocess: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest fields that describe the model itself (from the model, not constants).
 
-    cfg = dict(model.visual.preprocess_cfg)
-    pre = PreprocessConfig.from_dict(cfg).to_dict()
+    ``preprocess`` (from :func:`coder.export.families.preprocess_record`) overrides the model's
+    ``preprocess_cfg``; it carries a ``source`` saying where the values came from.
+    """
+    from .families import embed_dim
+    from .towers import supports_dynamic_text, text_pool_type
+
+    pre = preprocess or {**PreprocessConfig.from_dict(dict(model.visual.preprocess_cfg)).to_dict(),
+                         "source": "model"}
     import open_clip
 
     return {
         "open_clip_config": open_clip.get_model_config(architecture),
         "image_gflop": image_gflop(model, tuple(pre["size"])),
-        "embed_dim": int(model.text_projection.shape[1] if hasattr(model.text_projection, "shape")
-                         else model.text_projection.out_features),
+        "embed_dim": embed_dim(model),
         "preprocess": pre,
         "text": {"context_length": int(model.context_length), "vocab_size": int(model.vocab_size),
-                 "pool": getattr(model, "text_pool_type", "argmax"), "dynamic_seq": supports_dynamic_text(model),
+                 "pool": text_pool_type(model), "dynamic_seq": supports_dynamic_text(model),
                  "tokenizer": tokenizer_record},
     }
 
@@ -216,6 +229,9 @@ def build_manifest(opts: ExportOptions, pretrained: dict[str, Any], info: dict[s
     vocab = info["text"]["tokenizer"]["file"]
     files[vocab] = file_entry(out / vocab)
     info["text"]["tokenizer"]["sha256"] = files[vocab]["sha256"]
+    from .families import add_external_data
+
+    add_external_data(out, files)
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -237,21 +253,24 @@ def build_manifest(opts: ExportOptions, pretrained: dict[str, Any], info: dict[s
 
 def export_artifacts(opts: ExportOptions, report: Reporter = lambda s: None) -> ExportResult:
     """Run every stage; returns the written manifest. Raises CoderError subclasses only."""
-    from .tokenizer_info import copy_vocabulary, tokenizer_for
+    from .families import guarded, prepare_model
     from .weights import load_model
 
     if opts.max_batch < 3:
         raise ConfigError(f"--max-batch {opts.max_batch}: must be at least 3 (validation runs batch 3)")
     state = prepare_dir(opts)
     report(f"loading {opts.architecture} ({opts.pretrained.kind}: {opts.pretrained.value})")
-    model, pretrained = load_model(opts.architecture, opts.pretrained)
-    tokenizer = tokenizer_for(opts.architecture, int(model.context_length))
-    info = model_info(model, opts.architecture, copy_vocabulary(tokenizer, opts.out_dir))
+    with guarded(opts.architecture, "building the model"):
+        model, pretrained = load_model(opts.architecture, opts.pretrained)
+    with guarded(opts.architecture, "preparing the model"):
+        exportable, tokenizer, info = prepare_model(model, opts, report)
     ref = None
     if opts.validate:
         report("computing torch reference embeddings")
-        ref = validate.reference_inputs(model, tokenizer, PreprocessConfig.from_dict(info["preprocess"]))
-    resumed = write_encoders(opts, model, state, info, ref, report)
+        with guarded(opts.architecture, "computing the torch reference"):
+            ref = validate.reference_inputs(model, tokenizer, PreprocessConfig.from_dict(info["preprocess"]))
+    with guarded(opts.architecture, "exporting"):
+        resumed = write_encoders(opts, exportable, state, info, ref, report)
     manifest = build_manifest(opts, pretrained, info, state)
     write_manifest(opts.out_dir, manifest)
     (opts.out_dir / STATE_NAME).unlink(missing_ok=True)

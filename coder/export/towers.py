@@ -8,6 +8,11 @@
   padding after it, so a batch can stop at its longest text.
 * :class:`FullContextTextTower` — any other text tower through ``encode_text``;
   its input must be padded to the full context length.
+
+open_clip has two layouts: ``CLIP`` keeps the text transformer's parts on the
+model itself, ``CustomTextCLIP`` (MobileCLIP, EVA02, SigLIP, NLLB-CLIP) keeps a
+``TextTransformer`` (or an HF encoder) in ``model.text``. :func:`text_module`
+returns whichever holds the parts, so both export the same way.
 """
 
 from __future__ import annotations
@@ -18,23 +23,39 @@ from torch import nn
 
 
 class ImageTower(nn.Module):
-    def __init__(self, model: nn.Module):
+    def __init__(self, visual: nn.Module):
         super().__init__()
-        self.visual = model.visual
+        self.visual = visual
 
     def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
         return self.visual(pixel_values)
 
 
+def text_module(model: nn.Module) -> nn.Module:
+    """The module holding ``token_embedding``/``transformer``/``ln_final``: ``model.text`` or ``model``."""
+    text = getattr(model, "text", None)
+    return text if isinstance(text, nn.Module) else model
+
+
+def text_pool_type(model: nn.Module) -> str:
+    text = text_module(model)
+    if text is model:
+        return str(getattr(model, "text_pool_type", "argmax"))
+    return str(getattr(text, "pool_type", "hf"))
+
+
 def supports_dynamic_text(model: nn.Module) -> bool:
-    """True for open_clip's built-in causal text transformer with argmax (EOT) pooling."""
+    """True for open_clip's causal text transformer with argmax (EOT) pooling, in either layout."""
     from open_clip.transformer import ResidualAttentionBlock
 
-    blocks = getattr(getattr(model, "transformer", None), "resblocks", None)
+    text = text_module(model)
+    blocks = getattr(getattr(text, "transformer", None), "resblocks", None)
     return (
         blocks is not None
-        and getattr(model, "attn_mask", None) is not None
-        and getattr(model, "text_pool_type", None) == "argmax"
+        and getattr(text, "attn_mask", None) is not None
+        and text_pool_type(model) == "argmax"
+        and getattr(text, "cls_emb", None) is None
+        and not getattr(text, "use_pad_mask", False)
         and all(type(b) is ResidualAttentionBlock and not hasattr(b, "ln_1_kv") for b in blocks)
         and all(isinstance(b.attn, nn.MultiheadAttention) and b.attn.in_proj_weight is not None for b in blocks)
     )
@@ -54,12 +75,13 @@ def _attention(mha: nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor) 
 class TextTower(nn.Module):
     def __init__(self, model: nn.Module):
         super().__init__()
-        self.token_embedding = model.token_embedding
-        self.positional_embedding = model.positional_embedding
-        self.blocks = model.transformer.resblocks
-        self.ln_final = model.ln_final
-        self.text_projection = model.text_projection
-        self.register_buffer("attn_mask", model.attn_mask.clone(), persistent=False)
+        text = text_module(model)
+        self.token_embedding = text.token_embedding
+        self.positional_embedding = text.positional_embedding
+        self.blocks = text.transformer.resblocks
+        self.ln_final = text.ln_final
+        self.text_projection = text.text_projection
+        self.register_buffer("attn_mask", text.attn_mask.clone(), persistent=False)
 
     def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
         length = input_ids.shape[1]
@@ -71,6 +93,8 @@ class TextTower(nn.Module):
         x = self.ln_final(x)
         # The end-of-text token has the highest id of the vocabulary: pool there.
         x = x[torch.arange(x.shape[0]), input_ids.argmax(dim=-1)]
+        if self.text_projection is None:
+            return x
         if isinstance(self.text_projection, nn.Linear):
             return self.text_projection(x)
         return x @ self.text_projection

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..engines.ort import load_ort
 from ..manifest import Artifact, load_artifact
-from .tokenizer import ClipTokenizer
+from .tokenizer import ClipTokenizer, HFTokenizer, load_tokenizer
 from ..vectors import l2_normalize
 
 
@@ -26,7 +26,7 @@ from ..vectors import l2_normalize
 class TextEncoder:
     artifact: Artifact
     engine: object
-    tokenizer: ClipTokenizer
+    tokenizer: ClipTokenizer | HFTokenizer
     precision: str
     dynamic_seq: bool
     encoder_sha256: str
@@ -36,7 +36,7 @@ class TextEncoder:
         art = load_artifact(artifact_dir)
         path = art.encoder("text", precision)
         engine = load_ort(path, backend, precision)
-        return cls(art, engine, ClipTokenizer.from_artifact(art), precision,
+        return cls(art, engine, load_tokenizer(art), precision,
                    bool(art.manifest["text"]["dynamic_seq"]), art.manifest["files"][path.name]["sha256"])
 
     @property

@@ -1,5 +1,11 @@
-"""CLIP byte-level BPE tokenizer without torch.
+"""Tokenizers without torch: CLIP byte-level BPE, and Hugging Face ``tokenizers`` files.
 
+:func:`load_tokenizer` picks the one an artifact's manifest names
+(``text.tokenizer.kind``: ``clip_bpe`` or ``hf_tokenizers``). Both are called
+the same way, ``tok(texts) -> (N, context_length) int32``, and expose
+``context_length`` and ``eos_id``.
+
+CLIP BPE:
 Produces exactly open_clip's ``SimpleTokenizer`` ids (``clean="lower"``): text
 is repaired with ftfy, HTML-unescaped twice, whitespace-collapsed and
 lower-cased, split with CLIP's regex, byte-mapped and BPE-merged by rank.
@@ -39,11 +45,31 @@ def byte_to_unicode() -> dict[int, str]:
     return dict(zip(printable, map(chr, chars)))
 
 
-def clean(text: str) -> str:
+def _basic(text: str) -> str:
     import ftfy
 
-    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
-    return " ".join(text.split()).strip().lower()
+    return html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+
+
+def clean(text: str) -> str:
+    """open_clip's ``clean="lower"``: ftfy, HTML-unescape twice, collapse whitespace, lower-case."""
+    return " ".join(_basic(text).split()).strip().lower()
+
+
+def clean_whitespace(text: str) -> str:
+    """open_clip's ``clean="whitespace"`` (case kept)."""
+    return " ".join(_basic(text).split()).strip()
+
+
+def clean_canonicalize(text: str) -> str:
+    """open_clip's ``clean="canonicalize"`` (SigLIP): ``_`` -> space, ASCII punctuation dropped, lower-cased."""
+    import string
+
+    text = _basic(text).replace("_", " ").translate(str.maketrans("", "", string.punctuation)).lower()
+    return " ".join(text.split()).strip()
+
+
+CLEANERS = {"lower": clean, "whitespace": clean_whitespace, "canonicalize": clean_canonicalize}
 
 
 class ClipTokenizer:
@@ -59,6 +85,7 @@ class ClipTokenizer:
         self.encoder = {tok: i for i, tok in enumerate(vocab)}
         self.ranks = {m: i for i, m in enumerate(merges)}
         self.sot, self.eot = self.encoder[SPECIAL[0]], self.encoder[SPECIAL[1]]
+        self.eos_id = self.eot
         self.context_length = context_length
         self._bytes = byte_to_unicode()
         self._cache: dict[str, list[int]] = {}
@@ -124,3 +151,76 @@ class ClipTokenizer:
                 ids[-1] = self.eot
             out[row, :len(ids)] = ids
         return out
+
+
+class HFTokenizer:
+    """A Hugging Face ``tokenizer.json`` run by the ``tokenizers`` library (Rust; no torch, no transformers).
+
+    Reproduces open_clip's ``HFTokenizer`` (SigLIP/SigLIP2, NLLB, ...): clean the text
+    (``canonicalize`` / ``whitespace`` / ``lower``), encode with the tokenizer's own
+    special tokens (e.g. a trailing EOS), truncate to ``context_length`` and pad with
+    ``pad_id`` to exactly that length, like ``padding="max_length", truncation=True``.
+
+    >>> tok = HFTokenizer("tokenizer.json", 64, clean="canonicalize", pad_id=1)   # doctest: +SKIP
+    >>> tok(["A photo of a cat."]).shape                                          # (1, 64), int32
+    """
+
+    def __init__(self, path: str | os.PathLike, context_length: int, clean: str = "whitespace", pad_id: int = 0,
+                 pad_token: str = "<pad>", eos_id: int | None = None, sep_id: int | None = None,
+                 strip_sep_token: bool = False, padding_side: str = "right", truncation_side: str = "right"):
+        from tokenizers import Tokenizer
+
+        if clean not in CLEANERS:
+            raise ValueError(f"unknown text cleaning {clean!r}; one of {', '.join(CLEANERS)}")
+        self._tok = Tokenizer.from_file(str(path))
+        self.context_length = int(context_length)
+        self.clean = CLEANERS[clean]
+        self.pad_id, self.eos_id, self.sep_id = int(pad_id), eos_id, sep_id
+        self.strip_sep_token = strip_sep_token
+        self._tok.enable_truncation(self.context_length, direction=truncation_side)
+        self._tok.enable_padding(direction=padding_side, pad_id=self.pad_id, pad_token=pad_token,
+                                 length=self.context_length)
+
+    @classmethod
+    def from_record(cls, path, info: dict) -> "HFTokenizer":
+        return cls(path, int(info["context_length"]), info.get("clean", "whitespace"), int(info["pad_id"]),
+                   info.get("pad_token", "<pad>"), info.get("eos_id"), info.get("sep_id"),
+                   bool(info.get("strip_sep_token", False)), info.get("padding_side", "right"),
+                   info.get("truncation_side", "right"))
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of one cleaned text with the tokenizer's special tokens, unpadded."""
+        enc = self._tok.encode(self.clean(text))
+        return [i for i, m in zip(enc.ids, enc.attention_mask) if m]
+
+    def __call__(self, texts: list[str] | str, context_length: int | None = None) -> np.ndarray:
+        """``(N, context_length)`` int32 ids; only the artifact's own context length is valid."""
+        if isinstance(texts, str):
+            texts = [texts]
+        if context_length not in (None, self.context_length):
+            raise ValueError(f"this tokenizer pads to {self.context_length} tokens, not {context_length}")
+        encs = self._tok.encode_batch([self.clean(t) for t in texts])
+        out = np.array([e.ids for e in encs], dtype=np.int32).reshape(len(texts), self.context_length)
+        if self.strip_sep_token and self.sep_id is not None:
+            out[out == self.sep_id] = 0
+        return out
+
+
+def load_tokenizer(artifact):
+    """The tokenizer an artifact's manifest records (its file sha256-checked): ClipTokenizer or HFTokenizer."""
+    from ..errors import ArtifactError
+
+    info = artifact.manifest["text"]["tokenizer"]
+    kind = info.get("kind")
+    if kind == "clip_bpe":
+        return ClipTokenizer.from_artifact(artifact)
+    if kind == "hf_tokenizers":
+        path = artifact.file(info["file"])
+        try:
+            return HFTokenizer.from_record(path, info)
+        except ImportError:
+            raise ArtifactError(f"{artifact.root}: its tokenizer needs the `tokenizers` package "
+                                "(pip install tokenizers)") from None
+        except Exception as e:  # tokenizers raises its own Exception type for unreadable files
+            raise ArtifactError(f"{artifact.root}: cannot read tokenizer {info['file']}: {e}") from None
+    raise ArtifactError(f"{artifact.root}: tokenizer kind {kind!r} is not supported by this coder; upgrade coder")
