@@ -259,6 +259,7 @@ def export_artifacts(opts: ExportOptions, report: Reporter = lambda s: None) -> 
     if opts.max_batch < 3:
         raise ConfigError(f"--max-batch {opts.max_batch}: must be at least 3 (validation runs batch 3)")
     state = prepare_dir(opts)
+    atomic_write_json(opts.out_dir / STATE_NAME, state)  # the directory is ours from now on, even if we fail
     report(f"loading {opts.architecture} ({opts.pretrained.kind}: {opts.pretrained.value})")
     with guarded(opts.architecture, "building the model"):
         model, pretrained = load_model(opts.architecture, opts.pretrained)
