@@ -81,19 +81,31 @@ def _plain(v):
     return list(v) if isinstance(v, (tuple, list)) else v
 
 
-def prepare_model(model, opts, report) -> tuple[ExportModel, Any, dict[str, Any]]:
+def load_tokenizer(architecture: str):
+    """open_clip's tokenizer, loaded BEFORE the model: a hub-only tokenizer fails in seconds, not minutes."""
+    import open_clip
+
+    from .tokenizer_info import tokenizer_for
+
+    ctx = ((open_clip.get_model_config(architecture) or {}).get("text_cfg") or {}).get("context_length")
+    return tokenizer_for(architecture, ctx)
+
+
+def prepare_model(model, tokenizer, opts, report) -> tuple[ExportModel, dict[str, Any]]:
     """Tokenizer saved + checked, manifest info, and the (reparameterized) image tower to export."""
     from .pipeline import model_info
     from .reparam import reparameterize
-    from .tokenizer_info import save_tokenizer, tokenizer_for
+    from .tokenizer_info import save_tokenizer
 
-    tokenizer = tokenizer_for(opts.architecture, int(model.context_length))
+    if int(tokenizer.context_length) != int(model.context_length):
+        raise ExportError(f"{opts.architecture}: tokenizer context {tokenizer.context_length} != text tower "
+                          f"context {model.context_length}; fix text_cfg.context_length in the model config")
     record = save_tokenizer(tokenizer, opts.out_dir, opts.architecture)
     info = model_info(model, opts.architecture, record, preprocess_record(model, opts.architecture, opts.pretrained))
     visual, info["reparameterization"] = reparameterize(model.visual)
     if info["reparameterization"]["applied"]:
         report(f"reparameterized {info['reparameterization']['modules']} train-time branch modules")
-    return ExportModel(model, visual), tokenizer, info
+    return ExportModel(model, visual), info
 
 
 def add_external_data(out: Path, files: dict[str, dict[str, Any]]) -> None:
@@ -109,6 +121,8 @@ def add_external_data(out: Path, files: dict[str, dict[str, Any]]) -> None:
 
 
 HINTS = (
+    ("validation failed", "the ONNX graph does not match torch: try another --opset, `--precision fp32` "
+                          "(fp16 gate), no --int8 (int8 gate), or report the numbers above"),
     ("Unsupported", "an operator has no ONNX symbolic at this opset: try --opset 18 or a newer torch"),
     ("Exporting the operator", "an operator has no ONNX symbolic at this opset: try --opset 18 or a newer torch"),
     ("hf_hub", "it needs files from the Hugging Face hub: run once with network access (they are cached)"),
@@ -128,6 +142,10 @@ def guarded(architecture: str, stage: str) -> Iterator[None]:
     """Re-raise anything that is not a CoderError as ExportError naming the model, reason and a fix."""
     try:
         yield
+    except ExportError as e:
+        if str(e).startswith(f"{architecture}:"):
+            raise
+        raise ExportError(f"{architecture}: {e}; {_hint(str(e))}") from None
     except (CoderError, KeyboardInterrupt, MemoryError):
         raise
     except Exception as e:  # torch/onnx/timm/transformers raise every type there is

@@ -253,7 +253,7 @@ def build_manifest(opts: ExportOptions, pretrained: dict[str, Any], info: dict[s
 
 def export_artifacts(opts: ExportOptions, report: Reporter = lambda s: None) -> ExportResult:
     """Run every stage; returns the written manifest. Raises CoderError subclasses only."""
-    from .families import guarded, prepare_model
+    from .families import guarded, load_tokenizer, prepare_model
     from .weights import load_model
 
     if opts.max_batch < 3:
@@ -261,10 +261,12 @@ def export_artifacts(opts: ExportOptions, report: Reporter = lambda s: None) -> 
     state = prepare_dir(opts)
     atomic_write_json(opts.out_dir / STATE_NAME, state)  # the directory is ours from now on, even if we fail
     report(f"loading {opts.architecture} ({opts.pretrained.kind}: {opts.pretrained.value})")
+    with guarded(opts.architecture, "loading the tokenizer"):
+        tokenizer = load_tokenizer(opts.architecture)
     with guarded(opts.architecture, "building the model"):
         model, pretrained = load_model(opts.architecture, opts.pretrained)
     with guarded(opts.architecture, "preparing the model"):
-        exportable, tokenizer, info = prepare_model(model, opts, report)
+        exportable, info = prepare_model(model, tokenizer, opts, report)
     ref = None
     if opts.validate:
         report("computing torch reference embeddings")

@@ -1,0 +1,75 @@
+"""ONNX external data (models over 2 GB): forced on a tiny model, hashed, loaded by the runtime."""
+
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+
+from coder.errors import ArtifactError, ChecksumError
+from coder.export.pipeline import ExportOptions, export_artifacts
+from coder.export.registry import PretrainedSpec
+from coder.manifest import load_artifact
+
+SPEC = PretrainedSpec("random", "none", 0)
+
+
+@pytest.fixture(scope="module")
+def external(tmp_path_factory, tiny_arch):
+    out = tmp_path_factory.mktemp("ext") / "art"
+    export_artifacts(ExportOptions(tiny_arch, SPEC, out, ("fp32", "fp16"), int8=True, external_data=True))
+    return out
+
+
+def test_every_encoder_keeps_its_weights_outside(external):
+    import onnx
+
+    m = load_artifact(external).manifest
+    for name in [n for n in m["files"] if n.endswith(".onnx")]:
+        data = f"{name}.data"
+        assert m["files"][name]["external_data"] == [data]
+        assert m["files"][data]["bytes"] == (external / data).stat().st_size > m["files"][name]["bytes"]
+        inline = onnx.load(str(external / name), load_external_data=False)
+        assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in inline.graph.initializer)
+    assert all(v["passed"] for v in m["validation"].values())
+    assert not list(external.glob(".tmp-*"))
+
+
+def test_runtime_loads_it_and_matches_the_inline_export(external, tiny_artifact, sample_images):
+    from coder.runtime.encoder import ImageEncoder, embed_files
+    from coder.text_bank.text_encoder import TextEncoder
+
+    for precision in ("fp32", "fp16", "int8"):
+        a = embed_files(ImageEncoder.load(external, precision), [str(p) for p in sample_images]).embeddings
+        b = embed_files(ImageEncoder.load(tiny_artifact, precision), [str(p) for p in sample_images]).embeddings
+        assert np.abs(a - b).max() <= 1e-5
+    texts = ["a photo of a cat.", "a dog"]
+    assert np.abs(TextEncoder.load(external).encode(texts) - TextEncoder.load(tiny_artifact).encode(texts)).max() \
+        <= 1e-6
+
+
+def test_corrupt_or_missing_weights_file_is_refused(external, tmp_path):
+    from coder.runtime.encoder import ImageEncoder
+
+    art = tmp_path / "a"
+    shutil.copytree(external, art)
+    (art / ".coder-verified.json").unlink(missing_ok=True)
+    data = art / "image_encoder.fp32.onnx.data"
+    raw = bytearray(data.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF
+    data.write_bytes(bytes(raw))
+    with pytest.raises(ChecksumError, match="image_encoder.fp32.onnx.data"):
+        ImageEncoder.load(art, "fp32")
+    data.unlink()
+    with pytest.raises(ArtifactError, match="missing"):
+        load_artifact(art)
+
+
+def test_inline_export_replaces_a_stale_weights_file(external, tmp_path, tiny_arch):
+    """Re-exporting inline (--force) must not leave an old .data file behind."""
+    art = tmp_path / "a"
+    shutil.copytree(external, art)
+    export_artifacts(ExportOptions(tiny_arch, SPEC, art, ("fp32",), force=True))
+    assert not (art / "image_encoder.fp32.onnx.data").exists() and not (art / "text_encoder.fp32.onnx.data").exists()
+    assert "external_data" not in load_artifact(art).manifest["files"]["image_encoder.fp32.onnx"]
