@@ -40,10 +40,11 @@ class TextEncoder:
     encoding_version: int = TEXT_ENCODING_VERSION
 
     @classmethod
-    def load(cls, artifact_dir: str | os.PathLike, precision: str = "fp32", backend: str = "cpu") -> "TextEncoder":
+    def load(cls, artifact_dir: str | os.PathLike, precision: str = "fp32", backend: str = "cpu",
+             allow_fallback: bool = False) -> "TextEncoder":
         art = load_artifact(artifact_dir)
         path = art.encoder("text", precision)
-        engine = load_ort(path, backend, precision)
+        engine = load_ort(path, backend, precision, allow_fallback)
         return cls(art, engine, ClipTokenizer.from_artifact(art), precision,
                    bool(art.manifest["text"]["dynamic_seq"]), art.manifest["files"][path.name]["sha256"])
 
