@@ -73,3 +73,25 @@ def test_inline_export_replaces_a_stale_weights_file(external, tmp_path, tiny_ar
     export_artifacts(ExportOptions(tiny_arch, SPEC, art, ("fp32",), force=True))
     assert not (art / "image_encoder.fp32.onnx.data").exists() and not (art / "text_encoder.fp32.onnx.data").exists()
     assert "external_data" not in load_artifact(art).manifest["files"]["image_encoder.fp32.onnx"]
+
+
+def test_classify_with_the_fused_head_on_external_data(external, tmp_path, sample_images):
+    import json
+
+    from typer.testing import CliRunner
+
+    from coder.cli import app
+
+    runner = CliRunner()
+    art = tmp_path / "a"
+    shutil.copytree(external, art)
+    texts = tmp_path / "c10.json"
+    assert runner.invoke(app, ["texts", "init", "--classes", "cifar10", "--out", str(texts)]).exit_code == 0
+    assert runner.invoke(app, ["bank", "build", "-a", str(art), "--texts", str(texts)]).exit_code == 0
+    rows = {}
+    for flag in ("--fused-head", "--no-fused-head"):
+        res = runner.invoke(app, ["classify", str(sample_images[0]), "-a", str(art), "--json", flag])
+        assert res.exit_code == 0, res.output
+        rows[flag] = json.loads(res.stdout.splitlines()[0])
+    assert rows["--fused-head"]["name"] == rows["--no-fused-head"]["name"]
+    assert list(art.glob("banks/**/*.onnx.data"))  # the fused graph kept its weights outside too

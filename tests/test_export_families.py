@@ -174,3 +174,39 @@ def test_preprocess_follows_the_published_weights(arch, mean, std, interpolation
         assert (tuple(rec["mean"]), tuple(rec["std"]), rec["interpolation"], rec["resize_mode"]) == \
             (mean, std, interpolation, mode)
         assert rec["source"].startswith(f"published tags of {arch}")
+
+
+FULL = ["MobileCLIP-S2", "MobileCLIP2-S0", "EVA02-B-16", "RN50"]
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").environ.get("CODER_FULL_BACKBONES"),
+                    reason="full-size models: set CODER_FULL_BACKBONES=1 (minutes on a 2-core CPU)")
+@pytest.mark.parametrize("arch", FULL)
+def test_full_size_embed_and_bank_match_open_clip(arch, tmp_path, sample_images, capsys):
+    import torch
+
+    from coder.export.pipeline import ExportOptions, export_artifacts
+    from coder.export.registry import PretrainedSpec
+    from coder.text_bank.text_encoder import TextEncoder
+
+    ckpt = _checkpoint(arch, tmp_path / "weights.pt")
+    art = export_artifacts(ExportOptions(arch, PretrainedSpec("file", str(ckpt)), tmp_path / "art")).out_dir
+    manifest = load_artifact(art).manifest
+    model, transform, tokenizer = _open_clip(arch, ckpt, manifest)
+    res = runner.invoke(app, ["embed", *map(str, sample_images), "-a", str(art), "--json"])
+    assert res.exit_code == 0, res.output
+    got = np.array([item["embedding"] for item in json.loads(res.stdout)["items"]], np.float32)
+    from PIL import Image
+
+    with torch.no_grad():
+        want_img = _unit(model.encode_image(torch.stack([transform(Image.open(p)) for p in sample_images])).numpy())
+        want_txt = _unit(model.encode_text(tokenizer(TEXTS)).numpy())
+    txt = TextEncoder.load(art).encode(TEXTS)
+    image_diff, text_diff = float(np.abs(got - want_img).max()), float(np.abs(txt - want_txt).max())
+    with capsys.disabled():
+        print(f"\n{arch}: embed max|diff| {image_diff:.2e}, bank texts max|diff| {text_diff:.2e}, "
+              f"preprocess {manifest['preprocess']['source']}, reparameterized "
+              f"{manifest['reparameterization']['applied']}, validation "
+              f"{ {k: v.get('max_abs_diff') for k, v in manifest['validation'].items()} }")
+    assert image_diff <= 1e-4 and text_diff <= 1e-4

@@ -11,6 +11,7 @@ weights pass 2 GB (or ``external`` forces it).
 from __future__ import annotations
 
 import contextlib
+import os
 import tempfile
 import warnings
 from pathlib import Path
@@ -60,9 +61,13 @@ def _export(module, args: tuple, path: Path, opset: int, input_name: str, output
                 )
         except Exception as e:
             raise ExportError(f"ONNX export of {path.name} failed: {_first_line(e)}") from None
-        model = onnx.load(str(raw))
+        if not external and not [p for p in Path(raw_dir).iterdir() if p != raw]:
+            with staged(path) as tmp:  # inline and small: move it, no second copy of the weights in memory
+                os.replace(raw, tmp)
+            return
+        model = onnx.load(str(raw))  # torch wrote external data (> 2 GB) or it is forced: one named .data file
         with staged(path) as tmp:
-            save_model(model, tmp, needs_external(model, external))
+            save_model(model, tmp, True)
 
 
 def _first_line(e: Exception) -> str:
@@ -116,8 +121,44 @@ def quantize_int8(src: Path, dst: Path, per_channel: bool = False, external: boo
     external = external or (src.stat().st_size + _data_size(src)) // 4 > EXTERNAL_THRESHOLD_BYTES
     with staged(dst) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=per_channel,
-                         use_external_data_format=external)
+        try:
+            source = _with_unshared_weights(src, tmp.parent)
+            quantize_dynamic(str(source), str(tmp), weight_type=QuantType.QInt8, per_channel=per_channel,
+                             use_external_data_format=external)
+        except Exception as e:  # onnx/onnxruntime.quantization raise ValueError/AssertionError/KeyError/DecodeError
+            raise ExportError(f"int8 quantization of {src.name} failed: {_first_line(e)}; "
+                              "export without --int8") from None
+
+
+def _with_unshared_weights(src: Path, workdir: Path) -> Path:
+    """``src``, or a copy where weights reached through ``Identity`` nodes are initializers again.
+
+    The exporter de-duplicates equal initializers (common with random init: zero-initialized
+    BatchNorm scales fold into identical convs) and feeds the copies through Identity nodes;
+    the quantizer then rejects the Conv ("Expected ... to be an initializer").
+    """
+    import onnx
+
+    model = onnx.load(str(src), load_external_data=False)
+    inits = {t.name for t in model.graph.initializer}
+    if not any(n.op_type == "Identity" and n.input[0] in inits for n in model.graph.node):
+        return src
+    model = onnx.load(str(src))
+    by_name = {t.name: t for t in model.graph.initializer}
+    keep = []
+    for node in model.graph.node:
+        if node.op_type == "Identity" and node.input[0] in by_name:
+            copy = onnx.TensorProto()
+            copy.CopyFrom(by_name[node.input[0]])
+            copy.name = node.output[0]
+            model.graph.initializer.append(copy)
+        else:
+            keep.append(node)
+    del model.graph.node[:]
+    model.graph.node.extend(keep)
+    out = workdir / "unshared.onnx"
+    save_model(model, out, needs_external(model))
+    return out
 
 
 def _data_size(path: Path) -> int:

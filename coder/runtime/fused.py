@@ -85,12 +85,19 @@ def ensure_fused_onnx(art: Artifact, bank, precision: str, k: int) -> Path | byt
     key = fused_key(art, bank, precision, k)
     if _current(path, key):
         return path
-    encoder = onnx.load(str(art.encoder("image", precision)))
+    encoder_path = art.encoder("image", precision)
+    # An encoder over 2 GB keeps its weights in external data; so must the fused graph (protobuf limit).
+    external = bool(art.manifest["files"][encoder_path.name].get("external_data"))
+    encoder = onnx.load(str(encoder_path))
     opset = next(o.version for o in encoder.opset_import if o.domain in ("", "ai.onnx"))
     fused = fuse_head(encoder, head_model(bank, k, opset=opset))
     try:
         with atomic_path(path) as tmp:
-            onnx.save(fused, str(tmp))
+            if external:
+                onnx.save(fused, str(tmp), save_as_external_data=True, all_tensors_to_one_file=True,
+                          location=path.name + ".data", size_threshold=1024)
+            else:
+                onnx.save(fused, str(tmp))
         atomic_write_json(path.with_name(path.name + ".json"), {**key, "sha256": sha256_file(path)})
     except OSError:
         return fused.SerializeToString()
