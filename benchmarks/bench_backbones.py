@@ -8,7 +8,8 @@ own parity figures (fp32 max |diff|, fp16 min cosine, int8 min cosine vs torch),
 CPU image-encoder median ms at batch 1 (fp32, int8; ONNX Runtime, same run) and
 the int8-vs-fp32 cosine on natural-looking scenes. A row that does not export
 records why. Results are cached per row in ``<artifacts>/zoo.json`` as soon as a
-row finishes: re-running resumes after a crash or timeout (``--redo 1`` starts over).
+row finishes: re-running resumes after a crash or timeout (``--redo 1`` starts over);
+``--table-only 1`` prints the table of the cached rows without measuring.
 
 SigLIP/SigLIP2 tokenizers come from the Hugging Face hub; offline (``HF_HUB_OFFLINE=1``)
 with ``--offline-tokenizer 1`` those rows use a stand-in tokenizer trained here
@@ -164,7 +165,8 @@ def measure(arch: str, root: Path, repeats: int, offline_tokenizer: int, keep: i
     return row
 
 
-def run(artifacts: str, models: str, repeats: int, redo: int, offline_tokenizer: int, keep: int) -> dict:
+def run(artifacts: str, models: str, repeats: int, redo: int, offline_tokenizer: int, keep: int,
+        table_only: int) -> dict:
     import onnxruntime
     import torch
 
@@ -177,7 +179,7 @@ def run(artifacts: str, models: str, repeats: int, redo: int, offline_tokenizer:
     cache["env"] = {"onnxruntime": onnxruntime.__version__, "torch": torch.__version__, "cpus": os.cpu_count(),
                     "note": "random init; one run on a shared machine: compare rows, not absolute ms"}
     names = [m.strip() for m in models.split(",") if m.strip()] if models else ZOO
-    for arch in names:
+    for arch in [] if table_only else names:
         if arch in rows and "error" not in rows[arch]:  # failed rows are tried again
             continue
         log = lambda s, a=arch: print(f"[{time.strftime('%H:%M:%S')}] {a}: {s}", file=sys.stderr, flush=True)  # noqa: E731
@@ -215,4 +217,4 @@ def render(res: dict) -> None:
 
 
 if __name__ == "__main__":
-    script(__doc__, run, render, models="", repeats=10, redo=0, offline_tokenizer=1, keep=0)
+    script(__doc__, run, render, models="", repeats=10, redo=0, offline_tokenizer=1, keep=0, table_only=0)
