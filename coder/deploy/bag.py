@@ -112,7 +112,20 @@ class BagOptions:
 
 
 def describe_topics(image_topics: dict[str, tuple[str, int]]) -> str:
-    return ", ".join(f"{t} ({m.rsplit('/', 1)[-1]}, {n} msgs)" for t, (m, n) in image_topics.items()) or "none"
+    return ", ".join(f"{t} ({'|'.join(x.rsplit('/', 1)[-1] for x in m.split('|'))}, {n} msgs)" for t, (m, n) in image_topics.items()) or "none"
+
+
+def _split_topics(connections) -> tuple[dict[str, tuple[str, int]], dict[str, str]]:
+    """(image topics -> (type, count), other topics -> type); a topic whose connections carry
+    several types counts as an image topic only if all of them are image types."""
+    types: dict[str, set] = {}
+    counts: dict[str, int] = {}
+    for c in connections:
+        types.setdefault(c.topic, set()).add(c.msgtype)
+        counts[c.topic] = counts.get(c.topic, 0) + c.msgcount
+    found = {t: ("|".join(sorted(m)), counts[t]) for t, m in sorted(types.items()) if m <= set(IMAGE_TYPES)}
+    others = {t: "|".join(sorted(m)) for t, m in sorted(types.items()) if t not in found}
+    return found, others
 
 
 def plan_bags(paths: Sequence[Path], topics: Sequence[str]) -> tuple[list[BagPlan], list[str], list[str]]:
@@ -126,8 +139,7 @@ def plan_bags(paths: Sequence[Path], topics: Sequence[str]) -> tuple[list[BagPla
         try:
             reader = open_reader(Path(path))
             with reader:
-                found = {t: (i.msgtype, i.msgcount) for t, i in reader.topics.items() if i.msgtype in IMAGE_TYPES}
-                others = {t: i.msgtype for t, i in reader.topics.items() if i.msgtype not in IMAGE_TYPES}
+                found, others = _split_topics(reader.connections)
                 start, end = reader.start_time, reader.end_time
         except InputError as e:
             errors.append(str(e))
@@ -144,7 +156,7 @@ def plan_bags(paths: Sequence[Path], topics: Sequence[str]) -> tuple[list[BagPla
         having = [p for p in plans if t in p.topics]
         if plans and not having:
             listing = "; ".join(f"{p.path}: {describe_topics(p.image_topics)}" for p in plans)
-            raise ConfigError(f"topic {t} is not in the bag; image topics: {listing}")
+            raise ConfigError(f"topic {t} is not in the bag{'s' if len(plans) > 1 else ''}; image topics: {listing}")
         warnings += [f"{p.path}: no topic {t}; skipped there" for p in plans if p not in having]
     return plans, errors, warnings
 
