@@ -68,6 +68,8 @@ def bag(
         say("warning", w)
     for e in failed:
         say("error", e)
+    if not plans:
+        raise typer.Exit(exit_code_for(InputError()))
     clf = Classifier.load(artifacts or default_artifact_dir(), bank, backend, precision, tau,
                           allow_fallback=allow_fallback)
     n_classes = len(clf.class_names)

@@ -115,3 +115,24 @@ def test_process_frame_outputs_match_the_bag_schema(clf):
     assert len(rec["top_k"]) == 3 and rec["log_time_ns"] is None
     with pytest.raises(FrameError, match=r"^/cam @ 12.000000034: unsupported encoding"):
         process_frame(clf, NS(**{**vars(msg), "encoding": "nv12"}), IMAGE_TYPE, "/cam", 3, types)
+
+
+def test_node_without_ros_is_one_clear_error():
+    import importlib.util
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from coder.cli import EXIT_CODES, app
+    from coder.errors import BackendError
+
+    if importlib.util.find_spec("rclpy") is not None:
+        pytest.skip("rclpy is installed here")
+    code = {cls: c for cls, c, _ in EXIT_CODES}[BackendError]
+    res = CliRunner().invoke(app, ["ros2", "--ros-args", "-p", "artifacts:=x"])
+    assert res.exit_code == code and "rclpy" in res.output and "Traceback" not in res.output
+    res = subprocess.run([sys.executable, "-m", "coder.deploy.ros2_node", "--ros-args", "-p", "top_k:=3"],
+                         capture_output=True, text=True)
+    assert res.returncode == code and res.stderr.startswith("error: the ROS 2 node needs a sourced ROS 2")
+    assert res.stderr.count("\n") == 1

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Iterator, Sequence
 
 from ..errors import ConfigError, CoderError, FrameError, InputError
-from .ros_msgs import IMAGE_TYPES, FrameMeta, classification_msg, frame_meta, hypotheses, msg_to_pil, \
+from .ros_msgs import IMAGE_TYPES, FrameMeta, classification_msg, frame_meta, msg_to_pil, \
     register_vision_msgs, vision_info_msg
 
 FORMAT = "coder.bag-classifications"

@@ -17,7 +17,7 @@ import json
 import sys
 from dataclasses import fields
 
-from ..errors import BackendError, CoderError, FrameError
+from ..errors import BackendError, FrameError
 from .ros2_core import FrameOutput, LatestWorker, NodeConfig, process_frame
 from .ros_msgs import COMPRESSED_TYPE, MsgTypes, vision_info, vision_info_msg
 
@@ -116,8 +116,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    try:
-        main()
-    except CoderError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
+    # An entry point, like `coder ros2` (which it runs): the CLI prints errors as one line and maps exit codes.
+    from coder.cli import main as cli_main
+
+    sys.exit(cli_main(["ros2", *sys.argv[1:]]))
