@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import List, Optional
 
@@ -57,7 +58,7 @@ def bag(
 ) -> None:
     """Classify the image frames of ROS 1 / ROS 2 bags; JSON lines and/or a bag of vision_msgs results."""
     from .deploy.bag import BagOptions, ClassificationBag, classify_bags, plan_bags
-    from .deploy.ros_msgs import frame_error_record, frame_record, hypotheses, vision_info
+    from .deploy.ros_msgs import hypotheses, vision_info
     from .manifest import default_artifact_dir
     from .runtime.classifier import Classifier
 
@@ -72,37 +73,47 @@ def bag(
         raise typer.Exit(exit_code_for(InputError()))
     clf = Classifier.load(artifacts or default_artifact_dir(), bank, backend, precision, tau,
                           allow_fallback=allow_fallback)
-    n_classes = len(clf.class_names)
-    stats: dict[str, Counter] = {}
-    errors = len(failed)
+    tally = _Tally(errors=len(failed))
     writer = ClassificationBag(out_bag, out_topic, vision_info(clf.bank), force) if out_bag else None
     with (writer or _Null()) as sink, _bag_progress() as bar:
         task = bar.add_task(f"labeling ({clf.backend})", total=sum(opts.expected_frames(p) for p in plans) or None)
-
-        def bag_error(msg: str) -> None:
-            nonlocal errors
-            errors += 1
-            say("error", msg)
-
-        for r in classify_bags(clf, plans, opts, bag_error):
-            counts = stats.setdefault(r.meta.topic, Counter())
-            if r.error is not None:
-                errors += 1
-                counts["<error>"] += 1
-                say("error", r.error)
-                record = frame_error_record(r.bag, r.meta, r.error)
-            else:
-                counts[r.pred.name] += 1
-                record = frame_record(r.bag, r.meta, r.pred, top_k, n_classes)
-                if writer is not None:
-                    sink.write(r.meta, hypotheses(r.pred, top_k, n_classes))
+        for r in classify_bags(clf, plans, opts, tally.bag_error):
+            record = tally.add(r, len(clf.class_names), top_k)
+            if writer is not None and r.error is None:
+                sink.write(r.meta, hypotheses(r.pred, top_k, len(clf.class_names)))
             if as_json:
                 sys.stdout.write(json.dumps(record) + "\n")
             bar.advance(task, 1)
         sys.stdout.flush()
-    _summary(stats, clf, writer, as_json)
-    if errors:
+    _summary(tally, clf, writer, as_json)
+    if tally.errors:
         raise typer.Exit(exit_code_for(InputError()))
+
+
+@dataclass
+class _Tally:
+    """Per-topic label counts and the number of errors (frames and unreadable bags)."""
+
+    errors: int = 0
+    labels: dict = field(default_factory=dict)  # topic -> Counter of labels
+    frame_errors: Counter = field(default_factory=Counter)  # topic -> bad frames
+
+    def bag_error(self, msg: str) -> None:
+        self.errors += 1
+        say("error", msg)
+
+    def add(self, r, n_classes: int, top_k: int) -> dict:
+        """Count one result, print its error line if any, and return its JSON record."""
+        from .deploy.ros_msgs import frame_error_record, frame_record
+
+        counts = self.labels.setdefault(r.meta.topic, Counter())
+        if r.error is not None:
+            self.errors += 1
+            self.frame_errors[r.meta.topic] += 1
+            say("error", r.error)
+            return frame_error_record(r.bag, r.meta, r.error)
+        counts[r.pred.name] += 1
+        return frame_record(r.bag, r.meta, r.pred, top_k, n_classes)
 
 
 class _Null:
@@ -113,7 +124,7 @@ class _Null:
         return False
 
 
-def _summary(stats: dict[str, Counter], clf, writer, as_json: bool) -> None:
+def _summary(tally: _Tally, clf, writer, as_json: bool) -> None:
     from rich.markup import escape
     from rich.table import Table
 
@@ -121,10 +132,9 @@ def _summary(stats: dict[str, Counter], clf, writer, as_json: bool) -> None:
     t = Table(title=f"coder bag: backend {clf.backend}, tau {clf.tau}")
     for col in ("topic", "frames", "errors", "most frequent labels"):
         t.add_column(col)
-    for name, counts in stats.items():
-        n_err = counts.pop("<error>", 0)
+    for name, counts in tally.labels.items():
         common = ", ".join(f"{escape(k)} {v}" for k, v in counts.most_common(5))
-        t.add_row(escape(name), str(sum(counts.values())), str(n_err), common)
+        t.add_row(escape(name), str(sum(counts.values())), str(tally.frame_errors[name]), common)
     console.print(t)
     if writer is not None:
         msg = f"wrote {writer.path}: {writer.count} vision_msgs/msg/Classification messages on {writer.topic}"

@@ -144,10 +144,10 @@ def test_bag_matches_classify_and_writes_classifications(art, expected, tmp_path
     assert "coder.complete: 'true'" in meta or "coder.complete: \"true\"" in meta
 
 
-def test_every_start_end_and_single_topic(art, tmp_path):
+def test_every_start_end_on_a_lone_mcap_file(art, tmp_path):
     frames = [Frame("/cam", (i + 1) * S, "cam", "rgb8", _scene(i, 32, 24)) for i in range(10)]
     bag = write_bag(tmp_path / "b", frames, "mcap", log_step_ns=S)  # logged at 1 s, 2 s, ... 10 s
-    res = runner.invoke(app, ["bag", str(bag), "-t", "/cam", "-a", str(art), "--json", "--every", "2",
+    res = runner.invoke(app, ["bag", str(storage_file(bag)), "-t", "/cam", "-a", str(art), "--json", "--every", "2",
                               "--start", "2", "--end", "8"])
     assert res.exit_code == 0, res.output
     # window [3 s, 9 s) -> frames 3..8 (1-based); every 2nd of those: 3, 5, 7

@@ -101,18 +101,17 @@ class BagOptions:
 
     def expected_frames(self, plan: BagPlan) -> int:
         """Frames to classify (estimated under a time window, assuming a steady frame rate)."""
-        total = 0
-        for topic in plan.topics:
-            n = plan.image_topics.get(topic, ("", 0))[1]
-            duration = max(plan.end_ns - plan.start_ns, 1)
-            lo, hi = self.window(plan)
-            frac = (min(hi or plan.end_ns, plan.end_ns) - max(lo or plan.start_ns, plan.start_ns)) / duration
-            total += math.ceil(max(0.0, min(1.0, frac)) * n / self.every)
-        return total
+        lo, hi = self.window(plan)
+        lo = plan.start_ns if lo is None else max(lo, plan.start_ns)
+        hi = plan.end_ns if hi is None else min(hi, plan.end_ns)
+        share = max(0.0, min(1.0, (hi - lo) / max(plan.end_ns - plan.start_ns, 1)))
+        return sum(math.ceil(share * plan.image_topics[t][1] / self.every) for t in plan.topics)
 
 
 def describe_topics(image_topics: dict[str, tuple[str, int]]) -> str:
-    return ", ".join(f"{t} ({'|'.join(x.rsplit('/', 1)[-1] for x in m.split('|'))}, {n} msgs)" for t, (m, n) in image_topics.items()) or "none"
+    """``/cam (Image, 120 msgs), /cam/compressed (CompressedImage, 120 msgs)``."""
+    short = lambda types: "|".join(x.rsplit("/", 1)[-1] for x in types.split("|"))  # noqa: E731
+    return ", ".join(f"{t} ({short(m)}, {n} msgs)" for t, (m, n) in image_topics.items()) or "none"
 
 
 def _split_topics(connections) -> tuple[dict[str, tuple[str, int]], dict[str, str]]:
