@@ -195,3 +195,17 @@ def test_sigint_leaves_a_readable_partial_bag(art, tmp_path):
                   reader.messages([c for c in reader.connections if c.topic == "/coder/classification"])]
     assert stamps == list(range(1, len(stamps) + 1)) and len(stamps) >= n_json - 2
     assert "coder.complete: 'false'" in (out / "metadata.yaml").read_text()
+
+
+def test_several_bags_one_unreadable(art, tmp_path):
+    ros1 = write_bag(tmp_path / "a.bag", [Frame("/cam", S, "cam", "mono8", _scene(0)[..., 0])], "ros1")
+    ros2 = write_bag(tmp_path / "b", [Frame("/cam", 2 * S, "cam", "png", _scene(1))], "mcap")
+    killed = write_bag(tmp_path / "c", [Frame("/cam", 3 * S, "cam", "rgb8", _scene(2))] * 5, "mcap")
+    broken = storage_file(killed)
+    os.truncate(broken, broken.stat().st_size * 2 // 3)  # a recording killed before its footer
+    res = runner.invoke(app, ["bag", str(ros1), str(broken), str(ros2), "-t", "/cam", "-a", str(art), "--json"])
+    assert res.exit_code == CODE[InputError]
+    assert [(r["file"], r["stamp_ns"]) for r in map(json.loads, res.stdout.splitlines())] == \
+        [(str(ros1), S), (str(ros2), 2 * S)]
+    [line] = [x for x in res.stderr.splitlines() if x.startswith("error")]
+    assert line.startswith(f"error: {broken}: cannot read bag (") and "mcap recover" in line

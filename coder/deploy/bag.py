@@ -61,7 +61,10 @@ def open_reader(path: Path):
 
 def _one_line(e: BaseException) -> str:
     text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+    text = text.splitlines()[0] if text else type(e).__name__
+    if "end magic" in text:  # an mcap file without its footer: a recording that was killed
+        text += "; an unfinished recording? `mcap recover` rewrites a readable copy"
+    return text
 
 
 @dataclass(frozen=True)
