@@ -143,8 +143,10 @@ def _summary(tally: _Tally, clf, writer, as_json: bool) -> None:
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def ros2(ctx: typer.Context) -> None:
-    """Run the ROS 2 node (needs a sourced ROS 2 with rclpy and vision_msgs); ROS args follow, e.g.
-    `coder ros2 --ros-args -p artifacts:=DIR -p input_topic:=/camera/image_raw`."""
+    """Run the ROS 2 node (needs a sourced ROS 2 with rclpy and vision_msgs).
+
+    ROS args follow, e.g. `coder ros2 --ros-args -p artifacts:=DIR -p input_topic:=/camera/image_raw`.
+    """
     from .deploy.ros2_node import main as node_main
 
     node_main(["coder_ros2", *ctx.args])

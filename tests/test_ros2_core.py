@@ -18,6 +18,7 @@ def test_params_parse_coerce_and_reject():
     cfg = NodeConfig.from_params({"artifacts": "art", "top_k": 3, "tau": 1, "input_topic": "/cam/image/compressed"})
     assert (cfg.top_k, cfg.tau, cfg.input_msgtype) == (3, 1.0, COMPRESSED_TYPE)
     assert NodeConfig.from_params({}).input_msgtype == IMAGE_TYPE
+    assert NodeConfig.from_params({"bank": 123, "artifacts": None}) == NodeConfig(bank="123")  # YAML-typed ROS values
     assert NodeConfig.from_params({"input_type": "compressed"}).input_msgtype == COMPRESSED_TYPE
     assert cfg.classifier_kwargs() == {"bank": None, "backend": "auto", "precision": "fp32", "tau": 1.0, "threads": None}
     assert NodeConfig().classifier_kwargs()["tau"] is None  # negative: the bank preset

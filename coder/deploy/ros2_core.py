@@ -52,6 +52,8 @@ class NodeConfig:
             raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(known)}")
         typed = {}
         for name, value in values.items():
+            if value is None:  # `-p name:=` (empty) gives a null: keep the default
+                continue
             kind = type(known[name].default)
             try:
                 if kind is int and (isinstance(value, bool) or float(value) != int(float(value))):

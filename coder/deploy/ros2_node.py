@@ -41,6 +41,7 @@ def build_node():
     from std_msgs.msg import Header, String
     from vision_msgs.msg import Classification, ObjectHypothesis, VisionInfo
 
+    from ..manifest import default_artifact_dir
     from ..runtime.classifier import Classifier
 
     types = MsgTypes(Time, Header, ObjectHypothesis, Classification, VisionInfo)
@@ -51,19 +52,15 @@ def build_node():
             for f in fields(NodeConfig):  # dynamic typing: `-p tau:=1` (an int) is coerced and checked by NodeConfig
                 self.declare_parameter(f.name, f.default, ParameterDescriptor(dynamic_typing=True))
             self.cfg = NodeConfig.from_params({f.name: self.get_parameter(f.name).value for f in fields(NodeConfig)})
-            if not self.cfg.artifacts:
-                from ..manifest import default_artifact_dir
-                artifacts = str(default_artifact_dir())
-            else:
-                artifacts = self.cfg.artifacts
+            artifacts = self.cfg.artifacts or str(default_artifact_dir())
             self.clf = Classifier.load(artifacts, **self.cfg.classifier_kwargs())  # once: texts are never re-encoded
             db = vision_info(self.clf.bank, f"coder CODER ({self.clf.backend})")
             self.declare_parameter("class_labels", db["labels"])  # the VisionInfo database: class_id values
             self.pub = self.create_publisher(Classification, self.cfg.output_topic, 10)
             self.json_pub = self.create_publisher(String, self.cfg.json_topic, 10) if self.cfg.json_topic else None
             latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-            self.create_publisher(VisionInfo, self.cfg.vision_info_topic, latched).publish(
-                vision_info_msg(types, db, self.get_clock().now().nanoseconds))
+            self.info_pub = self.create_publisher(VisionInfo, self.cfg.vision_info_topic, latched)
+            self.info_pub.publish(vision_info_msg(types, db, self.get_clock().now().nanoseconds))
             msg_cls = CompressedImage if self.cfg.input_msgtype == COMPRESSED_TYPE else Image
             self.worker = LatestWorker(self._handle, self._failed).start()
             self.create_subscription(msg_cls, self.cfg.input_topic, self.worker.submit, qos_profile_sensor_data)
