@@ -12,7 +12,8 @@ from coder.text_bank.texts import init_texts
 # Id 0 is the BPE token "!" when it does not end a word: these texts hold it inside.
 BANG = ["a cat which has a loud meow!(sometimes)", "!@#", "wow!;", "stop!—now"]
 LONG = " ".join(f"word{i} and, another!" for i in range(60))  # far over 77 tokens: truncated, EOT kept
-ODD = ["", "   ", "\t\n", "ÉCOLE café naïve", "日本語のテキスト", "a 🐈 and a 🐕‍🦺 🇫🇷", "x" * 500]
+ODD = ["", "   ", "\t\n", "ÉCOLE café naïve", "日本語のテキスト", "a 🐈 and a 🐕‍🦺 🇫🇷",
+       "x" * 500]
 SHORT = ["a photo of a cat.", "dog"]
 
 
