@@ -70,3 +70,10 @@ def test_labeling_a_bag_is_torch_free(tiny_artifact, tmp_path):
             f"plans, _, _ = plan_bags([Path({str(bag)!r})], ['/cam'])\n"
             f"assert len(list(classify_bags(Classifier.load({str(art)!r}), plans, BagOptions()))) == 1")
     assert _loaded_after(code) == []
+
+
+def test_embed_text_command_is_torch_free(tiny_artifact):
+    code = ("from typer.testing import CliRunner\nfrom coder.cli import app\n"
+            f"r = CliRunner().invoke(app, ['embed', '-a', {str(tiny_artifact)!r}, '--text', 'wow!;', '--json'])\n"
+            "assert r.exit_code == 0, r.output")
+    assert _loaded_after(code) == []
