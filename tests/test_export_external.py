@@ -95,3 +95,25 @@ def test_classify_with_the_fused_head_on_external_data(external, tmp_path, sampl
         rows[flag] = json.loads(res.stdout.splitlines()[0])
     assert rows["--fused-head"]["name"] == rows["--no-fused-head"]["name"]
     assert list(art.glob("banks/**/*.onnx.data"))  # the fused graph kept its weights outside too
+
+
+def test_manifest_without_the_new_fields_loads_with_defaults(tiny_artifact, tmp_path, sample_images):
+    """Artifacts exported before preprocess.source / reparameterization / external_data / eos_id still work."""
+    import json
+
+    from coder.runtime.encoder import ImageEncoder, embed_files
+    from coder.text_bank.text_encoder import TextEncoder
+
+    art = tmp_path / "old"
+    shutil.copytree(tiny_artifact, art, ignore=shutil.ignore_patterns("banks"))
+    m = json.loads((art / "manifest.json").read_text())
+    m["preprocess"].pop("source", None)
+    m.pop("reparameterization", None)
+    m["text"]["tokenizer"].pop("eos_id", None)
+    for entry in m["files"].values():
+        entry.pop("external_data", None)
+    (art / "manifest.json").write_text(json.dumps(m))
+    old = embed_files(ImageEncoder.load(art), [str(sample_images[0])]).embeddings
+    new = embed_files(ImageEncoder.load(tiny_artifact), [str(sample_images[0])]).embeddings
+    np.testing.assert_array_equal(old, new)
+    assert TextEncoder.load(art).encode(["a cat"]).shape == (1, load_artifact(art).embed_dim)

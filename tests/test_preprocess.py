@@ -99,3 +99,24 @@ def test_config_round_trip():
     _, cfg = _pair((96, 64), "longest", fill=7)
     assert PreprocessConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.size == (96, 64)
+
+
+# The constants of the families coder exports (open_clip's pretrained configs): OpenAI CLIP, MobileCLIP /
+# MobileCLIP2-S0/S2/B (mean 0, std 1), SigLIP (Inception 0.5/0.5), CLIPA (ImageNet).
+FAMILY_CONSTANTS = [(MEAN, STD), ((0.0,) * 3, (1.0,) * 3), ((0.5,) * 3, (0.5,) * 3),
+                    ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(wh=st.tuples(st.integers(8, 400), st.integers(8, 400)), mode=st.sampled_from(["RGB", "L", "P", "RGBA"]),
+       seed=st.integers(0, 10_000), resize_mode=st.sampled_from(["shortest", "longest", "squash"]),
+       target=st.sampled_from([64, 96, (96, 64)]), interpolation=st.sampled_from(["bicubic", "bilinear"]),
+       constants=st.sampled_from(FAMILY_CONSTANTS))
+def test_bit_exact_for_every_family_constants(wh, mode, seed, resize_mode, target, interpolation, constants):
+    """Same float32 bits as open_clip's transform, per resize mode, interpolation and family constants."""
+    ref, cfg = _pair(target, resize_mode, interpolation, mean=constants[0], std=constants[1])
+    img = _image(seed, *wh, mode)
+    want = ref(img).numpy()
+    got = preprocess(img, cfg)
+    assert got.dtype == want.dtype == np.float32
+    np.testing.assert_array_equal(got, want)
