@@ -135,8 +135,8 @@ def texts_list(as_json: bool = typer.Option(False, "--json")) -> None:
 
     lists = builtin_lists()
     if as_json:
-        print_json({k: {"classes": len(v["classes"]), "preset": v["preset"], "source": v["source"]}
-                     for k, v in lists.items()})
+        print_json({k: {"classes": len(v["classes"]), "preset": v["preset"], "source": v["source"],
+                        "wordnet_ids": "wnids" in v} for k, v in lists.items()})
         return
     from rich.table import Table
 

@@ -72,7 +72,11 @@ def _data(name: str) -> dict:
 
 
 def builtin_lists() -> dict[str, dict]:
-    """``{"cifar10": {"classes": [...], "preset": "default", "source": "..."}, ...}``."""
+    """``{"cifar10": {"classes": [...], "preset": "default", "source": "..."}, ...}``.
+
+    A list whose WordNet ids are known (``imagenet1k``) also has ``wnids`` (one per class,
+    same order) and ``wnid_source``.
+    """
     return _data("class_lists.json")["lists"]
 
 
@@ -99,8 +103,11 @@ def init_texts(classes: str, preset: str | None = None) -> Texts:
     lists = builtin_lists()
     if classes in lists:
         entry = lists[classes]
-        items = [ClassTexts(name=n.replace("_", " ")) for n in entry["classes"]]
+        wnids = entry.get("wnids") or [None] * len(entry["classes"])  # exact WordNet synsets where known
+        items = [ClassTexts(name=n.replace("_", " "), wnid=w) for n, w in zip(entry["classes"], wnids)]
         name, source, preset = classes, entry["source"], preset or entry["preset"]
+        if "wnid_source" in entry:
+            source += f"; WordNet ids: {entry['wnid_source']}"
     elif Path(classes).is_file():
         items, name, source = read_class_file(classes), Path(classes).stem, str(classes)
         preset = preset or "default"
