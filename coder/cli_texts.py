@@ -30,6 +30,8 @@ def texts_init(
     t = init_texts(classes, preset)
     save_texts(out_file, t)
     info(f"wrote {out_file}: {len(t.classes)} classes, preset {t.preset}")
+    for rename in t.provenance.get("class_renames", []):
+        say("warning", f"repeated class name made unique: {rename}")
 
 
 @texts_app.command("synonyms")
