@@ -68,8 +68,11 @@ def texts_import(
     from .text_bank.texts import load_texts, save_texts
 
     t = load_texts(texts)
-    new, missing, extra = import_descriptions(t, read_descriptions(source, fmt), kind)
+    dropped: list[str] = []
+    new, missing, extra = import_descriptions(t, read_descriptions(source, fmt, dropped), kind)
     save_texts(texts, new)
+    if dropped:
+        say("warning", f"dropped {len(dropped)} descriptions of {source} that are empty once cleaned: {some(dropped, 5)}")
     info(f"{texts}: imported {kind} for {len(t.classes) - len(missing)}/{len(t.classes)} classes")
     if missing:
         say("warning", f"no descriptions for {len(missing)} classes: {some(missing)}")
