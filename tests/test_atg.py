@@ -171,3 +171,58 @@ def test_cli_generate_against_server(server, tmp_path, tiny_artifact):
     assert "att:frog" in res.output
     t = load_texts(texts)
     assert sum(bool(c.att) for c in t.classes) == 9 and t.pairs
+
+
+CAT_Q = [{"role": "user", "content": "What are useful visual features for distinguishing a cat in a photo?"}]
+
+
+@pytest.mark.parametrize("mode", ["incomplete", "drop", "badstatus"])
+def test_responses_cut_short_are_retried(server, tmp_path, mode):
+    script, url = server(cut_first=2, cut_mode=mode)
+    assert "cat feature one" in _client(url, tmp_path).ask(CAT_Q)
+    assert script.calls == 3
+
+
+def test_cut_short_after_all_retries_is_an_llm_error(server, tmp_path):
+    script, url = server(cut_first=10, cut_mode="incomplete")
+    with pytest.raises(LLMError, match="IncompleteRead"):
+        _client(url, tmp_path, max_retries=1).ask(CAT_Q)
+
+
+@pytest.mark.parametrize("value", ["-5", "soon", "nan", "inf", "-inf", "", "Wed, 21 Oct 2015 07:28:00 GMT", "1e400"])
+def test_odd_retry_after_never_crashes(server, tmp_path, value):
+    script, url = server(fail_first=1, fail_status=503, retry_after=value)
+    sleeps = []
+    client = ChatClient(LLMConfig(url, "m", **FAST), ResponseCache(tmp_path / "cache"), sleep=sleeps.append)
+    assert "cat feature one" in client.ask(CAT_Q)
+    assert len(sleeps) == 1 and 0 <= sleeps[0] <= FAST["max_backoff_s"]
+
+
+def test_retry_after_seconds():
+    from coder.text_bank.llm import retry_after_seconds
+
+    assert retry_after_seconds("3") == 3.0 and retry_after_seconds("-5") == 0.0
+    assert retry_after_seconds("soon") is None and retry_after_seconds("nan") is None and retry_after_seconds(None) is None
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
+
+
+def test_unparsable_answers_are_not_cached_and_a_rerun_retries_them(server, tmp_path, encoder):
+    script, url = server(garbage_for={"dog"})
+    t = init_texts("cifar10")
+    opts = GenerateOptions(kinds=("att",), reasks=2)
+    _, report = generate(t, _client(url, tmp_path), encoder, opts)
+    assert [f["task"] for f in report.failures] == ["att:dog"] and script.calls == 12  # 9 + dog asked 3 times
+    script2, url2 = server()  # the LLM now answers dog properly
+    new, report2 = generate(t, _client(url2, tmp_path), encoder, opts)
+    assert not report2.failures and script2.calls == 1  # only dog's first question, the rest from the cache
+    assert new.classes[5].att == ("dog feature one", "dog feature two", "dog feature three")
+
+
+def test_unparsable_pair_answers_are_not_cached(server, tmp_path):
+    script, url = server(garbage_for={"dog"})
+    t = init_texts("cifar10")
+    opts = GenerateOptions(kinds=("pair",), pairs=((3, 5),), reasks=1)
+    _, report = generate(t, _client(url, tmp_path), None, opts)
+    assert len(report.failures) == 1 and script.calls == 2
+    _, report2 = generate(t, _client(url, tmp_path), None, opts)
+    assert len(report2.failures) == 1 and script.calls == 4  # asked again, not served from the cache

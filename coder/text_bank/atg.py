@@ -4,7 +4,7 @@ One task per (kind, class) or per unordered hard pair; tasks run on a thread
 pool. A malformed answer is re-asked ``reasks`` times (with a format reminder)
 and then recorded as a failure; a transport failure after the client's retries
 is recorded too. The run never crashes on the LLM's account, and the response
-cache makes a re-run repeat only what failed.
+cache (which keeps only answers that parse) makes a re-run repeat only what failed.
 
 Analogous objects get METHOD.md's filter: an answer ``g`` whose ``a photo of
 {g}.`` has cosine > 0.9 to ``a photo of {c'}.`` of another class c' is dropped
@@ -86,7 +86,7 @@ class _Generator:
 
     def _ask_list(self, build: Callable[[int], list[dict]]) -> list[str]:
         for attempt in range(self.opts.reasks + 1):
-            items = parse_bullets(self.client.ask(build(attempt)))
+            items = parse_bullets(self.client.ask(build(attempt), accept=parse_bullets))
             if items:
                 return items
         raise TextsError(f"no usable list after {self.opts.reasks + 1} answers")
@@ -117,8 +117,8 @@ class _Generator:
 
     def pair(self, i: int, j: int) -> tuple[list[str], list[str]]:
         for attempt in range(self.opts.reasks + 1):
-            parsed = parse_pair(self.client.ask(pair_messages(self.names[i], self.names[j], attempt)),
-                                self.names[i], self.names[j])
+            accept = lambda text: parse_pair(text, self.names[i], self.names[j])  # noqa: E731
+            parsed = accept(self.client.ask(pair_messages(self.names[i], self.names[j], attempt), accept=accept))
             if parsed:
                 return parsed
         raise TextsError(f"no two-sided answer after {self.opts.reasks + 1} tries")
