@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .cli_common import info, out, print_json, progress_bar, say, some
+from .cli_common import EXIT_INTERRUPTED, info, out, print_json, progress_bar, say, some
 from .errors import ConfigError, LLMError
 
 
@@ -125,6 +125,10 @@ def texts_generate(
 
         new, report = generate(t, client, encoder, opts, progress)
     save_texts(texts, new)
+    if report.interrupted:
+        say("warning", f"interrupted: {report.done} answered generations saved to {texts}, {report.not_asked} not "
+                       "asked; re-run the same command to ask only those")
+        raise typer.Exit(EXIT_INTERRUPTED)
     info(f"{texts}: {report.done} generations done, {len(report.failures)} failed")
     for f in report.failures:
         say("failed", f"{f['task']}: {f['error']}")

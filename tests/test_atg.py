@@ -226,3 +226,49 @@ def test_unparsable_pair_answers_are_not_cached(server, tmp_path):
     assert len(report.failures) == 1 and script.calls == 2
     _, report2 = generate(t, _client(url, tmp_path), None, opts)
     assert len(report2.failures) == 1 and script.calls == 4  # asked again, not served from the cache
+
+
+def test_ctrl_c_cancels_queued_prompts_saves_answers_and_a_rerun_asks_only_the_rest(server, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script, url = server(delay=0.4)  # every answer takes 0.4 s: 10 tasks at concurrency 2 take ~2 s
+    texts = tmp_path / "t.json"
+    save_texts(texts, init_texts("cifar10"))
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "coder", "texts", "generate", str(texts), "--llm-url", url, "--model", "m",
+           "--kinds", "att", "--concurrency", "2", "--timeout", "5"]
+    child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while script.answered < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert script.answered >= 2, "the server was never asked"
+        calls_at_sigint = script.calls
+        t0 = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        _, stderr = child.communicate(timeout=20)
+        stopped_after = time.monotonic() - t0
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert stopped_after < 2.0  # the queue was not drained (8 more tasks would take 1.6 s more at least)
+    # Requests already on the wire may finish (2 workers can each have started one while the signal
+    # travelled); nothing queued is sent after that.
+    assert script.calls <= calls_at_sigint + 2 and script.calls < 10
+    saved = load_texts(texts)
+    answered = sum(bool(c.att) for c in saved.classes)
+    assert answered >= 2 and answered == script.answered  # every answered prompt was saved
+    script2, url2 = server()
+    res = CliRunner().invoke(app, ["texts", "generate", str(texts), "--llm-url", url2, "--model", "m",
+                                   "--kinds", "att", "--timeout", "5"])
+    assert res.exit_code == 0, res.output
+    assert script2.calls == 10 - answered  # only what was missing
+    assert all(c.att for c in load_texts(texts).classes)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import LLMError, TextsError
-from .llm import ChatClient
+from .llm import ChatClient, LLMCancelled
 from .prompts import PROMPT_VERSION, ana_messages, att_messages, pair_messages, parse_bullets, parse_pair
 from .texts import Texts
 
@@ -44,6 +44,8 @@ class GenerateOptions:
 class GenerateReport:
     done: int = 0
     failures: list[dict] = field(default_factory=list)
+    interrupted: bool = False  # Ctrl-C: queued tasks were cancelled, answered ones are in the result
+    not_asked: int = 0  # tasks left for a re-run after an interrupt
 
 
 def nearest_pairs(name_emb: np.ndarray, k: int) -> list[tuple[int, int]]:
@@ -139,7 +141,12 @@ def plan(texts: Texts, opts: GenerateOptions, name_emb: np.ndarray | None) -> li
 
 def generate(texts: Texts, client: ChatClient, encoder, opts: GenerateOptions,
              on_progress: Callable[[int, int, int], None] = lambda done, total, failed: None) -> tuple[Texts, GenerateReport]:
-    """Run every task; returns the updated texts and a report (failures recorded, never raised)."""
+    """Run every task; returns the updated texts and a report (failures recorded, never raised).
+
+    Ctrl-C (KeyboardInterrupt in the calling thread) cancels every queued task, lets only the requests
+    already on the wire finish, and returns what was answered with ``report.interrupted`` set; the
+    response cache makes a re-run ask only what is missing.
+    """
     gen = _Generator(texts, client, encoder, opts)
     tasks = plan(texts, opts, gen.name_emb)
     report = GenerateReport()
@@ -147,15 +154,35 @@ def generate(texts: Texts, client: ChatClient, encoder, opts: GenerateOptions,
     on_progress(0, len(tasks), 0)
     with ThreadPoolExecutor(max_workers=max(1, opts.concurrency)) as pool:
         futures = {pool.submit(getattr(gen, task[0]), *task[1:]): task for task in tasks}
-        for fut in as_completed(futures):
-            task = futures[fut]
-            try:
-                results[task] = fut.result()
-                report.done += 1
-            except (LLMError, TextsError) as e:
-                report.failures.append({"task": _describe(task, gen.names), "error": str(e)})
-            on_progress(report.done + len(report.failures), len(tasks), len(report.failures))
+        collected = set()
+        try:
+            for fut in as_completed(futures):
+                collected.add(fut)
+                _collect(fut, futures[fut], results, report, gen.names)
+                on_progress(report.done + len(report.failures), len(tasks), len(report.failures))
+        except KeyboardInterrupt:
+            report.interrupted = True
+            client.cancel()  # running tasks send no further request (no re-ask, no retry)
+            pool.shutdown(wait=False, cancel_futures=True)
+            pending = [f for f in futures if f not in collected and not f.cancelled()]
+            wait(pending)  # at most the in-flight requests
+            for fut in pending:
+                _collect(fut, futures[fut], results, report, gen.names)
+            report.not_asked = len(tasks) - report.done - len(report.failures)
     return _apply(texts, results, client, report), report
+
+
+def _collect(fut, task: tuple, results: dict, report: GenerateReport, names: list[str]) -> None:
+    """Record one finished task: its value, or a failure (a cancelled task is neither)."""
+    if fut.cancelled():
+        return
+    try:
+        results[task] = fut.result()
+        report.done += 1
+    except LLMCancelled:
+        pass
+    except (LLMError, TextsError) as e:
+        report.failures.append({"task": _describe(task, names), "error": str(e)})
 
 
 def _describe(task: tuple, names: list[str]) -> str:

@@ -24,6 +24,7 @@ import json
 import math
 import os
 import random
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -77,13 +78,23 @@ class ResponseCache:
                                                          "model": model, "messages": messages, "response": response})
 
 
+class LLMCancelled(LLMError):
+    """:meth:`ChatClient.cancel` was called: no new request is started."""
+
+
 class ChatClient:
-    def __init__(self, cfg: LLMConfig, cache: ResponseCache, sleep=time.sleep):
+    def __init__(self, cfg: LLMConfig, cache: ResponseCache, sleep=None):
         self.cfg = cfg
         self.cache = cache
-        self._sleep = sleep
+        self._cancelled = threading.Event()
+        # The default sleep wakes up at once on cancel(), so a backoff never delays Ctrl-C.
+        self._sleep = sleep or self._cancelled.wait
         if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
             raise LLMError(f"--api-key-env {cfg.api_key_env}: that environment variable is not set")
+
+    def cancel(self) -> None:
+        """Start no new request (thread-safe); requests already on the wire finish. Used on Ctrl-C."""
+        self._cancelled.set()
 
     def ask(self, messages: list[dict], accept: Callable[[str], object] = lambda text: True) -> str:
         """The assistant's text for ``messages``. Raises LLMError after the retries.
@@ -113,6 +124,8 @@ class ChatClient:
         for attempt in range(self.cfg.max_retries + 1):
             if attempt:
                 self._sleep(self._delay(attempt, retry_after))
+            if self._cancelled.is_set():
+                raise LLMCancelled("cancelled before the request was sent")
             retry_after = None
             try:
                 req = urllib.request.Request(self.cfg.endpoint, data=body, headers=self._headers(), method="POST")
