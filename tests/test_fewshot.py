@@ -87,3 +87,42 @@ def test_fit_cli_and_classify_with_adapter(fashion_clf, tmp_path):
     assert res.exit_code == 0, res.output
     import json
     assert json.loads(res.stdout)["few_shot"] is True
+
+
+def test_val_limit_samples_every_class_with_the_seed():
+    from coder.runtime.fewshot import sample_per_class
+
+    items = [(f"{c}/{i}.png", c) for c in range(10) for i in range(200)]  # class-sorted, like an ImageFolder
+    a = sample_per_class(items, 1000, seed=0)
+    assert len(a) == 1000 and np.bincount([y for _, y in a]).tolist() == [100] * 10
+    assert a != items[:1000] and a == sample_per_class(items, 1000, seed=0) != sample_per_class(items, 1000, seed=1)
+    uneven = [(i, 0) for i in range(3)] + [(i, 1) for i in range(100)] + [(i, 2) for i in range(100)]
+    b = sample_per_class(uneven, 50, seed=2)  # class 0's unused share goes to the others
+    assert len(b) == 50 and np.bincount([y for _, y in b]).tolist() in ([3, 24, 23], [3, 23, 24])
+    assert sample_per_class(items[:5], 1000, seed=0) == items[:5]
+
+
+def test_fit_with_explicit_val_folder_tunes_on_every_class(fashion_clf, tmp_path, monkeypatch):
+    import coder.runtime.fewshot as fewshot
+    from coder.runtime.datasets import image_folder
+
+    clf, _ = fashion_clf
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 3), ("val", 20)):
+        for c in clf.class_names:
+            d = tmp_path / split / c.replace("/", "-")
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(d / f"{i:03d}.png")
+    seen = []
+    real = fewshot.encode_plain
+    monkeypatch.setattr(fewshot, "encode_plain", lambda c, items, **kw: (seen.append(items), real(c, items, **kw))[1])
+    clf_names = {n.replace("/", "-"): n for n in clf.class_names}
+    train, val = image_folder(tmp_path / "train"), image_folder(tmp_path / "val")
+    train = train.__class__(train.name, tuple(clf_names[c] for c in train.classes),
+                            [(x, clf_names[c]) for x, c in train.items])
+    val = val.__class__(val.name, tuple(clf_names[c] for c in val.classes), [(x, clf_names[c]) for x, c in val.items])
+    result = fit(clf, train, shots=2, val=val, epochs=0, seed=0, val_limit=100)
+    assert result.n_val == 100
+    labels = np.bincount([y for _, y in seen[0]], minlength=10)
+    assert labels.tolist() == [10] * 10  # old code: classes 0-4 only (the first 100 in class order)

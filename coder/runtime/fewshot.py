@@ -56,6 +56,33 @@ def split_support_val(ds: Dataset, mapping: dict[str, int], shots: int, val_frac
     return support, val, short
 
 
+def sample_per_class(items: list, limit: int | None, seed: int) -> list:
+    """At most ``limit`` (item, label) pairs, spread evenly over the labels, seeded; order kept.
+
+    Each label gets ``limit // n_labels`` (the remainder goes to labels picked by the seed); a label
+    with fewer items gives its unused share to the others. 10 labels x 200 items, ``limit=1000``:
+    100 of each label, never the first 1000 in label order.
+    """
+    if limit is None or len(items) <= limit:
+        return items
+    rng = np.random.default_rng(seed)
+    by_label: dict[int, list[int]] = {}
+    for i, (_, y) in enumerate(items):
+        by_label.setdefault(y, []).append(i)
+    labels = list(by_label)
+    quota = dict.fromkeys(labels, 0)
+    left = limit
+    while left > 0:
+        open_labels = [y for y in labels if quota[y] < len(by_label[y])]
+        share, extra = divmod(left, len(open_labels))
+        lucky = set(rng.permutation(len(open_labels))[:extra].tolist())
+        for k, y in enumerate(open_labels):
+            quota[y] = min(len(by_label[y]), quota[y] + share + (k in lucky))
+        left = limit - sum(quota.values())
+    keep = [idx for y in labels for idx in rng.permutation(by_label[y])[:quota[y]].tolist()]
+    return [items[i] for i in sorted(keep)]
+
+
 def encode_augmented(clf: Classifier, items: list, epochs: int, seed: int, batch: int = 32,
                      on_step: Callable[[int], None] = lambda n: None) -> np.ndarray:
     """Mean of ``epochs`` augmented views per image, renormalised; ``epochs=0``: the plain view."""
@@ -97,7 +124,7 @@ def fit(clf: Classifier, train: Dataset, shots: int, val: Dataset | None = None,
     support, val_items, short = split_support_val(train, mapping, shots, 0.0 if val else val_fraction, seed, val_limit)
     if val is not None:
         vmap, _ = match_classes(val.classes, clf.class_names)
-        val_items = [(x, vmap[c]) for x, c in val.items if c in vmap][:val_limit]
+        val_items = sample_per_class([(x, vmap[c]) for x, c in val.items if c in vmap], val_limit, seed)
     if not support or not val_items:
         raise InputError(f"nothing to fit: {len(support)} support and {len(val_items)} validation images")
     t0 = time.perf_counter()
