@@ -42,10 +42,10 @@ def classify(
 
     clf = Classifier.load(artifacts or default_artifact_dir(), bank, backend, precision, tau, adapter=adapter,
                           allow_fallback=allow_fallback, fused_head=fused_head)
-    rows, failures = [], 0
+    rows, failures, empty = [], 0, []
     with progress_bar() as bar:
         task = bar.add_task(f"classifying ({clf.backend})", total=None)
-        for chunk in batched(iter_image_paths(paths), batch_size):
+        for chunk in batched(iter_image_paths(paths, empty.append), batch_size):
             ok, pils = [], []
             for p in chunk:
                 try:
@@ -63,7 +63,9 @@ def classify(
             bar.advance(task, len(chunk))
     if not as_json:
         _print_predictions(rows, clf)
-    if failures:
+    for message in empty:  # an input that yields no image is an error (exit 1), like an unreadable one
+        say("error", message)
+    if failures or empty:
         raise typer.Exit(exit_code_for(InputError()))
 
 

@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from coder.cli import EXIT_CODES, app
-from coder.errors import LLMError
+from coder.errors import ConfigError, LLMError
 from coder.text_bank.text_encoder import TextEncoder
 from coder.text_bank.atg import GenerateOptions, generate, nearest_pairs, read_pairs_file
 from coder.text_bank.llm import ChatClient, LLMConfig, ResponseCache
@@ -139,7 +139,7 @@ def test_api_key_from_env_never_written(server, tmp_path, monkeypatch):
     for f in (tmp_path / "cache").rglob("*.json"):
         assert "sk-secret" not in f.read_text()
     monkeypatch.delenv("MY_LLM_KEY")
-    with pytest.raises(LLMError, match="MY_LLM_KEY"):
+    with pytest.raises(ConfigError, match="MY_LLM_KEY"):
         ChatClient(LLMConfig(url, "m", "MY_LLM_KEY"), ResponseCache(tmp_path / "c2"))
 
 

@@ -4,7 +4,7 @@ import pytest
 from typer.testing import CliRunner
 
 from coder.cli import app
-from coder.errors import TextsError
+from coder.errors import ConfigError, TextsError
 from coder.text_bank.importers import import_descriptions, read_descriptions
 from coder.text_bank.texts import init_texts, load_texts, save_texts
 
@@ -25,7 +25,7 @@ def test_cupl_keeps_sentences_and_ana_kind():
     t = init_texts("cifar10")
     new, *_ = import_descriptions(t, {"cat": ["A cat is a small furry animal."]}, "ana")
     assert new.classes[3].ana == ("A cat is a small furry animal.",)
-    with pytest.raises(TextsError, match="--kind"):
+    with pytest.raises(ConfigError, match="--kind"):
         import_descriptions(t, {}, "pair")
 
 

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import LLMError, TextsError
+from ..errors import ConfigError, LLMError, TextsError
 from .llm import ChatClient, LLMCancelled
 from .prompts import PROMPT_VERSION, ana_messages, att_messages, pair_messages, parse_bullets, parse_pair
 from .texts import Texts
@@ -61,13 +61,25 @@ def nearest_pairs(name_emb: np.ndarray, k: int) -> list[tuple[int, int]]:
 
 
 def read_pairs_file(path: str | Path, class_names: list[str]) -> tuple[list[tuple[int, int]], list[str]]:
-    """Pairs from `coder eval --confusions-out` JSON or "a,b" / "a<TAB>b" lines; returns (pairs, unknown names)."""
+    """Pairs from `coder eval --confusions-out` JSON or "a,b" / "a<TAB>b" lines; returns (pairs, unknown names).
+
+    A missing or unreadable file, or JSON pairs whose names are not strings, is a :class:`ConfigError`
+    naming the entry (``--pairs-file p.json: pairs[2].true: expected a class name string, got int``).
+    """
     index = {" ".join(n.lower().split()): i for i, n in enumerate(class_names)}
-    text = Path(path).read_text(encoding="utf-8")
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(f"--pairs-file {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--pairs-file {path}: cannot read it ({e})") from None
     try:
         data = json.loads(text)
-        raw = [(p["true"], p["predicted"]) for p in data["pairs"]]
-    except (ValueError, KeyError, TypeError):
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and "pairs" in data:
+        raw = _json_pairs(data["pairs"], path)
+    else:
         raw = [tuple(x.strip() for x in line.replace("\t", ",").split(",")[:2])
                for line in text.splitlines() if line.strip() and "," in line.replace("\t", ",")]
     pairs, unknown = set(), []
@@ -78,6 +90,20 @@ def read_pairs_file(path: str | Path, class_names: list[str]) -> tuple[list[tupl
         elif ia != ib:
             pairs.add((min(ia, ib), max(ia, ib)))
     return sorted(pairs), unknown
+
+
+def _json_pairs(entries, path) -> list[tuple[str, str]]:
+    if not isinstance(entries, list):
+        raise ConfigError(f"--pairs-file {path}: pairs: expected a list")
+    raw = []
+    for i, p in enumerate(entries):
+        for key in ("true", "predicted"):
+            value = p.get(key) if isinstance(p, dict) else None
+            if not isinstance(value, str):
+                raise ConfigError(f"--pairs-file {path}: pairs[{i}].{key}: expected a class name string, "
+                                  f"got {type(value).__name__}")
+        raw.append((p["true"], p["predicted"]))
+    return raw
 
 
 class _Generator:

@@ -16,7 +16,7 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from ..errors import TextsError
+from ..errors import ConfigError, TextsError
 from .texts import Texts, to_json, validate
 
 FORMATS = ("vcd", "cupl")
@@ -38,7 +38,7 @@ def read_descriptions(path: str | os.PathLike, fmt: str, dropped: list[str] | No
     reported in ``dropped`` as ``"class[index]: '...'"`` so nothing unloadable is ever saved.
     """
     if fmt not in FORMATS:
-        raise TextsError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
+        raise ConfigError(f"--format {fmt!r}: choose one of {', '.join(FORMATS)}")
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -58,7 +58,7 @@ def read_descriptions(path: str | os.PathLike, fmt: str, dropped: list[str] | No
 def import_descriptions(texts: Texts, descriptions: dict[str, list[str]], kind: str) -> tuple[Texts, list[str], list[str]]:
     """Add descriptions to ``kind`` (att|ana). Returns (texts, bank classes unmatched, file classes unmatched)."""
     if kind not in ("att", "ana"):
-        raise TextsError(f"--kind {kind!r}: choose att or ana")
+        raise ConfigError(f"--kind {kind!r}: choose att or ana")
     by_key = {_key(k): v for k, v in descriptions.items()}
     classes, missing = [], []
     used = set()

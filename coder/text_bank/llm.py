@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..errors import LLMError
+from ..errors import ConfigError, LLMError
 from ..fsutil import atomic_write_json, read_json
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -90,7 +90,7 @@ class ChatClient:
         # The default sleep wakes up at once on cancel(), so a backoff never delays Ctrl-C.
         self._sleep = sleep or self._cancelled.wait
         if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
-            raise LLMError(f"--api-key-env {cfg.api_key_env}: that environment variable is not set")
+            raise ConfigError(f"--api-key-env {cfg.api_key_env}: that environment variable is not set")
 
     def cancel(self) -> None:
         """Start no new request (thread-safe); requests already on the wire finish. Used on Ctrl-C."""
