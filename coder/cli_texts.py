@@ -147,13 +147,14 @@ def texts_list(as_json: bool = typer.Option(False, "--json")) -> None:
         print_json({k: {"classes": len(v["classes"]), "preset": v["preset"], "source": v["source"],
                         "wordnet_ids": "wnids" in v} for k, v in lists.items()})
         return
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title="built-in class lists")
     for col in ("name", "classes", "preset", "source"):
         t.add_column(col)
     for k, v in lists.items():
-        t.add_row(k, str(len(v["classes"])), v["preset"], v["source"])
+        t.add_row(escape(k), str(len(v["classes"])), escape(v["preset"]), escape(v["source"]))
     out.print(t)
 
 

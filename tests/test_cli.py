@@ -239,3 +239,51 @@ def test_usage_errors_exit_2(tmp_path, monkeypatch):
     res = runner.invoke(app, ["texts", "generate", str(texts), "--llm-url", "http://127.0.0.1:9/v1", "--model", "m",
                               "--kinds", "att", "--api-key-env", "CODER_TEST_NO_SUCH_KEY"])
     assert res.exit_code == 2 and "CODER_TEST_NO_SUCH_KEY" in res.output
+
+
+def _help_commands(command, path=()):
+    """(path, click command) for every command and group under the root app."""
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _help_commands(sub, (*path, name))
+
+
+def test_help_texts_keep_their_brackets(monkeypatch):
+    """Typer renders help as Rich markup: "[trt]" or "[text, ...]" must print as written."""
+    import re
+
+    import typer
+
+    monkeypatch.setenv("COLUMNS", "250")
+    root = typer.main.get_command(app)
+    checked = 0
+    for path, command in _help_commands(root):
+        res = runner.invoke(app, [*path, "--help"])
+        assert res.exit_code == 0, (path, res.output)
+        shown = " ".join(res.output.replace("│", " ").split())
+        texts = [command.help or ""] + [p.help or "" for p in command.params]
+        for text in texts:
+            for segment in re.findall(r"\[[^\]]*\]|\{[^}]*\}", text.replace("\\[", "[")):
+                assert " ".join(segment.split()) in shown, (path, segment)
+                checked += 1
+    assert checked >= 4
+    engine = " ".join(runner.invoke(app, ["build-engine", "--help"]).output.split())
+    assert "needs a CUDA GPU and the [trt] extra" in engine
+    imp = " ".join(runner.invoke(app, ["texts", "import", "--help"]).output.replace("│", " ").split())
+    assert "{class name: [text, ...]}" in imp
+
+
+def test_file_names_with_brackets_are_shown_as_given(tiny_artifact, cli_art, sample_images, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "200")
+    shutil.copy(sample_images[0], tmp_path / "cat[bold].jpg")
+    res = runner.invoke(app, ["embed", "cat[bold].jpg", "--artifacts", str(tiny_artifact)])
+    assert res.exit_code == 0, res.output
+    assert "cat[bold].jpg" in res.stdout
+    res = runner.invoke(app, ["classify", "cat[bold].jpg", "-a", str(cli_art)])
+    assert res.exit_code == 0, res.output
+    assert "cat[bold].jpg" in res.stdout
+    res = runner.invoke(app, ["texts", "list"])
+    assert "'missile' -> 'projectile'" in " ".join(res.stdout.replace("│", " ").split())
