@@ -69,24 +69,45 @@ class ImageEncoder:
                  rebuild_stale: bool = False, fused_bank=None, k: int = 5) -> "ImageEncoder":
         """A native TensorRT engine built by ``coder build-engine`` (optionally with ``fused_bank``'s head).
 
-        The engine's key is checked before it is deserialised (StaleEngineError names the fix);
-        ``rebuild_stale`` rebuilds it in place instead.
+        The engine's key and validation record are checked before it is deserialised
+        (StaleEngineError names the fix); ``rebuild_stale`` rebuilds AND validates it instead
+        (:func:`coder.runtime.engine_build.build_image_engine`). Call ``close()`` (or use ``with``)
+        to free its CUDA stream and device buffers.
         """
-        from ..engines.trt import engine_path, load_engine_trt
+        from ..engines.trt import engine_path, load_engine_trt, options_from_key
+        from ..errors import StaleEngineError
         from .fused import ensure_fused_onnx
 
         art = load_artifact(artifact_dir)
-        if fused_bank is None:
-            onnx, head_k = art.encoder("image", precision), 0
-        else:
-            head_k = clamp_k(k, len(fused_bank.class_names))
-            onnx = ensure_fused_onnx(art, fused_bank, precision, head_k)
-            if isinstance(onnx, bytes):
-                raise ArtifactError(f"{fused_bank.root} is read-only: fuse and build the engine where it is writable")
-        path = engine_path(art.root, precision, engine_dir, fused_bank, head_k)
-        engine = load_engine_trt(path, onnx, precision, rebuild_stale)
+        head_k = 0 if fused_bank is None else clamp_k(k, len(fused_bank.class_names))
+        onnx = art.encoder("image", precision) if fused_bank is None else \
+            ensure_fused_onnx(art, fused_bank, precision, head_k)
+        if isinstance(onnx, bytes):
+            raise ArtifactError(f"{fused_bank.root} is read-only: fuse and build the engine where it is writable")
+        path = engine_path(art, precision, engine_dir, fused_bank, head_k)
+        try:
+            engine = load_engine_trt(path, onnx, precision)
+        except StaleEngineError:
+            if not rebuild_stale:
+                raise
+            from .engine_build import build_image_engine
+
+            build_image_engine(art.root, options_from_key(path, precision), engine_dir, fused_bank, head_k)
+            engine = load_engine_trt(path, onnx, precision)
         max_batch = min(int(art.manifest["exporter"]["max_batch"]), engine.max_batch)
         return cls(art, engine, precision, max_batch, head_k=head_k)
+
+    def close(self) -> None:
+        """Release the engine's device resources (native TensorRT: stream and buffers); idempotent."""
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> "ImageEncoder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _check_pixels(self, pixels: np.ndarray) -> None:
         expected = (3, *self.preprocess_config.size)
