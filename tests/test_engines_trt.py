@@ -319,3 +319,4 @@ def test_real_gpu_build_validate_classify(fused_art, tmp_path, sample_images):
         for p, q in zip(native.classify(sample_images), cpu.classify(sample_images)):
             assert p.label == q.label
             np.testing.assert_allclose(p.stage1_scores[0], q.stage1_scores[0], atol=5e-2)
+

@@ -15,12 +15,19 @@ import numpy as np
 from PIL import Image
 
 from ..engines.head_graph import clamp_k
-from ..engines.ort import load_ort
+from ..engines.ort import TrtProfile, load_ort
 from ..errors import ArtifactError, InputError
 from ..vectors import l2_normalize  # noqa: F401  (re-exported: the runtime's normaliser)
 from ..manifest import Artifact, PreprocessConfig, load_artifact
 from .images import to_pil
 from .preprocess import preprocess_batch
+
+
+def trt_profile(art: Artifact) -> TrtProfile:
+    """The artifact's batch range (1 .. exported max_batch, tuned for 8) for ONNX Runtime's TensorRT provider."""
+    hi = int(art.manifest["exporter"]["max_batch"])
+    name = art.manifest.get("io", {}).get("image", ["pixel_values"])[0]
+    return TrtProfile(name, (3, *art.preprocess.size), 1, min(8, hi), hi)
 
 
 @dataclass(frozen=True)
@@ -49,7 +56,9 @@ class ImageEncoder:
     def load(cls, artifact_dir: str | os.PathLike, precision: str = "fp32", backend: str = "cpu",
              allow_fallback: bool = False, threads: int | None = None) -> "ImageEncoder":
         art = load_artifact(artifact_dir)
-        engine = load_ort(art.encoder("image", precision), backend, precision, allow_fallback, threads)
+        name = art.encoder("image", precision)
+        engine = load_ort(name, backend, precision, allow_fallback, threads, trt_profile(art),
+                          art.manifest["files"][name.name]["sha256"])
         return cls(art, engine, precision, int(art.manifest["exporter"]["max_batch"]))
 
     @classmethod
@@ -60,7 +69,7 @@ class ImageEncoder:
 
         art = load_artifact(artifact_dir)
         path = ensure_fused_onnx(art, bank, precision, k)
-        engine = load_ort(path, backend, precision, allow_fallback, threads)
+        engine = load_ort(path, backend, precision, allow_fallback, threads, trt_profile(art))
         return cls(art, engine, precision, int(art.manifest["exporter"]["max_batch"]),
                    head_k=clamp_k(k, len(bank.class_names)))
 
