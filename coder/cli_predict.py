@@ -200,7 +200,7 @@ def bench(
     no_torch: bool = typer.Option(False, "--no-torch", help="Skip the torch eager reference rows."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Latency p50/p90/p99 per stage and throughput, per backend that loads; % of the matmul peak."""
+    """Latency p50/p90/p99 per stage and throughput, per backend that loads; CPU rows: % of the CPU matmul peak."""
     from .bench import run_bench
     from .manifest import default_artifact_dir
 
@@ -217,8 +217,8 @@ def bench(
         return
     from rich.table import Table
 
-    t = Table(title=f"coder bench {result['architecture']}: matmul peak {result['matmul_peak_gflops']:.0f} GFLOPS")
-    for col in ("backend", "stage", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "% peak"):
+    t = Table(title=f"coder bench {result['architecture']}: CPU matmul peak {result['matmul_peak_gflops']:.0f} GFLOPS")
+    for col in ("backend", "stage", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "% CPU peak"):
         t.add_column(col)
     for r in result["rows"]:
         pct = f"{r['pct_of_matmul_peak']:.0f}%" if r["pct_of_matmul_peak"] is not None else ""

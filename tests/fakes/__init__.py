@@ -17,6 +17,7 @@ synchronous). Those are only checked on a real GPU (``benchmarks/gpu_check.sh``)
 
 from __future__ import annotations
 
+import importlib.machinery
 import sys
 import types
 from dataclasses import dataclass
@@ -42,5 +43,6 @@ def install(monkeypatch, version: str = "10.3.0", compute_capability: tuple[int,
     cuda.bindings, bindings.runtime = bindings, runtime
     for name, mod in (("tensorrt", trt.module()), ("cuda", cuda), ("cuda.bindings", bindings),
                       ("cuda.bindings.runtime", runtime)):
+        mod.__spec__ = importlib.machinery.ModuleSpec(name, None)  # importlib.util.find_spec works on it
         monkeypatch.setitem(sys.modules, name, mod)
     return FakeGpu(trt, cudart)
