@@ -120,3 +120,19 @@ def test_cuda_runs(tiny_artifact):
     enc = load_ort(load_artifact(tiny_artifact).encoder("image", "fp16"), "cuda", "fp16")
     assert enc.providers[0] == "CUDAExecutionProvider" and enc.backend.startswith("cuda")
     assert "cuda" in enc.placement
+
+
+def test_reported_backend_names_every_provider_that_ran_compute():
+    """Mixed placement as a GPU build reports it: TensorRT kernels, CUDA leftovers, CPU shape ops or compute."""
+    from coder.engines.ort import _reported_backend
+
+    trt, used = "TensorrtExecutionProvider", ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    placed = {"tensorrt": {"TRTKernel_graph_main_0": 1}, "cuda": {"MatMulInteger": 9}, "cpu": {"Shape": 2}}
+    assert _reported_backend("tensorrt", trt, used, placed, [], "m.onnx", False) == "tensorrt+cuda"
+    assert _reported_backend("tensorrt", trt, used, {"tensorrt": {"TRTKernel": 1}}, [], "m.onnx", False) == "tensorrt"
+    placed["cpu"]["DynamicQuantizeLinear"] = 1
+    with pytest.raises(BackendError, match="DynamicQuantizeLinear.*--allow-fallback"):
+        _reported_backend("tensorrt", trt, used, placed, ["DynamicQuantizeLinear"], "m.onnx", False)
+    with pytest.warns(RuntimeWarning):
+        got = _reported_backend("tensorrt", trt, used, placed, ["DynamicQuantizeLinear"], "m.onnx", True)
+    assert got == "tensorrt+cuda+cpu"

@@ -129,9 +129,9 @@ def load_ort(path: str | os.PathLike | bytes, backend: str = "cpu", precision: s
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
             raise BackendError(f"backend {backend!r} could not load {name}: {str(e).splitlines()[0][:200]}") from None
         used = sess.get_providers()
-        placement = _placement(sess, profile) if backend != "cpu" else {}
+        placement, cpu_compute = _placement(sess, profile) if backend != "cpu" else ({}, [])
     inp = sess.get_inputs()[0]
-    backend = _reported_backend(backend, wanted, used, placement, name, allow_fallback)
+    backend = _reported_backend(backend, wanted, used, placement, cpu_compute, name, allow_fallback)
     return OrtEncoder(Path(name if isinstance(path, bytes) else path), backend, used, sess, inp.name, inp.type,
                       placement)
 
@@ -146,19 +146,17 @@ def provider_list(backend: str, path, profile: TrtProfile | None = None, model_s
             "CPUExecutionProvider"]
 
 
-def _reported_backend(backend: str, wanted: str, used: list[str], placement: dict, name: str,
-                      allow_fallback: bool) -> str:
+def _reported_backend(backend: str, wanted: str, used: list[str], placement: dict, cpu_compute: list[str],
+                      name: str, allow_fallback: bool) -> str:
     """The backend that really ran: the requested one, or what ONNX Runtime fell back to (+cpu)."""
     msg = None
     if used[0] != wanted:
         msg = f"backend {backend!r} requested but ONNX Runtime runs {name} on {used[0]}"
         backend = SHORT.get(used[0], used[0])
     elif placement:
-        ran = [p for p in (*BACKENDS, *placement) if p in placement and p != "cpu"]
-        ran = list(dict.fromkeys(ran))
-        cpu_ops = sorted(op for op in placement.get("cpu", {}) if op not in SHAPE_OPS)
-        if cpu_ops:
-            msg = f"backend {backend!r}: {name} runs compute nodes on the CPU ({', '.join(cpu_ops[:6])})"
+        ran = list(dict.fromkeys(p for p in ("tensorrt", "cuda", *placement) if p in placement and p != "cpu"))
+        if cpu_compute:
+            msg = f"backend {backend!r}: {name} runs compute nodes on the CPU ({', '.join(cpu_compute[:6])})"
             ran.append("cpu")
         backend = "+".join(ran) or backend
     if msg is None:
@@ -170,8 +168,12 @@ def _reported_backend(backend: str, wanted: str, used: list[str], placement: dic
     return backend
 
 
-def _placement(sess, profile: TrtProfile | None) -> dict[str, dict[str, int]]:
-    """Run one batch with profiling on; ``{"tensorrt": {"TRTKernel...": 1}, "cpu": {"Shape": 3}}``."""
+def _placement(sess, profile: TrtProfile | None) -> tuple[dict[str, dict[str, int]], list[str]]:
+    """Run one batch with profiling on: ``({"tensorrt": {...}, "cpu": {"Shape": 3}}, [CPU compute op types])``.
+
+    A CPU node is bookkeeping (not compute) if its op type is in :data:`SHAPE_OPS` AND its output
+    is tiny (<= 4 KiB): a Gather of pair vectors on the CPU counts as compute, a Gather of a shape does not.
+    """
     inp = sess.get_inputs()[0]
     shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
     if profile is not None:
@@ -183,12 +185,16 @@ def _placement(sess, profile: TrtProfile | None) -> dict[str, dict[str, int]]:
     finally:
         events = read_json(sess.end_profiling())
     out: dict[str, dict[str, int]] = {}
+    compute: set[str] = set()
     for e in events:
         args = e.get("args", {})
-        if e.get("cat") == "Node" and str(e.get("name", "")).endswith("_kernel_time") and "provider" in args:
-            ops = out.setdefault(SHORT.get(args["provider"], args["provider"]), {})
-            ops[args.get("op_name", "?")] = ops.get(args.get("op_name", "?"), 0) + 1
-    return out
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time") or "provider" not in args:
+            continue
+        provider, op = SHORT.get(args["provider"], args["provider"]), args.get("op_name", "?")
+        out.setdefault(provider, {})[op] = out.get(provider, {}).get(op, 0) + 1
+        if provider == "cpu" and (op not in SHAPE_OPS or int(args.get("output_size", 0) or 0) > 4096):
+            compute.add(op)
+    return out, sorted(compute)
 
 
 def tensorrt_version() -> str:
