@@ -23,7 +23,12 @@ step() {  # step NAME OUTFILE CMD...: run, keep stdout in OUTFILE and stderr in 
   local name=$1 file=$2
   shift 2
   printf '%-34s' "$name"
-  if "$@" >"$OUT/$file" 2>"$OUT/$file.err"; then echo ok; else echo "FAILED (exit $?, see $OUT/$file.err)"; failed+=("$name"); fi
+  if "$@" >"$OUT/$file" 2>"$OUT/$file.err"; then
+    echo ok
+  else
+    echo "FAILED (exit $?, see $OUT/$file.err)"
+    failed+=("$name")
+  fi
 }
 
 if [ $# -eq 0 ]; then
@@ -60,7 +65,8 @@ if not ref or len(runs) < 2:
 bad = 0
 for name, rows in runs.items():
     backends = sorted({r.get("backend") for r in rows})
-    diff = [(a.get("file"), a.get("label"), b.get("label")) for a, b in zip(ref, rows) if a.get("label") != b.get("label")]
+    diff = [(a.get("file"), a.get("label"), b.get("label"))
+            for a, b in zip(ref, rows) if a.get("label") != b.get("label")]
     bad += len(diff) + (len(rows) != len(ref))
     print(f"\n  {name:16s} backend reported {backends}: {len(rows) - len(diff)}/{len(ref)} labels equal to cpu fp32",
           end="")

@@ -126,7 +126,8 @@ def test_reported_backend_names_every_provider_that_ran_compute():
     """Mixed placement as a GPU build reports it: TensorRT kernels, CUDA leftovers, CPU shape ops or compute."""
     from coder.engines.ort import _reported_backend
 
-    trt, used = "TensorrtExecutionProvider", ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    trt = "TensorrtExecutionProvider"
+    used = [trt, "CUDAExecutionProvider", "CPUExecutionProvider"]
     placed = {"tensorrt": {"TRTKernel_graph_main_0": 1}, "cuda": {"MatMulInteger": 9}, "cpu": {"Shape": 2}}
     assert _reported_backend("tensorrt", trt, used, placed, [], "m.onnx", False) == "tensorrt+cuda"
     assert _reported_backend("tensorrt", trt, used, {"tensorrt": {"TRTKernel": 1}}, [], "m.onnx", False) == "tensorrt"

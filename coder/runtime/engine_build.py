@@ -95,7 +95,7 @@ def _numpy_head(f: np.ndarray, bank, k: int) -> dict[str, np.ndarray]:
     return {"embedding": f, "stage1": s1, "topk_ids": top, "gap": gap, "rerank": r}
 
 
-def _judge(name: str, diff: np.ndarray, tol: np.ndarray) -> dict:
+def _judge(diff: np.ndarray, tol: np.ndarray) -> dict:
     over = float(np.max(diff - tol)) if diff.size else 0.0
     return {"max_abs_diff": float(np.max(diff)) if diff.size else 0.0, "max_over_tolerance": over,
             "passed": bool(over <= 0.0)}
@@ -105,14 +105,14 @@ def _compare_head(got: dict, want: dict, bank, k: int, tau: float, tol: np.ndarr
     """Per-output verdicts, per-image label agreement and the count of accepted near-ties."""
     s1_ref, n = want["stage1"], len(tol)
     rows = np.arange(n)[:, None]
-    out = {"stage1": _judge("stage1", np.abs(got["stage1"] - s1_ref).max(1), tol)}
+    out = {"stage1": _judge(np.abs(got["stage1"] - s1_ref).max(1), tol)}
     ids = np.asarray(got["topk_ids"])
     ok_ids = ids.shape == want["topk_ids"].shape and ids.dtype.kind in "iu" and bool(
         ((ids >= 0) & (ids < s1_ref.shape[1])).all())
     swap = np.abs(s1_ref[rows, np.clip(ids, 0, s1_ref.shape[1] - 1)] - s1_ref[rows, want["topk_ids"]]).max(1) \
         if ok_ids else np.full(n, np.inf)
-    out["topk_ids"] = _judge("topk_ids", swap, 2 * tol)  # only near-tied candidates may trade places
-    out["gap"] = _judge("gap", np.abs(got["gap"] - want["gap"]), tol)
+    out["topk_ids"] = _judge(swap, 2 * tol)  # only near-tied candidates may trade places
+    out["gap"] = _judge(np.abs(got["gap"] - want["gap"]), tol)
     pair_norm = float(np.linalg.norm(bank.pair_vec, axis=1).max()) if len(bank.pair_vec) else 0.0
     rtol = pair_norm * tol / 50.0 + 1e-4  # |dr| <= 2 |pair| |df| and tol = 100 |df| + ATOL
     same = np.array([ok_ids and set(ids[i]) == set(want["topk_ids"][i]) for i in range(n)])
@@ -121,7 +121,7 @@ def _compare_head(got: dict, want: dict, bank, k: int, tau: float, tol: np.ndarr
         order = {c: j for j, c in enumerate(want["topk_ids"][i])}
         aligned = want["rerank"][i][[order[c] for c in ids[i]]]
         r_diff[i] = np.abs(got["rerank"][i] - aligned).max()
-    out["rerank"] = _judge("rerank", r_diff, rtol)
+    out["rerank"] = _judge(r_diff, rtol)
     agree, ties = np.ones(n, bool), 0
     for t in (tau, 1.01):
         mine = gate(ids, got["gap"], got["rerank"], t).labels if ok_ids else np.full(n, -1)
@@ -185,7 +185,7 @@ def build_image_engine(artifact_dir, opts: BuildOptions, engine_dir: Path | None
                        report: Callable[[str], bool] = lambda msg: True) -> EngineBuild:
     """Build, validate, install and record one engine; BackendError (nothing installed) if validation fails.
 
-    >>> built = build_image_engine("coder-artifacts/ViT-B-32__openai", BuildOptions("fp16"), bank=bank)  # doctest: +SKIP
+    >>> built = build_image_engine(art_dir, BuildOptions("fp16"), bank=bank)  # doctest: +SKIP
     >>> built.path.name, built.validation.passed
     ('image_head.imagenet1k.b….fp16.k5.e….trt10.3.0.sm87.engine', True)
     """

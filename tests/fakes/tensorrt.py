@@ -385,7 +385,8 @@ def _build_errors(network: INetworkDefinition, config: IBuilderConfig) -> str | 
 def _serialize(network: INetworkDefinition, config: IBuilderConfig, version: str) -> bytes:
     io = [[t.name, list(t.shape), int(t.dtype), int(TensorIOMode.INPUT)] for t in network._inputs]
     io += [[t.name, list(t.shape), int(t.dtype), int(TensorIOMode.OUTPUT)] for t in network._outputs]
-    header = {"tensorrt": version, "network_flags": network._flags, "builder_flags": sorted(int(f) for f in config._flags),
+    header = {"tensorrt": version, "network_flags": network._flags,
+              "builder_flags": sorted(int(f) for f in config._flags),
               "strongly_typed": network.get_flag(NetworkDefinitionCreationFlag.STRONGLY_TYPED),
               "workspace": config._pools.get(MemoryPoolType.WORKSPACE),
               "profile": {k: [list(s) for s in v] for k, v in config._profiles[0]._shapes.items()}, "io": io}
