@@ -338,11 +338,18 @@ def test_without_tensorrt_is_a_typed_error(tiny_artifact, tmp_path):
     assert not (tmp_path / "manifest.json").exists()  # refused before exporting anything
 
 
-def test_auto_skips_native_without_an_engine_and_rejects_unknown_backends(tiny_artifact):
+@pytest.mark.skipif(HAS_TRT, reason="TensorRT is installed here")
+def test_auto_skips_native_without_an_engine_or_without_tensorrt(tiny_artifact, tmp_path):
+    from coder.engines.trt import engine_stem
     from coder.errors import ConfigError
-    from coder.runtime.classifier import Classifier, open_image_encoder
+    from coder.manifest import load_artifact
+    from coder.runtime.classifier import Classifier, EngineOptions, open_image_encoder
 
     assert open_image_encoder(tiny_artifact, "auto", "fp32", None).backend == "cpu"
+    stem = engine_stem(load_artifact(tiny_artifact), "fp32")
+    (tmp_path / f"{stem}.trt10.3.0.sm87.engine").write_bytes(b"plan")  # built here, TensorRT since removed
+    enc = open_image_encoder(tiny_artifact, "auto", "fp32", None, engines=EngineOptions(str(tmp_path)))
+    assert enc.backend == "cpu"  # reported truthfully; TensorRT cannot load, so it is not a stale engine
     with pytest.raises(ConfigError, match="tensorrt-native"):
         Classifier.load(tiny_artifact, backend="tensorrt-nativ")
 

@@ -117,10 +117,10 @@ def open_image_encoder(artifact_dir, backend: str, precision: str, threads: int 
         return load(backend)
     reasons = []
     for name in AUTO_ORDER:
-        if name == NATIVE and not _native_engine_exists(artifact_dir, precision, engines, fused_bank, k):
-            reasons.append(f"{NATIVE}: no engine built for {precision} (coder build-engine)")
-            continue
         try:
+            if name == NATIVE and not _native_engine_exists(artifact_dir, precision, engines, fused_bank, k):
+                reasons.append(f"{NATIVE}: no engine built for {precision} (coder build-engine)")
+                continue
             return load(name)
         except StaleEngineError:
             raise  # an engine was built for this artifact but cannot be used as is: say so, name the fix
