@@ -175,7 +175,9 @@ def build_engine_trt(onnx_path: Path, out_path: Path, opts: BuildOptions,
     if not config.set_timing_cache(cache, ignore_mismatch=False):
         raise BackendError(f"timing cache {opts.timing_cache} is from another TensorRT/GPU: delete it and rebuild")
     with _cancel_on_sigint() as cancelled:
-        config.progress_monitor = _progress_monitor(trt, lambda msg: report(msg) is not False and not cancelled())
+        # Held in a local while building: TensorRT keeps only a reference the Python side must keep alive.
+        monitor = _progress_monitor(trt, lambda msg: report(msg) is not False and not cancelled())
+        config.progress_monitor = monitor
         plan = builder.build_serialized_network(network, config)
     if cancelled():
         raise KeyboardInterrupt  # nothing was written; the CLI exits 130
@@ -212,6 +214,7 @@ class TrtEncoder:
     providers: list[str] = field(default_factory=lambda: ["TensorRT"])
     _stream: object = field(default=None, repr=False)
     _buffers: dict = field(default_factory=dict, repr=False)  # name -> (device pointer, bytes)
+    _owners: tuple = field(default=(), repr=False)  # logger and runtime: must outlive the engine
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.run_all(x)[0]
@@ -270,7 +273,8 @@ class TrtEncoder:
         if self._stream is not None:
             errors.append(int(cudart.cudaStreamDestroy(self._stream)[0]))
             self._stream = None
-        self.context = self.engine = None  # TensorRT 10 frees them when released
+        self.context = self.engine = None  # TensorRT 10 frees them when released: context first
+        self._owners = ()
         if any(errors):
             raise BackendError(f"CUDA errors while freeing engine {self.path.name}: {[e for e in errors if e]}")
 
@@ -286,7 +290,8 @@ def open_engine(engine_path: Path, max_batch: int | None = None) -> TrtEncoder:
     from .head_graph import OUTPUTS
 
     trt = _import_trt()
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    logger = trt.Logger(trt.Logger.WARNING)
+    runtime = trt.Runtime(logger)
     engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
     if engine is None:
         raise StaleEngineError(f"TensorRT could not deserialise {engine_path}; rebuild it (--rebuild-stale)")
@@ -297,7 +302,7 @@ def open_engine(engine_path: Path, max_batch: int | None = None) -> TrtEncoder:
         outputs = list(OUTPUTS)
     profile_max = int(engine.get_tensor_profile_shape(inputs[0], 0)[2][0])
     return TrtEncoder(engine_path, engine, engine.create_execution_context(), inputs[0], outputs,
-                      min(profile_max, max_batch or profile_max))
+                      min(profile_max, max_batch or profile_max), _owners=(logger, runtime))
 
 
 def load_engine_trt(engine_path: Path, onnx_path: Path, precision: str) -> TrtEncoder:
