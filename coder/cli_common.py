@@ -29,6 +29,7 @@ EXIT_CODES: list[tuple[type[CoderError], int, str]] = [
     (CoderError, 9, "other coder error"),
 ]
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool the pipe's reader cut off
 EXIT_INTERNAL = 70  # a bug: the traceback is printed
 
 # emoji=False: a class named "frog" in "att:frog:" must not become an emoji.
