@@ -49,3 +49,7 @@ class LLMError(CoderError):
 
 class StaleEngineError(BackendError):
     """A TensorRT engine was built for another ONNX file, TensorRT version, GPU or profile."""
+
+
+class ServeError(CoderError):
+    """The model server could not be found, started, or did not become ready (the message quotes its log)."""
