@@ -97,18 +97,16 @@ def _http(port: int, path: str, timeout: float = 5.0) -> dict:
         return json.loads(r.read() or b"{}")
 
 
-@pytest.fixture(scope="module")
-def server(served_art, tmp_path_factory):
-    """``coder serve`` as a real subprocess on free loopback ports; yields its ports and process."""
+def _start_serve(art: Path, log: Path, *extra: str) -> SimpleNamespace:
+    """``coder serve`` as a real subprocess on free loopback ports, once it printed ``ready:``."""
     import psutil
 
     _server_or_skip()
     http, grpc, metrics = _free_ports(3)
-    log = tmp_path_factory.mktemp("serve") / "serve.log"
     with open(log, "wb") as f:
-        proc = subprocess.Popen([sys.executable, "-m", "coder", "serve", "-a", str(served_art),
+        proc = subprocess.Popen([sys.executable, "-m", "coder", "serve", "-a", str(art),
                                  "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-                                 "--max-queue-delay-us", "20000", "--ready-timeout", str(START_TIMEOUT)],
+                                 "--ready-timeout", str(START_TIMEOUT), *extra],
                                 stdout=f, stderr=subprocess.STDOUT, env=_env())
     deadline = time.monotonic() + START_TIMEOUT + 10
     while "ready:" not in log.read_text(errors="replace"):
@@ -122,13 +120,23 @@ def server(served_art, tmp_path_factory):
             pytest.fail(f"coder serve not ready after {START_TIMEOUT} s:\n{text[-3000:]}")
         time.sleep(0.25)
     tree = psutil.Process(proc.pid).children(recursive=True)
-    yield SimpleNamespace(http=http, grpc=grpc, metrics=metrics, proc=proc, tree=tree, log=log)
-    if proc.poll() is None:  # a failed test: do not leave the server behind
-        proc.send_signal(signal.SIGINT)
+    return SimpleNamespace(http=http, grpc=grpc, metrics=metrics, proc=proc, tree=tree, log=log)
+
+
+def _stop(srv: SimpleNamespace) -> None:
+    if srv.proc.poll() is None:  # a failed test: do not leave the server behind
+        srv.proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(30)
+            srv.proc.wait(30)
         except subprocess.TimeoutExpired:
-            proc.kill()
+            srv.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(served_art, tmp_path_factory):
+    srv = _start_serve(served_art, tmp_path_factory.mktemp("serve") / "serve.log", "--max-queue-delay-us", "20000")
+    yield srv
+    _stop(srv)
 
 
 @pytest.fixture(scope="module")
@@ -218,6 +226,32 @@ def test_sigint_stops_everything(server):
     gone, alive = psutil.wait_procs(server.tree, timeout=10)
     assert not alive, [p.pid for p in alive]
     assert "stopped" in server.log.read_text()
+
+
+def test_ensemble_layout_serves_the_same(served_art, images, reference, tmp_path):
+    """``--ensemble python``: preprocess -> fused head -> gate as three batched models."""
+    from coder.client import CoderClient
+
+    srv = _start_serve(served_art, tmp_path / "serve.log", "--ensemble", "python", "--max-queue-delay-us", "20000")
+    try:
+        def send(path):
+            with CoderClient(f"127.0.0.1:{srv.http}", timeout=30) as c:
+                return c.classify_file(path)
+
+        jobs = [*images[:6], tmp_path / "serve.log", *images[6:12]]
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(send, jobs))
+        assert "not an image" in got[6]["error"]
+        for g in got[:6] + got[7:]:
+            ref = reference[g["file"]]
+            assert (g["label"], g["top_k"], g["reranked"]) == (ref["label"], list(ref["top_k"]), ref["reranked"])
+            np.testing.assert_allclose(g["stage1_scores"], ref["stage1_scores"], atol=1e-4, rtol=0)
+        stats = _http(srv.http, "/v2/models/coder_head/stats")["model_stats"][0]
+        assert int(stats["inference_count"]) == 12  # the corrupt request never reached the head
+    finally:
+        srv.proc.send_signal(signal.SIGINT)
+        assert srv.proc.wait(40) == 0
+        _stop(srv)
 
 
 # --- without a server -------------------------------------------------------------------------
