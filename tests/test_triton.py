@@ -282,6 +282,31 @@ def test_triton_repo_layout(served_art, tmp_path):
     assert res.exit_code == 2 and (tmp_path / "other" / "keep.txt").exists()
 
 
+def test_native_ensemble_repositories(served_art, tmp_path):
+    """The layouts for Triton's ONNX Runtime / TensorRT backends (not runnable on the bundled server)."""
+    import onnx
+
+    out = tmp_path / "ort"
+    res = runner.invoke(app, ["triton-repo", "-a", str(served_art), "--out", str(out), "--ensemble", "onnxruntime",
+                              "--backend", "tensorrt", "--precision", "fp16"])
+    assert res.exit_code == 0, res.output
+    head = (out / "coder_head" / "config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in head and "KIND_GPU" in head and '"precision_mode" value: "FP16"' in head
+    graph = onnx.load(str(out / "coder_head" / "1" / "model.onnx"))
+    assert [o.name for o in graph.graph.output] == ["embedding", "stage1", "topk_ids", "gap", "rerank"]
+    ens = (out / "coder" / "config.pbtxt").read_text()
+    assert 'platform: "ensemble"' in ens and ens.count("model_name:") == 3
+    assert json.loads((out / "coder-repo.json").read_text())["models"] == ["coder", "coder_preprocess",
+                                                                            "coder_head", "coder_gate"]
+    # TensorRT needs the plan `coder build-engine` writes on the serving GPU: exit 3 naming the fix.
+    res = runner.invoke(app, ["triton-repo", "-a", str(served_art), "--out", str(tmp_path / "trt"),
+                              "--ensemble", "tensorrt"])
+    assert res.exit_code == 3 and "coder build-engine" in res.output
+    assert not (tmp_path / "trt").exists() and not list(tmp_path.glob(".tmp-*"))  # nothing half-written
+    assert runner.invoke(app, ["triton-repo", "-a", str(served_art), "--out", str(tmp_path / "x"),
+                               "--ensemble", "tvm"]).exit_code == 2
+
+
 def test_missing_bank_or_artifact_fails_before_starting(tiny_artifact, tmp_path):
     import psutil
 

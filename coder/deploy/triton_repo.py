@@ -23,6 +23,7 @@ import json
 import os
 import shutil
 import sys
+import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -160,37 +161,55 @@ def write_repo(artifacts: str | os.PathLike, bank: str | None, out: str | os.Pat
     b = load_bank(find_bank(art.root, bank), art)
     n_classes = len(b.class_names)
     top_k, k = min(opts.top_k, n_classes), clamp_k(b.k, n_classes)
-    root = _prepare_dir(Path(out))
+    final = _check_out(Path(out))
+    root = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
+    os.chmod(root, 0o755)  # mkdtemp makes it 0700; a repository is meant to be read by the server's user
+    try:
+        models, settings = _write_models(root, final, art, b, opts, top_k, k)
+        manifest = {"format": REPO_FORMAT, "format_version": REPO_FORMAT_VERSION, "models": list(models),
+                    "entry_model": MODEL, "artifacts": str(art.root.resolve()), "bank": str(b.root.resolve()),
+                    "n_classes": n_classes, "top_k": top_k, "k": k, "options": asdict(opts)}
+        atomic_write_json(root / "coder-repo.json", manifest)
+        _swap_in(root, final)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    return RepoInfo(final, models, top_k, k, n_classes, settings)
+
+
+def _write_models(root: Path, final: Path, art, b, opts: RepoOptions, top_k: int, k: int):
     kind = "KIND_CPU"  # Python models place themselves (ONNX Runtime's device 0 for cuda/tensorrt)
     if opts.ensemble is None:
         settings = _settings(art.root.resolve(), b.root.resolve(), opts, "classify", k)
         cfg = _config(MODEL, 'backend: "python"', opts.max_batch, [IMAGE_INPUT], client_outputs(top_k),
                       opts.instances, kind, opts.max_queue_delay_us)
         _write_python_model(root, MODEL, cfg, settings)
-        models: tuple[str, ...] = (MODEL,)
-    else:
-        from .triton_ensemble import write_ensemble
+        return (MODEL,), settings
+    from .triton_ensemble import write_ensemble
 
-        settings = _settings(art.root.resolve(), b.root.resolve(), opts, "ensemble", k)
-        models = write_ensemble(root, art, b, opts, settings, top_k, k)
-    manifest = {"format": REPO_FORMAT, "format_version": REPO_FORMAT_VERSION, "models": list(models),
-                "entry_model": MODEL, "artifacts": str(art.root.resolve()), "bank": str(b.root.resolve()),
-                "n_classes": n_classes, "top_k": top_k, "k": k, "options": asdict(opts)}
-    atomic_write_json(root / "coder-repo.json", manifest)
-    return RepoInfo(root, models, top_k, k, n_classes, settings)
+    settings = _settings(art.root.resolve(), b.root.resolve(), opts, "ensemble", k)
+    return write_ensemble(root, art, b, opts, settings, top_k, k), settings
 
 
-def _prepare_dir(out: Path) -> Path:
+def _check_out(out: Path) -> Path:
+    """``out`` may be missing, empty, or a repository written before (then it is replaced whole)."""
     if out.exists():
         if not out.is_dir():
             raise ConfigError(f"--out {out}: exists and is not a directory")
-        if any(out.iterdir()):
-            if not (out / "coder-repo.json").is_file():
-                raise ConfigError(f"--out {out}: not empty and not a coder Triton repository; choose another")
-            for child in out.iterdir():  # ours: rewrite it whole, so no stale model is left behind
-                shutil.rmtree(child) if child.is_dir() else child.unlink()
-    out.mkdir(parents=True, exist_ok=True)
+        if any(out.iterdir()) and not (out / "coder-repo.json").is_file():
+            raise ConfigError(f"--out {out}: not empty and not a coder Triton repository; choose another")
+    out.parent.mkdir(parents=True, exist_ok=True)
     return out.resolve()
+
+
+def _swap_in(new: Path, final: Path) -> None:
+    """Put the finished repository in place; an interrupted or failed write leaves the old one intact."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".tmp-{final.name}-old-{os.getpid()}")
+        os.replace(final, old)
+    os.replace(new, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def read_repo_manifest(root: str | os.PathLike) -> dict:
