@@ -106,26 +106,39 @@ def _free_ports(n: int) -> list[int]:
 
 
 def run(artifacts: str, bank: str, images: int, max_batch: int, rounds: int, concurrency: str, backend: str) -> dict:
+    """Every row measured ``rounds`` times, interleaved (in-process, then each client count, again ...):
+    others' load on a shared machine drifts, so each row keeps its fastest round."""
     data = _jpegs(images)
     levels = [int(c) for c in concurrency.split(",")]
     clf = Classifier.load(artifacts, bank or None, backend)
-    rows = [in_process(clf, data, 1, 1), in_process(clf, data, max_batch, rounds)]
-    del clf
+    best: dict[tuple, dict] = {}
+
+    def keep(row: dict) -> None:
+        key = (row["mode"], row["clients"])
+        if key not in best or row["requests_per_s"] > best[key]["requests_per_s"]:
+            best[key] = row
+
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         repo = write_repo(artifacts, bank or None, Path(tmp) / "repo",
-                          RepoOptions(max_batch=max_batch, backend=backend, max_queue_delay_us=5000))
+                          RepoOptions(max_batch=max_batch, backend=backend))
         port, grpc, metrics = _free_ports(3)
         with TritonServer(find_tritonserver(), repo.root, Ports(port, grpc, metrics), "127.0.0.1", tmp) as srv:
             srv.wait_ready(180)
-            rows += [served(port, data, c, rounds) for c in levels]
-    base = rows[1]["requests_per_s"]
+            for _ in range(rounds):
+                keep(in_process(clf, data, 1, 1))
+                keep(in_process(clf, data, max_batch, 1))
+                for c in levels:
+                    keep(served(port, data, c, 1))
+    rows = list(best.values())
+    base = best[(f"in-process batch {max_batch}", 0)]["requests_per_s"]
     for r in rows:
         r["vs_in_process"] = r["requests_per_s"] / base
-    return {"artifacts": str(artifacts), "backend": backend, "max_batch": max_batch, "rows": rows}
+    return {"artifacts": str(artifacts), "backend": backend, "max_batch": max_batch, "rounds": rounds, "rows": rows}
 
 
 def render(result: dict) -> None:
-    print(f"{result['artifacts']} ({result['backend']}), Triton max_batch_size {result['max_batch']}")
+    print(f"{result['artifacts']} ({result['backend']}), Triton max_batch_size {result['max_batch']}, "
+          f"best of {result['rounds']} interleaved rounds")
     print(f"{'mode':24} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'batch':>6} {'x in-proc':>9}")
     for r in result["rows"]:
         print(f"{r['mode']:24} {r['clients']:7d} {r['requests_per_s']:8.1f} {r['p50_ms']:8.1f} {r['p99_ms']:8.1f} "
@@ -133,4 +146,4 @@ def render(result: dict) -> None:
 
 
 if __name__ == "__main__":
-    script(__doc__, run, render, bank="", images=64, max_batch=16, rounds=2, concurrency="1,4,16", backend="cpu")
+    script(__doc__, run, render, bank="", images=64, max_batch=16, rounds=3, concurrency="1,4,16", backend="cpu")

@@ -21,7 +21,8 @@ BACKEND = typer.Option("cpu", "--backend", help="ONNX Runtime provider inside th
 PRECISION = typer.Option("fp32", "--precision", help="Image encoder precision: fp32 | fp16 | int8 (as exported).")
 TOP_K = typer.Option(5, "--top-k", help="Classes returned per image (top_k, stage1_scores).")
 THREADS = typer.Option(None, "--threads", help="ONNX Runtime threads per instance (default: cores / instances).")
-QUEUE_DELAY = typer.Option(2000, "--max-queue-delay-us", help="How long Triton waits to grow a batch (microseconds).")
+QUEUE_DELAY = typer.Option(0, "--max-queue-delay-us", help="How long Triton may hold a request to grow a batch "
+                                                            "(microseconds; 0: batch what queued while busy).")
 ENSEMBLE = typer.Option(None, "--ensemble", help="Write the ensemble layout with the fused head on onnxruntime | "
                                                  "tensorrt (Triton's native backends) | python.")
 
@@ -105,6 +106,8 @@ def _run(server, ready_timeout: float) -> None:
             code = server.wait()
             raise ServeError(f"tritonserver exited by itself (code {code}); log tail:\n{server.log_tail()}")
     except KeyboardInterrupt:
+        for s in old:  # a second Ctrl-C must not cut the shutdown short
+            signal.signal(s, signal.SIG_IGN)
         info("stopping tritonserver ...")
         server.stop()
         info("stopped")

@@ -44,3 +44,8 @@ def test_classifier_path_is_torch_free(tiny_artifact, sample_images, tmp_path):
             f"from coder import Classifier\n"
             f"Classifier.load({str(art)!r}).classify([{str(sample_images[0])!r}])")
     assert _loaded_after(code) == []
+
+
+def test_triton_modules_are_torch_free():
+    assert _loaded_after("import coder.deploy.triton_model, coder.deploy.triton_repo, coder.deploy.triton_server, "
+                         "coder.deploy.triton_ensemble, coder.cli_serve, coder.client") == []

@@ -138,7 +138,7 @@ class HeadModel(_Base):
 
         s = self.settings
         self.encoder = Classifier.load(s["artifacts"], s["bank"], s["backend"], s["precision"], s["tau"], s["k"],
-                                       threads=s["threads"]).encoder
+                                       threads=self.threads).encoder
 
     def execute(self, requests):
         def encode(out, a, b):

@@ -108,6 +108,14 @@ def run_batched(pb, requests, decode, infer, encode) -> list:
 class _Base:
     settings: dict = {}
 
+    @property
+    def threads(self) -> int:
+        """ONNX Runtime threads of this instance: as set, else this machine's cores / instances."""
+        import os
+
+        s = self.settings
+        return int(s["threads"] or max(1, (os.cpu_count() or 1) // int(s.get("instances") or 1)))
+
     def initialize(self, args) -> None:
         import triton_python_backend_utils as pb  # only importable inside the stub
 
@@ -124,7 +132,7 @@ class ClassifyModel(_Base):
 
         s = self.settings
         self.clf = Classifier.load(s["artifacts"], s["bank"], s["backend"], s["precision"], s["tau"],
-                                   s["k"], threads=s["threads"])
+                                   s["k"], threads=self.threads)
         self.top_k = int(s["top_k"])
 
     def execute(self, requests):

@@ -70,7 +70,7 @@ class RepoOptions:
     top_k: int = 5
     tau: float | None = None
     threads: int | None = None  # ONNX Runtime intra-op threads per instance (default: cores / instances)
-    max_queue_delay_us: int = 2000
+    max_queue_delay_us: int = 0  # 0: batch what queued while the instance was busy (no added latency)
     ensemble: str | None = None  # None: one Python model; else the head's backend
     engine_dir: str | None = None  # ensemble=tensorrt: where `coder build-engine` wrote the plan
 
@@ -137,10 +137,10 @@ def _config(name: str, runtime: str, max_batch: int, inputs: list[str], outputs:
 
 
 def _settings(art_root: Path, bank_root: Path, opts: RepoOptions, role: str, k: int) -> dict:
-    threads = opts.threads or max(1, (os.cpu_count() or 1) // opts.instances)
     return {"format": MODEL_FORMAT, "format_version": REPO_FORMAT_VERSION, "role": role,
             "artifacts": str(art_root), "bank": str(bank_root), "backend": opts.backend,
-            "precision": opts.precision, "tau": opts.tau, "k": k, "top_k": opts.top_k, "threads": threads,
+            "precision": opts.precision, "tau": opts.tau, "k": k, "top_k": opts.top_k, "threads": opts.threads,
+            "instances": opts.instances,
             "python": f"{sys.version_info[0]}.{sys.version_info[1]}", "sys_path": coder_sys_path()}
 
 
@@ -162,10 +162,14 @@ def write_repo(artifacts: str | os.PathLike, bank: str | None, out: str | os.Pat
     n_classes = len(b.class_names)
     top_k, k = min(opts.top_k, n_classes), clamp_k(b.k, n_classes)
     final = _check_out(Path(out))
+    if opts.ensemble != "tensorrt":  # fuse (or reuse) the encoder+head graph now: a missing precision fails here
+        from ..runtime.fused import ensure_fused_onnx
+
+        ensure_fused_onnx(art, b, opts.precision, k)
     root = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     os.chmod(root, 0o755)  # mkdtemp makes it 0700; a repository is meant to be read by the server's user
     try:
-        models, settings = _write_models(root, final, art, b, opts, top_k, k)
+        models, settings = _write_models(root, art, b, opts, top_k, k)
         manifest = {"format": REPO_FORMAT, "format_version": REPO_FORMAT_VERSION, "models": list(models),
                     "entry_model": MODEL, "artifacts": str(art.root.resolve()), "bank": str(b.root.resolve()),
                     "n_classes": n_classes, "top_k": top_k, "k": k, "options": asdict(opts)}
@@ -176,7 +180,7 @@ def write_repo(artifacts: str | os.PathLike, bank: str | None, out: str | os.Pat
     return RepoInfo(final, models, top_k, k, n_classes, settings)
 
 
-def _write_models(root: Path, final: Path, art, b, opts: RepoOptions, top_k: int, k: int):
+def _write_models(root: Path, art, b, opts: RepoOptions, top_k: int, k: int):
     kind = "KIND_CPU"  # Python models place themselves (ONNX Runtime's device 0 for cuda/tensorrt)
     if opts.ensemble is None:
         settings = _settings(art.root.resolve(), b.root.resolve(), opts, "classify", k)
