@@ -4,8 +4,9 @@
 
 The same encoded JPEG scenes go (a) through the in-process Classifier in batches of
 ``--max-batch`` (decode + preprocess + fused encoder/head + gate, the work the server does),
-and (b) to a real tritonserver (the repository of ``coder triton-repo``, one instance,
-``max_batch_size`` = ``--max-batch``) from 1, 4 and 16 concurrent HTTP clients, one image per
+and (b) to a real tritonserver (the repository of ``coder triton-repo``, one instance by default,
+``max_batch_size`` = ``--max-batch``; ``--instances 2``: two, each with half the cores, so one
+decodes while the other runs the encoder) from 1, 4 and 16 concurrent HTTP clients, one image per
 request, so dynamic batching must form the batches. Reported per row: requests (images) per
 second, p50/p99 latency (per request for the server, per batch call in-process), and the
 server's mean formed batch size. Goal: at 16 clients >= 0.8x the in-process throughput at the
@@ -105,7 +106,8 @@ def _free_ports(n: int) -> list[int]:
     return ports
 
 
-def run(artifacts: str, bank: str, images: int, max_batch: int, rounds: int, concurrency: str, backend: str) -> dict:
+def run(artifacts: str, bank: str, images: int, max_batch: int, rounds: int, concurrency: str, backend: str,
+        instances: int) -> dict:
     """Every row measured ``rounds`` times, interleaved (in-process, then each client count, again ...):
     others' load on a shared machine drifts, so each row keeps its fastest round."""
     data = _jpegs(images)
@@ -120,7 +122,7 @@ def run(artifacts: str, bank: str, images: int, max_batch: int, rounds: int, con
 
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         repo = write_repo(artifacts, bank or None, Path(tmp) / "repo",
-                          RepoOptions(max_batch=max_batch, backend=backend))
+                          RepoOptions(max_batch=max_batch, backend=backend, instances=instances))
         port, grpc, metrics = _free_ports(3)
         with TritonServer(find_tritonserver(), repo.root, Ports(port, grpc, metrics), "127.0.0.1", tmp) as srv:
             srv.wait_ready(180)
@@ -133,11 +135,13 @@ def run(artifacts: str, bank: str, images: int, max_batch: int, rounds: int, con
     base = best[(f"in-process batch {max_batch}", 0)]["requests_per_s"]
     for r in rows:
         r["vs_in_process"] = r["requests_per_s"] / base
-    return {"artifacts": str(artifacts), "backend": backend, "max_batch": max_batch, "rounds": rounds, "rows": rows}
+    return {"artifacts": str(artifacts), "backend": backend, "max_batch": max_batch, "instances": instances,
+            "rounds": rounds, "rows": rows}
 
 
 def render(result: dict) -> None:
     print(f"{result['artifacts']} ({result['backend']}), Triton max_batch_size {result['max_batch']}, "
+          f"{result['instances']} instance(s), "
           f"best of {result['rounds']} interleaved rounds")
     print(f"{'mode':24} {'clients':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8} {'batch':>6} {'x in-proc':>9}")
     for r in result["rows"]:
@@ -146,4 +150,5 @@ def render(result: dict) -> None:
 
 
 if __name__ == "__main__":
-    script(__doc__, run, render, bank="", images=64, max_batch=16, rounds=3, concurrency="1,4,16", backend="cpu")
+    script(__doc__, run, render, bank="", images=64, max_batch=16, rounds=3, concurrency="1,4,16", backend="cpu",
+           instances=1)

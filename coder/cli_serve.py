@@ -14,7 +14,8 @@ from .errors import ServeError
 app = typer.Typer()
 
 ARTIFACTS = typer.Option(..., "--artifacts", "-a", help="Artifact directory from `coder export`.")
-BANK = typer.Option(None, "--bank", help="Bank name under <artifacts>/banks, or a bank directory (default: the only one).")
+BANK = typer.Option(None, "--bank", help="Bank name under <artifacts>/banks, or a bank directory "
+                                         "(default: the only one).")
 MAX_BATCH = typer.Option(32, "--max-batch", help="Triton max_batch_size: the largest batch dynamic batching forms.")
 INSTANCES = typer.Option(1, "--instances", help="Model instances (one Classifier each).")
 BACKEND = typer.Option("cpu", "--backend", help="ONNX Runtime provider inside the model: cpu | cuda | tensorrt.")
@@ -74,22 +75,39 @@ def serve(
     ready_timeout: float = typer.Option(180.0, "--ready-timeout", help="Seconds to wait for /v2/health/ready."),
 ) -> None:
     """Start a real tritonserver (HTTP + gRPC, KServe v2) serving CODER; Ctrl-C stops it."""
+    import shutil
     import tempfile
 
-    from .deploy.triton_repo import write_repo
+    from .deploy.triton_repo import check_options, write_repo
     from .deploy.triton_server import Ports, TritonServer, find_tritonserver
 
-    binary = find_tritonserver()  # before writing anything: a missing server or artifact fails first
+    # Everything that can be checked is checked before a server starts: options, backend, artifact + bank
+    # (write_repo loads and verifies them first), then the server binary.
     opts = _options(max_batch, instances, backend, precision, top_k, threads, queue_delay, ensemble)
+    check_options(opts)
+    _check_backend(backend, ensemble)
     workdir = Path(tempfile.mkdtemp(prefix="coder-triton-"))
     try:
         written = write_repo(artifacts, bank, repo or workdir / "repo", opts)
-        server = TritonServer(binary, written.root, Ports(http_port, grpc_port, metrics_port), host, workdir)
+        server = TritonServer(find_tritonserver(), written.root, Ports(http_port, grpc_port, metrics_port), host,
+                              workdir)
         _run(server, ready_timeout)
     finally:
-        import shutil
-
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _check_backend(backend: str, ensemble: Optional[str]) -> None:
+    """A GPU provider that cannot load here cannot load in the server's stubs either: exit 6 before starting.
+    (Native ensemble heads run on Triton's own backends, which only the server can check.)"""
+    if backend == "cpu" or ensemble in ("onnxruntime", "tensorrt"):
+        return
+    from .engines.ort import probe_providers
+    from .errors import BackendError
+
+    why = probe_providers().get(backend, f"unknown backend {backend!r}")
+    if why != "ok":
+        raise BackendError(f"--backend {backend}: ONNX Runtime cannot use it here ({why}); "
+                           "`coder doctor` shows what loads")
 
 
 def _run(server, ready_timeout: float) -> None:

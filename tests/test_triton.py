@@ -266,7 +266,8 @@ def test_triton_repo_layout(served_art, tmp_path):
     assert res.exit_code == 0, res.output
     cfg = (out / "coder" / "config.pbtxt").read_text()
     for line in ('name: "coder"', 'backend: "python"', "max_batch_size: 16", "dynamic_batching",
-                 '{ name: "image" data_type: TYPE_STRING dims: [ 1 ] }', '{ name: "top_k" data_type: TYPE_INT32 dims: [ 3 ] }',
+                 '{ name: "image" data_type: TYPE_STRING dims: [ 1 ] }',
+                 '{ name: "top_k" data_type: TYPE_INT32 dims: [ 3 ] }',
                  '{ name: "stage1_scores" data_type: TYPE_FP32 dims: [ 3 ] }', '{ name: "reranked" data_type: TYPE_BOOL',
                  "count: 2"):
         assert line in cfg, line
@@ -313,10 +314,17 @@ def test_missing_bank_or_artifact_fails_before_starting(tiny_artifact, tmp_path)
     empty = tmp_path / "art"
     shutil.copytree(tiny_artifact, empty, ignore=shutil.ignore_patterns("banks"))
     before = {p.pid for p in psutil.Process().children(recursive=True)}
-    for args in (["-a", str(empty)], ["-a", str(tmp_path / "nope")], ["-a", str(tiny_artifact), "--bank", "nope"]):
+    art = str(tiny_artifact)
+    cases = [(["-a", str(empty)], 3), (["-a", str(tmp_path / "nope")], 3), (["-a", art, "--bank", "nope"], 3),
+             (["-a", art, "--backend", "gpu"], 2), (["-a", art, "--max-batch", "0"], 2)]
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        cases.append((["-a", art, "--backend", "cuda"], 6))  # this ORT cannot run CUDA at all
+    for args, code in cases:
         res = subprocess.run([sys.executable, "-m", "coder", "serve", *args, "--http-port", "1"],
                              capture_output=True, text=True, env=_env(), timeout=60)
-        assert res.returncode == 3 and "error:" in res.stderr and "ready" not in res.stdout, res.stderr
+        assert res.returncode == code and "error:" in res.stderr and "ready" not in res.stdout, (args, res.stderr)
     assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
 
 

@@ -85,7 +85,7 @@ class RepoInfo:
     settings: dict = field(default_factory=dict)
 
 
-def _check(opts: RepoOptions) -> None:
+def check_options(opts: RepoOptions) -> None:
     if opts.backend not in BACKENDS:
         raise ConfigError(f"--backend {opts.backend!r}: choose {', '.join(BACKENDS)}")
     if opts.precision not in PRECISIONS:
@@ -156,7 +156,7 @@ def write_repo(artifacts: str | os.PathLike, bank: str | None, out: str | os.Pat
 
     An existing ``out`` must be empty or a repository this function wrote (it is replaced).
     """
-    _check(opts)
+    check_options(opts)
     art = load_artifact(artifacts)
     b = load_bank(find_bank(art.root, bank), art)
     n_classes = len(b.class_names)
