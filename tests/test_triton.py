@@ -254,6 +254,29 @@ def test_ensemble_layout_serves_the_same(served_art, images, reference, tmp_path
         _stop(srv)
 
 
+def _has_cuda() -> bool:
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers() and bool(shutil.which("nvidia-smi"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA GPU and onnxruntime-gpu (the [gpu] extra)")
+def test_cuda_backend_serves_the_same(served_art, images, reference, tmp_path):
+    """``--backend cuda``: the Classifier in the Python model runs on ONNX Runtime's CUDA provider."""
+    from coder.client import CoderClient
+
+    srv = _start_serve(served_art, tmp_path / "serve.log", "--backend", "cuda")
+    try:
+        with CoderClient(f"127.0.0.1:{srv.http}", timeout=60) as c:
+            for p in images[:8]:
+                g, ref = c.classify_file(p), reference[str(p)]
+                assert g["top_k"][0] == ref["top_k"][0]  # GPU kernels differ from the CPU reference in the last bits
+                np.testing.assert_allclose(g["stage1_scores"], ref["stage1_scores"], atol=1e-2, rtol=0)
+    finally:
+        _stop(srv)
+
+
 # --- without a server -------------------------------------------------------------------------
 
 
