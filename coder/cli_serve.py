@@ -111,24 +111,27 @@ def _check_backend(backend: str, ensemble: Optional[str]) -> None:
 
 
 def _run(server, ready_timeout: float) -> None:
-    """Start, wait until ready, print the URLs, then wait; SIGINT/SIGTERM stop the server."""
+    """Start, wait until ready, print the URLs, then wait; SIGINT/SIGTERM stop the server (exit 0)."""
     def stop(signum, frame):
         raise KeyboardInterrupt
 
     old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    interrupted = False
     try:
-        with server:
-            server.wait_ready(ready_timeout)
-            info(f"ready: model coder at {server.url('http')} (HTTP) and {server.url('grpc')} (gRPC), "
-                 f"metrics {server.url('metrics')}; server log {server.log_path}; Ctrl-C stops")
-            code = server.wait()
-            raise ServeError(f"tritonserver exited by itself (code {code}); log tail:\n{server.log_tail()}")
+        server.start()
+        server.wait_ready(ready_timeout)
+        info(f"ready: model coder at {server.url('http')} (HTTP) and {server.url('grpc')} (gRPC), "
+             f"metrics {server.url('metrics')}; server log {server.log_path}; Ctrl-C stops")
+        code = server.wait()
+        raise ServeError(f"tritonserver exited by itself (code {code}); log tail:\n{server.log_tail()}")
     except KeyboardInterrupt:
+        interrupted = True
+    finally:
         for s in old:  # a second Ctrl-C must not cut the shutdown short
             signal.signal(s, signal.SIG_IGN)
-        info("stopping tritonserver ...")
+        if interrupted:
+            info("stopping tritonserver ...")
         server.stop()
-        info("stopped")
-    finally:
         for s, h in old.items():
             signal.signal(s, h)
+    info("stopped")
