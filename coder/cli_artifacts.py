@@ -33,8 +33,8 @@ def export(
     engine_dir: Optional[Path] = typer.Option(None, help="Where the engine goes (default <out>/engines)."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON (one document, with the "
                                                         "engine record under 'tensorrt_engine' for --engine)."),
-    list_backbones: bool = typer.Option(False, "--list", help="List open_clip architectures, their pretrained "
-                                                              "tags and which families coder verified; export nothing."),
+    list_backbones: bool = typer.Option(False, "--list", help="List open_clip architectures, their pretrained tags "
+                                                              "and the families coder verified; export nothing."),
 ) -> None:
     """Export an open_clip model to validated ONNX encoders + manifest, then build the class bank."""
     from .export.pipeline import ExportOptions, default_out_dir, export_artifacts
