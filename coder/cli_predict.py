@@ -25,8 +25,12 @@ def classify(
     no_rerank: bool = typer.Option(False, "--no-rerank", help="Stage 1 only."),
     tau: Optional[float] = typer.Option(None, help="Rerank gate (default: the bank preset's published value)."),
     explain: bool = typer.Option(False, "--explain", help="Show the texts that matched best."),
-    backend: str = typer.Option("auto", help="auto | cpu | cuda | tensorrt."),
+    backend: str = typer.Option("auto", help="auto | cpu | cuda | tensorrt | tensorrt-native."),
     precision: str = typer.Option("fp32", help="Image encoder: fp32 | fp16 | int8 (as exported)."),
+    engine_dir: Optional[Path] = typer.Option(None, help="Native TensorRT engines (default $CODER_ENGINE_DIR, "
+                                                         "else <artifacts>/engines)."),
+    rebuild_stale: bool = typer.Option(False, "--rebuild-stale", help="Rebuild (and validate) a stale native "
+                                                                      "TensorRT engine instead of exiting 10."),
     batch_size: int = typer.Option(16, help="Images per encoder call (bounds memory)."),
     adapter: Optional[Path] = typer.Option(None, help="Few-shot adapter from `coder fit`."),
     fused_head: bool = typer.Option(True, "--fused-head/--no-fused-head",
@@ -36,14 +40,15 @@ def classify(
 ) -> None:
     """Classify images with CODER (stage 1 + gated one-to-one rerank)."""
     from .manifest import default_artifact_dir
-    from .runtime.classifier import Classifier
+    from .runtime.classifier import Classifier, EngineOptions
     from .runtime.images import to_pil
     from .runtime.inputs import batched, iter_image_paths
 
     clf = Classifier.load(artifacts or default_artifact_dir(), bank, backend, precision, tau, adapter=adapter,
-                          allow_fallback=allow_fallback, fused_head=fused_head)
+                          allow_fallback=allow_fallback, fused_head=fused_head,
+                          engines=EngineOptions(str(engine_dir) if engine_dir else None, rebuild_stale))
     rows, failures = [], 0
-    with progress_bar() as bar:
+    with clf, progress_bar() as bar:
         task = bar.add_task(f"classifying ({clf.backend})", total=None)
         for chunk in batched(iter_image_paths(paths), batch_size):
             ok, pils = [], []
@@ -195,7 +200,7 @@ def bench(
     no_torch: bool = typer.Option(False, "--no-torch", help="Skip the torch eager reference rows."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Latency p50/p90/p99 per stage and throughput, per backend that loads; % of the matmul peak."""
+    """Latency p50/p90/p99 per stage and throughput, per backend that loads; CPU rows: % of the CPU matmul peak."""
     from .bench import run_bench
     from .manifest import default_artifact_dir
 
@@ -212,8 +217,8 @@ def bench(
         return
     from rich.table import Table
 
-    t = Table(title=f"coder bench {result['architecture']}: matmul peak {result['matmul_peak_gflops']:.0f} GFLOPS")
-    for col in ("backend", "stage", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "% peak"):
+    t = Table(title=f"coder bench {result['architecture']}: CPU matmul peak {result['matmul_peak_gflops']:.0f} GFLOPS")
+    for col in ("backend", "stage", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "% CPU peak"):
         t.add_column(col)
     for r in result["rows"]:
         pct = f"{r['pct_of_matmul_peak']:.0f}%" if r["pct_of_matmul_peak"] is not None else ""
@@ -256,7 +261,7 @@ def build_engine_with_progress(artifacts: Path, opts, engine_dir: Optional[Path]
     """
     from dataclasses import asdict
 
-    from .engines.engine_build import build_image_engine
+    from .runtime.engine_build import build_image_engine
     from .engines.trt import require_trt
     from .manifest import load_artifact
     from .runtime.classifier import find_bank
@@ -283,5 +288,7 @@ def build_engine_with_progress(artifacts: Path, opts, engine_dir: Optional[Path]
     v, key = built.validation, built.key
     info(f"wrote {built.path} (TensorRT {key['tensorrt']}, {key['gpu']} sm {key['compute_capability']}); "
          f"vs fp32 ONNX Runtime on {v.images} scenes: min cosine {v.min_cosine:.5f}"
-         + (f", top-1 agreement {100 * v.top1_agreement:.0f}%" if v.top1_agreement is not None else ""))
+         + (f", top-1 agreement {100 * v.top1_agreement:.0f}%" if v.top1_agreement is not None else "")
+         + (f", labels equal {100 * v.label_agreement:.0f}% (every head output checked)"
+            if v.label_agreement is not None else ""))
     return record
