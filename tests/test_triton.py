@@ -335,6 +335,22 @@ def test_native_ensemble_repositories(served_art, tmp_path):
                               "--ensemble", "tensorrt"])
     assert res.exit_code == 3 and "coder build-engine" in res.output
     assert not (tmp_path / "trt").exists() and not list(tmp_path.glob(".tmp-*"))  # nothing half-written
+    # With the engine there (its name carries TensorRT version and GPU), it becomes coder_head's model.plan.
+    from coder.engines.trt import engine_stem
+    from coder.manifest import load_artifact
+    from coder.runtime.classifier import find_bank
+    from coder.text_bank.bank import load_bank
+
+    art = load_artifact(served_art)
+    bank = load_bank(find_bank(art.root, None), art)
+    engines = tmp_path / "engines"
+    engines.mkdir()
+    (engines / f"{engine_stem(art, 'fp32', bank, bank.k)}.trt10.3.0.sm87.engine").write_bytes(b"plan")
+    res = runner.invoke(app, ["triton-repo", "-a", str(served_art), "--out", str(tmp_path / "trt"),
+                              "--ensemble", "tensorrt", "--engine-dir", str(engines)])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "trt" / "coder_head" / "1" / "model.plan").read_bytes() == b"plan"
+    assert 'platform: "tensorrt_plan"' in (tmp_path / "trt" / "coder_head" / "config.pbtxt").read_text()
     assert runner.invoke(app, ["triton-repo", "-a", str(served_art), "--out", str(tmp_path / "x"),
                                "--ensemble", "tvm"]).exit_code == 2
 

@@ -18,6 +18,7 @@ step, alone.
 from __future__ import annotations
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 
@@ -61,16 +62,34 @@ def _native_head(root, art, bank, opts, k: int, inputs, outputs) -> None:
                     "  parameters { key: \"trt_engine_cache_enable\" value: \"1\" } } ] } }\n")
         runtime = 'platform: "onnxruntime_onnx"'
     else:
-        from ..engines.trt import engine_path
-
-        plan = engine_path(art.root, opts.precision, opts.engine_dir, bank, k)
-        if not plan.is_file():
-            raise ArtifactError(f"no TensorRT engine {plan}: run `coder build-engine {art.root} --precision "
-                                f"{opts.precision} --max-batch {opts.max_batch}` on the serving GPU first")
-        shutil.copyfile(plan, target / "model.plan")
+        shutil.copyfile(_plan(art, bank, opts, k), target / "model.plan")
         runtime, tail = 'platform: "tensorrt_plan"', ""
     cfg = _config(HEAD, runtime, opts.max_batch, inputs, outputs, opts.instances, kind, opts.max_queue_delay_us, tail)
     atomic_write_bytes(root / HEAD / "config.pbtxt", cfg.encode())
+
+
+def _plan(art, bank, opts, k: int):
+    """The fused engine `coder build-engine` wrote for this artifact, bank and k (its name carries the
+    TensorRT version and GPU architecture); with several, the one for this machine's GPU."""
+    from ..engines.trt import default_engine_dir, engine_path, engine_stem
+    from ..errors import BackendError, ConfigError
+
+    directory = Path(opts.engine_dir) if opts.engine_dir else default_engine_dir(art.root)
+    found = sorted(directory.glob(f"{engine_stem(art, opts.precision, bank, k)}.trt*.engine"))
+    if not found:
+        raise ArtifactError(f"no fused TensorRT engine for this bank in {directory}: run `coder build-engine "
+                            f"{art.root} --precision {opts.precision} --max-batch {opts.max_batch}` on the serving "
+                            f"GPU first")
+    if len(found) == 1:
+        return found[0]
+    try:
+        mine = engine_path(art, opts.precision, opts.engine_dir, bank, k)
+    except BackendError as e:
+        raise ConfigError(f"several engines ({', '.join(p.name for p in found)}) and no GPU here to choose ({e}); "
+                          "pass --engine-dir holding only the serving GPU's engine") from None
+    if mine not in found:
+        raise ConfigError(f"no engine for this GPU ({mine.name}) among {', '.join(p.name for p in found)}")
+    return mine
 
 
 def _ensemble_config(max_batch: int, top_k: int) -> str:
