@@ -47,10 +47,10 @@ def classify(
     clf = Classifier.load(artifacts or default_artifact_dir(), bank, backend, precision, tau, adapter=adapter,
                           allow_fallback=allow_fallback, fused_head=fused_head,
                           engines=EngineOptions(str(engine_dir) if engine_dir else None, rebuild_stale))
-    rows, failures = [], 0
+    rows, failures, empty = [], 0, []
     with clf, progress_bar() as bar:
         task = bar.add_task(f"classifying ({clf.backend})", total=None)
-        for chunk in batched(iter_image_paths(paths), batch_size):
+        for chunk in batched(iter_image_paths(paths, empty.append), batch_size):
             ok, pils = [], []
             for p in chunk:
                 try:
@@ -68,7 +68,9 @@ def classify(
             bar.advance(task, len(chunk))
     if not as_json:
         _print_predictions(rows, clf)
-    if failures:
+    for message in empty:  # an input that yields no image is an error (exit 1), like an unreadable one
+        say("error", message)
+    if failures or empty:
         raise typer.Exit(exit_code_for(InputError()))
 
 
@@ -85,7 +87,7 @@ def _print_predictions(rows: list[dict], clf) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=f"{len(rows)} images, backend {clf.backend}, tau {clf.tau}")
+    t = Table(title=escape(f"{len(rows)} images, backend {clf.backend}, tau {clf.tau}"))
     for col in ("file", "label", "top-k (stage-1 score)", "gap", "reranked"):
         t.add_column(col)
     for r in rows:
@@ -137,13 +139,14 @@ def eval_cmd(
     if as_json:
         print_json({"dataset": ds.name, "backend": clf.backend, "tau": clf.tau, **asdict(report)})
         return
+    from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=f"{ds.name}: {report.n} images, backend {clf.backend}, tau {clf.tau}")
+    t = Table(title=escape(f"{ds.name}: {report.n} images, backend {clf.backend}, tau {clf.tau}"))
     for col in ("method", "top-1", "top-5"):
         t.add_column(col)
     for method, acc in report.rows.items():
-        t.add_row(method, f"{100 * acc['top1']:.2f}%", f"{100 * acc['top5']:.2f}%")
+        t.add_row(escape(method), f"{100 * acc['top1']:.2f}%", f"{100 * acc['top5']:.2f}%")
     out.print(t)
     info(f"reranked {100 * report.reranked_fraction:.1f}% of images: {report.wrong_to_right} wrong->right, "
               f"{report.right_to_wrong} right->wrong; {report.failures} unreadable")
@@ -215,14 +218,15 @@ def bench(
     if as_json:
         print_json(result)
         return
+    from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=f"coder bench {result['architecture']}: CPU matmul peak {result['matmul_peak_gflops']:.0f} GFLOPS")
+    t = Table(title=escape(f"coder bench {result['architecture']}: CPU matmul peak {result['matmul_peak_gflops']:.0f} GFLOPS"))
     for col in ("backend", "stage", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "% CPU peak"):
         t.add_column(col)
     for r in result["rows"]:
         pct = f"{r['pct_of_matmul_peak']:.0f}%" if r["pct_of_matmul_peak"] is not None else ""
-        t.add_row(r["backend"], r["stage"], str(r["batch"]), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
+        t.add_row(escape(r["backend"]), escape(r["stage"]), str(r["batch"]), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
                   f"{r['p99_ms']:.2f}", f"{r['images_per_s']:.1f}", pct)
     out.print(t)
     for name, why in result["skipped"].items():
