@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from .errors import (ArtifactError, BackendError, CoderError, ConfigError, ExportError, InputError,
-                     LLMError, StaleEngineError, TextsError, WeightsError)
+                     LLMError, ServeError, StaleEngineError, TextsError, WeightsError)
 
 # The one place errors become exit codes. Order matters: subclasses first.
 EXIT_OK = 0
@@ -26,9 +26,11 @@ EXIT_CODES: list[tuple[type[CoderError], int, str]] = [
     (BackendError, 6, "requested backend not available or fell back"),
     (TextsError, 7, "class-texts file malformed (the message names the field)"),
     (LLMError, 8, "LLM generation failed for some texts (recorded; re-run resumes from the cache)"),
+    (ServeError, 11, "model server (tritonserver) not found, failed to start or not ready in time"),
     (CoderError, 9, "other coder error"),
 ]
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool the pipe's reader cut off
 EXIT_INTERNAL = 70  # a bug: the traceback is printed
 
 # emoji=False: a class named "frog" in "att:frog:" must not become an emoji.
@@ -58,11 +60,32 @@ def info(msg: str) -> None:
 
 
 def progress_bar():
-    """A Rich progress bar on stderr (stdout stays clean for ``--json``)."""
+    """A Rich progress bar on stderr (stdout stays clean for ``--json``).
+
+    Task descriptions are plain text, never markup (``export ViT-B-16 [x]`` shows as given): do not escape them.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    return Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=err, transient=False)
+
+
+def escape_help(command) -> None:
+    """Escape Rich markup in every help text of a click command tree, in place.
+
+    Typer renders help through Rich markup, so "needs the [trt] extra" would print as "needs the  extra"
+    and "{class name: [text, ...]}" as "{class name: }". Help strings here are literal text.
+    """
+    from rich.markup import escape
+
+    for attr in ("help", "short_help", "epilog"):
+        if isinstance(getattr(command, attr, None), str):
+            setattr(command, attr, escape(getattr(command, attr)))
+    for param in getattr(command, "params", []):
+        if isinstance(getattr(param, "help", None), str):
+            param.help = escape(param.help)
+    for sub in getattr(command, "commands", {}).values():
+        escape_help(sub)
 
 
 def some(names: list[str], n: int = 10) -> str:

@@ -14,7 +14,8 @@ def _loaded_after(code: str) -> list[str]:
 
 
 def test_import_coder_and_runtime_is_torch_free():
-    assert _loaded_after("import coder, coder.runtime, coder.engines, coder.manifest, coder.samples") == []
+    assert _loaded_after("import coder, coder.runtime, coder.engines, coder.engines.trt, coder.runtime.engine_build, "
+                         "coder.manifest, coder.samples") == []
 
 
 def test_cli_module_is_torch_free():
@@ -77,3 +78,8 @@ def test_embed_text_command_is_torch_free(tiny_artifact):
             f"r = CliRunner().invoke(app, ['embed', '-a', {str(tiny_artifact)!r}, '--text', 'wow!;', '--json'])\n"
             "assert r.exit_code == 0, r.output")
     assert _loaded_after(code) == []
+
+
+def test_triton_modules_are_torch_free():
+    assert _loaded_after("import coder.deploy.triton_model, coder.deploy.triton_repo, coder.deploy.triton_server, "
+                         "coder.deploy.triton_ensemble, coder.cli_serve, coder.client") == []
