@@ -1,0 +1,106 @@
+"""``coder classify --ray`` on a local Ray (2 CPUs, started once for this module): rows equal
+``classify --json``, bad files are error rows, resume, text lists, and the same table as the
+single-process ``--out``."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from coder.cli import app
+from coder.cli_common import EXIT_CODES
+from coder.errors import ConfigError, InputError
+from tests.batch_data import BAD, artifact_with_bank, assert_rows_match, json_records, make_images, parquet_rows
+
+ray = pytest.importorskip("ray")
+runner = CliRunner()
+CODE = {cls: code for cls, code, _ in EXIT_CODES}
+RAY_START_TIMEOUT_S = 120
+TEST_TIMEOUT_S = 180
+
+
+def _alarm(seconds: int, what: str):
+    def fire(*_):
+        raise TimeoutError(f"{what} took more than {seconds} s")
+
+    signal.signal(signal.SIGALRM, fire)
+    signal.alarm(seconds)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    _alarm(RAY_START_TIMEOUT_S, "starting a local Ray")
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+                 object_store_memory=200 * 2**20)
+    finally:
+        signal.alarm(0)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _bounded(local_ray):
+    _alarm(TEST_TIMEOUT_S, "a Ray test")
+    yield
+    signal.alarm(0)
+
+
+@pytest.fixture(scope="module")
+def art(tiny_artifact, tmp_path_factory):
+    return artifact_with_bank(tiny_artifact, tmp_path_factory.mktemp("ray"))
+
+
+def _label(*args):
+    return runner.invoke(app, ["classify", *map(str, args)])
+
+
+def test_ray_rows_equal_json_errors_are_rows_and_resume(art, tmp_path):
+    good = make_images(tmp_path / "in")
+    out = tmp_path / "labels.parquet"
+    res = _label(tmp_path / "in", "-a", art, "--out", out, "--ray", "--batch-size", "4")
+    assert res.exit_code == CODE[InputError], res.output
+    assert "labeled 12 images (3 errors)" in res.stdout and "1 actor(s) used" in res.stdout
+    rows = parquet_rows(out)
+    assert len(rows) == len(good) + len(BAD)
+    assert_rows_match(rows, json_records(_label(tmp_path / "in", "-a", art, "--json").stdout))
+    errors = {f for f, r in rows.items() if r["error"] is not None}
+    assert errors == {str(tmp_path / "in" / name) for name in BAD}
+    # resume: nothing new -> no new rows, no new part; 5 new files -> 5 new rows
+    parts = sorted(out.glob("part-*"))
+    res = _label(tmp_path / "in", "-a", art, "--out", out, "--ray", "--batch-size", "4")
+    assert res.exit_code == 0 and "labeled 0 images" in res.stdout and sorted(out.glob("part-*")) == parts
+    make_images(tmp_path / "in", 5, start=50, bad=False)
+    res = _label(tmp_path / "in", "-a", art, "--out", out, "--ray", "--batch-size", "4")
+    assert "labeled 5 images (0 errors)" in res.stdout, res.output
+    assert len(parquet_rows(out)) == len(good) + len(BAD) + 5
+
+
+def test_ray_and_single_process_write_the_same_table(art, tmp_path):
+    good = make_images(tmp_path / "in", 6)
+    lst = tmp_path / "paths.txt"
+    lst.write_text("\n".join(str(p) for p in good[:4]) + f"\nfile://{good[4]}\n{tmp_path / 'in' / 'bad.jpg'}\n")
+    a, b = tmp_path / "ray.parquet", tmp_path / "local.parquet"
+    assert _label(lst, "-a", art, "--out", a, "--ray", "--actors", "1").exit_code == CODE[InputError]
+    assert _label(lst, "-a", art, "--out", b).exit_code == CODE[InputError]
+    ta, tb = (pq.read_table(p).sort_by("file") for p in (a, b))
+    assert ta.column("file").to_pylist() == sorted([*map(str, good[:4]), f"file://{good[4]}",
+                                                    str(tmp_path / "in" / "bad.jpg")])
+    assert ta.schema.equals(tb.schema, check_metadata=False)
+    for col in ta.column_names:
+        if col not in ("stage1_scores", "gap", "rerank_scores"):
+            assert ta.column(col).to_pylist() == tb.column(col).to_pylist(), col
+    assert_rows_match(parquet_rows(a), {f: r for f, r in parquet_rows(b).items() if r["error"] is None})
+
+
+def test_ray_pool_that_cannot_fit_is_a_config_error(art, tmp_path):
+    make_images(tmp_path / "in", 1, bad=False)
+    res = _label(tmp_path / "in", "-a", art, "--out", tmp_path / "o.parquet", "--ray", "--actors", "2")
+    assert res.exit_code == CODE[ConfigError] and "at most 1" in res.output
+    res = _label(tmp_path / "in", "-a", art, "--out", tmp_path / "o.parquet", "--ray", "--actors", "3,2")
+    assert res.exit_code == CODE[ConfigError]
