@@ -12,7 +12,7 @@ from typing import Optional
 import typer
 
 from .cli_common import err, exit_code_for, info, print_json
-from .errors import ConfigError, InputError
+from .errors import BackendError, ConfigError, InputError
 
 
 @dataclass(frozen=True)
@@ -39,9 +39,24 @@ def _rate_bar():
                     TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err)
 
 
+def _require(module: str, why: str) -> None:
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ImportError as e:
+        raise BackendError(f"{why} needs {module} ({e}): pip install 'coder[ray]'") from None
+
+
 def classify_to_parquet(paths: list[str], spec, out: Path, batch_size: int, ray_args: RayArgs, overwrite: bool,
                         retry_errors: bool, as_json: bool) -> None:
     """List inputs, skip those already in ``out``, label the rest, report one summary line."""
+    _require("pyarrow", "--out")
+    if ray_args.enabled:
+        from .deploy.ray_batch import prepare_env
+
+        prepare_env(ray_args.address)
+        _require("ray.data", "--ray")
     import pyarrow as pa
 
     from .deploy.batch import job_settings, run_local
@@ -56,7 +71,7 @@ def classify_to_parquet(paths: list[str], spec, out: Path, batch_size: int, ray_
     output = open_output(out, job_settings(spec), overwrite)
     plan = output.plan(sources, retry_errors)
     t0 = time.perf_counter()
-    where, actors, backends = "this process", 1, set()
+    where, actors, backends, startup = "this process", 1, set(), 0.0
     with _rate_bar() as bar:
         task = bar.add_task("labeling" + (" (ray)" if ray_args.enabled else ""), total=len(plan.todo))
 
@@ -66,14 +81,13 @@ def classify_to_parquet(paths: list[str], spec, out: Path, batch_size: int, ray_
 
         try:
             if ray_args.enabled:
-                stats = _run_ray(spec, plan.todo, batch_size, ray_args, on_table)
-                where, actors, backends = stats
+                where, actors, backends, startup = _run_ray(spec, plan.todo, batch_size, ray_args, on_table)
             elif plan.todo:
                 backends = {run_local(spec, plan.todo, lambda pairs: on_table(to_table([row(r, s) for r, s in pairs])),
                                       batch_size)}
         finally:
             output.close()  # a Ctrl-C or a failure keeps every finished row
-    _summary(output, plan, time.perf_counter() - t0, where, actors, backends, out, as_json)
+    _summary(output, plan, time.perf_counter() - t0, startup, where, actors, backends, out, as_json)
     if output.errors_written:
         raise typer.Exit(exit_code_for(InputError()))
 
@@ -87,15 +101,16 @@ def _run_ray(spec, todo, batch_size, a: RayArgs, on_table):
     lo, hi = stats.pool
     where = (f"Ray cluster {a.address}" if a.address else "local Ray") + \
         f" ({stats.cluster_cpus:g} CPUs, pool {lo}{'' if lo == hi else f'-{hi}'} actors, started in {stats.startup_s:.1f} s)"
-    return where, stats.actors, stats.backends
+    return where, stats.actors, stats.backends, stats.startup_s
 
 
-def _summary(output, plan, seconds: float, where: str, actors: int, backends: set, out: Path, as_json: bool) -> None:
+def _summary(output, plan, seconds: float, startup: float, where: str, actors: int, backends: set, out: Path,
+             as_json: bool) -> None:
     n, errors = output.rows_written, output.errors_written
     rate = n / seconds if seconds > 0 else 0.0
     if as_json:
         print_json({"out": str(out), "images": n, "errors": errors, "seconds": round(seconds, 3),
-                    "images_per_s": round(rate, 2), "actors": actors, "backends": sorted(backends),
+                    "images_per_s": round(rate, 2), "ray_startup_s": round(startup, 3), "actors": actors, "backends": sorted(backends),
                     "skipped_existing": plan.done, "redone": plan.redo, "where": where})
         return
     info(f"labeled {n} images ({errors} errors) in {seconds:.1f} s: {rate:.1f} images/s, {actors} actor(s) used, "

@@ -4,7 +4,6 @@ single-process ``--out``."""
 
 from __future__ import annotations
 
-import os
 import signal
 
 import pyarrow.parquet as pq
@@ -14,8 +13,10 @@ from typer.testing import CliRunner
 from coder.cli import app
 from coder.cli_common import EXIT_CODES
 from coder.errors import ConfigError, InputError
+from coder.deploy.ray_batch import prepare_env
 from tests.batch_data import BAD, artifact_with_bank, assert_rows_match, json_records, make_images, parquet_rows
 
+prepare_env(None)  # before Ray is imported: a loopback-only local Ray
 ray = pytest.importorskip("ray")
 runner = CliRunner()
 CODE = {cls: code for cls, code, _ in EXIT_CODES}
@@ -33,10 +34,9 @@ def _alarm(seconds: int, what: str):
 
 @pytest.fixture(scope="module")
 def local_ray():
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     _alarm(RAY_START_TIMEOUT_S, "starting a local Ray")
     try:
-        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", log_to_driver=False,
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
                  object_store_memory=200 * 2**20)
     finally:
         signal.alarm(0)
@@ -104,3 +104,18 @@ def test_ray_pool_that_cannot_fit_is_a_config_error(art, tmp_path):
     assert res.exit_code == CODE[ConfigError] and "at most 1" in res.output
     res = _label(tmp_path / "in", "-a", art, "--out", tmp_path / "o.parquet", "--ray", "--actors", "3,2")
     assert res.exit_code == CODE[ConfigError]
+
+
+def test_local_ray_listens_on_loopback_only():
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
+
+
+def test_actor_that_cannot_load_is_one_typed_error(art, tmp_path):
+    from coder.errors import BackendError
+
+    make_images(tmp_path / "in", 1, bad=False)
+    res = _label(tmp_path / "in", "-a", art, "--out", tmp_path / "o.parquet", "--ray", "--backend", "cuda",
+                 "--gpus-per-actor", "0")  # no CUDA provider here: the actor's Classifier.load raises
+    assert res.exit_code == CODE[BackendError], res.output
+    ours = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(ours) == 1 and ours[0].startswith("error: backend 'cuda'")  # Ray's own log lines aside

@@ -81,19 +81,28 @@ class RayStats:
     pool: tuple = (0, 0)  # (min, max) actors after fitting the cluster
 
 
+def prepare_env(address: Optional[str]) -> None:
+    """Environment Ray reads when it is IMPORTED: call before the first ``import ray``. A local
+    Ray gets a loopback node IP (with it every Ray server listens on 127.0.0.1 only; Ray's
+    switch for that is named after Windows/macOS, where it is the default); no usage stats."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address is None:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
 def connect(address: Optional[str]) -> tuple[bool, float]:
     """Join ``address``, reuse an already-initialised Ray, or start a local one (loopback, no
     dashboard, this machine's CPUs). Returns (started here, the cluster's CPUs)."""
+    prepare_env(address)
     import ray
 
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # no phoning home from a labeling job
     started = False
     if not ray.is_initialized():
         kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                       configure_logging=True)
         try:
             if address is None:  # +1 logical CPU: the light read/decode tasks run beside a full pool
-                ray.init(num_cpus=(os.cpu_count() or 1) + 1, _node_ip_address="127.0.0.1", **kwargs)
+                ray.init(num_cpus=(os.cpu_count() or 1) + 1, **kwargs)
             else:
                 ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
@@ -170,16 +179,36 @@ class ClassifierActor:
 
 
 def _coder_error_in(exc: BaseException):
-    """The :class:`~coder.errors.CoderError` a Ray task/actor raised, unwrapped (or None)."""
+    """The :class:`~coder.errors.CoderError` a Ray task or actor raised (Ray wraps it in
+    RayTaskError / ActorDiedError / Ray Data's exceptions), or None: walks cause and context."""
     from ..errors import CoderError
 
-    seen = 0
-    while exc is not None and seen < 10:
-        if isinstance(exc, CoderError):
-            return exc
-        exc = getattr(exc, "cause", None) or exc.__cause__
-        seen += 1
-    return None
+    todo, seen = [exc], set()
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, CoderError):
+            return e
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    return _coder_error_in_text(exc)
+
+
+def _coder_error_in_text(exc: BaseException):
+    """An actor that died in ``__init__`` reaches the driver as text only (the remote traceback):
+    rebuild the typed error from its last ``coder.errors.Name: message`` line."""
+    import re
+
+    from .. import errors
+
+    found = re.findall(r"coder\.errors\.(\w+): ([^\n]*)", str(exc))
+    if not found:
+        return None
+    name, msg = found[-1]
+    cls = getattr(errors, name, None)
+    return cls(re.sub(r"\x1b\[[0-9;]*m", "", msg)) if isinstance(cls, type) and issubclass(cls, errors.CoderError) \
+        else None
 
 
 def build_dataset(spec: ClassifySpec, sources: list[Source], opts: RayOptions, backend: str, cfg):
@@ -215,7 +244,7 @@ def run_ray(spec: ClassifySpec, sources: list[Source], opts: RayOptions, on_tabl
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False  # ours (rows/s, ETA) runs on the driver
         ctx.print_on_execution_start = False
-        logging.getLogger("ray.data").setLevel(logging.ERROR)
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # failures are re-raised here, once
         opts = fit_pool(opts, stats.cluster_cpus, float(ray.cluster_resources().get("GPU", 0.0)), spec.backend)
         stats.pool = opts.actors
         from ..manifest import load_artifact
