@@ -46,6 +46,13 @@ def test_classifier_path_is_torch_free(tiny_artifact, sample_images, tmp_path):
     assert _loaded_after(code) == []
 
 
+def test_embed_text_command_is_torch_free(tiny_artifact):
+    code = ("from typer.testing import CliRunner\nfrom coder.cli import app\n"
+            f"r = CliRunner().invoke(app, ['embed', '-a', {str(tiny_artifact)!r}, '--text', 'wow!;', '--json'])\n"
+            "assert r.exit_code == 0, r.output")
+    assert _loaded_after(code) == []
+
+
 def test_batch_labeling_modules_are_torch_free(tiny_artifact, sample_images, tmp_path):
     import shutil
 
