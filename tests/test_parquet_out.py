@@ -7,8 +7,9 @@ import json
 import os
 
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
+
+pq = pytest.importorskip("pyarrow.parquet")  # the [ray] extra
 from typer.testing import CliRunner
 
 from coder.cli import app

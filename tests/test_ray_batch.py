@@ -4,10 +4,13 @@ single-process ``--out``."""
 
 from __future__ import annotations
 
+import shutil
 import signal
 
-import pyarrow.parquet as pq
+import onnxruntime as ort
 import pytest
+
+pq = pytest.importorskip("pyarrow.parquet")  # the [ray] extra
 from typer.testing import CliRunner
 
 from coder.cli import app
@@ -119,3 +122,32 @@ def test_actor_that_cannot_load_is_one_typed_error(art, tmp_path):
     assert res.exit_code == CODE[BackendError], res.output
     ours = [line for line in res.output.splitlines() if line.startswith("error:")]
     assert len(ours) == 1 and ours[0].startswith("error: backend 'cuda'")  # Ray's own log lines aside
+
+
+def test_pool_fits_cpus_and_gpus():
+    from coder.deploy.ray_batch import RayOptions, fit_pool, parse_actors
+
+    assert parse_actors(None) == (1, None) and parse_actors("3") == (3, 3) and parse_actors("1,4") == (1, 4)
+    cpu = RayOptions(actors=(1, None), cpus_per_actor=2)
+    assert fit_pool(cpu, 16, 0, "cpu").actors == (1, 7)  # 0.25 CPU stays for read/decode tasks
+    assert fit_pool(RayOptions(actors=(1, None)), 16, 2, "cuda").actors == (1, 2)  # one GPU each
+    assert fit_pool(RayOptions(actors=(2, 8), gpus_per_actor=0.5), 16, 2, "cuda").actors == (2, 4)
+    assert fit_pool(RayOptions(actors=(1, None), gpus_per_actor=0), 4, 0, "cuda").actors == (1, 3)
+    with pytest.raises(ConfigError, match="at most 0"):
+        fit_pool(RayOptions(actors=(1, 1)), 16, 0, "tensorrt")
+
+
+HAS_CUDA = shutil.which("nvidia-smi") is not None and "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and onnxruntime-gpu")
+def test_gpu_actors_label_like_the_cpu(art, tmp_path):
+    make_images(tmp_path / "in", 4, bad=False)
+    out = tmp_path / "gpu.parquet"
+    res = _label(tmp_path / "in", "-a", art, "--out", out, "--ray", "--backend", "cuda", "--actors", "1")
+    assert res.exit_code == 0, res.output
+    rows = parquet_rows(out)
+    assert {r["backend"] for r in rows.values()} == {"cuda"}
+    cpu = json_records(_label(tmp_path / "in", "-a", art, "--json", "--backend", "cpu").stdout)
+    assert {f: r["label"] for f, r in rows.items()} == {f: r["label"] for f, r in cpu.items()}
