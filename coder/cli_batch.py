@@ -80,6 +80,7 @@ def classify_to_parquet(paths: list[str], spec, out: Path, batch_size: int, ray_
             bar.advance(task, table.num_rows)
 
         try:
+            _sigterm_as_interrupt()
             if ray_args.enabled:
                 where, actors, backends, startup = _run_ray(spec, plan.todo, batch_size, ray_args, on_table)
             elif plan.todo:
@@ -90,6 +91,18 @@ def classify_to_parquet(paths: list[str], spec, out: Path, batch_size: int, ray_
     _summary(output, plan, time.perf_counter() - t0, startup, where, actors, backends, out, as_json)
     if output.errors_written:
         raise typer.Exit(exit_code_for(InputError()))
+
+
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM (schedulers, ``kill``) unwinds like Ctrl-C, so finished rows are written first."""
+    import signal
+    import threading
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, interrupt)
 
 
 def _run_ray(spec, todo, batch_size, a: RayArgs, on_table):

@@ -83,7 +83,7 @@ class ParquetOutput:
     """Appends rows to ``OUT.parquet/`` in whole parts: a part is flushed every ``rows_per_part``
     rows or ``seconds_per_part`` seconds, whichever first, so a killed job loses at most that."""
 
-    def __init__(self, root: Path, meta: dict, rows_per_part: int = 10_000, seconds_per_part: float = 30.0):
+    def __init__(self, root: Path, meta: dict, rows_per_part: int = 5_000, seconds_per_part: float = 10.0):
         self.root, self.meta = root, meta
         self.rows_per_part, self.seconds_per_part = rows_per_part, seconds_per_part
         self.run = uuid.uuid4().hex[:8]
