@@ -113,7 +113,8 @@ def _run_ray(spec, todo, batch_size, a: RayArgs, on_table):
     stats = run_ray(spec, todo, opts, on_table)
     lo, hi = stats.pool
     where = (f"Ray cluster {a.address}" if a.address else "local Ray") + \
-        f" ({stats.cluster_cpus:g} CPUs, pool {lo}{'' if lo == hi else f'-{hi}'} actors, started in {stats.startup_s:.1f} s)"
+        f" ({stats.cluster_cpus:g} CPUs, pool {lo}{'' if lo == hi else f'-{hi}'} actors, " \
+        f"started in {stats.startup_s:.1f} s)"
     return where, stats.actors, stats.backends, stats.startup_s
 
 
@@ -123,7 +124,8 @@ def _summary(output, plan, seconds: float, startup: float, where: str, actors: i
     rate = n / seconds if seconds > 0 else 0.0
     if as_json:
         print_json({"out": str(out), "images": n, "errors": errors, "seconds": round(seconds, 3),
-                    "images_per_s": round(rate, 2), "ray_startup_s": round(startup, 3), "actors": actors, "backends": sorted(backends),
+                    "images_per_s": round(rate, 2), "ray_startup_s": round(startup, 3), "actors": actors,
+                    "backends": sorted(backends),
                     "skipped_existing": plan.done, "redone": plan.redo, "where": where})
         return
     info(f"labeled {n} images ({errors} errors) in {seconds:.1f} s: {rate:.1f} images/s, {actors} actor(s) used, "

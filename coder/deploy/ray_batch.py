@@ -137,7 +137,8 @@ def read_stage(batch: pa.Table) -> pa.Table:
         except InputError as e:
             data.append(b"")
             errors.append(str(e))
-    return batch.append_column("data", pa.array(data, pa.large_binary())).append_column("error", pa.array(errors, pa.string()))
+    return batch.append_column("data", pa.array(data, pa.large_binary())) \
+        .append_column("error", pa.array(errors, pa.string()))
 
 
 def decode_stage(batch: pa.Table, cfg) -> pa.Table:
