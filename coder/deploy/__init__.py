@@ -1,1 +1,1 @@
-"""Deployment targets built on the torch-free runtime (model servers, batch pipelines, robot nodes)."""
+"""Deployment targets built on the torch-free runtime (ROS, Ray, Triton)."""
