@@ -213,3 +213,15 @@ def test_sigterm_keeps_finished_rows_and_resume_completes(art, tmp_path):
     res = _label(tmp_path / "in", "-a", art, "--out", out)
     assert f"labeled {60 - len(kept)} images" in res.stdout
     assert len(parquet_rows(out)) == 60
+
+
+def test_any_decoder_or_storage_failure_is_an_error_row_not_a_crash(monkeypatch, tmp_path):
+    from coder.deploy import batch
+
+    def broken(*_):
+        raise TypeError("bad tile\nsecond line")
+
+    monkeypatch.setattr(batch, "decode_crop", broken)
+    assert batch.decode_or_error(b"x", "a.tif", None) == (None, "a.tif: decode failed (TypeError: bad tile")
+    monkeypatch.setattr(batch, "read_bytes", lambda f: (_ for _ in ()).throw(RuntimeError("throttled")))
+    assert batch.read_or_error("s3://b/k.jpg") == (None, "s3://b/k.jpg: read failed (RuntimeError: throttled)")

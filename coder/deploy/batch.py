@@ -84,12 +84,30 @@ def classify_crops(clf, spec: ClassifySpec, files: list[str], crops: np.ndarray)
     return [prediction_record(f, p) for f, p in zip(files, preds)]
 
 
+def _reason(e: Exception, file: str, what: str) -> str:
+    """One line for any failure; a non-InputError (a decoder bug on a malformed file, a storage
+    client's own exception) still becomes an error row, naming its type, never a failed job."""
+    return str(e) if isinstance(e, InputError) else f"{file}: {what} failed ({type(e).__name__}: {e})".splitlines()[0]
+
+
+def read_or_error(file: str) -> tuple[Optional[bytes], Optional[str]]:
+    try:
+        return read_bytes(file), None
+    except Exception as e:  # noqa: BLE001 -- see _reason
+        return None, _reason(e, file, "read")
+
+
+def decode_or_error(data: bytes, file: str, cfg: PreprocessConfig) -> tuple[Optional[np.ndarray], Optional[str]]:
+    try:
+        return decode_crop(data, file, cfg), None
+    except Exception as e:  # noqa: BLE001 -- see _reason
+        return None, _reason(e, file, "decode")
+
+
 def crop_or_error(src: Source, cfg: PreprocessConfig) -> tuple[Optional[np.ndarray], Optional[str]]:
     """Read + decode one input; a bad one gives ``(None, reason)``, never an exception."""
-    try:
-        return decode_crop(read_bytes(src.file), src.file, cfg), None
-    except InputError as e:
-        return None, str(e)
+    data, why = read_or_error(src.file)
+    return (None, why) if why is not None else decode_or_error(data, src.file, cfg)
 
 
 def run_local(spec: ClassifySpec, sources: Iterable[Source], emit: Callable[[list[tuple[dict, Source]]], None],

@@ -30,11 +30,11 @@ from typing import Callable, Optional
 import numpy as np
 import pyarrow as pa
 
-from ..errors import BackendError, ConfigError, InputError
+from ..errors import BackendError, ConfigError
 from ..runtime.records import error_record
-from .batch import ClassifySpec, classify_crops, decode_crop
+from .batch import ClassifySpec, classify_crops, decode_or_error, read_or_error
 from .parquet_out import SCHEMA, row, to_table
-from .sources import Source, read_bytes
+from .sources import Source
 
 GPU_BACKENDS = ("cuda", "tensorrt", "tensorrt-native")
 DECODE_CPUS = 0.25  # logical CPUs per read/decode task (see RayOptions.decode_cpus)
@@ -131,12 +131,9 @@ def read_stage(batch: pa.Table) -> pa.Table:
     """``file`` column -> adds ``data`` (bytes; empty on failure) and ``error`` (null or why)."""
     data, errors = [], []
     for f in batch.column("file").to_pylist():
-        try:
-            data.append(read_bytes(f))
-            errors.append(None)
-        except InputError as e:
-            data.append(b"")
-            errors.append(str(e))
+        got, why = read_or_error(f)
+        data.append(got or b"")
+        errors.append(why)
     return batch.append_column("data", pa.array(data, pa.large_binary())) \
         .append_column("error", pa.array(errors, pa.string()))
 
@@ -145,13 +142,10 @@ def decode_stage(batch: pa.Table, cfg) -> pa.Table:
     """``data`` -> ``pixels``: the (H,W,3) uint8 crop as bytes (empty on error); ``error`` filled."""
     pixels, errors = [], batch.column("error").to_pylist()
     for i, (f, data) in enumerate(zip(batch.column("file").to_pylist(), batch.column("data").to_pylist())):
+        crop = None
         if errors[i] is None:
-            try:
-                pixels.append(decode_crop(data, f, cfg).tobytes())
-                continue
-            except InputError as e:
-                errors[i] = str(e)
-        pixels.append(b"")
+            crop, errors[i] = decode_or_error(data, f, cfg)
+        pixels.append(crop.tobytes() if crop is not None else b"")
     keep = [c for c in batch.column_names if c not in ("data", "error")]
     return batch.select(keep).append_column("pixels", pa.array(pixels, pa.large_binary())) \
         .append_column("error", pa.array(errors, pa.string()))
