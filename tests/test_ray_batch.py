@@ -151,3 +151,17 @@ def test_gpu_actors_label_like_the_cpu(art, tmp_path):
     assert {r["backend"] for r in rows.values()} == {"cuda"}
     cpu = json_records(_label(tmp_path / "in", "-a", art, "--json", "--backend", "cpu").stdout)
     assert {f: r["label"] for f, r in rows.items()} == {f: r["label"] for f, r in cpu.items()}
+
+
+def test_unreachable_cluster_fails_fast(art, tmp_path):
+    import socket
+
+    from coder.errors import BackendError
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    make_images(tmp_path / "in", 1, bad=False)
+    res = _label(tmp_path / "in", "-a", art, "--out", tmp_path / "o.parquet", "--ray", "--ray-address",
+                 f"127.0.0.1:{port}")
+    assert res.exit_code == CODE[BackendError] and "cannot reach the Ray cluster" in res.output

@@ -90,10 +90,28 @@ def prepare_env(address: Optional[str]) -> None:
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail in seconds, not minutes, when nothing listens at a ``HOST:PORT`` / ``ray://HOST:PORT``
+    address (Ray itself keeps retrying). ``auto`` is left to Ray."""
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise BackendError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}): is `ray start --head` "
+                           f"running there, and is the port open?") from None
+
+
 def connect(address: Optional[str]) -> tuple[bool, float]:
     """Join ``address``, reuse an already-initialised Ray, or start a local one (loopback, no
     dashboard, this machine's CPUs). Returns (started here, the cluster's CPUs)."""
     prepare_env(address)
+    if address is not None:
+        _check_reachable(address)
     import ray
 
     started = False
