@@ -21,7 +21,7 @@ except ImportError:  # pragma: no cover
     from click import exceptions as _click_exceptions
 
 from . import __version__, cli_artifacts, cli_bag, cli_predict, cli_texts
-from .cli_common import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, err, exit_code_for, say
+from .cli_common import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, err, escape_help, exit_code_for, say
 from .errors import CoderError
 
 __doc__ += "\n".join(f"    {code}  {what}" for _, code, what in EXIT_CODES) + \
@@ -34,6 +34,11 @@ _CLICK_CONTROL_FLOW = (_click_exceptions.ClickException, typer.Exit, typer.Abort
 
 class _CoderGroup(TyperGroup):
     """Runs every command; the single place a CoderError becomes one line + exit code."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.rich_markup_mode == "rich":  # help texts are literal: "[trt]" must not vanish as markup
+            escape_help(self)
 
     def invoke(self, ctx):
         import warnings

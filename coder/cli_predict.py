@@ -25,8 +25,12 @@ def classify(
     no_rerank: bool = typer.Option(False, "--no-rerank", help="Stage 1 only."),
     tau: Optional[float] = typer.Option(None, help="Rerank gate (default: the bank preset's published value)."),
     explain: bool = typer.Option(False, "--explain", help="Show the texts that matched best."),
-    backend: str = typer.Option("auto", help="auto | cpu | cuda | tensorrt."),
+    backend: str = typer.Option("auto", help="auto | cpu | cuda | tensorrt | tensorrt-native."),
     precision: str = typer.Option("fp32", help="Image encoder: fp32 | fp16 | int8 (as exported)."),
+    engine_dir: Optional[Path] = typer.Option(None, help="Native TensorRT engines (default $CODER_ENGINE_DIR, "
+                                                         "else <artifacts>/engines)."),
+    rebuild_stale: bool = typer.Option(False, "--rebuild-stale", help="Rebuild (and validate) a stale native "
+                                                                      "TensorRT engine instead of exiting 10."),
     batch_size: int = typer.Option(16, help="Images per encoder call (bounds memory)."),
     adapter: Optional[Path] = typer.Option(None, help="Few-shot adapter from `coder fit`."),
     fused_head: bool = typer.Option(True, "--fused-head/--no-fused-head",
@@ -59,16 +63,17 @@ def classify(
                                                                              cpus_per_actor), overwrite, retry_errors,
                                    as_json)
     from .manifest import default_artifact_dir
-    from .runtime.classifier import Classifier
+    from .runtime.classifier import Classifier, EngineOptions
     from .runtime.images import to_pil
     from .runtime.inputs import batched, iter_image_paths
 
     clf = Classifier.load(artifacts or default_artifact_dir(), bank, backend, precision, tau, adapter=adapter,
-                          allow_fallback=allow_fallback, fused_head=fused_head)
-    rows, failures = [], 0
-    with progress_bar() as bar:
+                          allow_fallback=allow_fallback, fused_head=fused_head,
+                          engines=EngineOptions(str(engine_dir) if engine_dir else None, rebuild_stale))
+    rows, failures, empty = [], 0, []
+    with clf, progress_bar() as bar:
         task = bar.add_task(f"classifying ({clf.backend})", total=None)
-        for chunk in batched(iter_image_paths(paths), batch_size):
+        for chunk in batched(iter_image_paths(paths, empty.append), batch_size):
             ok, pils = [], []
             for p in chunk:
                 try:
@@ -86,7 +91,9 @@ def classify(
             bar.advance(task, len(chunk))
     if not as_json:
         _print_predictions(rows, clf)
-    if failures:
+    for message in empty:  # an input that yields no image is an error (exit 1), like an unreadable one
+        say("error", message)
+    if failures or empty:
         raise typer.Exit(exit_code_for(InputError()))
 
 
@@ -103,7 +110,7 @@ def _print_predictions(rows: list[dict], clf) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=f"{len(rows)} images, backend {clf.backend}, tau {clf.tau}")
+    t = Table(title=escape(f"{len(rows)} images, backend {clf.backend}, tau {clf.tau}"))
     for col in ("file", "label", "top-k (stage-1 score)", "gap", "reranked"):
         t.add_column(col)
     for r in rows:
@@ -155,13 +162,14 @@ def eval_cmd(
     if as_json:
         print_json({"dataset": ds.name, "backend": clf.backend, "tau": clf.tau, **asdict(report)})
         return
+    from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=f"{ds.name}: {report.n} images, backend {clf.backend}, tau {clf.tau}")
+    t = Table(title=escape(f"{ds.name}: {report.n} images, backend {clf.backend}, tau {clf.tau}"))
     for col in ("method", "top-1", "top-5"):
         t.add_column(col)
     for method, acc in report.rows.items():
-        t.add_row(method, f"{100 * acc['top1']:.2f}%", f"{100 * acc['top5']:.2f}%")
+        t.add_row(escape(method), f"{100 * acc['top1']:.2f}%", f"{100 * acc['top5']:.2f}%")
     out.print(t)
     info(f"reranked {100 * report.reranked_fraction:.1f}% of images: {report.wrong_to_right} wrong->right, "
               f"{report.right_to_wrong} right->wrong; {report.failures} unreadable")
@@ -218,7 +226,7 @@ def bench(
     no_torch: bool = typer.Option(False, "--no-torch", help="Skip the torch eager reference rows."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Latency p50/p90/p99 per stage and throughput, per backend that loads; % of the matmul peak."""
+    """Latency p50/p90/p99 per stage and throughput, per backend that loads; CPU rows: % of the CPU matmul peak."""
     from .bench import run_bench
     from .manifest import default_artifact_dir
 
@@ -233,14 +241,15 @@ def bench(
     if as_json:
         print_json(result)
         return
+    from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=f"coder bench {result['architecture']}: matmul peak {result['matmul_peak_gflops']:.0f} GFLOPS")
-    for col in ("backend", "stage", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "% peak"):
+    t = Table(title=escape(f"coder bench {result['architecture']}: CPU matmul peak {result['matmul_peak_gflops']:.0f} GFLOPS"))
+    for col in ("backend", "stage", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "% CPU peak"):
         t.add_column(col)
     for r in result["rows"]:
         pct = f"{r['pct_of_matmul_peak']:.0f}%" if r["pct_of_matmul_peak"] is not None else ""
-        t.add_row(r["backend"], r["stage"], str(r["batch"]), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
+        t.add_row(escape(r["backend"]), escape(r["stage"]), str(r["batch"]), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
                   f"{r['p99_ms']:.2f}", f"{r['images_per_s']:.1f}", pct)
     out.print(t)
     for name, why in result["skipped"].items():
@@ -279,7 +288,7 @@ def build_engine_with_progress(artifacts: Path, opts, engine_dir: Optional[Path]
     """
     from dataclasses import asdict
 
-    from .engines.engine_build import build_image_engine
+    from .runtime.engine_build import build_image_engine
     from .engines.trt import require_trt
     from .manifest import load_artifact
     from .runtime.classifier import find_bank
@@ -306,5 +315,7 @@ def build_engine_with_progress(artifacts: Path, opts, engine_dir: Optional[Path]
     v, key = built.validation, built.key
     info(f"wrote {built.path} (TensorRT {key['tensorrt']}, {key['gpu']} sm {key['compute_capability']}); "
          f"vs fp32 ONNX Runtime on {v.images} scenes: min cosine {v.min_cosine:.5f}"
-         + (f", top-1 agreement {100 * v.top1_agreement:.0f}%" if v.top1_agreement is not None else ""))
+         + (f", top-1 agreement {100 * v.top1_agreement:.0f}%" if v.top1_agreement is not None else "")
+         + (f", labels equal {100 * v.label_agreement:.0f}% (every head output checked)"
+            if v.label_agreement is not None else ""))
     return record

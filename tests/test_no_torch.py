@@ -14,7 +14,8 @@ def _loaded_after(code: str) -> list[str]:
 
 
 def test_import_coder_and_runtime_is_torch_free():
-    assert _loaded_after("import coder, coder.runtime, coder.engines, coder.manifest, coder.samples") == []
+    assert _loaded_after("import coder, coder.runtime, coder.engines, coder.engines.trt, coder.runtime.engine_build, "
+                         "coder.manifest, coder.samples") == []
 
 
 def test_cli_module_is_torch_free():
