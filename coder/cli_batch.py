@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from .cli_common import err, exit_code_for, info, print_json
+from .cli_common import err, exit_code_for, info, print_json, say
 from .errors import BackendError, ConfigError, InputError
 
 
@@ -65,7 +65,10 @@ def classify_to_parquet(paths: list[str], spec, out: Path, batch_size: int, ray_
 
     if batch_size < 1 or ray_args.cpus_per_actor < 1 or (ray_args.gpus_per_actor or 0) < 0:
         raise ConfigError("--batch-size and --cpus-per-actor must be >= 1, --gpus-per-actor >= 0")
-    sources = list(expand_sources(paths))
+    empty: list[str] = []
+    sources = list(expand_sources(paths, empty.append))
+    for message in empty:  # an input that yields no image is an error (exit 1), as in plain classify
+        say("error", message)
     if not sources:
         raise InputError(f"no images found in {', '.join(paths)}")
     output = open_output(out, job_settings(spec), overwrite)
@@ -89,7 +92,7 @@ def classify_to_parquet(paths: list[str], spec, out: Path, batch_size: int, ray_
         finally:
             output.close()  # a Ctrl-C or a failure keeps every finished row
     _summary(output, plan, time.perf_counter() - t0, startup, where, actors, backends, out, as_json)
-    if output.errors_written:
+    if output.errors_written or empty:
         raise typer.Exit(exit_code_for(InputError()))
 
 

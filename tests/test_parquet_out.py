@@ -225,3 +225,15 @@ def test_any_decoder_or_storage_failure_is_an_error_row_not_a_crash(monkeypatch,
     assert batch.decode_or_error(b"x", "a.tif", None) == (None, "a.tif: decode failed (TypeError: bad tile")
     monkeypatch.setattr(batch, "read_bytes", lambda f: (_ for _ in ()).throw(RuntimeError("throttled")))
     assert batch.read_or_error("s3://b/k.jpg") == (None, "s3://b/k.jpg: read failed (RuntimeError: throttled)")
+
+
+def test_input_without_images_is_reported_and_the_rest_labeled(art, tmp_path):
+    make_images(tmp_path / "in", 1, bad=False)
+    (tmp_path / "none").mkdir()
+    out = tmp_path / "o.parquet"
+    res = _label(tmp_path / "in", tmp_path / "none", tmp_path / "*.nothing", "-a", art, "--out", out)
+    assert res.exit_code == CODE[InputError]
+    assert "directory holds no image files" in res.output and "pattern matches no file" in res.output
+    assert len(parquet_rows(out)) == 1
+    res = _label(tmp_path / "none", "-a", art, "--out", tmp_path / "o2.parquet")
+    assert res.exit_code == CODE[InputError] and "no images found" in res.output

@@ -22,7 +22,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Callable, Iterable, Iterator
 
 from ..errors import ConfigError, InputError
 from ..runtime.inputs import IMAGE_SUFFIXES, iter_image_paths
@@ -47,16 +47,25 @@ def is_uri(item: str) -> bool:
     return re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", item) is not None
 
 
-def expand_sources(items: Iterable[str | os.PathLike]) -> Iterator[Source]:
-    """Every input of ``items`` as a :class:`Source`, lazily, in the order given."""
+def expand_sources(items: Iterable[str | os.PathLike],
+                   on_empty: Callable[[str], None] = lambda message: None) -> Iterator[Source]:
+    """Every input of ``items`` as a :class:`Source`, lazily, in the order given; a directory,
+    glob or list that yields nothing calls ``on_empty("ITEM: ...")`` (as ``classify`` reports it)."""
     for item in items:
         item = str(item)
         if is_uri(item):
-            yield from _expand_uri(item)
+            found = _expand_uri(item)
         elif Path(item).suffix.lower() in LIST_SUFFIXES and Path(item).is_file():
-            yield from _expand_list(Path(item))
+            found = _expand_list(Path(item))
         else:
-            yield from (_stat_local(p) for p in iter_image_paths([item]))
+            yield from (_stat_local(p) for p in iter_image_paths([item], on_empty))
+            continue
+        empty = True
+        for src in found:
+            empty = False
+            yield src
+        if empty:
+            on_empty(f"{item}: no image files found")
 
 
 def _stat_local(path: Path) -> Source:
