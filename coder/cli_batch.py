@@ -82,8 +82,8 @@ def classify_to_parquet(paths: list[str], spec, out: Path, batch_size: int, ray_
             output.add(table)
             bar.advance(task, table.num_rows)
 
+        previous = _sigterm_as_interrupt()
         try:
-            _sigterm_as_interrupt()
             if ray_args.enabled:
                 where, actors, backends, startup = _run_ray(spec, plan.todo, batch_size, ray_args, on_table)
             elif plan.todo:
@@ -91,21 +91,31 @@ def classify_to_parquet(paths: list[str], spec, out: Path, batch_size: int, ray_
                                       batch_size)}
         finally:
             output.close()  # a Ctrl-C or a failure keeps every finished row
+            _restore_sigterm(previous)
     _summary(output, plan, time.perf_counter() - t0, startup, where, actors, backends, out, as_json)
     if output.errors_written or empty:
         raise typer.Exit(exit_code_for(InputError()))
 
 
-def _sigterm_as_interrupt() -> None:
-    """SIGTERM (schedulers, ``kill``) unwinds like Ctrl-C, so finished rows are written first."""
+def _sigterm_as_interrupt():
+    """SIGTERM (schedulers, ``kill``) unwinds like Ctrl-C, so finished rows are written first.
+    Returns the previous handler (None off the main thread, where signals cannot be set)."""
     import signal
     import threading
 
     def interrupt(signum, frame):
         raise KeyboardInterrupt
 
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, interrupt)
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.signal(signal.SIGTERM, interrupt)
+
+
+def _restore_sigterm(previous) -> None:
+    import signal
+
+    if previous is not None:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _run_ray(spec, todo, batch_size, a: RayArgs, on_table):
