@@ -80,6 +80,11 @@ def test_embed_text_command_is_torch_free(tiny_artifact):
     assert _loaded_after(code) == []
 
 
+def test_triton_modules_are_torch_free():
+    assert _loaded_after("import coder.deploy.triton_model, coder.deploy.triton_repo, coder.deploy.triton_server, "
+                         "coder.deploy.triton_ensemble, coder.cli_serve, coder.client") == []
+
+
 def test_batch_labeling_modules_are_torch_free(tiny_artifact, sample_images, tmp_path):
     import shutil
 
