@@ -430,6 +430,23 @@ def test_bad_request_in_a_batch_answers_only_itself(served_art, images):
     out = model.execute(reqs)
     assert calls == [3]  # one engine call for the whole batch
     assert [r.error is not None for r in out] == [False, True, True, True, False]
-    assert "empty image" in out[2].error
+    assert "empty file (0 bytes)" in out[2].error
     assert out[4].outputs["top_k"].shape == (2, 4) and out[4].outputs["name"].dtype == object
     assert out[0].outputs["label"].dtype == np.int32 and out[0].outputs["reranked"].dtype == np.bool_
+
+
+def test_request_decoder_applies_the_runtime_image_limits():
+    """A request image gets the same guards as files: a 1x4000 strip is refused before it is resized."""
+    import io
+
+    from PIL import Image
+
+    from coder.deploy.triton_model import decode_image
+    from coder.errors import InputError
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4000, 1)).save(buf, "PNG")
+    with pytest.raises(InputError, match="aspect"):
+        decode_image(buf.getvalue())
+    with pytest.raises(InputError, match="empty"):
+        decode_image(b"")

@@ -15,44 +15,19 @@ requests of the same batch are answered normally. Torch-free.
 
 from __future__ import annotations
 
-import io
-import warnings
-
 import numpy as np
 
 from ..errors import CoderError, InputError
-from ..runtime.images import MAX_PIXELS
+from ..runtime.images import decode_image as _decode_bytes
 
 IMAGE = "image"
 
 
-def decode_image(data: bytes, max_pixels: int = MAX_PIXELS):
-    """Encoded JPEG/PNG/WebP/... bytes -> fully decoded PIL image, or :class:`InputError`.
-
-    ``decode_image(open("cat.jpg", "rb").read()).size == (640, 480)``; empty, truncated,
-    non-image bytes and decompression bombs raise, before any large allocation.
-    """
-    from PIL import Image, UnidentifiedImageError
-
-    if not data:
-        raise InputError("empty image (0 bytes)")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data)) as img:
-                w, h = img.size
-                if w * h > max_pixels:
-                    raise InputError(f"{w}x{h} pixels exceeds the {max_pixels} limit (decompression bomb?)")
-                img.load()
-                return img.copy()
-    except InputError:
-        raise
-    except UnidentifiedImageError:
-        raise InputError(f"not an image (unrecognised format, {len(data)} bytes)") from None
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise InputError(f"decompression bomb rejected ({e})") from None
-    except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"cannot decode image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+def decode_image(data: bytes):
+    """Encoded JPEG/PNG/WebP/... bytes of one request -> decoded PIL image, or :class:`InputError`,
+    with the same limits as every other input path (pixel count, aspect ratio; see
+    :func:`coder.runtime.images.decode_image`)."""
+    return _decode_bytes(data, "request image")
 
 
 def request_images(pb, request) -> list:
