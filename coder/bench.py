@@ -2,7 +2,7 @@
 
 Stages: ``decode+pre`` (640x480 JPEG file -> pixels), ``encoder``, the CODER head's ``stage 1`` and
 ``rerank`` (forced on, the worst case), and with a bank ``encoder+head`` (pixels -> labels) both ways:
-the encoder + the numpy head, and the graph with the head fused. Native TensorRT engines get rows
+the encoder + the numpy head, and the encoder + the head graph (:mod:`coder.runtime.fused`). Native TensorRT engines get rows
 where ``coder build-engine`` built them. Latencies are p50/p90/p99 over repeats at batch 1, 8 and 32; the
 encoder's achieved GFLOPS is compared with this machine's fp32 matmul peak measured in the same
 run (numpy GEMM). With the [export] extra, torch eager rows run in the same process for reference.
@@ -154,7 +154,9 @@ def _encoder_rows(name, enc, bank, batches, repeats, size) -> list[BenchRow]:
         b_eff = min(b, enc.max_batch)
         x = np.random.default_rng(b).standard_normal((b_eff, 3, *size)).astype(np.float32)
         if enc.fused:
-            head = lambda: gate(*enc.engine.run_all(x)[2:], 1.01).labels  # noqa: E731
+            def head():
+                out = enc.run_head(x)  # encoder + head graph (two ORT sessions, or one fused TRT engine)
+                return gate(out.topk_ids, out.gap, out.rerank, 1.01).labels
         else:
             rows.append(_row(name, "encoder", b_eff, timings_ms(lambda: enc.engine.run(x), repeats)))
             f = lambda: l2_normalize(enc.engine.run(x))  # noqa: E731

@@ -2,6 +2,8 @@
 
 * ``tiny_artifact``: a 2-layer random CLIP ("coder-tiny", tests/data) — fast,
   for tests where the architecture does not matter.
+* ``tiny_fp32_artifact``: the tiny model exported as the README's main command does
+  (fp32 only, no int8) with a CIFAR-10 bank: commands must work on it or name the fix.
 * ``b32_artifact``: a real ViT-B-32 with random weights (seed 0), fp32 + fp16 —
   the end-to-end parity tests run on it.
 """
@@ -19,11 +21,11 @@ DATA = Path(__file__).parent / "data"
 TINY_CONFIG = DATA / "coder-tiny.json"
 
 
-def _export(arch: str, out: Path, precisions=("fp32", "fp16")):
+def _export(arch: str, out: Path, precisions=("fp32", "fp16"), int8: bool = True):
     from coder.export.pipeline import ExportOptions, export_artifacts
     from coder.export.registry import PretrainedSpec
 
-    return export_artifacts(ExportOptions(arch, PretrainedSpec("random", "none", 0), out, precisions, int8=True))
+    return export_artifacts(ExportOptions(arch, PretrainedSpec("random", "none", 0), out, precisions, int8=int8))
 
 
 @pytest.fixture(scope="session")
@@ -37,6 +39,17 @@ def tiny_arch() -> str:
 def tiny_artifact(tmp_path_factory, tiny_arch) -> Path:
     out = tmp_path_factory.mktemp("art") / "tiny"
     _export(tiny_arch, out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_fp32_artifact(tmp_path_factory, tiny_arch) -> Path:
+    from coder.text_bank.bank import build_bank
+    from coder.text_bank.texts import init_texts
+
+    out = tmp_path_factory.mktemp("art") / "tiny-fp32"
+    _export(tiny_arch, out, ("fp32",), int8=False)
+    build_bank(out, init_texts("cifar10"))
     return out
 
 

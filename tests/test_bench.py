@@ -48,3 +48,15 @@ def test_head_rows_with_a_bank(tiny_artifact, tmp_path):
 
 def test_matmul_peak_is_positive():
     assert matmul_peak_gflops(n=256, repeats=2) > 0
+
+
+def test_bench_on_an_fp32_only_artifact(tiny_fp32_artifact):
+    """The README's main command exports fp32 only: bench runs what exists and explains the rest."""
+    res = CliRunner().invoke(app, ["bench", str(tiny_fp32_artifact), "--batches", "1", "--repeats", "2",
+                                   "--no-torch", "--json"])
+    assert res.exit_code == 0, res.output
+    out = json.loads(res.stdout)
+    pipelines = {r["backend"] for r in out["rows"] if r["stage"] == "encoder+head"}
+    assert "ort-cpu fp32 fused head" in pipelines
+    assert not any("fp16" in r["backend"] for r in out["rows"])
+    assert "tensorrt-native fp16 fused head" in out["skipped"]

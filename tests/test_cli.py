@@ -175,4 +175,15 @@ def test_classify_fused_and_plain_head_agree(cli_art, sample_images):
     a = [json.loads(x) for x in fused.stdout.splitlines()]
     b = [json.loads(x) for x in plain.stdout.splitlines()]
     assert [(r["label"], r["top_k"], r["reranked"]) for r in a] == [(r["label"], r["top_k"], r["reranked"]) for r in b]
-    assert (cli_art / "banks" / "cifar10" / "fused" / "image_head.fp32.k5.onnx").is_file()
+    assert not (cli_art / "banks" / "cifar10" / "fused").exists()  # no encoder copy in the bank
+
+
+def test_classify_fp16_on_an_fp32_only_artifact_names_the_fix(tiny_fp32_artifact, sample_images):
+    from coder.errors import ArtifactError
+
+    base = ["classify", str(sample_images[0]), "-a", str(tiny_fp32_artifact), "--json"]
+    assert runner.invoke(app, base).exit_code == 0
+    for extra in ([], ["--no-fused-head"], ["--backend", "cpu"]):
+        res = runner.invoke(app, base + ["--precision", "fp16"] + extra)
+        assert res.exit_code == CODE[ArtifactError], res.output
+        assert "re-export with --precision fp16" in res.output and "Traceback" not in res.output
