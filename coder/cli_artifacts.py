@@ -31,11 +31,20 @@ def export(
     engine: str = typer.Option("none", help="none | tensorrt: also build a validated fp16 TensorRT engine "
                                             "(with the bank's head fused) on this machine's GPU."),
     engine_dir: Optional[Path] = typer.Option(None, help="Where the engine goes (default <out>/engines)."),
-    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON."),
+    as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON (one document, with the "
+                                                        "engine record under 'tensorrt_engine' for --engine)."),
+    list_backbones: bool = typer.Option(False, "--list", help="List open_clip architectures, their pretrained "
+                                                              "tags and which families coder verified; export nothing."),
 ) -> None:
     """Export an open_clip model to validated ONNX encoders + manifest, then build the class bank."""
     from .export.pipeline import ExportOptions, default_out_dir, export_artifacts
     from .export.registry import normalize_backbone, parse_pretrained, register_model_config
+
+    if model_config is not None:
+        register_model_config(model_config)
+    if list_backbones:
+        _print_backbones(as_json)
+        return
 
     precisions = {"fp32": ("fp32",), "fp16": ("fp32", "fp16"), "both": ("fp32", "fp16")}.get(precision)
     if precisions is None or engine not in ("none", "tensorrt"):
@@ -47,8 +56,6 @@ def export(
         precisions = ("fp32", "fp16")  # the engine is built from the fp16 graph (strongly typed)
     if opset < 17:
         raise ConfigError(f"--opset {opset}: needs >= 17 (LayerNormalization; decomposed LN overflows in fp16)")
-    if model_config is not None:
-        register_model_config(model_config)
     arch = normalize_backbone(backbone)
     spec = parse_pretrained(pretrained, arch, seed)
     opts = ExportOptions(arch, spec, out_dir or default_out_dir(arch, spec), precisions, opset, max_batch,
@@ -62,9 +69,7 @@ def export(
 
         result = export_artifacts(opts, report)
         bar.update(task, completed=steps)
-    if as_json:
-        print_json(result.manifest)
-    else:
+    if not as_json:
         _print_export_summary(result)
     if texts is None and classes != "none":
         texts = _default_texts(result.out_dir, classes)
@@ -72,13 +77,38 @@ def export(
         from .cli_texts import build_bank_with_progress
 
         build_bank_with_progress(result.out_dir, texts, "fp32", None, False, quiet=as_json)
+    document = dict(result.manifest)
     if engine == "tensorrt":
         from .cli_predict import build_engine_with_progress
         from .engines.trt import BuildOptions
 
         mb = min(32, max_batch)
-        build_engine_with_progress(result.out_dir, BuildOptions("fp16", opt_batch=min(8, mb), max_batch=mb),
-                                   engine_dir, None if texts is not None else "none", None, as_json)
+        document["tensorrt_engine"] = build_engine_with_progress(
+            result.out_dir, BuildOptions("fp16", opt_batch=min(8, mb), max_batch=mb), engine_dir,
+            None if texts is not None else "none", None, quiet=as_json)
+    if as_json:  # one document: the manifest, plus the engine record when one was built
+        print_json(document)
+
+
+def _print_backbones(as_json: bool) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .export.registry import VERIFIED_FAMILIES, list_backbones
+
+    rows = list_backbones()
+    if as_json:
+        print_json({"verified_families": VERIFIED_FAMILIES, "architectures": rows})
+        return
+    t = Table(title=f"{len(rows)} open_clip architectures (verified: families coder's export is tested on)")
+    for col in ("architecture", "family", "verified", "pretrained tags"):
+        t.add_column(col)
+    for r in rows:
+        t.add_row(escape(r["name"]), r["family"], "yes" if r["verified"] else "",
+                  escape(", ".join(r["pretrained"]) or "- (checkpoint path or none)"))
+    out.print(t)
+    for family, what in VERIFIED_FAMILIES.items():
+        out.print(f"verified {family}: {escape(what)}", soft_wrap=True)
 
 
 def _default_texts(out_dir: Path, classes: str) -> Path:
@@ -121,16 +151,27 @@ def _validation_text(v) -> str:
 
 @app.command()
 def embed(
-    images: List[Path] = typer.Argument(..., help="Image files, embedded in the order given."),
+    images: Optional[List[Path]] = typer.Argument(None, help="Image files, embedded in the order given."),
     artifacts: Path = typer.Option(..., "--artifacts", "-a", help="Artifact directory from `coder export`."),
-    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8 (must have been exported)."),
+    text: Optional[List[str]] = typer.Option(None, "--text", help="Embed this text instead of images (repeatable)."),
+    texts_file: Optional[Path] = typer.Option(None, "--texts-file",
+                                              help="Embed every line of this UTF-8 file (empty lines too)."),
+    precision: str = typer.Option("fp32", help="fp32 | fp16 | int8 (must have been exported; texts: fp32 | fp16)."),
     backend: str = typer.Option("cpu", help="cpu | cuda | tensorrt (ONNX Runtime providers)."),
     allow_fallback: bool = ALLOW_FALLBACK,
     out_file: Optional[Path] = typer.Option(None, "--out", help="Save embeddings as .npy (rows of files that loaded)."),
-    batch_size: int = typer.Option(16, help="Images per encoder call."),
+    batch_size: int = typer.Option(16, help="Images (or texts) per encoder call."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON with every embedding."),
 ) -> None:
-    """L2-normalised image embeddings computed with ONNX Runtime."""
+    """L2-normalised image (or, with --text / --texts-file, text) embeddings computed with ONNX Runtime."""
+    if text or texts_file is not None:
+        if images:
+            raise ConfigError("give image files or --text/--texts-file, not both (their embeddings are not one table)")
+        _embed_texts(list(text or []) + (read_text_lines(texts_file) if texts_file is not None else []),
+                     artifacts, precision, backend, allow_fallback, out_file, batch_size, as_json)
+        return
+    if not images:
+        raise ConfigError("nothing to embed: give image files, --text TEXT or --texts-file FILE")
     from .runtime.encoder import ImageEncoder, embed_files
 
     if precision not in ("fp32", "fp16", "int8"):
@@ -152,6 +193,59 @@ def embed(
         _print_embed_table(res, out_file)
     if res.failures:
         raise typer.Exit(exit_code_for(InputError()))
+
+
+def read_text_lines(path: Path) -> list[str]:
+    """One text per line (``\\n`` or ``\\r\\n``); empty lines are texts; a final newline ends the last one.
+
+    Example: a file holding ``"cat\\n\\ndog\\n"`` -> ``["cat", "", "dog"]``.
+    """
+    try:
+        content = path.read_bytes().decode("utf-8-sig")
+    except OSError as e:
+        raise ConfigError(f"--texts-file {path}: cannot read ({e.strerror or e})") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"--texts-file {path}: not UTF-8 (byte {e.start})") from None
+    lines = content.split("\n")
+    if lines[-1] == "":
+        lines.pop()  # the newline that ends the last line does not start another text
+    if not lines:
+        raise ConfigError(f"--texts-file {path}: holds no line (an empty text is an empty line)")
+    return [line[:-1] if line.endswith("\r") else line for line in lines]
+
+
+def _embed_texts(texts: list[str], artifacts: Path, precision: str, backend: str, allow_fallback: bool,
+                 out_file: Optional[Path], batch_size: int, as_json: bool) -> None:
+    """Text embeddings through the bank's own torch-free encoder (:class:`TextEncoder`)."""
+    from .text_bank.text_encoder import TextEncoder
+
+    if precision not in ("fp32", "fp16"):
+        raise ConfigError(f"--precision {precision!r}: text encoders are fp32 or fp16")
+    if batch_size < 1:
+        raise ConfigError(f"--batch-size {batch_size}: must be at least 1")
+    enc = TextEncoder.load(artifacts, precision, backend, allow_fallback)
+    with progress_bar() as bar:
+        task = bar.add_task("embedding texts", total=len(texts))
+        emb = enc.encode(texts, batch_size, lambda n: bar.advance(task, n))
+    if out_file is not None:
+        _save_npy(out_file, emb)
+    if as_json:
+        print_json({"backend": enc.backend, "precision": precision, "dim": int(emb.shape[1]),
+                    "items": [{"text": t, "embedding": [round(float(v), 7) for v in row]}
+                              for t, row in zip(texts, emb)]})
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title=f"{len(texts)} text embeddings, dim {emb.shape[1]}, backend {enc.backend} ({precision})"
+                    + (f" -> {escape(str(out_file))}" if out_file else ""))
+    for col in ("text", "norm", "first values"):
+        t.add_column(col)
+    for text_, row in zip(texts, emb):
+        shown = text_ if len(text_) <= 60 else text_[:59] + "…"
+        t.add_row(escape(repr(shown) if not shown.strip() else shown), f"{float((row ** 2).sum() ** 0.5):.4f}",
+                  " ".join(f"{v:+.4f}" for v in row[:4]) + " …")
+    out.print(t)
 
 
 def _save_npy(path: Path, arr) -> None:

@@ -249,8 +249,11 @@ def build_engine(
 
 
 def build_engine_with_progress(artifacts: Path, opts, engine_dir: Optional[Path], bank_name: Optional[str],
-                               k: Optional[int], as_json: bool = False) -> None:
-    """Shared by `coder build-engine` and `coder export --engine tensorrt`."""
+                               k: Optional[int], as_json: bool = False, quiet: bool = False) -> dict:
+    """Shared by `coder build-engine` and `coder export --engine tensorrt`; returns the JSON record.
+
+    ``quiet`` prints nothing (the caller puts the record into its own single JSON document).
+    """
     from dataclasses import asdict
 
     from .engines.engine_build import build_image_engine
@@ -272,10 +275,13 @@ def build_engine_with_progress(artifacts: Path, opts, engine_dir: Optional[Path]
             return True
 
         built = build_image_engine(art.root, opts, engine_dir, bank, k or (bank.k if bank else 5), report)
-    if as_json:
-        print_json({"engine": str(built.path), "key": built.key, "validation": asdict(built.validation)})
-        return
+    record = {"engine": str(built.path), "key": built.key, "validation": asdict(built.validation)}
+    if quiet or as_json:
+        if as_json and not quiet:
+            print_json(record)
+        return record
     v, key = built.validation, built.key
     info(f"wrote {built.path} (TensorRT {key['tensorrt']}, {key['gpu']} sm {key['compute_capability']}); "
          f"vs fp32 ONNX Runtime on {v.images} scenes: min cosine {v.min_cosine:.5f}"
          + (f", top-1 agreement {100 * v.top1_agreement:.0f}%" if v.top1_agreement is not None else ""))
+    return record

@@ -3,10 +3,11 @@
 import json
 import pytest
 
-from coder.errors import ArtifactError, ExportError
+from coder.errors import ArtifactError, ExportError, WeightsError
 from coder.export import onnx_export, validate
 from coder.export.pipeline import STATE_NAME, ExportOptions, export_artifacts
 from coder.export.registry import PretrainedSpec
+from coder.fsutil import sha256_file
 from coder.manifest import FORMAT, FORMAT_VERSION, load_artifact
 
 SPEC = PretrainedSpec("random", "none", 0)
@@ -42,29 +43,114 @@ def test_b32_validation_numbers(b32_artifact):
     assert v["image_encoder.int8.onnx"]["min_cosine"] >= 0.99 and v["image_encoder.int8.onnx"]["same_top1"]
 
 
-def test_interrupted_export_resumes(tmp_path, tiny_arch, monkeypatch):
-    out = tmp_path / "a"
-    real = onnx_export.convert_fp16
-    calls = {"n": 0}
-
-    def dies_midway(src, dst):
-        calls["n"] += 1
+def _dies(dst_arg: int):
+    def dies(*args, **kwargs):
+        dst = args[dst_arg]
         # Leave a half-written temp file, as a killed process would, then die.
         (dst.parent / f".tmp-{dst.name}-crash").write_bytes(b"half")
         raise KeyboardInterrupt
+    return dies
 
-    monkeypatch.setattr(onnx_export, "convert_fp16", dies_midway)
+
+@pytest.mark.parametrize("where", ["first_encoder", "midway"])
+def test_interrupted_export_resumes(tmp_path, tiny_arch, monkeypatch, where):
+    """Ctrl-C during the very first encoder, or after some files: a re-run finishes the export."""
+    out = tmp_path / "a"
+    if where == "first_encoder":
+        monkeypatch.setattr(onnx_export, "export_image_encoder", _dies(1))
+    else:
+        monkeypatch.setattr(onnx_export, "convert_fp16", _dies(1))
     with pytest.raises(KeyboardInterrupt):
         export_artifacts(ExportOptions(tiny_arch, SPEC, out, ("fp32", "fp16")))
-    assert not (out / "manifest.json").exists()
+    assert not (out / "manifest.json").exists() and (out / STATE_NAME).exists()
     assert not (out / "image_encoder.fp16.onnx").exists()
-    assert (out / "image_encoder.fp32.onnx").exists() and (out / STATE_NAME).exists()
+    assert (out / "image_encoder.fp32.onnx").exists() == (where == "midway")
 
-    monkeypatch.setattr(onnx_export, "convert_fp16", real)
+    monkeypatch.undo()
+    validated = []
+    real_check = validate.check_image
+    monkeypatch.setattr(validate, "check_image", lambda p, *a: validated.append(p.name) or real_check(p, *a))
     result = export_artifacts(ExportOptions(tiny_arch, SPEC, out, ("fp32", "fp16")))
-    assert "image_encoder.fp32.onnx" in result.resumed_files
-    assert not list(out.glob(".tmp-*"))
-    load_artifact(out).encoder("image", "fp16")
+    assert ("image_encoder.fp32.onnx" in result.resumed_files) == (where == "midway")
+    assert "image_encoder.fp32.onnx" in validated  # a resumed file is validated again
+    assert not list(out.glob(".tmp-*")) and not (out / STATE_NAME).exists()
+    art = load_artifact(out)
+    art.encoder("image", "fp16")
+    assert all(v and v["passed"] for v in art.manifest["validation"].values())
+
+
+def _checkpoint(tiny_arch, path, seed):
+    import open_clip
+    import torch
+
+    torch.manual_seed(seed)
+    torch.save(open_clip.create_model(tiny_arch, pretrained=None).state_dict(), path)
+    return path
+
+
+def _image_embedding(path, pixels):
+    from coder.engines.ort import load_ort
+
+    return load_ort(path, "cpu", "fp32").run(pixels)
+
+
+def test_resume_notices_a_replaced_checkpoint(tmp_path, tiny_arch, monkeypatch):
+    """Interrupted with checkpoint A after the image encoder; B at the same path: the artifact is all B."""
+    import numpy as np
+    import open_clip
+    import torch
+
+    ckpt, out = tmp_path / "w.pt", tmp_path / "art"
+    _checkpoint(tiny_arch, ckpt, 1)
+    spec = PretrainedSpec("file", str(ckpt))
+    monkeypatch.setattr(onnx_export, "export_text_encoder", _dies(1))
+    with pytest.raises(KeyboardInterrupt):
+        export_artifacts(ExportOptions(tiny_arch, spec, out))
+    a_sha = sha256_file(out / "image_encoder.fp32.onnx")
+    monkeypatch.undo()
+    _checkpoint(tiny_arch, ckpt, 2)
+    result = export_artifacts(ExportOptions(tiny_arch, spec, out))
+    assert result.resumed_files == ()
+    m = load_artifact(out).manifest
+    assert m["files"]["image_encoder.fp32.onnx"]["sha256"] != a_sha
+    assert m["pretrained"]["sha256"] == sha256_file(ckpt)
+    b = open_clip.create_model(tiny_arch, pretrained=str(ckpt), weights_only=True).eval()
+    pixels = np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32)
+    with torch.no_grad():
+        want = b.encode_image(torch.from_numpy(pixels)).numpy()
+    np.testing.assert_allclose(_image_embedding(out / "image_encoder.fp32.onnx", pixels), want, atol=1e-4)
+
+
+def test_no_validate_run_resumed_with_validation_is_validated(tmp_path, tiny_arch, monkeypatch):
+    out = tmp_path / "nv"
+    monkeypatch.setattr(onnx_export, "export_text_encoder", _dies(1))
+    with pytest.raises(KeyboardInterrupt):
+        export_artifacts(ExportOptions(tiny_arch, SPEC, out, validate=False))
+    monkeypatch.undo()
+    export_artifacts(ExportOptions(tiny_arch, SPEC, out))
+    v = load_artifact(out).manifest["validation"]
+    assert set(v) == {"image_encoder.fp32.onnx", "text_encoder.fp32.onnx"}
+    assert all(r is not None and r["passed"] for r in v.values())
+
+
+def test_failed_force_keeps_the_working_artifact(tmp_path, tiny_arch):
+    """--force with a checkpoint that cannot load: the old artifact still loads, nothing of it is lost."""
+    out = tmp_path / "keep"
+    export_artifacts(ExportOptions(tiny_arch, SPEC, out, validate=False))
+    (out / "banks").mkdir()
+    (out / "banks" / "mine.txt").write_text("user data")
+    before = {p.name: sha256_file(p) for p in out.iterdir() if p.is_file()}
+    bad = tmp_path / "broken.pt"
+    bad.write_bytes(b"not a checkpoint")
+    with pytest.raises(WeightsError, match="cannot load"):
+        export_artifacts(ExportOptions(tiny_arch, PretrainedSpec("file", str(bad)), out, force=True))
+    assert {p.name: sha256_file(p) for p in out.iterdir() if p.is_file()} == before
+    load_artifact(out).encoder("image", "fp32")
+
+    result = export_artifacts(ExportOptions(tiny_arch, PretrainedSpec("random", "none", 3), out, force=True))
+    assert result.out_dir == out and load_artifact(out).manifest["pretrained"]["seed"] == 3
+    assert (out / "banks" / "mine.txt").read_text() == "user data"  # carried over into the replacement
+    assert not list(tmp_path.glob(".keep.coder-*"))
 
 
 def test_refuses_foreign_dir_and_needs_force(tmp_path, tiny_arch, tiny_artifact):

@@ -31,8 +31,22 @@ def test_long_texts_truncate_at_context(pair, words):
     text = " ".join(words)
     got = ours([text])
     np.testing.assert_array_equal(got, ref([text]).numpy())
-    if (got != 0).sum() == 77:
-        assert got[0, -1] == ours.eot
+    if len(ours.encode(text)) + 2 >= 77:  # truncated (or exactly full): the last position is EOT
+        assert got[0, -1] == ours.eot and ours.lengths(got)[0] == 77
+    else:
+        assert ours.lengths(got)[0] == len(ours.encode(text)) + 2
+
+
+def test_lengths_come_from_end_of_text(pair):
+    from coder.text_bank.tokenizer import eos_lengths
+
+    ours, _ = pair
+    ids = ours(["wow!;", "!@#", "a cat which has a loud meow!(sometimes)", "", "cat"])
+    assert (ids[:3, 1:-1] == 0).any(axis=1).all()  # id 0 ("!") inside the text, not padding
+    assert ours.lengths(ids).tolist() == [len(ours.encode(t)) + 2 for t in
+                                          ["wow!;", "!@#", "a cat which has a loud meow!(sometimes)", "", "cat"]]
+    # A tokenizer padding with its EOS id (some Hugging Face ones), and a row truncated without EOS.
+    assert eos_lengths(np.array([[5, 0, 9, 9, 9], [5, 1, 2, 3, 4]]), 9).tolist() == [3, 5]
 
 
 def test_builtin_class_names(pair):

@@ -2,27 +2,30 @@
 
 Stages: prepare the directory -> load the model -> write each ONNX file and
 validate it -> write ``manifest.json`` last. Progress of finished files lives
-in ``.coder-export.json`` so an interrupted export resumes where it stopped
-(a file counts as done only once written under its final name AND validated).
+in ``.coder-export.json`` (written before the first file) so an interrupted
+export resumes where it stopped; a file counts as done only once written under
+its final name AND validated, and only for the same inputs (:func:`resume_key`).
+Reused files are validated again: whatever the manifest lists was checked by
+this run. ``--force`` builds beside the old artifact (:mod:`.workdir`).
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-from dataclasses import dataclass, field
+import hashlib
+import json
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from .. import __version__
-from ..errors import ArtifactError, ConfigError
-from ..fsutil import atomic_write_json, read_json, remove_stale_temps, sha256_file
-from ..manifest import (FORMAT, FORMAT_VERSION, MANIFEST_NAME, PreprocessConfig, encoder_filename, file_entry,
-                        write_manifest)
-from . import onnx_export, validate
+from ..errors import ConfigError, WeightsError
+from ..fsutil import atomic_write_json, sha256_file
+from ..manifest import FORMAT, FORMAT_VERSION, PreprocessConfig, encoder_filename, file_entry, write_manifest
+from . import onnx_export, validate, workdir
 from .registry import PretrainedSpec
+from .workdir import STATE_NAME
 
-STATE_NAME = ".coder-export.json"
-STATE_FORMAT = "coder.export-state"
 Reporter = Callable[[str], None]
 
 
@@ -46,9 +49,20 @@ class ExportOptions:
     def variants(self, tower: str) -> tuple[str, ...]:
         return self.precisions + (("int8",) if self.int8 and tower == "image" else ())
 
-    def state_key(self) -> dict[str, Any]:
-        return {"architecture": self.architecture, "pretrained": [self.pretrained.kind, self.pretrained.value,
-                self.pretrained.seed], "opset": self.opset, "coder": __version__}
+
+def resume_key(opts: ExportOptions) -> dict[str, Any]:
+    """Every input that changes an exported file or its validation; a resumed file must match all of them.
+
+    Example: ``{"architecture": "ViT-B-32", "checkpoint_sha256": "9f…", "validate": True, "opset": 17, …}``.
+    """
+    import open_clip
+
+    spec = opts.pretrained
+    config = json.dumps(open_clip.get_model_config(opts.architecture), sort_keys=True).encode()
+    return {"architecture": opts.architecture, "open_clip_config_sha256": hashlib.sha256(config).hexdigest(),
+            "pretrained": [spec.kind, None if spec.kind == "file" else spec.value, spec.seed],
+            "checkpoint_sha256": sha256_file(spec.value) if spec.kind == "file" else None,
+            "opset": opts.opset, "validate": opts.validate, "versions": versions()}
 
 
 @dataclass(frozen=True)
@@ -60,35 +74,6 @@ class ExportResult:
 
 def default_out_dir(architecture: str, spec: PretrainedSpec, base: Path = Path("coder-artifacts")) -> Path:
     return base / f"{architecture}__{spec.slug}"
-
-
-def prepare_dir(opts: ExportOptions) -> dict[str, Any]:
-    """Check the target directory and return the resume state (empty when starting fresh)."""
-    out = opts.out_dir
-    if out.exists() and not out.is_dir():
-        raise ArtifactError(f"{out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
-    manifest, state_path = out / MANIFEST_NAME, out / STATE_NAME
-    is_artifact = manifest.is_file() and _is_coder_file(manifest, FORMAT)
-    is_partial = state_path.is_file() and _is_coder_file(state_path, STATE_FORMAT)
-    if not is_artifact and not is_partial and any(p for p in out.iterdir() if not p.name.startswith(".tmp-")):
-        raise ArtifactError(f"{out} is not empty and is not a coder artifact; choose another --out")
-    if is_artifact and not opts.force:
-        raise ArtifactError(f"{out} already holds an exported artifact; pass --force to replace it")
-    if is_artifact:
-        manifest.unlink()
-    remove_stale_temps(out)
-    state = read_json(state_path) if is_partial else {}
-    if opts.force or state.get("key") != opts.state_key():
-        state = {"format": STATE_FORMAT, "format_version": 1, "key": opts.state_key(), "files": {}}
-    return state
-
-
-def _is_coder_file(path: Path, fmt: str) -> bool:
-    try:
-        return read_json(path).get("format") == fmt
-    except (ValueError, OSError, AttributeError):
-        return False
 
 
 def _done(state: dict[str, Any], out: Path, name: str) -> bool:
@@ -107,11 +92,18 @@ def write_encoders(opts: ExportOptions, model, state: dict[str, Any], info: dict
     out, resumed = opts.out_dir, []
     if state.get("text_dynamic_seq") is False:  # an earlier run of this export fell back to full context
         info["text"]["dynamic_seq"] = False
+    if state.get("int8_per_channel"):
+        info["int8_per_channel"] = True
     for tower in ("image", "text"):
         for precision in opts.variants(tower):
             name = encoder_filename(tower, precision)
             if _done(state, out, name):
                 resumed.append(name)
+                if ref is not None:  # validate what the manifest will list, resumed or not
+                    report(f"validating {name} (resumed)")
+                    result = _validate_one(out / name, tower, precision, ref, info)
+                    validate.require(name, result)
+                    _record(state, out, name, result)
                 continue
             result = _export_and_validate(opts, model, tower, precision, info, ref, report)
             if _needs_full_context(tower, precision, info, result):
@@ -120,7 +112,7 @@ def write_encoders(opts: ExportOptions, model, state: dict[str, Any], info: dict
                 result = _export_and_validate(opts, model, tower, precision, info, ref, report)
             if precision == "int8" and result is not None and not result["passed"]:
                 report("per-tensor int8 misses the gate: re-quantizing per channel")
-                info["int8_per_channel"] = True
+                info["int8_per_channel"] = state["int8_per_channel"] = True
                 result = _export_and_validate(opts, model, tower, precision, info, ref, report)
             if result is not None:
                 validate.require(name, result)
@@ -242,19 +234,24 @@ def export_artifacts(opts: ExportOptions, report: Reporter = lambda s: None) -> 
 
     if opts.max_batch < 3:
         raise ConfigError(f"--max-batch {opts.max_batch}: must be at least 3 (validation runs batch 3)")
-    state = prepare_dir(opts)
+    work = workdir.plan(opts.out_dir, opts.force)
+    key = resume_key(opts)
+    state = workdir.open_state(work, key, fresh=opts.force and work == opts.out_dir)
+    final, opts = opts.out_dir, replace(opts, out_dir=work)
     report(f"loading {opts.architecture} ({opts.pretrained.kind}: {opts.pretrained.value})")
     model, pretrained = load_model(opts.architecture, opts.pretrained)
+    if opts.pretrained.kind == "file" and pretrained.get("sha256") != key["checkpoint_sha256"]:
+        raise WeightsError(f"{opts.pretrained.value} changed while it was being loaded; run the export again")
     tokenizer = tokenizer_for(opts.architecture, int(model.context_length))
-    info = model_info(model, opts.architecture, copy_vocabulary(tokenizer, opts.out_dir))
+    info = model_info(model, opts.architecture, copy_vocabulary(tokenizer, work))
     ref = None
     if opts.validate:
         report("computing torch reference embeddings")
         ref = validate.reference_inputs(model, tokenizer, PreprocessConfig.from_dict(info["preprocess"]))
     resumed = write_encoders(opts, model, state, info, ref, report)
     manifest = build_manifest(opts, pretrained, info, state)
-    write_manifest(opts.out_dir, manifest)
-    (opts.out_dir / STATE_NAME).unlink(missing_ok=True)
+    write_manifest(work, manifest)
+    workdir.swap_in(work, final)
     report("done")
-    return ExportResult(opts.out_dir, manifest, tuple(resumed))
+    return ExportResult(final, manifest, tuple(resumed))
 

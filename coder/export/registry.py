@@ -27,6 +27,57 @@ def available_backbones() -> list[str]:
     return list(open_clip.list_models())
 
 
+# Families coder's export is checked on (parity tests vs open_clip in the test suite), as data: a family is
+# "<image tower>/<text tower>" from the architecture's open_clip config (see :func:`family_of`).
+VERIFIED_FAMILIES: dict[str, str] = {
+    "vit/clip-text": "ViT image tower + CLIP text transformer (ViT-B-32 and custom ViT configs: fp32/fp16/int8 "
+                     "parity, dynamic text length)",
+}
+
+
+def family_of(config: dict | None) -> str:
+    """``"<image tower>/<text tower>"`` of an open_clip model config, e.g. ``"vit/clip-text"`` for ViT-B-32.
+
+    Image tower: ``vit``, ``modified-resnet`` (the OpenAI ResNets) or ``timm``. Text tower: ``clip-text``
+    (open_clip's causal transformer, CLIP BPE, pooled at end-of-text), ``clip-text-variant`` (the same
+    transformer with another tokenizer, pooling or mask, e.g. CLIPA) or ``hf-text`` (a Hugging Face model).
+    Captioning models (CoCa) are ``coca``.
+    """
+    config = config or {}
+    if config.get("multimodal_cfg"):
+        return "coca"
+    vision, text = config.get("vision_cfg", {}), config.get("text_cfg", {})
+    if vision.get("timm_model_name"):
+        image = "timm"
+    elif isinstance(vision.get("layers"), (list, tuple)):
+        image = "modified-resnet"
+    else:
+        image = "vit"
+    if text.get("hf_model_name"):
+        tower = "hf-text"
+    elif text.get("hf_tokenizer_name") or text.get("no_causal_mask") or text.get("pool_type", "argmax") != "argmax":
+        tower = "clip-text-variant"
+    else:
+        tower = "clip-text"
+    return f"{image}/{tower}"
+
+
+def list_backbones() -> list[dict]:
+    """Every open_clip architecture with its family, whether coder verified that family, and its pretrained tags.
+
+    Example row: ``{"name": "ViT-B-32", "family": "vit/clip-text", "verified": True,
+    "pretrained": ["openai", "laion2b_s34b_b79k", …]}``.
+    """
+    import open_clip
+
+    rows = []
+    for name in available_backbones():
+        family = family_of(open_clip.get_model_config(name))
+        rows.append({"name": name, "family": family, "verified": family in VERIFIED_FAMILIES,
+                     "pretrained": list(open_clip.list_pretrained_tags_by_model(name))})
+    return rows
+
+
 def normalize_backbone(name: str, known: list[str] | None = None) -> str:
     """Map a user's spelling to an open_clip architecture name, or fail listing close ones."""
     known = available_backbones() if known is None else known

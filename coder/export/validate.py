@@ -21,6 +21,7 @@ from ..errors import ExportError
 from ..manifest import PreprocessConfig
 from ..runtime.preprocess import preprocess_batch
 from ..samples import synthetic_batch
+from ..text_bank.tokenizer import eos_lengths
 
 FP32_MAX_ABS = 1e-4
 FP16_MIN_COS = 0.999
@@ -49,7 +50,7 @@ def reference_inputs(model, tokenizer, cfg: PreprocessConfig, n_images: int = 3)
     with torch.no_grad():
         img = model.encode_image(torch.from_numpy(pixels)).float().numpy()
         txt = model.encode_text(torch.from_numpy(ids).long()).float().numpy()
-    return {"pixels": pixels, "ids": ids, "image": img, "text": txt}
+    return {"pixels": pixels, "ids": ids, "image": img, "text": txt, "eos_id": eos_id_of(tokenizer)}
 
 
 def _top1(images: np.ndarray, texts: np.ndarray) -> np.ndarray:
@@ -60,8 +61,18 @@ def _run_batches(enc, x: np.ndarray) -> dict[int, np.ndarray]:
     return {1: enc.run(x[:1]), len(x): enc.run(x)}
 
 
-def _longest(ids: np.ndarray) -> int:
-    return int((ids != 0).sum(axis=1).max())
+def eos_id_of(tokenizer) -> int:
+    """The end-of-text id of an open_clip tokenizer (SimpleTokenizer or a Hugging Face one)."""
+    for owner in (tokenizer, getattr(tokenizer, "tokenizer", None)):
+        for attr in ("eos_id", "eot_token_id", "eos_token_id"):
+            value = getattr(owner, attr, None)
+            if isinstance(value, int):
+                return value
+    raise ExportError(f"tokenizer {type(tokenizer).__name__} has no end-of-text id")
+
+
+def _longest(ids: np.ndarray, eos_id: int) -> int:
+    return int(eos_lengths(ids, eos_id).max())
 
 
 def check_image(path, precision: str, ref: dict[str, np.ndarray]) -> dict[str, Any]:
@@ -88,8 +99,8 @@ def check_text(path, precision: str, ref: dict[str, np.ndarray], dynamic_seq: bo
     full = enc.run(ids)
     result: dict[str, Any] = {}
     if dynamic_seq:
-        short = enc.run(ids[:, :_longest(ids)])
-        one = enc.run(ids[:1, :_longest(ids[:1])])
+        short = enc.run(ids[:, :_longest(ids, ref["eos_id"])])
+        one = enc.run(ids[:1, :_longest(ids[:1], ref["eos_id"])])
         result["sliced_vs_full_max_abs"] = float(max(np.abs(short - full).max(), np.abs(one - full[:1]).max()))
         out = short
     else:

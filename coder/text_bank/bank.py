@@ -4,7 +4,8 @@ Layout, under the artifact directory (or ``--out``)::
 
     banks/<name>/bank.json   format "coder.bank" v1: encoder sha256, texts sha256, settings, raw texts
     banks/<name>/bank.npz    folded head + raw rows (numpy, loaded with allow_pickle=False)
-    banks/.embed-cache-<sha>.npz   per-encoder text-embedding cache (only changed texts re-encode)
+    banks/.embed-cache-<sha>-t<v>.npz   text-embedding cache per encoder and text-encoding version
+                                        (only changed texts re-encode)
 
 Loading refuses a bank of another format version or whose text encoder differs
 from the artifact's (typed error naming the fix).
@@ -69,10 +70,17 @@ def default_bank_dir(artifact: Artifact, name: str) -> Path:
 
 
 class EmbeddingCache:
-    """(encoder sha256, text) -> embedding, one ``.npz`` per encoder beside the banks."""
+    """(encoder sha256, text-encoding version, text) -> embedding, one ``.npz`` per encoder and version.
 
-    def __init__(self, directory: Path, encoder_sha: str):
-        self.path = directory / f".embed-cache-{encoder_sha[:16]}.npz"
+    The version is in the file name, so rows another encoding computed (for
+    example version 1, which cut texts holding "!" one token short) are never served.
+    Example: ``EmbeddingCache(Path("banks"), sha, 2).path.name == f".embed-cache-{sha[:16]}-t2.npz"``.
+    """
+
+    def __init__(self, directory: Path, encoder_sha: str, encoding_version: int):
+        self.path = directory / f".embed-cache-{encoder_sha[:16]}-t{int(encoding_version)}.npz"
+        # Version 1 had no suffix; its rows can be wrong, so it is dropped on the next save.
+        self.legacy = directory / f".embed-cache-{encoder_sha[:16]}.npz"
         self.table: dict[str, np.ndarray] = {}
         if self.path.is_file():
             try:
@@ -95,12 +103,13 @@ class EmbeddingCache:
         with atomic_path(self.path) as tmp:
             with open(tmp, "wb") as f:
                 np.savez(f, texts=np.array(keys, dtype=str), emb=np.stack([self.table[k] for k in keys]))
+        self.legacy.unlink(missing_ok=True)
 
 
 def encode_rows(rows: Rows, encoder, cache_dir: Path, on_progress: Callable[[int, int], None] = lambda d, t: None,
                 batch_size: int = 64) -> tuple[np.ndarray, int]:
     """Embeddings of every row (cache first); returns (emb, number newly encoded)."""
-    cache = EmbeddingCache(cache_dir, encoder.encoder_sha256)
+    cache = EmbeddingCache(cache_dir, encoder.encoder_sha256, encoder.encoding_version)
     todo = cache.missing(rows.texts)
     done = 0
     on_progress(0, len(todo))
@@ -130,7 +139,8 @@ def build_bank(artifact_dir: str | os.PathLike, texts: Texts, precision: str = "
             np.savez(f, **arrays)
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "name": texts.name,
-        "encoder": {"file": encoder.engine.path.name, "sha256": encoder.encoder_sha256, "precision": precision},
+        "encoder": {"file": encoder.engine.path.name, "sha256": encoder.encoder_sha256, "precision": precision,
+                    "text_encoding": encoder.encoding_version},
         "texts_sha256": texts_sha256(texts), "npz_sha256": sha256_file(out / "bank.npz"),
         "classes": texts.class_names, "preset": texts.preset,
         "settings": {"tau": texts.templates["tau"], "k": texts.templates["k"]},

@@ -3,6 +3,9 @@
 CLIP's text tower is causal, so when the artifact says ``dynamic_seq`` each
 batch is cut at its longest text; texts are sorted by token length first so
 batches are tight (a 15-token batch instead of 77 ran 6.7x faster here).
+A text's length is its end-of-text position (id 0 is a real token, ``!``).
+``TEXT_ENCODING_VERSION`` names how strings become embeddings; caches of
+embeddings are keyed by it so rows from an older encoding are never reused.
 
 >>> enc = TextEncoder.load("coder-artifacts/ViT-B-32__none")     # doctest: +SKIP
 >>> enc.encode(["a photo of a cat."]).shape                      # (1, 512) float32
@@ -18,8 +21,12 @@ import numpy as np
 
 from ..engines.ort import load_ort
 from ..manifest import Artifact, load_artifact
-from .tokenizer import ClipTokenizer
 from ..vectors import l2_normalize
+from .tokenizer import ClipTokenizer, eos_lengths
+
+# 1: length = count of non-zero ids (wrong for texts holding the "!" token, id 0).
+# 2: length = end-of-text position.
+TEXT_ENCODING_VERSION = 2
 
 
 @dataclass(frozen=True)
@@ -30,12 +37,14 @@ class TextEncoder:
     precision: str
     dynamic_seq: bool
     encoder_sha256: str
+    encoding_version: int = TEXT_ENCODING_VERSION
 
     @classmethod
-    def load(cls, artifact_dir: str | os.PathLike, precision: str = "fp32", backend: str = "cpu") -> "TextEncoder":
+    def load(cls, artifact_dir: str | os.PathLike, precision: str = "fp32", backend: str = "cpu",
+             allow_fallback: bool = False) -> "TextEncoder":
         art = load_artifact(artifact_dir)
         path = art.encoder("text", precision)
-        engine = load_ort(path, backend, precision)
+        engine = load_ort(path, backend, precision, allow_fallback)
         return cls(art, engine, ClipTokenizer.from_artifact(art), precision,
                    bool(art.manifest["text"]["dynamic_seq"]), art.manifest["files"][path.name]["sha256"])
 
@@ -50,7 +59,7 @@ class TextEncoder:
         if not texts:
             return np.zeros((0, dim), np.float32)
         ids = self.tokenizer(list(texts))
-        lengths = (ids != 0).sum(axis=1)
+        lengths = eos_lengths(ids, self.tokenizer.eos_id)
         order = np.argsort(lengths, kind="stable")
         out = np.empty((len(texts), dim), np.float32)
         for start in range(0, len(order), batch_size):

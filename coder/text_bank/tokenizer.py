@@ -4,7 +4,9 @@ Produces exactly open_clip's ``SimpleTokenizer`` ids (``clean="lower"``): text
 is repaired with ftfy, HTML-unescaped twice, whitespace-collapsed and
 lower-cased, split with CLIP's regex, byte-mapped and BPE-merged by rank.
 Sequences are ``[SOT] tokens [EOT]``, truncated to the context length with the
-last position forced to EOT, zero padded.
+last position forced to EOT, zero padded. A text's length is where its first
+EOT is (:func:`eos_lengths`), never a count of non-zero ids: id 0 is the token
+``!`` (as in "meow!(sometimes)"), not padding.
 
 >>> tok = ClipTokenizer.from_artifact(artifact)                # doctest: +SKIP
 >>> tok(["a photo of a cat."]).shape, tok(["x"]).dtype         # (1, 77), int32
@@ -39,6 +41,17 @@ def byte_to_unicode() -> dict[int, str]:
     return dict(zip(printable, map(chr, chars)))
 
 
+def eos_lengths(ids: np.ndarray, eos_id: int) -> np.ndarray:
+    """Tokens up to and including each row's first end-of-text id; a row without one counts in full.
+
+    Works for any tokenizer with an EOS id, whatever its padding id (0, or EOS itself).
+    Example: ``eos_lengths(np.array([[49406, 0, 49407, 0]]), 49407)`` -> ``array([3])`` (id 0 is "!").
+    """
+    ids = np.asarray(ids)
+    is_eos = ids == eos_id
+    return np.where(is_eos.any(axis=1), is_eos.argmax(axis=1) + 1, ids.shape[1]).astype(np.int64)
+
+
 def clean(text: str) -> str:
     import ftfy
 
@@ -66,6 +79,15 @@ class ClipTokenizer:
             "|".join(SPECIAL) + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
             regex.IGNORECASE,
         )
+
+    @property
+    def eos_id(self) -> int:
+        """The end-of-text id; :func:`eos_lengths` takes text lengths from it."""
+        return self.eot
+
+    def lengths(self, ids: np.ndarray) -> np.ndarray:
+        """``(N, L)`` ids from this tokenizer -> ``(N,)`` token counts including SOT and EOT."""
+        return eos_lengths(ids, self.eos_id)
 
     @classmethod
     def from_artifact(cls, artifact) -> "ClipTokenizer":
