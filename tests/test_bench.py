@@ -2,12 +2,15 @@
 
 import json
 
+import pytest
+
 from typer.testing import CliRunner
 
 from coder.bench import matmul_peak_gflops, run_bench
 from coder.cli import app
 
 
+@pytest.mark.torch  # compares with torch eager
 def test_run_bench_rows(tiny_artifact):
     res = run_bench(tiny_artifact, batches=(1, 2), repeats=3)
     stages = {(r["backend"], r["stage"], r["batch"]) for r in res["rows"]}
