@@ -80,7 +80,8 @@ def _images(tmp: Path, n: int) -> list[Path]:
 
 
 def run_bench(artifact_dir, batches=(1, 8, 32), repeats: int = 20, backends=("cpu", "cuda", "tensorrt"),
-              with_torch: bool = True, report=lambda msg: None) -> dict:
+              with_torch: bool = True, report=lambda msg: None, bank_name: str | None = None) -> dict:
+    """Every row; ``bank_name`` picks the bank for the head rows (default: the only one, if exactly one)."""
     from .runtime.images import load_image
     from .runtime.preprocess import preprocess_batch
 
@@ -95,7 +96,7 @@ def run_bench(artifact_dir, batches=(1, 8, 32), repeats: int = 20, backends=("cp
             rows.append(_row("pil+numpy", "decode+pre", b,
                              timings_ms(lambda: preprocess_batch([load_image(p) for p in paths[:b]], cfg),
                                         max(3, repeats // 4))))
-    bank = _bank_or_none(art)
+    bank = _bank_or_none(art, bank_name)
     for name, load in _candidates(artifact_dir, art, backends, bank):
         try:
             enc = load()
@@ -104,7 +105,7 @@ def run_bench(artifact_dir, batches=(1, 8, 32), repeats: int = 20, backends=("cp
             continue
         report(f"benchmarking {name}")
         rows += _encoder_rows(name, enc, bank, batches, repeats, cfg.size)
-    rows += _head_rows(art, batches, repeats, report)
+    rows += _head_rows(art, bank, batches, repeats, report)
     if with_torch:
         rows += _torch_rows(art, batches, max(3, repeats // 2), skipped, report)
     # The GEMM peak is measured LAST: OpenBLAS threads keep spinning after it and slowed the
@@ -115,10 +116,13 @@ def run_bench(artifact_dir, batches=(1, 8, 32), repeats: int = 20, backends=("cp
             "rows": [asdict(r) for r in rows], "skipped": skipped}
 
 
-def _bank_or_none(art):
+def _bank_or_none(art, name: str | None = None):
+    """The named bank (errors propagate: the user asked for it), else the only one or None."""
     from .runtime.classifier import find_bank
     from .text_bank.bank import load_bank
 
+    if name is not None:
+        return load_bank(find_bank(art.root, name), art)
     try:
         return load_bank(find_bank(art.root, None), art)
     except ArtifactError:
@@ -167,10 +171,9 @@ def _encoder_rows(name, enc, bank, batches, repeats, size) -> list[BenchRow]:
     return rows
 
 
-def _head_rows(art, batches, repeats, report) -> list[BenchRow]:
+def _head_rows(art, bank, batches, repeats, report) -> list[BenchRow]:
     from .runtime.head import rerank, stage1_scores
 
-    bank = _bank_or_none(art)
     if bank is None:
         return []
     report("benchmarking the CODER head")

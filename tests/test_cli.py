@@ -187,3 +187,35 @@ def test_classify_fp16_on_an_fp32_only_artifact_names_the_fix(tiny_fp32_artifact
         res = runner.invoke(app, base + ["--precision", "fp16"] + extra)
         assert res.exit_code == CODE[ArtifactError], res.output
         assert "re-export with --precision fp16" in res.output and "Traceback" not in res.output
+
+
+def test_classify_help_lists_every_backend():
+    res = runner.invoke(app, ["classify", "--help"], env={"COLUMNS": "200"}, terminal_width=200)
+    assert res.exit_code == 0
+    for name in ("auto", "cpu", "cuda", "tensorrt-native"):
+        assert name in res.output
+
+
+def test_classify_table_shows_paths_relative_to_the_argument_wrapped(tiny_fp32_artifact, tmp_path):
+    import os
+    import shutil
+
+    from coder.cli_predict import shown_name
+    from coder.samples import synthetic_scene
+
+    deep = tmp_path / "a-rather-long-folder-name" / "with-more-depth"
+    deep.mkdir(parents=True)
+    names = ["scene-number-one-from-the-left-camera.jpg", "scene-number-two-from-the-left-camera.jpg"]
+    for i, n in enumerate(names):
+        synthetic_scene(i, (96, 64)).save(deep / n)
+    assert shown_name(str(deep / names[0]), [str(tmp_path)]) == f"a-rather-long-folder-name/with-more-depth/{names[0]}"
+    assert shown_name("x/y.jpg", []) == "x/y.jpg"
+    res = subprocess.run([sys.executable, "-m", "coder", "classify", str(tmp_path), "-a", str(tiny_fp32_artifact)],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "80"})
+    assert res.returncode == 0, res.stderr
+    flat = "".join(line.split("│")[1].strip() for line in res.stdout.splitlines() if line.startswith("│"))
+    for n in names:  # wrapped over lines, but every character is there
+        assert n.replace(" ", "") in flat
+    assert "…" not in res.stdout
+    assert str(tmp_path) not in "".join(line for line in res.stdout.splitlines()[1:] if "│" in line)
+    shutil.rmtree(tmp_path / "a-rather-long-folder-name")
