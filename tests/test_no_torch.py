@@ -44,3 +44,14 @@ def test_classifier_path_is_torch_free(tiny_artifact, sample_images, tmp_path):
             f"from coder import Classifier\n"
             f"Classifier.load({str(art)!r}).classify([{str(sample_images[0])!r}])")
     assert _loaded_after(code) == []
+
+
+def test_pack_doctor_head_session_and_lazy_clip_weights_are_torch_free(tiny_fp32_artifact, tmp_path):
+    code = (f"import coder.pack, coder.doctor, coder.runtime.fused, coder.text_bank.clip_weights\n"
+            f"from coder.pack import pack_artifact\n"
+            f"pack_artifact({str(tiny_fp32_artifact)!r}, __import__('pathlib').Path({str(tmp_path / 'p')!r}))\n"
+            f"from coder.runtime.classifier import Classifier\n"
+            f"clf = Classifier.load({str(tmp_path / 'p')!r}, backend='cpu')\n"
+            f"assert clf.encoder.head is not None and clf.bank.clip_w.shape[0] == 10\n"
+            f"coder.doctor.collect()")
+    assert _loaded_after(code) == []
