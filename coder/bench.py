@@ -4,8 +4,10 @@ Stages: ``decode+pre`` (640x480 JPEG file -> pixels), ``encoder``, the CODER hea
 ``rerank`` (forced on, the worst case), and with a bank ``encoder+head`` (pixels -> labels) both ways:
 the encoder + the numpy head, and the encoder + the head graph (:mod:`coder.runtime.fused`). Native TensorRT engines get rows
 where ``coder build-engine`` built them. Latencies are p50/p90/p99 over repeats at batch 1, 8 and 32; the
-encoder's achieved GFLOPS is compared with this machine's fp32 matmul peak measured in the same
-run (numpy GEMM). With the [export] extra, torch eager rows run in the same process for reference.
+achieved GFLOPS of CPU encoder rows is compared with this machine's fp32 matmul peak measured in the
+same run (numpy GEMM). GPU rows (CUDA, TensorRT) get no percentage: a CPU GEMM is no reference for
+them, and no GPU peak is measured. With the [export] extra, torch eager rows run in the same process
+for reference.
 """
 
 from __future__ import annotations
@@ -68,6 +70,11 @@ def _pct(gflop_per_image: float | None, row: BenchRow, peak: float) -> float | N
     return 100 * gflop_per_image * row.images_per_s / peak if gflop_per_image else None
 
 
+def _on_cpu(row: BenchRow) -> bool:
+    """Rows measured on the CPU, the only ones the numpy GEMM peak is a fair reference for."""
+    return row.backend.startswith(("ort-cpu", "torch-eager", "pil+numpy", "numpy"))
+
+
 def _images(tmp: Path, n: int) -> list[Path]:
     from .samples import synthetic_scene
 
@@ -104,14 +111,18 @@ def run_bench(artifact_dir, batches=(1, 8, 32), repeats: int = 20, backends=("cp
             skipped[name] = str(e)
             continue
         report(f"benchmarking {name}")
-        rows += _encoder_rows(name, enc, bank, batches, repeats, cfg.size)
+        try:
+            rows += _encoder_rows(name, enc, bank, batches, repeats, cfg.size)
+        finally:
+            enc.close()  # native TensorRT: free the stream and device buffers before the next engine
     rows += _head_rows(art, bank, batches, repeats, report)
     if with_torch:
         rows += _torch_rows(art, batches, max(3, repeats // 2), skipped, report)
     # The GEMM peak is measured LAST: OpenBLAS threads keep spinning after it and slowed the
     # ONNX Runtime int8 encoder by 25 % when it ran first.
     peak = matmul_peak_gflops()
-    rows = [replace(r, pct_of_matmul_peak=_pct(flops, r, peak)) if r.stage == "encoder" else r for r in rows]
+    rows = [replace(r, pct_of_matmul_peak=_pct(flops, r, peak)) if r.stage == "encoder" and _on_cpu(r) else r
+            for r in rows]
     return {"architecture": art.architecture, "matmul_peak_gflops": peak, "image_gflop": flops,
             "rows": [asdict(r) for r in rows], "skipped": skipped}
 

@@ -20,8 +20,8 @@ try:  # typer >= 0.20 vendors click as typer._click; older typer uses click itse
 except ImportError:  # pragma: no cover
     from click import exceptions as _click_exceptions
 
-from . import __version__, cli_artifacts, cli_pack, cli_predict, cli_texts
-from .cli_common import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, err, exit_code_for, say
+from . import __version__, cli_artifacts, cli_bag, cli_pack, cli_predict, cli_texts
+from .cli_common import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, err, escape_help, exit_code_for, say
 from .errors import CoderError
 
 __doc__ += "\n".join(f"    {code}  {what}" for _, code, what in EXIT_CODES) + \
@@ -34,6 +34,11 @@ _CLICK_CONTROL_FLOW = (_click_exceptions.ClickException, typer.Exit, typer.Abort
 
 class _CoderGroup(TyperGroup):
     """Runs every command; the single place a CoderError becomes one line + exit code."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.rich_markup_mode == "rich":  # help texts are literal: "[trt]" must not vanish as markup
+            escape_help(self)
 
     def invoke(self, ctx):
         import warnings
@@ -79,6 +84,7 @@ app.add_typer(cli_artifacts.app)
 app.add_typer(cli_predict.app)
 app.add_typer(cli_texts.texts_app, name="texts")
 app.add_typer(cli_texts.bank_app, name="bank")
+app.add_typer(cli_bag.app)
 app.add_typer(cli_pack.app)
 
 

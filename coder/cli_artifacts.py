@@ -33,8 +33,8 @@ def export(
     engine_dir: Optional[Path] = typer.Option(None, help="Where the engine goes (default <out>/engines)."),
     as_json: bool = typer.Option(False, "--json", help="Print the manifest as JSON (one document, with the "
                                                         "engine record under 'tensorrt_engine' for --engine)."),
-    list_backbones: bool = typer.Option(False, "--list", help="List open_clip architectures, their pretrained "
-                                                              "tags and which families coder verified; export nothing."),
+    list_backbones: bool = typer.Option(False, "--list", help="List open_clip architectures, their pretrained tags "
+                                                              "and the families coder verified; export nothing."),
 ) -> None:
     """Export an open_clip model to validated ONNX encoders + manifest, then build the class bank."""
     from .export.pipeline import ExportOptions, default_out_dir, export_artifacts
@@ -130,14 +130,16 @@ def _default_texts(out_dir: Path, classes: str) -> Path:
 
 
 def _print_export_summary(result) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=f"exported {result.manifest['architecture']} -> {result.out_dir}")
+    t = Table(title=escape(f"exported {result.manifest['architecture']} -> {result.out_dir}"))
     for col in ("file", "MB", "validation"):
         t.add_column(col)
     for name, entry in result.manifest["files"].items():
         v = result.manifest["validation"].get(name)
-        t.add_row(name, f"{entry['bytes'] / 1e6:.1f}", _validation_text(v) + (" (resumed)" if name in result.resumed_files else ""))
+        t.add_row(escape(name), f"{entry['bytes'] / 1e6:.1f}",
+                  escape(_validation_text(v) + (" (resumed)" if name in result.resumed_files else "")))
     out.print(t)
 
 
@@ -261,14 +263,15 @@ def _save_npy(path: Path, arr) -> None:
 
 
 def _print_embed_table(res, out_file) -> None:
+    from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=f"{len(res.paths)} embeddings, dim {res.embeddings.shape[1]}, backend {res.backend} "
-                    f"({res.precision})" + (f" -> {out_file}" if out_file else ""))
+    t = Table(title=escape(f"{len(res.paths)} embeddings, dim {res.embeddings.shape[1]}, backend {res.backend} "
+                           f"({res.precision})" + (f" -> {out_file}" if out_file else "")))
     for col in ("file", "norm", "first values"):
         t.add_column(col)
     for f, row in zip(res.paths, res.embeddings):
-        t.add_row(f, f"{float((row ** 2).sum() ** 0.5):.4f}", " ".join(f"{v:+.4f}" for v in row[:4]) + " …")
+        t.add_row(escape(str(f)), f"{float((row ** 2).sum() ** 0.5):.4f}", " ".join(f"{v:+.4f}" for v in row[:4]) + " …")
     out.print(t)
 
 

@@ -58,11 +58,32 @@ def info(msg: str) -> None:
 
 
 def progress_bar():
-    """A Rich progress bar on stderr (stdout stays clean for ``--json``)."""
+    """A Rich progress bar on stderr (stdout stays clean for ``--json``).
+
+    Task descriptions are plain text, never markup (``export ViT-B-16 [x]`` shows as given): do not escape them.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+    return Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=err, transient=False)
+
+
+def escape_help(command) -> None:
+    """Escape Rich markup in every help text of a click command tree, in place.
+
+    Typer renders help through Rich markup, so "needs the [trt] extra" would print as "needs the  extra"
+    and "{class name: [text, ...]}" as "{class name: }". Help strings here are literal text.
+    """
+    from rich.markup import escape
+
+    for attr in ("help", "short_help", "epilog"):
+        if isinstance(getattr(command, attr, None), str):
+            setattr(command, attr, escape(getattr(command, attr)))
+    for param in getattr(command, "params", []):
+        if isinstance(getattr(param, "help", None), str):
+            param.help = escape(param.help)
+    for sub in getattr(command, "commands", {}).values():
+        escape_help(sub)
 
 
 def some(names: list[str], n: int = 10) -> str:

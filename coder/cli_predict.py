@@ -27,6 +27,10 @@ def classify(
     explain: bool = typer.Option(False, "--explain", help="Show the texts that matched best."),
     backend: str = typer.Option("auto", help="auto | cpu | cuda | tensorrt | tensorrt-native."),
     precision: str = typer.Option("fp32", help="Image encoder: fp32 | fp16 | int8 (as exported)."),
+    engine_dir: Optional[Path] = typer.Option(None, help="Native TensorRT engines (default $CODER_ENGINE_DIR, "
+                                                         "else <artifacts>/engines)."),
+    rebuild_stale: bool = typer.Option(False, "--rebuild-stale", help="Rebuild (and validate) a stale native "
+                                                                      "TensorRT engine instead of exiting 10."),
     batch_size: int = typer.Option(16, help="Images per encoder call (bounds memory)."),
     adapter: Optional[Path] = typer.Option(None, help="Few-shot adapter from `coder fit`."),
     fused_head: bool = typer.Option(True, "--fused-head/--no-fused-head",
@@ -36,16 +40,17 @@ def classify(
 ) -> None:
     """Classify images with CODER (stage 1 + gated one-to-one rerank)."""
     from .manifest import default_artifact_dir
-    from .runtime.classifier import Classifier
+    from .runtime.classifier import Classifier, EngineOptions
     from .runtime.images import to_pil
     from .runtime.inputs import batched, iter_image_paths
 
     clf = Classifier.load(artifacts or default_artifact_dir(), bank, backend, precision, tau, adapter=adapter,
-                          allow_fallback=allow_fallback, fused_head=fused_head)
-    rows, failures = [], 0
-    with progress_bar() as bar:
+                          allow_fallback=allow_fallback, fused_head=fused_head,
+                          engines=EngineOptions(str(engine_dir) if engine_dir else None, rebuild_stale))
+    rows, failures, empty = [], 0, []
+    with clf, progress_bar() as bar:
         task = bar.add_task(f"classifying ({clf.backend})", total=None)
-        for chunk in batched(iter_image_paths(paths), batch_size):
+        for chunk in batched(iter_image_paths(paths, empty.append), batch_size):
             ok, pils = [], []
             for p in chunk:
                 try:
@@ -63,7 +68,9 @@ def classify(
             bar.advance(task, len(chunk))
     if not as_json:
         _print_predictions(rows, clf, paths)
-    if failures:
+    for message in empty:  # an input that yields no image is an error (exit 1), like an unreadable one
+        say("error", message)
+    if failures or empty:
         raise typer.Exit(exit_code_for(InputError()))
 
 
@@ -98,7 +105,7 @@ def _print_predictions(rows: list[dict], clf, args: list[str] | None = None) -> 
 
     dirs = [a for a in (args or []) if Path(a).is_dir()]
     where = f" under {', '.join(dirs)}" if len(dirs) == 1 else ""
-    t = Table(title=f"{len(rows)} images{escape(where)}, backend {clf.backend}, tau {clf.tau}")
+    t = Table(title=escape(f"{len(rows)} images{where}, backend {clf.backend}, tau {clf.tau}"))
     t.add_column("file", overflow="fold", min_width=12)  # wrapped, never cut: the name identifies the image
     for col in ("label", "top-k (stage-1 score)", "gap", "reranked"):
         t.add_column(col, overflow="fold")
@@ -151,13 +158,14 @@ def eval_cmd(
     if as_json:
         print_json({"dataset": ds.name, "backend": clf.backend, "tau": clf.tau, **asdict(report)})
         return
+    from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=f"{ds.name}: {report.n} images, backend {clf.backend}, tau {clf.tau}")
+    t = Table(title=escape(f"{ds.name}: {report.n} images, backend {clf.backend}, tau {clf.tau}"))
     for col in ("method", "top-1", "top-5"):
         t.add_column(col)
     for method, acc in report.rows.items():
-        t.add_row(method, f"{100 * acc['top1']:.2f}%", f"{100 * acc['top5']:.2f}%")
+        t.add_row(escape(method), f"{100 * acc['top1']:.2f}%", f"{100 * acc['top5']:.2f}%")
     out.print(t)
     info(f"reranked {100 * report.reranked_fraction:.1f}% of images: {report.wrong_to_right} wrong->right, "
               f"{report.right_to_wrong} right->wrong; {report.failures} unreadable")
@@ -215,7 +223,7 @@ def bench(
     bank: Optional[str] = typer.Option(None, help="Bank for the head rows (default: the only one)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
-    """Latency p50/p90/p99 per stage and throughput, per backend that loads; % of the matmul peak."""
+    """Latency p50/p90/p99 per stage and throughput, per backend that loads; CPU rows: % of the CPU matmul peak."""
     from .bench import run_bench
     from .manifest import default_artifact_dir
 
@@ -230,8 +238,6 @@ def bench(
     if as_json:
         print_json(result)
         return
-    from rich.table import Table
-
     _print_bench(result)
     for name, why in result["skipped"].items():
         info(f"skipped {name}: {why}")
@@ -248,16 +254,16 @@ def _print_bench(result: dict) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=f"coder bench {escape(result['architecture'])}: matmul peak "
-                    f"{result['matmul_peak_gflops']:.0f} GFLOPS", box=box.SIMPLE_HEAD, pad_edge=False,
+    t = Table(title=escape(f"coder bench {result['architecture']}: CPU matmul peak "
+                           f"{result['matmul_peak_gflops']:.0f} GFLOPS"), box=box.SIMPLE_HEAD, pad_edge=False,
               padding=(0, 1), collapse_padding=True)
     t.add_column("backend", overflow="fold", ratio=1, min_width=12)
     t.add_column("stage", overflow="fold", min_width=12)
-    for col in ("b", "p50 ms", "p90 ms", "p99 ms", "img/s", "%peak"):
+    for col in ("b", "p50 ms", "p90 ms", "p99 ms", "img/s", "%CPU"):  # of the CPU matmul peak; GPU rows: none
         t.add_column(col, justify="right", no_wrap=True)
     for r in result["rows"]:
         pct = f"{r['pct_of_matmul_peak']:.0f}%" if r["pct_of_matmul_peak"] is not None else ""
-        t.add_row(escape(r["backend"]), r["stage"], str(r["batch"]), _ms(r["p50_ms"]), _ms(r["p90_ms"]),
+        t.add_row(escape(r["backend"]), escape(r["stage"]), str(r["batch"]), _ms(r["p50_ms"]), _ms(r["p90_ms"]),
                   _ms(r["p99_ms"]), f"{r['images_per_s']:.1f}", pct)
     out.print(t)
 
@@ -294,7 +300,7 @@ def build_engine_with_progress(artifacts: Path, opts, engine_dir: Optional[Path]
     """
     from dataclasses import asdict
 
-    from .engines.engine_build import build_image_engine
+    from .runtime.engine_build import build_image_engine
     from .engines.trt import require_trt
     from .manifest import load_artifact
     from .runtime.classifier import find_bank
@@ -321,5 +327,7 @@ def build_engine_with_progress(artifacts: Path, opts, engine_dir: Optional[Path]
     v, key = built.validation, built.key
     info(f"wrote {built.path} (TensorRT {key['tensorrt']}, {key['gpu']} sm {key['compute_capability']}); "
          f"vs fp32 ONNX Runtime on {v.images} scenes: min cosine {v.min_cosine:.5f}"
-         + (f", top-1 agreement {100 * v.top1_agreement:.0f}%" if v.top1_agreement is not None else ""))
+         + (f", top-1 agreement {100 * v.top1_agreement:.0f}%" if v.top1_agreement is not None else "")
+         + (f", labels equal {100 * v.label_agreement:.0f}% (every head output checked)"
+            if v.label_agreement is not None else ""))
     return record

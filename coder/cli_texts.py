@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .cli_common import info, out, print_json, progress_bar, say, some
+from .cli_common import EXIT_INTERRUPTED, info, out, print_json, progress_bar, say, some
 from .errors import ConfigError, LLMError
 
 
@@ -30,6 +30,8 @@ def texts_init(
     t = init_texts(classes, preset)
     save_texts(out_file, t)
     info(f"wrote {out_file}: {len(t.classes)} classes, preset {t.preset}")
+    for rename in t.provenance.get("class_renames", []):
+        say("warning", f"repeated class name made unique: {rename}")
 
 
 @texts_app.command("synonyms")
@@ -66,8 +68,11 @@ def texts_import(
     from .text_bank.texts import load_texts, save_texts
 
     t = load_texts(texts)
-    new, missing, extra = import_descriptions(t, read_descriptions(source, fmt), kind)
+    dropped: list[str] = []
+    new, missing, extra = import_descriptions(t, read_descriptions(source, fmt, dropped), kind)
     save_texts(texts, new)
+    if dropped:
+        say("warning", f"dropped {len(dropped)} descriptions of {source} that are empty once cleaned: {some(dropped, 5)}")
     info(f"{texts}: imported {kind} for {len(t.classes) - len(missing)}/{len(t.classes)} classes")
     if missing:
         say("warning", f"no descriptions for {len(missing)} classes: {some(missing)}")
@@ -120,6 +125,10 @@ def texts_generate(
 
         new, report = generate(t, client, encoder, opts, progress)
     save_texts(texts, new)
+    if report.interrupted:
+        say("warning", f"interrupted: {report.done} answered generations saved to {texts}, {report.not_asked} not "
+                       "asked; re-run the same command to ask only those")
+        raise typer.Exit(EXIT_INTERRUPTED)
     info(f"{texts}: {report.done} generations done, {len(report.failures)} failed")
     for f in report.failures:
         say("failed", f"{f['task']}: {f['error']}")
@@ -135,16 +144,17 @@ def texts_list(as_json: bool = typer.Option(False, "--json")) -> None:
 
     lists = builtin_lists()
     if as_json:
-        print_json({k: {"classes": len(v["classes"]), "preset": v["preset"], "source": v["source"]}
-                     for k, v in lists.items()})
+        print_json({k: {"classes": len(v["classes"]), "preset": v["preset"], "source": v["source"],
+                        "wordnet_ids": "wnids" in v} for k, v in lists.items()})
         return
+    from rich.markup import escape
     from rich.table import Table
 
     t = Table(title="built-in class lists")
     for col in ("name", "classes", "preset", "source"):
         t.add_column(col)
     for k, v in lists.items():
-        t.add_row(k, str(len(v["classes"])), v["preset"], v["source"])
+        t.add_row(escape(k), str(len(v["classes"])), escape(v["preset"]), escape(v["source"]))
     out.print(t)
 
 

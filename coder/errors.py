@@ -49,3 +49,7 @@ class LLMError(CoderError):
 
 class StaleEngineError(BackendError):
     """A TensorRT engine was built for another ONNX file, TensorRT version, GPU or profile."""
+
+
+class FrameError(InputError):
+    """One ROS image message could not be turned into a frame; the message names topic and stamp."""

@@ -1,8 +1,11 @@
 """A scripted OpenAI-compatible chat-completions server on 127.0.0.1 for tests.
 
 It answers ATG questions deterministically and can misbehave on demand:
-garbage answers for some classes, 429/500 for the first requests, a slow first
-response, or going away after N requests.
+garbage answers for some classes, 429/500 for the first requests (with any
+``Retry-After``), a slow first response or slow responses throughout, going away
+after N requests, or cutting the first responses short on the wire ("incomplete":
+fewer body bytes than Content-Length; "drop": connection closed before a status
+line; "badstatus": a garbage status line).
 """
 
 from __future__ import annotations
@@ -16,13 +19,16 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class Script:
     def __init__(self, garbage_for=(), fail_first=0, fail_status=429, slow_first=0.0, die_after=None,
-                 similar=None, garbage_once_for=()):
+                 similar=None, garbage_once_for=(), retry_after="0", delay=0.0, cut_first=0, cut_mode="incomplete"):
         self.garbage_for = set(garbage_for)
         self.garbage_once_for = set(garbage_once_for)
         self.fail_first, self.fail_status = fail_first, fail_status
         self.slow_first = slow_first
         self.die_after = die_after
         self.similar = similar or {}
+        self.retry_after, self.delay = retry_after, delay
+        self.cut_first, self.cut_mode = cut_first, cut_mode
+        self.answered = 0  # complete 200 responses written
         self.calls = 0
         self.auth: list[str | None] = []
         self.lock = threading.Lock()
@@ -68,18 +74,35 @@ def serve(script: Script):
                 return
             if n <= script.fail_first:
                 self.send_response(script.fail_status)
-                self.send_header("Retry-After", "0")
+                if script.retry_after is not None:
+                    self.send_header("Retry-After", script.retry_after)
                 self.end_headers()
                 return
             if n == 1 and script.slow_first:
                 time.sleep(script.slow_first)
+            if script.delay:
+                time.sleep(script.delay)
             text = script.answer(body["messages"][-1]["content"])
             payload = json.dumps({"choices": [{"message": {"role": "assistant", "content": text}}]}).encode()
+            if n <= script.fail_first + script.cut_first:
+                self._cut(payload)
+                return
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
             self.wfile.write(payload)
+            with script.lock:
+                script.answered += 1
+
+        def _cut(self, payload: bytes):
+            self.close_connection = True
+            if script.cut_mode == "badstatus":
+                self.wfile.write(b"HTTX/9 what\r\n\r\n")
+            elif script.cut_mode == "incomplete":
+                self.wfile.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 + f"Content-Length: {len(payload)}\r\n\r\n".encode() + payload[:len(payload) // 2])
+            self.wfile.flush()  # "drop": nothing at all
 
     server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
     thread = threading.Thread(target=server.serve_forever, daemon=True)

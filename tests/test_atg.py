@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from coder.cli import EXIT_CODES, app
-from coder.errors import LLMError
+from coder.errors import ConfigError, LLMError
 from coder.text_bank.text_encoder import TextEncoder
 from coder.text_bank.atg import GenerateOptions, generate, nearest_pairs, read_pairs_file
 from coder.text_bank.llm import ChatClient, LLMConfig, ResponseCache
@@ -139,7 +139,7 @@ def test_api_key_from_env_never_written(server, tmp_path, monkeypatch):
     for f in (tmp_path / "cache").rglob("*.json"):
         assert "sk-secret" not in f.read_text()
     monkeypatch.delenv("MY_LLM_KEY")
-    with pytest.raises(LLMError, match="MY_LLM_KEY"):
+    with pytest.raises(ConfigError, match="MY_LLM_KEY"):
         ChatClient(LLMConfig(url, "m", "MY_LLM_KEY"), ResponseCache(tmp_path / "c2"))
 
 
@@ -171,3 +171,104 @@ def test_cli_generate_against_server(server, tmp_path, tiny_artifact):
     assert "att:frog" in res.output
     t = load_texts(texts)
     assert sum(bool(c.att) for c in t.classes) == 9 and t.pairs
+
+
+CAT_Q = [{"role": "user", "content": "What are useful visual features for distinguishing a cat in a photo?"}]
+
+
+@pytest.mark.parametrize("mode", ["incomplete", "drop", "badstatus"])
+def test_responses_cut_short_are_retried(server, tmp_path, mode):
+    script, url = server(cut_first=2, cut_mode=mode)
+    assert "cat feature one" in _client(url, tmp_path).ask(CAT_Q)
+    assert script.calls == 3
+
+
+def test_cut_short_after_all_retries_is_an_llm_error(server, tmp_path):
+    script, url = server(cut_first=10, cut_mode="incomplete")
+    with pytest.raises(LLMError, match="IncompleteRead"):
+        _client(url, tmp_path, max_retries=1).ask(CAT_Q)
+
+
+@pytest.mark.parametrize("value", ["-5", "soon", "nan", "inf", "-inf", "", "Wed, 21 Oct 2015 07:28:00 GMT", "1e400"])
+def test_odd_retry_after_never_crashes(server, tmp_path, value):
+    script, url = server(fail_first=1, fail_status=503, retry_after=value)
+    sleeps = []
+    client = ChatClient(LLMConfig(url, "m", **FAST), ResponseCache(tmp_path / "cache"), sleep=sleeps.append)
+    assert "cat feature one" in client.ask(CAT_Q)
+    assert len(sleeps) == 1 and 0 <= sleeps[0] <= FAST["max_backoff_s"]
+
+
+def test_retry_after_seconds():
+    from coder.text_bank.llm import retry_after_seconds
+
+    assert retry_after_seconds("3") == 3.0 and retry_after_seconds("-5") == 0.0
+    assert retry_after_seconds("soon") is None and retry_after_seconds("nan") is None and retry_after_seconds(None) is None
+    assert retry_after_seconds("Wed, 21 Oct 2015 07:28:10 GMT", now=1445412480.0) == 10.0
+
+
+def test_unparsable_answers_are_not_cached_and_a_rerun_retries_them(server, tmp_path, encoder):
+    script, url = server(garbage_for={"dog"})
+    t = init_texts("cifar10")
+    opts = GenerateOptions(kinds=("att",), reasks=2)
+    _, report = generate(t, _client(url, tmp_path), encoder, opts)
+    assert [f["task"] for f in report.failures] == ["att:dog"] and script.calls == 12  # 9 + dog asked 3 times
+    script2, url2 = server()  # the LLM now answers dog properly
+    new, report2 = generate(t, _client(url2, tmp_path), encoder, opts)
+    assert not report2.failures and script2.calls == 1  # only dog's first question, the rest from the cache
+    assert new.classes[5].att == ("dog feature one", "dog feature two", "dog feature three")
+
+
+def test_unparsable_pair_answers_are_not_cached(server, tmp_path):
+    script, url = server(garbage_for={"dog"})
+    t = init_texts("cifar10")
+    opts = GenerateOptions(kinds=("pair",), pairs=((3, 5),), reasks=1)
+    _, report = generate(t, _client(url, tmp_path), None, opts)
+    assert len(report.failures) == 1 and script.calls == 2
+    _, report2 = generate(t, _client(url, tmp_path), None, opts)
+    assert len(report2.failures) == 1 and script.calls == 4  # asked again, not served from the cache
+
+
+def test_ctrl_c_cancels_queued_prompts_saves_answers_and_a_rerun_asks_only_the_rest(server, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    script, url = server(delay=0.4)  # every answer takes 0.4 s: 10 tasks at concurrency 2 take ~2 s
+    texts = tmp_path / "t.json"
+    save_texts(texts, init_texts("cifar10"))
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, "-m", "coder", "texts", "generate", str(texts), "--llm-url", url, "--model", "m",
+           "--kinds", "att", "--concurrency", "2", "--timeout", "5"]
+    child = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 30
+        while script.answered < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert script.answered >= 2, "the server was never asked"
+        calls_at_sigint = script.calls
+        t0 = time.monotonic()
+        child.send_signal(signal.SIGINT)
+        _, stderr = child.communicate(timeout=20)
+        stopped_after = time.monotonic() - t0
+    finally:
+        if child.poll() is None:
+            child.kill()
+    assert child.returncode == 130, stderr
+    assert "interrupted" in stderr and "Traceback" not in stderr
+    assert stopped_after < 2.0  # the queue was not drained (8 more tasks would take 1.6 s more at least)
+    # Requests already on the wire may finish (2 workers can each have started one while the signal
+    # travelled); nothing queued is sent after that.
+    assert script.calls <= calls_at_sigint + 2 and script.calls < 10
+    saved = load_texts(texts)
+    answered = sum(bool(c.att) for c in saved.classes)
+    assert answered >= 2 and answered == script.answered  # every answered prompt was saved
+    script2, url2 = server()
+    res = CliRunner().invoke(app, ["texts", "generate", str(texts), "--llm-url", url2, "--model", "m",
+                                   "--kinds", "att", "--timeout", "5"])
+    assert res.exit_code == 0, res.output
+    assert script2.calls == 10 - answered  # only what was missing
+    assert all(c.att for c in load_texts(texts).classes)

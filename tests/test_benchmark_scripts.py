@@ -25,3 +25,24 @@ def test_encoder_benchmark_runs(tiny_artifact):
     import json
     rows = json.loads(res.stdout)["rows"]
     assert [r["batch"] for r in rows] == [1, 8] and all(r["pct_of_matmul_peak"] > 0 for r in rows)
+
+
+def test_fewshot_memory_benchmark_runs(tiny_artifact, tmp_path):
+    """--mode memory end to end on a tiny problem: the streaming and all-in-memory adapters are identical."""
+    import json
+    import shutil
+
+    from coder.text_bank.bank import build_bank
+    from coder.text_bank.texts import init_texts
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art, ignore=shutil.ignore_patterns("banks"))
+    build_bank(art, init_texts("cifar10"))
+    script = next(p for p in SCRIPTS if p.name == "bench_fewshot.py")
+    res = subprocess.run([sys.executable, str(script), "--artifacts", str(art), "--mode", "memory",
+                          "--classes", "3", "--shots", "2", "--check-classes", "2", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    r = json.loads(res.stdout)
+    assert r["adapter_identical"] is True and r["full"]["n_support"] == 6 and r["check_streaming"]["n_support"] == 4
+    assert r["full"]["peak_rss_mb"] > 0 and r["check_all_in_memory"]["peak_rss_mb"] > 0

@@ -116,7 +116,17 @@ def test_classify_json_lines_dir_and_glob(cli_art, sample_images, tmp_path):
     assert res.exit_code == 0, res.output
     lines = [json.loads(line) for line in res.stdout.splitlines()]
     assert [r["file"] for r in lines] == sorted(str(p) for p in sample_images) + [str(sample_images[1])]
-    assert all(r["backend"] == "cpu" and r["name"] in r["top_k_names"] + [r["name"]] for r in lines)
+    from coder.text_bank.texts import builtin_lists
+
+    names = builtin_lists()["cifar10"]["classes"]
+    for r in lines:
+        assert r["backend"] == "cpu" and r["name"] == names[r["label"]]
+        assert r["top_k_names"] == [names[i] for i in r["top_k"]] and len(r["top_k"]) == 5
+        assert r["stage1_scores"] == sorted(r["stage1_scores"], reverse=True)
+        if r["reranked"]:  # the label is the rerank winner among the candidates
+            assert r["label"] == r["rerank_candidates"][int(np.argmax(r["rerank_scores"]))]
+        else:  # the label is stage 1's top-1
+            assert r["label"] == r["top_k"][0]
     assert all(r["explain"] for r in lines)
 
 
@@ -219,3 +229,104 @@ def test_classify_table_shows_paths_relative_to_the_argument_wrapped(tiny_fp32_a
     assert "…" not in res.stdout
     assert str(tmp_path) not in "".join(line for line in res.stdout.splitlines()[1:] if "│" in line)
     shutil.rmtree(tmp_path / "a-rather-long-folder-name")
+
+
+def test_classify_input_without_images_is_an_error(cli_art, sample_images, tmp_path):
+    empty = tmp_path / "empty"
+    (empty / "sub").mkdir(parents=True)
+    (empty / "notes.txt").write_text("no images here")
+    res = _run("classify", empty, "-a", cli_art)
+    assert res.returncode == CODE[InputError] == 1, res.stderr
+    assert f"error: {empty}: directory holds no image files" in res.stderr and "Traceback" not in res.stderr
+    res = runner.invoke(app, ["classify", str(sample_images[0]), str(tmp_path / "*.nothing"), "-a", str(cli_art),
+                              "--json"])
+    assert res.exit_code == 1 and "pattern matches no file" in res.stderr
+    assert len(res.stdout.splitlines()) == 1  # the good image was still classified
+
+
+def _texts_file(tmp_path):
+    from coder.text_bank.texts import init_texts, save_texts
+
+    path = tmp_path / "t.json"
+    save_texts(path, init_texts("cifar10"))
+    return path
+
+
+@pytest.mark.parametrize("content,needle", [
+    (None, "no such file"),
+    ('{"pairs": [{"true": "cat", "predicted": 5}]}', r"pairs\[0\].predicted: expected a class name string, got int"),
+    ('{"pairs": [["cat", "dog"]]}', r"pairs\[0\].true: expected a class name string"),
+    ('{"pairs": {"cat": "dog"}}', "pairs: expected a list"),
+])
+def test_generate_bad_pairs_file_is_a_usage_error(tmp_path, content, needle):
+    pairs = tmp_path / "pairs.json"
+    if content is not None:
+        pairs.write_text(content)
+    res = _run("texts", "generate", _texts_file(tmp_path), "--llm-url", "http://127.0.0.1:9/v1", "--model", "m",
+               "--kinds", "pair", "--pairs-file", pairs)
+    assert res.returncode == CODE[ConfigError] == 2, res.stderr
+    assert "Traceback" not in res.stderr and res.stderr.count("\n") == 1
+    import re
+    assert re.search(needle, res.stderr), res.stderr
+
+
+def test_usage_errors_exit_2(tmp_path, monkeypatch):
+    texts = _texts_file(tmp_path)
+    src = tmp_path / "d.json"
+    src.write_text('{"cat": ["whiskers"]}')
+    res = runner.invoke(app, ["texts", "import", str(texts), str(src), "--format", "bogus"])
+    assert res.exit_code == 2 and "--format 'bogus'" in res.output
+    res = runner.invoke(app, ["texts", "import", str(texts), str(src), "--kind", "pair"])
+    assert res.exit_code == 2 and "--kind 'pair'" in res.output
+    monkeypatch.delenv("CODER_TEST_NO_SUCH_KEY", raising=False)
+    res = runner.invoke(app, ["texts", "generate", str(texts), "--llm-url", "http://127.0.0.1:9/v1", "--model", "m",
+                              "--kinds", "att", "--api-key-env", "CODER_TEST_NO_SUCH_KEY"])
+    assert res.exit_code == 2 and "CODER_TEST_NO_SUCH_KEY" in res.output
+
+
+def _help_commands(command, path=()):
+    """(path, click command) for every command and group under the root app."""
+    yield path, command
+    for name, sub in getattr(command, "commands", {}).items():
+        yield from _help_commands(sub, (*path, name))
+
+
+def test_help_texts_keep_their_brackets(monkeypatch):
+    """Typer renders help as Rich markup: "[trt]" or "[text, ...]" must print as written."""
+    import re
+
+    import typer
+
+    monkeypatch.setenv("COLUMNS", "250")
+    root = typer.main.get_command(app)
+    checked = 0
+    for path, command in _help_commands(root):
+        res = runner.invoke(app, [*path, "--help"])
+        assert res.exit_code == 0, (path, res.output)
+        shown = " ".join(res.output.replace("│", " ").split())
+        texts = [command.help or ""] + [p.help or "" for p in command.params]
+        for text in texts:
+            for segment in re.findall(r"\[[^\]]*\]|\{[^}]*\}", text.replace("\\[", "[")):
+                assert " ".join(segment.split()) in shown, (path, segment)
+                checked += 1
+    assert checked >= 4
+    engine = " ".join(runner.invoke(app, ["build-engine", "--help"]).output.split())
+    assert "needs a CUDA GPU and the [trt] extra" in engine
+    imp = " ".join(runner.invoke(app, ["texts", "import", "--help"]).output.replace("│", " ").split())
+    assert "{class name: [text, ...]}" in imp
+
+
+def test_file_names_with_brackets_are_shown_as_given(tiny_artifact, cli_art, sample_images, tmp_path, monkeypatch):
+    import shutil
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("COLUMNS", "200")
+    shutil.copy(sample_images[0], tmp_path / "cat[bold].jpg")
+    res = runner.invoke(app, ["embed", "cat[bold].jpg", "--artifacts", str(tiny_artifact)])
+    assert res.exit_code == 0, res.output
+    assert "cat[bold].jpg" in res.stdout
+    res = runner.invoke(app, ["classify", "cat[bold].jpg", "-a", str(cli_art)])
+    assert res.exit_code == 0, res.output
+    assert "cat[bold].jpg" in res.stdout
+    res = runner.invoke(app, ["texts", "list"])
+    assert "'missile' -> 'projectile'" in " ".join(res.stdout.replace("│", " ").split())

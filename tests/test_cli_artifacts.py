@@ -126,7 +126,8 @@ def test_export_list_includes_a_custom_config():
 
 def test_export_engine_json_is_one_document(tmp_path, tiny_arch, monkeypatch):
     """--engine tensorrt --json: the manifest and the engine record in a single JSON document (engine faked)."""
-    from coder.engines import engine_build, trt
+    from coder.engines import trt
+    from coder.runtime import engine_build
 
     built = []
 

@@ -1,11 +1,13 @@
-"""Backends never fall back silently."""
+"""Backends never fall back silently; the GPU provider contract (provider list, TensorRT options,
+session config, node placement) is asserted on what coder passes to ONNX Runtime, without a GPU."""
 
 import shutil
 
+import numpy as np
 import onnxruntime as ort
 import pytest
 
-from coder.engines.ort import load_ort, probe_providers
+from coder.engines.ort import BACKENDS, load_ort, probe_providers
 from coder.errors import BackendError
 from coder.manifest import load_artifact
 
@@ -43,8 +45,95 @@ def test_probe():
     assert probe_providers()["cpu"] == "ok"
 
 
+@pytest.fixture
+def captured(monkeypatch):
+    """ONNX Runtime that claims every provider and runs on the CPU, recording what coder asked for.
+
+    ``get_providers`` echoes the request (as a GPU build would), so only the profiled node
+    placement can reveal that the nodes ran on the CPU.
+    """
+    calls = []
+    real = ort.InferenceSession
+
+    class Capturing(real):
+        def __init__(self, path, sess_options=None, providers=None):
+            calls.append({"providers": providers, "options": sess_options})
+            super().__init__(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
+            self._asked = [p[0] if isinstance(p, tuple) else p for p in providers]
+
+        def get_providers(self):
+            return self._asked
+
+    monkeypatch.setattr(ort, "get_available_providers", lambda: list(BACKENDS.values()))
+    monkeypatch.setattr(ort, "InferenceSession", Capturing)
+    return calls
+
+
+def test_tensorrt_provider_list_profile_and_cache_keyed_by_weights(tiny_artifact, tmp_path, captured):
+    from coder.runtime.encoder import ImageEncoder
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art, ignore=shutil.ignore_patterns("banks", "engines"))
+    with pytest.warns(RuntimeWarning):
+        enc = ImageEncoder.load(art, "fp32", "tensorrt", allow_fallback=True)
+    providers = captured[-1]["providers"]
+    assert [p[0] if isinstance(p, tuple) else p for p in providers] == \
+        ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
+    opts = providers[0][1]
+    assert opts["trt_profile_min_shapes"] == "pixel_values:1x3x64x64"
+    assert opts["trt_profile_opt_shapes"] == "pixel_values:8x3x64x64"
+    assert opts["trt_profile_max_shapes"] == "pixel_values:64x3x64x64"  # the artifact's max_batch
+    sha = load_artifact(art).manifest["files"]["image_encoder.fp32.onnx"]["sha256"]
+    cache = opts["trt_engine_cache_path"]
+    assert opts["trt_engine_cache_enable"] == "True" and sha[:16] in cache and f"ort{ort.__version__}" in cache
+    assert "-trt" in cache and opts["trt_timing_cache_path"] == cache
+    assert enc.engine.placement["cpu"]["MatMul"] > 0 and enc.backend == "cpu"  # the truth: it ran on the CPU
+    # other weights under the same file and tensor names: another cache directory
+    from coder.engines.ort import trt_provider_options
+
+    onnx = art / "image_encoder.fp32.onnx"
+    onnx.write_bytes(onnx.read_bytes() + b"\n")  # trailing bytes: same graph names, other file content
+    assert trt_provider_options(onnx)["trt_engine_cache_path"] != cache
+
+
+def test_cuda_provider_list_and_cpu_placement_is_an_error(tiny_artifact, captured):
+    path = load_artifact(tiny_artifact).encoder("image", "int8")
+    with pytest.raises(BackendError, match=r"compute nodes on the CPU \(.*MatMul.*--allow-fallback"):
+        load_ort(path, "cuda", "int8")
+    assert captured[-1]["providers"] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    so = captured[-1]["options"]
+    assert so.enable_profiling  # placement measured; disable_cpu_ep_fallback is incompatible with CPU listed
+    with pytest.warns(RuntimeWarning, match="compute nodes on the CPU"):
+        enc = load_ort(path, "cuda", "int8", allow_fallback=True)
+    assert enc.backend == "cpu" and "DynamicQuantizeMatMul" in enc.placement["cpu"]
+    np.testing.assert_equal(enc.run(np.zeros((2, 3, 64, 64), np.float32)).shape, (2, 64))
+
+
+def test_cpu_backend_is_not_profiled(tiny_artifact, captured):
+    load_ort(load_artifact(tiny_artifact).encoder("image", "fp32"), "cpu")
+    assert captured[-1]["providers"] == ["CPUExecutionProvider"] and not captured[-1]["options"].enable_profiling
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and onnxruntime-gpu")
 def test_cuda_runs(tiny_artifact):
     enc = load_ort(load_artifact(tiny_artifact).encoder("image", "fp16"), "cuda", "fp16")
-    assert enc.providers[0] == "CUDAExecutionProvider"
+    assert enc.providers[0] == "CUDAExecutionProvider" and enc.backend.startswith("cuda")
+    assert "cuda" in enc.placement
+
+
+def test_reported_backend_names_every_provider_that_ran_compute():
+    """Mixed placement as a GPU build reports it: TensorRT kernels, CUDA leftovers, CPU shape ops or compute."""
+    from coder.engines.ort import _reported_backend
+
+    trt = "TensorrtExecutionProvider"
+    used = [trt, "CUDAExecutionProvider", "CPUExecutionProvider"]
+    placed = {"tensorrt": {"TRTKernel_graph_main_0": 1}, "cuda": {"MatMulInteger": 9}, "cpu": {"Shape": 2}}
+    assert _reported_backend("tensorrt", trt, used, placed, [], "m.onnx", False) == "tensorrt+cuda"
+    assert _reported_backend("tensorrt", trt, used, {"tensorrt": {"TRTKernel": 1}}, [], "m.onnx", False) == "tensorrt"
+    placed["cpu"]["DynamicQuantizeLinear"] = 1
+    with pytest.raises(BackendError, match="DynamicQuantizeLinear.*--allow-fallback"):
+        _reported_backend("tensorrt", trt, used, placed, ["DynamicQuantizeLinear"], "m.onnx", False)
+    with pytest.warns(RuntimeWarning):
+        got = _reported_backend("tensorrt", trt, used, placed, ["DynamicQuantizeLinear"], "m.onnx", True)
+    assert got == "tensorrt+cuda+cpu"

@@ -92,3 +92,40 @@ def test_bad_arrays(arr, needle):
 def test_unsupported_type():
     with pytest.raises(InputError, match="unsupported"):
         to_pil(12345)
+
+
+@pytest.mark.parametrize("w,h", [(4000, 1), (1, 4000), (3300, 100), (40000, 1)])
+def test_thin_strips_are_refused_before_decoding(tmp_path, w, h):
+    p = tmp_path / "strip.png"
+    if w * h <= 200_000:
+        Image.new("RGB", (w, h), (9, 9, 9)).save(p)
+    else:
+        _png_header_only(p, w, h)
+    with pytest.raises(InputError, match=r"aspect ratio .*over the 32:1 limit") as ei:
+        load_image(p)
+    assert str(p) in str(ei.value) and f"{w}x{h}" in str(ei.value)
+    with pytest.raises(InputError, match="aspect ratio"):
+        to_pil(np.zeros((h, w, 3), np.uint8) if w * h <= 200_000 else np.zeros((1, 100, 3), np.uint8))
+    with pytest.raises(InputError, match="aspect ratio"):
+        to_pil(Image.new("L", (min(w, 5000), min(h, 5000))))
+
+
+def test_aspect_limit_is_inclusive_and_both_orientations():
+    from coder.runtime.images import MAX_ASPECT_RATIO, check_shape
+
+    assert MAX_ASPECT_RATIO == 32
+    assert to_pil(np.zeros((7, 224, 3), np.uint8)).size == (224, 7)  # exactly 32:1 is accepted
+    assert to_pil(np.zeros((224, 7), np.uint8)).size == (7, 224)
+    with pytest.raises(InputError):
+        check_shape(225, 7)
+
+
+@pytest.mark.parametrize("shape", [(0, 0), (0, 5), (5, 0), (0, 5, 3)])
+def test_zero_size_arrays_are_input_errors(shape):
+    with pytest.raises(InputError, match="empty|shape"):
+        to_pil(np.zeros(shape, np.uint8))
+
+
+def test_zero_size_pil_image_is_an_input_error():
+    with pytest.raises(InputError, match="empty"):
+        to_pil(Image.new("RGB", (0, 4)))

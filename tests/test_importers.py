@@ -4,7 +4,7 @@ import pytest
 from typer.testing import CliRunner
 
 from coder.cli import app
-from coder.errors import TextsError
+from coder.errors import ConfigError, TextsError
 from coder.text_bank.importers import import_descriptions, read_descriptions
 from coder.text_bank.texts import init_texts, load_texts, save_texts
 
@@ -25,7 +25,7 @@ def test_cupl_keeps_sentences_and_ana_kind():
     t = init_texts("cifar10")
     new, *_ = import_descriptions(t, {"cat": ["A cat is a small furry animal."]}, "ana")
     assert new.classes[3].ana == ("A cat is a small furry animal.",)
-    with pytest.raises(TextsError, match="--kind"):
+    with pytest.raises(ConfigError, match="--kind"):
         import_descriptions(t, {}, "pair")
 
 
@@ -46,3 +46,24 @@ def test_cli_import_reports_unmatched(tmp_path):
     assert res.exit_code == 0, res.output
     assert "1/10" in res.output and "unicorn" in res.output
     assert load_texts(texts).classes[3].att == ("whiskers",)
+
+
+def test_descriptions_empty_once_cleaned_are_dropped_and_the_file_stays_loadable(tmp_path):
+    src = tmp_path / "d.json"
+    src.write_text(json.dumps({"cat": ["...", "whiskers.", " . ", "pointed ears"], "dog": ["…", "a tail"]}))
+    texts = tmp_path / "t.json"
+    save_texts(texts, init_texts("cifar10"))
+    r = CliRunner().invoke(app, ["texts", "import", str(texts), str(src)])
+    assert r.exit_code == 0, r.output
+    assert "dropped 2 descriptions" in r.output and "cat[0]: '...'" in r.output
+    t = load_texts(texts)  # the saved file loads (it did not when "..." was stored as "")
+    by_name = {c.name: c for c in t.classes}
+    assert by_name["cat"].att == ("whiskers", "pointed ears") and by_name["dog"].att == ("…", "a tail")
+    dropped = []
+    assert read_descriptions(src, "cupl", dropped)["cat"] == ["...", "whiskers.", ".", "pointed ears"] and dropped == []
+
+
+def test_import_validates_before_returning():
+    t = init_texts("cifar10")
+    with pytest.raises(TextsError, match=r"classes\[3\].att\[0\]: empty string"):
+        import_descriptions(t, {"cat": ["  "]}, "att")

@@ -14,7 +14,8 @@ def _loaded_after(code: str) -> list[str]:
 
 
 def test_import_coder_and_runtime_is_torch_free():
-    assert _loaded_after("import coder, coder.runtime, coder.engines, coder.manifest, coder.samples") == []
+    assert _loaded_after("import coder, coder.runtime, coder.engines, coder.engines.trt, coder.runtime.engine_build, "
+                         "coder.manifest, coder.samples") == []
 
 
 def test_cli_module_is_torch_free():
@@ -54,4 +55,37 @@ def test_pack_doctor_head_session_and_lazy_clip_weights_are_torch_free(tiny_fp32
             f"clf = Classifier.load({str(tmp_path / 'p')!r}, backend='cpu')\n"
             f"assert clf.encoder.head is not None and clf.bank.clip_w.shape[0] == 10\n"
             f"coder.doctor.collect()")
+    assert _loaded_after(code) == []
+
+
+def test_ros_deploy_modules_are_torch_free():
+    mods = "coder.deploy.ros_msgs, coder.deploy.bag, coder.deploy.ros2_core, coder.deploy.ros2_node, coder.cli_bag"
+    assert _loaded_after(f"import {mods}") == []
+
+
+def test_labeling_a_bag_is_torch_free(tiny_artifact, tmp_path):
+    import shutil
+
+    from tests.ros_bags import Frame, write_bag
+    from coder.samples import synthetic_scene
+    import numpy as np
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art, ignore=shutil.ignore_patterns("banks"))
+    bag = write_bag(tmp_path / "b", [Frame("/cam", 10**9, "cam", "rgb8", np.asarray(synthetic_scene(0, (32, 24))))])
+    code = (f"from coder.text_bank.bank import build_bank\n"
+            f"from coder.text_bank.texts import init_texts\n"
+            f"build_bank({str(art)!r}, init_texts('cifar10'))\n"
+            f"from pathlib import Path\n"
+            f"from coder import Classifier\n"
+            f"from coder.deploy.bag import BagOptions, classify_bags, plan_bags\n"
+            f"plans, _, _ = plan_bags([Path({str(bag)!r})], ['/cam'])\n"
+            f"assert len(list(classify_bags(Classifier.load({str(art)!r}), plans, BagOptions()))) == 1")
+    assert _loaded_after(code) == []
+
+
+def test_embed_text_command_is_torch_free(tiny_artifact):
+    code = ("from typer.testing import CliRunner\nfrom coder.cli import app\n"
+            f"r = CliRunner().invoke(app, ['embed', '-a', {str(tiny_artifact)!r}, '--text', 'wow!;', '--json'])\n"
+            "assert r.exit_code == 0, r.output")
     assert _loaded_after(code) == []

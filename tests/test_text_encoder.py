@@ -12,7 +12,8 @@ from coder.text_bank.texts import init_texts
 # Id 0 is the BPE token "!" when it does not end a word: these texts hold it inside.
 BANG = ["a cat which has a loud meow!(sometimes)", "!@#", "wow!;", "stop!—now"]
 LONG = " ".join(f"word{i} and, another!" for i in range(60))  # far over 77 tokens: truncated, EOT kept
-ODD = ["", "   ", "\t\n", "ÉCOLE café naïve", "日本語のテキスト", "a 🐈 and a 🐕‍🦺 🇫🇷", "x" * 500]
+ODD = ["", "   ", "\t\n", "ÉCOLE café naïve", "日本語のテキスト", "a 🐈 and a 🐕‍🦺 🇫🇷",
+       "x" * 500]
 SHORT = ["a photo of a cat.", "dog"]
 
 
@@ -79,3 +80,24 @@ def test_cache_of_an_older_encoding_is_not_served(tiny_artifact, tmp_path):
     assert not legacy.exists()
     np.testing.assert_allclose(load_bank(tmp_path / "b").raw_emb, enc.encode(meta["raw_texts"]), atol=1e-6)
     assert (tmp_path / f".embed-cache-{enc.encoder_sha256[:16]}-t{TEXT_ENCODING_VERSION}.npz").is_file()
+
+
+def test_bank_of_the_old_encoding_with_a_bang_text_is_refused(tiny_artifact, tmp_path):
+    """A bank.json without text_encoding (older coder) holding an inner "!" must be rebuilt; others still load."""
+    import json
+
+    from coder.errors import ArtifactError
+
+    texts = init_texts("cifar10")
+    for name, refused in [("meow!(sometimes)", True), ("yahoo!", False), ("cat", False)]:
+        t = texts.with_classes([replace(c, name=name) if i == 3 else c for i, c in enumerate(texts.classes)])
+        path, _ = build_bank(tiny_artifact, t, out=tmp_path / name)
+        load_bank(path, tiny_artifact)
+        meta = json.loads((path / "bank.json").read_text())
+        del meta["encoder"]["text_encoding"]
+        (path / "bank.json").write_text(json.dumps(meta))
+        if refused:
+            with pytest.raises(ArtifactError, match="rebuild it: coder bank build"):
+                load_bank(path, tiny_artifact)
+        else:
+            load_bank(path, tiny_artifact)

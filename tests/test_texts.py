@@ -5,6 +5,7 @@ import json
 import pytest
 
 from coder.errors import TextsError
+from coder.text_bank.wordnet import DEFAULT_DIR
 from coder.text_bank.texts import (ClassTexts, builtin_lists, clip_templates, init_texts, load_texts,
                                    read_class_file, save_texts, to_json, validate)
 
@@ -42,6 +43,52 @@ def test_class_file_with_wordnet_ids(tmp_path):
                    ClassTexts("great white shark", None)]
     t = init_texts(str(f))
     assert t.name == "classes" and t.preset == "default"
+
+
+IMAGENET_REPEATS = ("n02012849 crane\nn02113186 Cardigan, Cardigan Welsh corgi\nn02963159 cardigan\n"
+                   "n03126707 crane\nn03710637 maillot\nn03710721 maillot, tank suit\n")
+
+
+def test_class_file_bom_and_imagenet_repeated_names(tmp_path):
+    f = tmp_path / "LOC_synset_mapping.txt"
+    f.write_bytes(b"\xef\xbb\xbf" + IMAGENET_REPEATS.encode())
+    names = [c.name for c in read_class_file(f)]
+    assert names[0] == "crane"  # no BOM left in the first name
+    if (DEFAULT_DIR / "data.noun").is_file():  # WordNet parent of the synset
+        assert names == ["crane", "Cardigan", "cardigan (sweater)", "crane (lifting device)", "maillot", "tank suit"]
+    t = init_texts(str(f))
+    assert [c.wnid for c in t.classes][3] == "n03126707"
+    assert t.provenance["class_renames"][1].startswith("line 4: crane -> crane (")
+    save_texts(tmp_path / "t.json", t)
+    assert load_texts(tmp_path / "t.json") == t
+
+
+def test_repeated_names_without_wordnet(tmp_path, monkeypatch):
+    import coder.text_bank.wordnet as wordnet
+
+    monkeypatch.setattr(wordnet, "DEFAULT_DIR", tmp_path / "nowhere")
+    f = tmp_path / "c.txt"
+    f.write_text(IMAGENET_REPEATS)
+    assert [c.name for c in read_class_file(f)] == ["crane", "Cardigan", "cardigan (n02963159)",
+                                                    "crane (n03126707)", "maillot", "tank suit"]
+
+
+@pytest.mark.parametrize("content,message", [
+    ("cat\ndog\ncat\n", r"line 3: duplicate class name 'cat' \(first on line 1\)"),
+    ("n02084071 dog\nn02084071 domestic dog\n", r"line 2: WordNet id n02084071 already used on line 1"),
+])
+def test_class_file_real_duplicates_refused(tmp_path, content, message):
+    f = tmp_path / "c.txt"
+    f.write_text(content)
+    with pytest.raises(TextsError, match=message):
+        read_class_file(f)
+
+
+def test_texts_file_with_bom_loads(tmp_path):
+    path = tmp_path / "t.json"
+    save_texts(path, init_texts("cifar10"))
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    assert load_texts(path).class_names[0] == "airplane"
 
 
 def _doc():

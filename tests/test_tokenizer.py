@@ -47,6 +47,7 @@ def test_lengths_come_from_end_of_text(pair):
                                           ["wow!;", "!@#", "a cat which has a loud meow!(sometimes)", "", "cat"]]
     # A tokenizer padding with its EOS id (some Hugging Face ones), and a row truncated without EOS.
     assert eos_lengths(np.array([[5, 0, 9, 9, 9], [5, 1, 2, 3, 4]]), 9).tolist() == [3, 5]
+    assert eos_lengths(np.array([[5, 0, 9]]), None).tolist() == [3]  # no EOS id: the full width
 
 
 def test_builtin_class_names(pair):

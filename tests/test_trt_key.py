@@ -2,8 +2,11 @@
 
 import pytest
 
-from coder.engines.trt_key import check_key, engine_key, sidecar, write_key
+from coder.engines.trt_key import check_key, check_validated, engine_key, sidecar, write_key
 from coder.errors import BackendError, StaleEngineError
+
+
+VALID = {"passed": True, "engine_sha256": "0" * 64}
 
 
 def _key(**over):
@@ -16,7 +19,7 @@ def _key(**over):
 def test_matching_key_passes(tmp_path):
     engine = tmp_path / "image_encoder.fp16.engine"
     engine.write_bytes(b"plan")
-    write_key(engine, _key())
+    write_key(engine, _key(), VALID)
     check_key(engine, _key())
 
 
@@ -31,7 +34,7 @@ def test_matching_key_passes(tmp_path):
 def test_any_change_is_stale_and_names_it(tmp_path, change, needle):
     engine = tmp_path / "e.engine"
     engine.write_bytes(b"plan")
-    write_key(engine, _key())
+    write_key(engine, _key(), VALID)
     with pytest.raises(StaleEngineError, match=needle) as ei:
         check_key(engine, _key(**change))
     assert "rebuild" in str(ei.value) and isinstance(ei.value, BackendError)
@@ -45,3 +48,22 @@ def test_missing_or_garbled_sidecar(tmp_path):
     sidecar(engine).write_text("{nope")
     with pytest.raises(StaleEngineError, match="unreadable"):
         check_key(engine, _key())
+
+
+def test_validation_record_binds_the_engine_bytes(tmp_path):
+    import hashlib
+
+    engine = tmp_path / "e.engine"
+    engine.write_bytes(b"plan")
+    sha = hashlib.sha256(b"plan").hexdigest()
+    with pytest.raises(ValueError):
+        write_key(engine, _key(), {"passed": True})
+    write_key(engine, _key(), {"passed": True, "engine_sha256": sha})
+    check_validated(engine, check_key(engine, _key()))
+    write_key(engine, _key(), {"passed": False, "engine_sha256": sha, "failed": ["rerank"]})
+    with pytest.raises(StaleEngineError, match="failed validation.*rerank"):
+        check_validated(engine, check_key(engine, _key()))
+    write_key(engine, _key(), {"passed": True, "engine_sha256": sha})
+    engine.write_bytes(b"plan2")
+    with pytest.raises(StaleEngineError, match="not the file that was validated"):
+        check_validated(engine, check_key(engine, _key()))

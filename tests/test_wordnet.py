@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from coder.errors import ConfigError, TextsError
-from coder.text_bank.texts import ClassTexts, init_texts
+from coder.text_bank.texts import ClassTexts, builtin_lists, init_texts
 from coder.text_bank.wordnet import DEFAULT_DIR, Synset, WordNet, add_synonyms, choose_synset
 
 pytestmark = pytest.mark.skipif(not (DEFAULT_DIR / "data.noun").is_file(), reason="wordnet-base not installed")
@@ -79,6 +79,38 @@ def test_add_synonyms_uses_name_template_and_reports_unmatched(wn):
 def test_with_real_text_encoder(wn, tiny_artifact):
     from coder.text_bank.text_encoder import TextEncoder
 
-    new, _ = add_synonyms(init_texts("cifar10"), wn, TextEncoder.load(tiny_artifact))
-    assert all(c.name not in c.syn for c in new.classes)
-    assert sum(len(c.syn) for c in new.classes) > 0
+    t = init_texts("cifar10")
+    new, unmatched = add_synonyms(t, wn, TextEncoder.load(tiny_artifact))
+    assert unmatched == []
+    syn = {c.name: c.syn for c in new.classes}
+    # One noun sense each: the exact lemma list, whatever the encoder prefers.
+    assert syn["airplane"] == ("aeroplane", "plane")
+    assert syn["automobile"] == ("car", "auto", "machine", "motorcar")
+    assert syn["deer"] == ("cervid",)
+    assert syn["ship"] == ()
+    # Several senses: exactly the lemmas of one of them (the encoder picks which).
+    for name in ("bird", "cat", "dog", "frog", "horse", "truck"):
+        assert syn[name] in [s.synonyms_of(name) for s in wn.noun_synsets(name)], name
+
+
+def test_imagenet1k_ships_exact_wordnet_ids(wn):
+    t = init_texts("imagenet1k")
+    wnids = [c.wnid for c in t.classes]
+    assert wnids[0] == "n01440764" and wnids[-1] == "n15075141"
+    assert wnids == sorted(wnids) and len(set(wnids)) == 1000  # the ILSVRC2012 synset order
+    # Same curated name word, two synsets: each class gets its own synset, never a sense guess.
+    by_name = {c.name: c for c in t.classes}
+    assert by_name["crane bird"].wnid == "n02012849" and by_name["construction crane"].wnid == "n03126707"
+    assert "wnid_source" in builtin_lists()["imagenet1k"]
+    new, unmatched = add_synonyms(t, wn, _FakeEncoder())  # an encoder that would pick a wrong sense if asked
+    assert unmatched == []
+    syn = {c.name: c.syn for c in new.classes}
+    assert syn["tench"] == ("Tinca tinca",)
+    assert syn["goldfish"] == ("Carassius auratus",)
+    assert syn["crane bird"] == ("crane",)
+    assert syn["construction crane"] == ("crane",)
+    assert syn["projectile"] == ("missile",)
+    assert syn["one-piece bathing suit"] == ("maillot", "tank suit")
+    # every class's synonyms are exactly its own synset's other lemmas
+    for c in new.classes[::97]:
+        assert c.syn == wn.synset(c.wnid).synonyms_of(c.name), c.name

@@ -48,3 +48,14 @@ def test_state_is_written_before_any_file_and_resets_on_a_new_key(tmp_path):
     workdir.open_state(out, {"k": 1}, fresh=False)["files"]["x"] = {}
     assert workdir.plan(out, force=False) == out  # a partial export is accepted
     assert workdir.open_state(out, {"k": 2}, fresh=False)["key"] == {"k": 2}
+
+
+def test_staging_restarted_for_another_key_is_emptied(tmp_path):
+    out = _fake_artifact(tmp_path / "art")
+    work = workdir.plan(out, force=True)
+    workdir.open_state(work, {"k": 1}, fresh=False)
+    (work / "image_encoder.int8.onnx").write_text("from an earlier attempt")
+    workdir.open_state(work, {"k": 1}, fresh=False)
+    assert (work / "image_encoder.int8.onnx").exists()  # same key: resumable, kept
+    workdir.open_state(work, {"k": 2}, fresh=False)
+    assert sorted(p.name for p in work.iterdir()) == [workdir.STATE_NAME]

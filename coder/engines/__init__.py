@@ -2,9 +2,11 @@
 
 Every backend is an object with ``.backend`` (the name of what actually runs),
 ``.providers``, ``.run(x) -> np.ndarray`` (first output) and ``.run_all(x)`` (all
-outputs, for graphs with the CODER head fused: :mod:`coder.engines.head_graph`).
+outputs, for graphs with the CODER head fused: :mod:`coder.engines.head_graph`) and
+``.close()`` (native TensorRT: frees its CUDA stream and device buffers).
 ONNX Runtime: ``cpu``, ``cuda``, ``tensorrt`` (:mod:`.ort`); native TensorRT engines:
-``tensorrt-native`` (:mod:`.trt`, built and validated by :mod:`.engine_build`).
+``tensorrt-native`` (:mod:`.trt`; built and validated by :mod:`coder.runtime.engine_build`,
+which sits above this layer). This package imports nothing from ``coder.runtime``.
 Backends are chosen by name and never fall back silently: a backend that cannot
 load raises :class:`~coder.errors.BackendError`.
 """

@@ -4,11 +4,20 @@ ONNX Runtime quietly runs on the CPU when a GPU provider fails to load, and
 ``get_available_providers()`` lists providers that cannot load. So after the
 session exists we compare ``session.get_providers()`` with the request and
 raise on any mismatch (PITFALLS.md, "ONNX Runtime").
+
+GPU sessions list ``[TensorRT, CUDA, CPU]`` (``cuda``: ``[CUDA, CPU]``) so that nodes TensorRT
+rejects go to CUDA, not the CPU. Where nodes really run is measured, not assumed: the session
+is created with profiling on, runs one batch, and the profile's per-node ``provider`` gives the
+placement (``session.disable_cpu_ep_fallback`` cannot be used with the CPU provider listed:
+ONNX Runtime rejects that combination). Compute nodes on the CPU are an error, or with
+``allow_fallback`` a warning and ``backend`` reads e.g. ``tensorrt+cpu``; shape bookkeeping ops
+that ONNX Runtime places on the CPU on purpose are not counted.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendError
+from ..fsutil import read_json, sha256_file
 
 BACKENDS = {
     "cpu": "CPUExecutionProvider",
@@ -66,6 +76,10 @@ class OrtEncoder:
     session: object = field(repr=False)
     input_name: str = ""
     input_dtype: str = ""
+    placement: dict = field(default_factory=dict)  # provider short name -> {op type: nodes}, GPU backends
+
+    def close(self) -> None:
+        """Nothing to free by hand: ONNX Runtime releases the session with the object."""
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """The first output (the embedding, for plain and fused graphs alike)."""
@@ -75,49 +89,168 @@ class OrtEncoder:
         return self.session.run(None, {self.input_name: x})
 
 
+SHORT = {v: k for k, v in BACKENDS.items()}
+# Shape bookkeeping ONNX Runtime puts on the CPU on purpose (GetCpuPreferredNodes): not compute.
+SHAPE_OPS = frozenset({"Shape", "Gather", "Unsqueeze", "Squeeze", "Concat", "Slice", "Cast", "Reshape",
+                       "ConstantOfShape", "Range", "Expand", "Equal", "Where", "Size", "ReduceProd"})
+
+
+@dataclass(frozen=True)
+class TrtProfile:
+    """The batch range ONNX Runtime's TensorRT provider builds for: ``TrtProfile("pixel_values", (3, 224, 224),
+    1, 8, 64)`` gives ``trt_profile_min_shapes="pixel_values:1x3x224x224"`` (and opt 8, max 64)."""
+
+    input_name: str
+    shape: tuple[int, ...]
+    min_batch: int
+    opt_batch: int
+    max_batch: int
+
+    def shapes(self, batch: int) -> str:
+        return f"{self.input_name}:" + "x".join(str(d) for d in (batch, *self.shape))
+
+
 def load_ort(path: str | os.PathLike | bytes, backend: str = "cpu", precision: str = "fp32",
-             allow_fallback: bool = False, threads: int | None = None) -> OrtEncoder:
+             allow_fallback: bool = False, threads: int | None = None, profile: TrtProfile | None = None,
+             model_sha256: str | None = None) -> OrtEncoder:
     """Open ``path`` (or serialized model bytes) on ``backend`` (cpu|cuda|tensorrt).
 
-    Raises BackendError if another provider ends up running it, unless ``allow_fallback``
-    (then a RuntimeWarning, and ``.backend`` names the provider really used).
+    Raises BackendError if another provider ends up running it, or (GPU backends) compute nodes
+    run on the CPU, unless ``allow_fallback`` (then a RuntimeWarning, and ``.backend`` names what
+    really ran). ``profile`` sets the TensorRT provider's batch range; ``model_sha256`` (else
+    hashed here) keys its engine cache.
     """
     ort = import_ort()
     if backend not in BACKENDS:
         raise BackendError(f"unknown ONNX Runtime backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     wanted = BACKENDS[backend]
-    providers = [wanted] if backend == "cpu" else [_with_options(wanted, path), "CPUExecutionProvider"]
     if wanted not in ort.get_available_providers():
         raise BackendError(f"backend {backend!r}: onnxruntime {ort.__version__} has no {wanted} "
                            f"(install the [gpu] extra for cuda/tensorrt; `coder doctor` shows what loads)")
+    providers = provider_list(backend, path, profile, model_sha256)
     name = "<in-memory model>" if isinstance(path, bytes) else Path(path).name
-    try:
-        source = path if isinstance(path, bytes) else str(path)
-        sess = ort.InferenceSession(source, sess_options=session_options(precision, threads), providers=providers)
-    except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
-        raise BackendError(f"backend {backend!r} could not load {name}: {str(e).splitlines()[0][:200]}") from None
-    used = sess.get_providers()
+    so = session_options(precision, threads)
+    with tempfile.TemporaryDirectory(prefix="coder-placement-") as tmp:
+        if backend != "cpu":  # one profiled run tells where every node ran
+            so.enable_profiling = True
+            so.profile_file_prefix = str(Path(tmp) / "placement")
+        try:
+            source = path if isinstance(path, bytes) else str(path)
+            sess = ort.InferenceSession(source, sess_options=so, providers=providers)
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise BackendError(f"backend {backend!r} could not load {name}: {str(e).splitlines()[0][:200]}") from None
+        used = sess.get_providers()
+        placement, cpu_compute = _placement(sess, profile) if backend != "cpu" else ({}, [])
+    inp = sess.get_inputs()[0]
+    backend = _reported_backend(backend, wanted, used, placement, cpu_compute, name, allow_fallback)
+    return OrtEncoder(Path(name if isinstance(path, bytes) else path), backend, used, sess, inp.name, inp.type,
+                      placement)
+
+
+def provider_list(backend: str, path, profile: TrtProfile | None = None, model_sha256: str | None = None) -> list:
+    """``cpu``: [CPU]; ``cuda``: [CUDA, CPU]; ``tensorrt``: [(TensorRT, options), CUDA, CPU]."""
+    if backend == "cpu":
+        return ["CPUExecutionProvider"]
+    if backend == "cuda":
+        return ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    return [(BACKENDS["tensorrt"], trt_provider_options(path, profile, model_sha256)), "CUDAExecutionProvider",
+            "CPUExecutionProvider"]
+
+
+def _reported_backend(backend: str, wanted: str, used: list[str], placement: dict, cpu_compute: list[str],
+                      name: str, allow_fallback: bool) -> str:
+    """The backend that really ran: the requested one, or what ONNX Runtime fell back to (+cpu)."""
+    msg = None
     if used[0] != wanted:
         msg = f"backend {backend!r} requested but ONNX Runtime runs {name} on {used[0]}"
-        if not allow_fallback:
-            raise BackendError(msg + "; fix the CUDA/TensorRT install (`coder doctor`) or pass --allow-fallback")
-        warnings.warn(msg, RuntimeWarning, stacklevel=2)
-        backend = next((k for k, v in BACKENDS.items() if v == used[0]), used[0])
-    inp = sess.get_inputs()[0]
-    return OrtEncoder(Path(name if isinstance(path, bytes) else path), backend, used, sess, inp.name, inp.type)
+        backend = SHORT.get(used[0], used[0])
+    elif placement:
+        ran = list(dict.fromkeys(p for p in ("tensorrt", "cuda", *placement) if p in placement and p != "cpu"))
+        if cpu_compute:
+            msg = f"backend {backend!r}: {name} runs compute nodes on the CPU ({', '.join(cpu_compute[:6])})"
+            ran.append("cpu")
+        backend = "+".join(ran) or backend
+    if msg is None:
+        return backend
+    if not allow_fallback:
+        raise BackendError(msg + "; fix the CUDA/TensorRT install (`coder doctor`), choose another --precision, "
+                                 "or pass --allow-fallback")
+    warnings.warn(msg, RuntimeWarning, stacklevel=3)
+    return backend
 
 
-def _with_options(provider: str, path):
-    """The TensorRT provider builds an engine at every session start unless told to cache it.
+def _placement(sess, profile: TrtProfile | None) -> tuple[dict[str, dict[str, int]], list[str]]:
+    """Run one batch with profiling on: ``({"tensorrt": {...}, "cpu": {"Shape": 3}}, [CPU compute op types])``.
 
-    Engines and timing cache go to ``<model dir>/engines/ort-trt`` (ONNX Runtime keys them by
-    model and GPU itself); precision comes from the graph, as for native engines.
+    A CPU node is bookkeeping (not compute) if its op type is in :data:`SHAPE_OPS` AND its output
+    is tiny (<= 4 KiB): a Gather of pair vectors on the CPU counts as compute, a Gather of a shape does not.
     """
-    if provider != BACKENDS["tensorrt"] or isinstance(path, bytes):
-        return provider
-    cache = str(Path(path).parent / "engines" / "ort-trt")
-    return (provider, {"trt_engine_cache_enable": "True", "trt_engine_cache_path": cache,
-                       "trt_timing_cache_enable": "True", "trt_timing_cache_path": cache})
+    inp = sess.get_inputs()[0]
+    shape = [d if isinstance(d, int) and d > 0 else 1 for d in inp.shape]
+    if profile is not None:
+        shape = [profile.min_batch, *profile.shape]
+    dtype = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(int32)": np.int32,
+             "tensor(int64)": np.int64}.get(inp.type, np.float32)
+    try:
+        sess.run(None, {inp.name: np.zeros(shape, dtype)})
+    finally:
+        events = read_json(sess.end_profiling())
+    out: dict[str, dict[str, int]] = {}
+    compute: set[str] = set()
+    for e in events:
+        args = e.get("args", {})
+        if e.get("cat") != "Node" or not str(e.get("name", "")).endswith("_kernel_time") or "provider" not in args:
+            continue
+        provider, op = SHORT.get(args["provider"], args["provider"]), args.get("op_name", "?")
+        out.setdefault(provider, {})[op] = out.get(provider, {}).get(op, 0) + 1
+        if provider == "cpu" and (op not in SHAPE_OPS or int(args.get("output_size", 0) or 0) > 4096):
+            compute.add(op)
+    return out, sorted(compute)
+
+
+def tensorrt_version() -> str:
+    """The TensorRT library ONNX Runtime's TensorRT provider would load ("unknown" if none is found)."""
+    from importlib import metadata
+
+    for dist in ("tensorrt", "tensorrt-cu13", "tensorrt-cu12", "tensorrt-cu13-libs", "tensorrt-cu12-libs"):
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    try:
+        import ctypes
+        import ctypes.util
+
+        lib = ctypes.CDLL(ctypes.util.find_library("nvinfer") or "libnvinfer.so")
+        v = int(lib.getInferLibVersion())  # major*10000 + minor*100 + patch (TensorRT >= 10)
+        return f"{v // 10000}.{v // 100 % 100}.{v % 100}"
+    except (OSError, AttributeError, TypeError):
+        return "unknown"
+
+
+def trt_provider_options(path, profile: TrtProfile | None = None, model_sha256: str | None = None) -> dict:
+    """TensorRT provider options: engine cache keyed by the model's sha256 + ORT and TensorRT versions.
+
+    ONNX Runtime names cached engines after the model file name, input/initializer names and node
+    outputs, NOT the weights: re-exported weights or a rebuilt bank under the same names would
+    reuse the old engine. So the cache lives in a directory named after the model's bytes:
+    ``<model dir>/engines/ort-trt/image_encoder.fp16-<sha16>-ort1.32.0-trt10.3.0/``. With
+    ``profile`` the engine covers the artifact's whole batch range (no rebuild mid-run).
+    """
+    import onnxruntime as ort
+
+    opts: dict[str, str] = {}
+    if not isinstance(path, bytes):
+        sha = model_sha256 or sha256_file(path)
+        cache = Path(path).parent / "engines" / "ort-trt" / \
+            f"{Path(path).stem}-{sha[:16]}-ort{ort.__version__}-trt{tensorrt_version()}"
+        opts.update({"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
+                     "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache)})
+    if profile is not None:
+        opts.update({"trt_profile_min_shapes": profile.shapes(profile.min_batch),
+                     "trt_profile_opt_shapes": profile.shapes(profile.opt_batch),
+                     "trt_profile_max_shapes": profile.shapes(profile.max_batch)})
+    return opts
 
 
 def probe_providers() -> dict[str, str]:

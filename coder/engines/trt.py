@@ -2,8 +2,10 @@
 
 Precision comes from the graph, not builder flags: the fp16 ONNX (LayerNorm/Softmax kept in
 fp32) is built as a STRONGLY_TYPED network, the one path that serves TensorRT 10.x (Jetson,
-JetPack 6: 10.3) and 11.x (no FP16/INT8 builder flags). Engines are written atomically with a
-sidecar key (:mod:`coder.engines.trt_key`) that is compared before deserialising.
+JetPack 6: 10.3) and 11.x (no FP16/INT8 builder flags). Engines are written atomically; their
+sidecar key and validation record (:mod:`coder.engines.trt_key`) are compared before
+deserialising. Building AND validating is :mod:`coder.runtime.engine_build` (it needs the
+runtime's reference path); this module only builds, names, checks and runs engine files.
 
 Needs a CUDA GPU; every entry point raises :class:`~coder.errors.BackendError` without one.
 """
@@ -21,9 +23,10 @@ from typing import Callable
 import numpy as np
 
 from ..errors import BackendError, StaleEngineError
-from ..fsutil import atomic_path, sha256_file
-from ..fsutil import read_json
-from .trt_key import check_key, engine_key, sidecar, write_key
+from ..fsutil import atomic_path, read_json, sha256_file
+from .trt_key import check_key, check_validated, engine_key, sidecar
+
+SHA_CHARS = 12  # sha256 prefix in engine file names: enough to tell artifacts apart, short to read
 
 
 def _import_trt():
@@ -46,10 +49,20 @@ def _cudart():
 
 
 def _check(result):
+    """cuda-python returns ``(err, *values)``: raise on an error, else the value(s)."""
     err, *rest = result if isinstance(result, tuple) else (result,)
     if int(err) != 0:
         raise BackendError(f"CUDA call failed: {err}")
-    return rest[0] if len(rest) == 1 else rest
+    return None if not rest else rest[0] if len(rest) == 1 else rest
+
+
+@dataclass(frozen=True)
+class EngineTarget:
+    """What an engine is compiled for: ``EngineTarget("10.3.0", "8.7", "Orin")``."""
+
+    tensorrt: str
+    compute_capability: str
+    gpu: str = ""
 
 
 def gpu_identity(device: int = 0) -> tuple[str, str]:
@@ -60,11 +73,16 @@ def gpu_identity(device: int = 0) -> tuple[str, str]:
     return name, f"{prop.major}.{prop.minor}"
 
 
+def current_target() -> EngineTarget:
+    """This machine's TensorRT version and GPU; BackendError without TensorRT, cuda-python or a GPU."""
+    trt = _import_trt()
+    name, cc = gpu_identity()
+    return EngineTarget(trt.__version__, cc, name)
+
+
 def require_trt() -> str:
     """TensorRT version if TensorRT, cuda-python and a CUDA GPU are all usable; else BackendError."""
-    trt = _import_trt()
-    gpu_identity()
-    return trt.__version__
+    return current_target().tensorrt
 
 
 @dataclass(frozen=True)
@@ -78,10 +96,10 @@ class BuildOptions:
 
 
 def expected_key(onnx_path: Path, opts: BuildOptions) -> dict:
-    trt = _import_trt()
-    name, cc = gpu_identity()
+    target = current_target()
     return engine_key(sha256_file(onnx_path), opts.precision, (opts.min_batch, opts.opt_batch, opts.max_batch),
-                      trt.__version__, name, cc, {"workspace_mb": opts.workspace_mb, "strongly_typed": True})
+                      target.tensorrt, target.gpu, target.compute_capability,
+                      {"workspace_mb": opts.workspace_mb, "strongly_typed": True})
 
 
 def options_from_key(engine_path: Path, precision: str) -> BuildOptions:
@@ -107,7 +125,7 @@ def _progress_monitor(trt, report: Callable[[str], bool]):
             report(f"{phase_name} ({num_steps} steps)")
 
         def step_complete(self, phase_name, step):
-            return report(f"{phase_name}: step {step}")  # False cancels the build (Ctrl-C)
+            return bool(report(f"{phase_name}: step {step}"))  # False cancels the build (Ctrl-C)
 
         def phase_finish(self, phase_name):
             report(f"{phase_name} done")
@@ -129,9 +147,13 @@ def _cancel_on_sigint():
         signal.signal(signal.SIGINT, previous)
 
 
-def build_engine_trt(onnx_path: Path, engine_path: Path, opts: BuildOptions,
+def build_engine_trt(onnx_path: Path, out_path: Path, opts: BuildOptions,
                      report: Callable[[str], bool] = lambda msg: True) -> dict:
-    """Parse ``onnx_path`` as a strongly typed network and write ``engine_path`` + its key."""
+    """Parse ``onnx_path`` as a strongly typed network, write the plan to ``out_path``; returns its key.
+
+    Writes no sidecar: an engine becomes loadable only once validated
+    (:func:`coder.runtime.engine_build.build_image_engine` writes key + validation).
+    """
     trt = _import_trt()
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -146,34 +168,40 @@ def build_engine_trt(onnx_path: Path, engine_path: Path, opts: BuildOptions,
     shape = tuple(network.get_input(0).shape)[1:]
     profile = builder.create_optimization_profile()
     profile.set_shape(name, (opts.min_batch, *shape), (opts.opt_batch, *shape), (opts.max_batch, *shape))
-    config.add_optimization_profile(profile)
+    if config.add_optimization_profile(profile) < 0:
+        raise BackendError(f"TensorRT rejected the batch profile {opts.min_batch}/{opts.opt_batch}/{opts.max_batch}")
     cache_bytes = opts.timing_cache.read_bytes() if opts.timing_cache and opts.timing_cache.is_file() else b""
     cache = config.create_timing_cache(cache_bytes)
-    config.set_timing_cache(cache, ignore_mismatch=False)
+    if not config.set_timing_cache(cache, ignore_mismatch=False):
+        raise BackendError(f"timing cache {opts.timing_cache} is from another TensorRT/GPU: delete it and rebuild")
     with _cancel_on_sigint() as cancelled:
-        config.progress_monitor = _progress_monitor(trt, lambda msg: report(msg) and not cancelled())
+        # Held in a local while building: TensorRT keeps only a reference the Python side must keep alive.
+        monitor = _progress_monitor(trt, lambda msg: report(msg) is not False and not cancelled())
+        config.progress_monitor = monitor
         plan = builder.build_serialized_network(network, config)
     if cancelled():
         raise KeyboardInterrupt  # nothing was written; the CLI exits 130
     if plan is None:
         raise BackendError(f"TensorRT build of {onnx_path} failed (see the TensorRT log above)")
-    with atomic_path(engine_path) as tmp:
+    with atomic_path(out_path) as tmp:
         tmp.write_bytes(bytes(plan))
     if opts.timing_cache:
         with atomic_path(opts.timing_cache) as tmp:
             tmp.write_bytes(bytes(cache.serialize()))
-    key = expected_key(onnx_path, opts)
-    write_key(engine_path, key)
-    return key
+    return expected_key(onnx_path, opts)
 
 
 @dataclass
 class TrtEncoder:
-    """A deserialised engine with device buffers grown on demand; ``run``/``run_all`` take and return numpy.
+    """A deserialised engine, one CUDA stream and device buffers grown on demand.
 
-    Outputs come back in ``output_names`` order: the ONNX graph's order for fused graphs
-    (:data:`coder.engines.head_graph.OUTPUTS`), whatever order TensorRT lists otherwise.
-    Not thread-safe (one execution context): give each thread its own.
+    ``run``/``run_all`` take (B,3,H,W) float32 numpy and return numpy, outputs in ``output_names``
+    order (the ONNX graph's order for fused graphs: :data:`coder.engines.head_graph.OUTPUTS`).
+    The stream is created once; ``close()`` (or leaving a ``with`` block) destroys it and frees
+    every device buffer. Not thread-safe (one execution context): give each thread its own.
+
+    >>> with open_engine(Path("image_encoder.fp16.e1a2b3c4d5e6f.trt10.3.0.sm87.engine")) as enc:  # doctest: +SKIP
+    ...     enc.run(pixels).shape          # (B, D) float32, B <= enc.max_batch
     """
 
     path: Path
@@ -184,62 +212,86 @@ class TrtEncoder:
     max_batch: int
     backend: str = "tensorrt-native"
     providers: list[str] = field(default_factory=lambda: ["TensorRT"])
-    _buffers: dict = field(default_factory=dict, repr=False)
+    _stream: object = field(default=None, repr=False)
+    _buffers: dict = field(default_factory=dict, repr=False)  # name -> (device pointer, bytes)
+    _owners: tuple = field(default=(), repr=False)  # logger and runtime: must outlive the engine
 
     def run(self, x: np.ndarray) -> np.ndarray:
         return self.run_all(x)[0]
 
     def run_all(self, x: np.ndarray) -> list[np.ndarray]:
         trt, cudart = _import_trt(), _cudart()
+        if self.context is None:
+            raise BackendError(f"engine {self.path.name} was closed")
         x = np.ascontiguousarray(x, dtype=np.float32)
         if not 1 <= len(x) <= self.max_batch:
             raise BackendError(f"batch {len(x)} outside the engine profile's 1..{self.max_batch}")
-        self.context.set_input_shape(self.input_name, x.shape)
+        if not self.context.set_input_shape(self.input_name, x.shape):
+            raise BackendError(f"engine {self.path.name} rejects input shape {x.shape}")
+        if self._stream is None:
+            self._stream = _check(cudart.cudaStreamCreate())
+        stream = self._stream
         outs = [np.empty(tuple(self.context.get_tensor_shape(n)), trt.nptype(self.engine.get_tensor_dtype(n)))
                 for n in self.output_names]
         kind = cudart.cudaMemcpyKind
         d_in = self._device(self.input_name, x.nbytes)
-        _check(cudart.cudaMemcpy(d_in, x.ctypes.data, x.nbytes, kind.cudaMemcpyHostToDevice))
-        self.context.set_tensor_address(self.input_name, d_in)
-        for name, out in zip(self.output_names, outs):
-            self.context.set_tensor_address(name, self._device(name, max(out.nbytes, 1)))
-        stream = self._buffers.setdefault("stream", _check(cudart.cudaStreamCreate()))
-        if not self.context.execute_async_v3(stream):
+        _check(cudart.cudaMemcpyAsync(d_in, x.ctypes.data, x.nbytes, kind.cudaMemcpyHostToDevice, stream))
+        for name, ptr in [(self.input_name, d_in)] + [(n, self._device(n, max(o.nbytes, 1)))
+                                                      for n, o in zip(self.output_names, outs)]:
+            if not self.context.set_tensor_address(name, ptr):
+                raise BackendError(f"engine {self.path.name} has no tensor {name!r}")
+        if not self.context.execute_async_v3(int(stream)):
             raise BackendError("TensorRT execution failed")
-        _check(cudart.cudaStreamSynchronize(stream))
         for name, out in zip(self.output_names, outs):
-            _check(cudart.cudaMemcpy(out.ctypes.data, self._buffers[name], out.nbytes, kind.cudaMemcpyDeviceToHost))
+            _check(cudart.cudaMemcpyAsync(out.ctypes.data, self._buffers[name][0], out.nbytes,
+                                          kind.cudaMemcpyDeviceToHost, stream))
+        _check(cudart.cudaStreamSynchronize(stream))  # the host arrays are complete only after this
         return outs
 
-    def _device(self, name: str, nbytes: int):
+    def _device(self, name: str, nbytes: int) -> int:
         """Device pointer for tensor ``name`` with room for ``nbytes`` (grown, never shrunk)."""
         cudart = _cudart()
-        if self._buffers.get(name + ":bytes", 0) < nbytes:
-            if name in self._buffers:
-                _check(cudart.cudaFree(self._buffers[name]))
-            self._buffers[name] = _check(cudart.cudaMalloc(nbytes))
-            self._buffers[name + ":bytes"] = nbytes
-        return self._buffers[name]
+        ptr, size = self._buffers.get(name, (None, 0))
+        if size < nbytes:
+            if ptr is not None:
+                del self._buffers[name]
+                _check(cudart.cudaFree(ptr))
+            self._buffers[name] = (_check(cudart.cudaMalloc(nbytes)), nbytes)
+        return self._buffers[name][0]
+
+    def close(self) -> None:
+        """Free every device buffer and destroy the stream (idempotent); the encoder is unusable after."""
+        if self.context is None:
+            return
+        cudart = _cudart()
+        errors = []
+        if self._stream is not None:
+            errors.append(int(cudart.cudaStreamSynchronize(self._stream)[0]))
+        for ptr, _ in self._buffers.values():
+            errors.append(int(cudart.cudaFree(ptr)[0]))
+        self._buffers.clear()
+        if self._stream is not None:
+            errors.append(int(cudart.cudaStreamDestroy(self._stream)[0]))
+            self._stream = None
+        self.context = self.engine = None  # TensorRT 10 frees them when released: context first
+        self._owners = ()
+        if any(errors):
+            raise BackendError(f"CUDA errors while freeing engine {self.path.name}: {[e for e in errors if e]}")
+
+    def __enter__(self) -> "TrtEncoder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
-def load_engine_trt(engine_path: Path, onnx_path: Path, precision: str, rebuild_stale: bool = False,
-                    report: Callable[[str], bool] = lambda msg: True) -> TrtEncoder:
-    """Check the key, then deserialise; a stale or undeserialisable engine raises (or is rebuilt).
-
-    >>> enc = load_engine_trt(Path("engines/image_encoder.fp16.engine"), art.encoder("image", "fp16"), "fp16")
-    >>> enc.run(pixels).shape           # (B, D) float32 raw embeddings, B <= enc.max_batch
-    """
+def open_engine(engine_path: Path, max_batch: int | None = None) -> TrtEncoder:
+    """Deserialise ``engine_path`` WITHOUT checking key or validation (validation itself uses this)."""
     from .head_graph import OUTPUTS
 
     trt = _import_trt()
-    opts = options_from_key(engine_path, precision)
-    try:
-        check_key(engine_path, expected_key(onnx_path, opts))
-    except StaleEngineError:
-        if not rebuild_stale:
-            raise
-        build_engine_trt(onnx_path, engine_path, opts, report)
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+    logger = trt.Logger(trt.Logger.WARNING)
+    runtime = trt.Runtime(logger)
     engine = runtime.deserialize_cuda_engine(engine_path.read_bytes())
     if engine is None:
         raise StaleEngineError(f"TensorRT could not deserialise {engine_path}; rebuild it (--rebuild-stale)")
@@ -248,7 +300,21 @@ def load_engine_trt(engine_path: Path, onnx_path: Path, precision: str, rebuild_
     outputs = [n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT]
     if sorted(outputs) == sorted(OUTPUTS):
         outputs = list(OUTPUTS)
-    return TrtEncoder(engine_path, engine, engine.create_execution_context(), inputs[0], outputs, opts.max_batch)
+    profile_max = int(engine.get_tensor_profile_shape(inputs[0], 0)[2][0])
+    return TrtEncoder(engine_path, engine, engine.create_execution_context(), inputs[0], outputs,
+                      min(profile_max, max_batch or profile_max), _owners=(logger, runtime))
+
+
+def load_engine_trt(engine_path: Path, onnx_path: Path, precision: str) -> TrtEncoder:
+    """Check the key and the validation record, then deserialise; a stale or unvalidated engine raises.
+
+    >>> enc = load_engine_trt(engine_path(art, "fp16"), art.encoder("image", "fp16"), "fp16")  # doctest: +SKIP
+    >>> enc.run(pixels).shape           # (B, D) float32 raw embeddings, B <= enc.max_batch
+    """
+    opts = options_from_key(engine_path, precision)
+    found = check_key(engine_path, expected_key(onnx_path, opts))
+    check_validated(engine_path, found)
+    return open_engine(engine_path, opts.max_batch)
 
 
 def default_engine_dir(artifact_root: Path) -> Path:
@@ -256,16 +322,44 @@ def default_engine_dir(artifact_root: Path) -> Path:
     return Path(os.environ.get("CODER_ENGINE_DIR", artifact_root / "engines"))
 
 
-def engine_path(artifact_root: Path, precision: str, engine_dir=None, bank=None, k: int = 5) -> Path:
-    """Where the engine for (precision, optional fused bank, k) lives; ``k`` clamped as the head does."""
+def engine_stem(art, precision: str, bank=None, k: int = 5) -> str:
+    """The artifact part of an engine's name: encoder sha, and with a fused head the bank sha and k.
+
+    ``image_encoder.fp16.e1a2b3c4d5e6f`` or ``image_head.cifar10.b0f9e8d7c6b5a.fp16.k5.e1a2b3c4d5e6f``.
+    """
+    from ..manifest import encoder_filename
     from .head_graph import clamp_k
 
-    directory = Path(engine_dir) if engine_dir else default_engine_dir(Path(artifact_root))
+    enc = art.manifest["files"][encoder_filename("image", precision)]["sha256"][:SHA_CHARS]
     if bank is None:
-        return directory / engine_filename(precision)
-    return directory / engine_filename(precision, bank.root.name, clamp_k(k, len(bank.class_names)))
+        return f"image_encoder.{precision}.e{enc}"
+    bank_sha = bank.meta["npz_sha256"][:SHA_CHARS]
+    return f"image_head.{bank.root.name}.b{bank_sha}.{precision}.k{clamp_k(k, len(bank.class_names))}.e{enc}"
 
 
-def engine_filename(precision: str, bank: str | None = None, k: int | None = None) -> str:
-    """``image_encoder.fp16.engine``, or ``image_head.<bank>.fp16.k5.engine`` with the CODER head fused."""
-    return f"image_encoder.{precision}.engine" if bank is None else f"image_head.{bank}.{precision}.k{k}.engine"
+def engine_filename(stem: str, target: EngineTarget) -> str:
+    """``<stem>.trt10.3.0.sm87.engine``: one TensorRT version, one GPU architecture."""
+    return f"{stem}.trt{target.tensorrt}.sm{target.compute_capability.replace('.', '')}.engine"
+
+
+def engine_path(art, precision: str, engine_dir=None, bank=None, k: int = 5,
+                target: EngineTarget | None = None) -> Path:
+    """Where the engine for (artifact encoder, precision, optional fused bank and k, TensorRT, GPU) lives."""
+    directory = Path(engine_dir) if engine_dir else default_engine_dir(Path(art.root))
+    return directory / engine_filename(engine_stem(art, precision, bank, k), target or current_target())
+
+
+def find_engine(art, precision: str, engine_dir=None, bank=None, k: int = 5) -> Path | None:
+    """The engine for this machine, None if none was built for this artifact; StaleEngineError if only
+    engines for another TensorRT version or GPU exist (``--backend auto`` must not skip those silently).
+    """
+    directory = Path(engine_dir) if engine_dir else default_engine_dir(Path(art.root))
+    stem = engine_stem(art, precision, bank, k)
+    others = sorted(p.name for p in directory.glob(f"{stem}.trt*.engine")) if directory.is_dir() else []
+    if not others:
+        return None
+    path = engine_path(art, precision, engine_dir, bank, k)
+    if path.is_file():
+        return path
+    raise StaleEngineError(f"engine(s) {', '.join(others)} were built for another TensorRT version or GPU "
+                           f"(this machine: {path.name}); rebuild: coder build-engine {art.root}")

@@ -61,8 +61,15 @@ def resume_key(opts: ExportOptions) -> dict[str, Any]:
     config = json.dumps(open_clip.get_model_config(opts.architecture), sort_keys=True).encode()
     return {"architecture": opts.architecture, "open_clip_config_sha256": hashlib.sha256(config).hexdigest(),
             "pretrained": [spec.kind, None if spec.kind == "file" else spec.value, spec.seed],
-            "checkpoint_sha256": sha256_file(spec.value) if spec.kind == "file" else None,
+            "checkpoint_sha256": _checkpoint_sha256(spec.value) if spec.kind == "file" else None,
             "opset": opts.opset, "validate": opts.validate, "versions": versions()}
+
+
+def _checkpoint_sha256(path: str) -> str:
+    try:
+        return sha256_file(path)
+    except OSError as e:
+        raise WeightsError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
 
 
 @dataclass(frozen=True)

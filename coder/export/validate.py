@@ -61,17 +61,17 @@ def _run_batches(enc, x: np.ndarray) -> dict[int, np.ndarray]:
     return {1: enc.run(x[:1]), len(x): enc.run(x)}
 
 
-def eos_id_of(tokenizer) -> int:
-    """The end-of-text id of an open_clip tokenizer (SimpleTokenizer or a Hugging Face one)."""
+def eos_id_of(tokenizer) -> int | None:
+    """The end-of-text id of an open_clip tokenizer (SimpleTokenizer or a Hugging Face one); None if it has none."""
     for owner in (tokenizer, getattr(tokenizer, "tokenizer", None)):
         for attr in ("eos_id", "eot_token_id", "eos_token_id"):
             value = getattr(owner, attr, None)
             if isinstance(value, int):
                 return value
-    raise ExportError(f"tokenizer {type(tokenizer).__name__} has no end-of-text id")
+    return None
 
 
-def _longest(ids: np.ndarray, eos_id: int) -> int:
+def _longest(ids: np.ndarray, eos_id: int | None) -> int:
     return int(eos_lengths(ids, eos_id).max())
 
 

@@ -81,12 +81,22 @@ def plan(out: Path, force: bool) -> Path:
 
 
 def open_state(work: Path, key: dict[str, Any], fresh: bool) -> dict[str, Any]:
-    """The resume state for ``key`` (a new one when the key changed or ``fresh``), saved before any file."""
+    """The resume state for ``key`` (a new one when the key changed or ``fresh``), saved before any file.
+
+    A staging directory restarted for another key is emptied first (it is ours; nothing of an
+    earlier attempt may reach the artifact).
+    """
     remove_stale_temps(work)
     path = work / STATE_NAME
     state = read_json(path) if _is_coder_file(path, STATE_FORMAT) else {}
     if fresh or state.get("format_version") != STATE_VERSION or state.get("key") != key:
         state = {"format": STATE_FORMAT, "format_version": STATE_VERSION, "key": key, "files": {}}
+        if work.name.endswith(".coder-new"):
+            for p in work.iterdir():
+                if p.is_dir():
+                    shutil.rmtree(p)
+                else:
+                    p.unlink()
     atomic_write_json(path, state)
     return state
 

@@ -41,8 +41,23 @@ def crop_box(width: int, height: int, rng: np.random.Generator, scale=SCALE, rat
     return (height - h) // 2, (width - w) // 2, h, w
 
 
+def draw_view(width: int, height: int, rng: np.random.Generator) -> tuple[tuple[int, int, int, int], bool]:
+    """The random part of :func:`augment` for a ``width`` x ``height`` image: (crop box, mirror?).
+
+    Drawing needs only the size, so views can be drawn in one order and applied in another
+    (``coder fit`` draws epoch-major, then decodes each image once).
+    """
+    box = crop_box(width, height, rng)
+    return box, bool(rng.random() < 0.5)
+
+
+def apply_view(img: Image.Image, view: tuple[tuple[int, int, int, int], bool], size: tuple[int, int]) -> Image.Image:
+    """Crop ``view``'s box, resize to ``size`` (h, w) bicubic, mirror if drawn."""
+    (top, left, h, w), flip = view
+    out = img.crop((left, top, left + w, top + h)).resize((size[1], size[0]), Image.BICUBIC)
+    return out.transpose(Image.FLIP_LEFT_RIGHT) if flip else out
+
+
 def augment(img: Image.Image, size: tuple[int, int], rng: np.random.Generator) -> Image.Image:
     """Random resized crop to ``size`` (h, w), bicubic, then a coin-flip horizontal mirror."""
-    top, left, h, w = crop_box(img.width, img.height, rng)
-    out = img.crop((left, top, left + w, top + h)).resize((size[1], size[0]), Image.BICUBIC)
-    return out.transpose(Image.FLIP_LEFT_RIGHT) if rng.random() < 0.5 else out
+    return apply_view(img, draw_view(img.width, img.height, rng), size)

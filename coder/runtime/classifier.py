@@ -25,7 +25,7 @@ from typing import Sequence
 import numpy as np
 
 from ..engines.ort import BACKENDS
-from ..errors import ArtifactError, BackendError, ConfigError
+from ..errors import ArtifactError, BackendError, ConfigError, StaleEngineError
 from ..manifest import PRECISIONS, load_artifact
 from ..text_bank.bank import Bank, load_bank
 from ..text_bank.rows import KIND_IDS
@@ -91,9 +91,10 @@ class EngineOptions:
 
 
 def _native_engine_exists(artifact_dir, precision: str, opts: EngineOptions, fused_bank, k: int) -> bool:
-    from ..engines.trt import engine_path
+    """True if an engine was built for this artifact here; StaleEngineError if only for another TensorRT/GPU."""
+    from ..engines.trt import find_engine
 
-    return engine_path(Path(artifact_dir), precision, opts.engine_dir, fused_bank, k).is_file()
+    return find_engine(load_artifact(artifact_dir), precision, opts.engine_dir, fused_bank, k) is not None
 
 
 def open_image_encoder(artifact_dir, backend: str, precision: str, threads: int | None,
@@ -116,11 +117,13 @@ def open_image_encoder(artifact_dir, backend: str, precision: str, threads: int 
         return load(backend)
     reasons = []
     for name in AUTO_ORDER:
-        if name == NATIVE and not _native_engine_exists(artifact_dir, precision, engines, fused_bank, k):
-            reasons.append(f"{NATIVE}: no engine built for {precision} (coder build-engine)")
-            continue
         try:
+            if name == NATIVE and not _native_engine_exists(artifact_dir, precision, engines, fused_bank, k):
+                reasons.append(f"{NATIVE}: no engine built for {precision} (coder build-engine)")
+                continue
             return load(name)
+        except StaleEngineError:
+            raise  # an engine was built for this artifact but cannot be used as is: say so, name the fix
         except BackendError as e:
             reasons.append(str(e))
     raise BackendError("no backend could load: " + " | ".join(reasons))
@@ -165,6 +168,16 @@ class Classifier:
     @property
     def backend(self) -> str:
         return self.encoder.backend
+
+    def close(self) -> None:
+        """Free the encoder's device resources (native TensorRT); the classifier is unusable after."""
+        self.encoder.close()
+
+    def __enter__(self) -> "Classifier":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     @property
     def class_names(self) -> list[str]:

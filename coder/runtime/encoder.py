@@ -15,12 +15,19 @@ import numpy as np
 from PIL import Image
 
 from ..engines.head_graph import clamp_k
-from ..engines.ort import load_ort
+from ..engines.ort import TrtProfile, load_ort
 from ..errors import ArtifactError, InputError
 from ..vectors import l2_normalize  # noqa: F401  (re-exported: the runtime's normaliser)
 from ..manifest import Artifact, PreprocessConfig, load_artifact
 from .images import to_pil
 from .preprocess import preprocess_batch
+
+
+def trt_profile(art: Artifact) -> TrtProfile:
+    """The artifact's batch range (1 .. exported max_batch, tuned for 8) for ONNX Runtime's TensorRT provider."""
+    hi = int(art.manifest["exporter"]["max_batch"])
+    name = art.manifest.get("io", {}).get("image", ["pixel_values"])[0]
+    return TrtProfile(name, (3, *art.preprocess.size), 1, min(8, hi), hi)
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,9 @@ class ImageEncoder:
     def load(cls, artifact_dir: str | os.PathLike, precision: str = "fp32", backend: str = "cpu",
              allow_fallback: bool = False, threads: int | None = None) -> "ImageEncoder":
         art = load_artifact(artifact_dir)
-        engine = load_ort(art.encoder("image", precision), backend, precision, allow_fallback, threads)
+        name = art.encoder("image", precision)
+        engine = load_ort(name, backend, precision, allow_fallback, threads, trt_profile(art),
+                          art.manifest["files"][name.name]["sha256"])
         return cls(art, engine, precision, int(art.manifest["exporter"]["max_batch"]))
 
     @classmethod
@@ -73,30 +82,49 @@ class ImageEncoder:
                  rebuild_stale: bool = False, fused_bank=None, k: int = 5) -> "ImageEncoder":
         """A native TensorRT engine built by ``coder build-engine`` (optionally with ``fused_bank``'s head).
 
-        The engine's key is checked before it is deserialised (StaleEngineError names the fix);
-        ``rebuild_stale`` rebuilds it in place instead.
+        The engine's key and validation record are checked before it is deserialised
+        (StaleEngineError names the fix); ``rebuild_stale`` rebuilds AND validates it instead
+        (:func:`coder.runtime.engine_build.build_image_engine`). Call ``close()`` (or use ``with``)
+        to free its CUDA stream and device buffers.
         """
-        from ..engines.trt import _import_trt, engine_path, load_engine_trt
+        from ..engines.trt import engine_path, load_engine_trt, options_from_key
         from ..errors import StaleEngineError
         from .fused import ensure_fused_onnx
 
         art = load_artifact(artifact_dir)
         head_k = 0 if fused_bank is None else clamp_k(k, len(fused_bank.class_names))
-        path = engine_path(art.root, precision, engine_dir, fused_bank, head_k)
         art.encoder("image", precision)  # ArtifactError naming the re-export if that precision is missing
-        _import_trt()  # BackendError without TensorRT, before a fused graph is written for nothing
-        if not path.is_file() and not rebuild_stale:
-            raise StaleEngineError(f"no engine at {path}; build it: coder build-engine {art.root} "
-                                   f"--precision {precision}" + (f" --bank {fused_bank.root.name}" if fused_bank else ""))
-        if fused_bank is None:
-            onnx = art.encoder("image", precision)
-        else:
-            onnx = ensure_fused_onnx(art, fused_bank, precision, head_k)
-            if isinstance(onnx, bytes):
-                raise ArtifactError(f"{fused_bank.root} is read-only: fuse and build the engine where it is writable")
-        engine = load_engine_trt(path, onnx, precision, rebuild_stale)
+        path = engine_path(art, precision, engine_dir, fused_bank, head_k)  # BackendError without TensorRT/GPU
+        if not path.is_file() and not rebuild_stale:  # before a fused graph is written for nothing
+            raise StaleEngineError(f"no engine at {path}; build it: coder build-engine {art.root} --precision "
+                                   f"{precision}" + (f" --bank {fused_bank.root.name}" if fused_bank else ""))
+        onnx = art.encoder("image", precision) if fused_bank is None else \
+            ensure_fused_onnx(art, fused_bank, precision, head_k)
+        if isinstance(onnx, bytes):
+            raise ArtifactError(f"{fused_bank.root} is read-only: fuse and build the engine where it is writable")
+        try:
+            engine = load_engine_trt(path, onnx, precision)
+        except StaleEngineError:
+            if not rebuild_stale:
+                raise
+            from .engine_build import build_image_engine
+
+            build_image_engine(art.root, options_from_key(path, precision), engine_dir, fused_bank, head_k)
+            engine = load_engine_trt(path, onnx, precision)
         max_batch = min(int(art.manifest["exporter"]["max_batch"]), engine.max_batch)
         return cls(art, engine, precision, max_batch, head_k=head_k)
+
+    def close(self) -> None:
+        """Release the engine's device resources (native TensorRT: stream and buffers); idempotent."""
+        close = getattr(self.engine, "close", None)
+        if close is not None:
+            close()
+
+    def __enter__(self) -> "ImageEncoder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
     def _check_pixels(self, pixels: np.ndarray) -> None:
         expected = (3, *self.preprocess_config.size)

@@ -12,10 +12,11 @@ from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
+from PIL import Image
 
 from ..errors import InputError
 from .adapter import Adapter, coder_text_matrix, fold_keys, search
-from .augment import augment
+from .augment import apply_view, draw_view
 from .classifier import Classifier
 from .datasets import Dataset, match_classes
 from .encoder import embed_items, l2_normalize
@@ -56,19 +57,71 @@ def split_support_val(ds: Dataset, mapping: dict[str, int], shots: int, val_frac
     return support, val, short
 
 
+def sample_per_class(items: list, limit: int | None, seed: int) -> list:
+    """At most ``limit`` (item, label) pairs, spread evenly over the labels, seeded; order kept.
+
+    Each label gets ``limit // n_labels`` (the remainder goes to labels picked by the seed); a label
+    with fewer items gives its unused share to the others. 10 labels x 200 items, ``limit=1000``:
+    100 of each label, never the first 1000 in label order.
+    """
+    if limit is None or len(items) <= limit:
+        return items
+    rng = np.random.default_rng(seed)
+    by_label: dict[int, list[int]] = {}
+    for i, (_, y) in enumerate(items):
+        by_label.setdefault(y, []).append(i)
+    labels = list(by_label)
+    quota = dict.fromkeys(labels, 0)
+    left = limit
+    while left > 0:
+        open_labels = [y for y in labels if quota[y] < len(by_label[y])]
+        share, extra = divmod(left, len(open_labels))
+        lucky = set(rng.permutation(len(open_labels))[:extra].tolist())
+        for k, y in enumerate(open_labels):
+            quota[y] = min(len(by_label[y]), quota[y] + share + (k in lucky))
+        left = limit - sum(quota.values())
+    keep = [idx for y in labels for idx in rng.permutation(by_label[y])[:quota[y]].tolist()]
+    return [items[i] for i in sorted(keep)]
+
+
 def encode_augmented(clf: Classifier, items: list, epochs: int, seed: int, batch: int = 32,
                      on_step: Callable[[int], None] = lambda n: None) -> np.ndarray:
-    """Mean of ``epochs`` augmented views per image, renormalised; ``epochs=0``: the plain view."""
+    """Mean of ``epochs`` augmented views per image, renormalised; ``epochs=0``: the plain view.
+
+    Streams: images are decoded ``batch`` at a time and only their embeddings are kept, so memory is
+    one batch of decoded images plus N x D floats, whatever N. The random views are drawn first, in
+    the epoch-major order of the seed (from image sizes read from headers), so the result equals
+    decoding everything up front and augmenting epoch by epoch: (N, D) float32, rows L2-normalised.
+    """
     cfg = clf.encoder.preprocess_config
-    rng = np.random.default_rng(seed)
-    pils = [to_pil(x).convert("RGB") for x, _ in items]
-    total = np.zeros((len(pils), clf.encoder.artifact.embed_dim), np.float32)
-    for _ in range(max(epochs, 1)):
-        views = [augment(p, cfg.size, rng) for p in pils] if epochs else pils
-        for s in range(0, len(views), batch):
-            total[s:s + batch] += clf.encoder.encode_pixels(preprocess_batch(views[s:s + batch], cfg))
-            on_step(len(views[s:s + batch]))
+    views = draw_views([image_size(x) for x, _ in items], epochs, seed) if epochs else None
+    total = np.zeros((len(items), clf.encoder.artifact.embed_dim), np.float32)
+    for s in range(0, len(items), batch):
+        pils = [to_pil(x).convert("RGB") for x, _ in items[s:s + batch]]
+        for e in range(max(epochs, 1)):
+            shown = [apply_view(p, views[e][s + i], cfg.size) for i, p in enumerate(pils)] if epochs else pils
+            total[s:s + batch] += clf.encoder.encode_pixels(preprocess_batch(shown, cfg))
+            on_step(len(pils))
     return l2_normalize(total)
+
+
+def draw_views(sizes: list[tuple[int, int]], epochs: int, seed: int) -> list[list]:
+    """``views[epoch][i]`` for images of ``sizes`` (w, h): the seed's draws in epoch-major order."""
+    rng = np.random.default_rng(seed)
+    return [[draw_view(w, h, rng) for w, h in sizes] for _ in range(epochs)]
+
+
+def image_size(item) -> tuple[int, int]:
+    """(width, height) of an image input without decoding its pixels (files: the header only)."""
+    if isinstance(item, Image.Image):
+        return item.size
+    if isinstance(item, np.ndarray) and item.ndim >= 2:
+        return int(item.shape[1]), int(item.shape[0])
+    try:
+        with Image.open(item) as img:
+            return img.size
+    except Exception:  # noqa: BLE001 - let the real loader name the problem as an InputError
+        return to_pil(item).size
 
 
 def encode_plain(clf: Classifier, items: list, batch: int = 32, on_step=lambda n: None) -> tuple[np.ndarray, np.ndarray]:
@@ -97,7 +150,7 @@ def fit(clf: Classifier, train: Dataset, shots: int, val: Dataset | None = None,
     support, val_items, short = split_support_val(train, mapping, shots, 0.0 if val else val_fraction, seed, val_limit)
     if val is not None:
         vmap, _ = match_classes(val.classes, clf.class_names)
-        val_items = [(x, vmap[c]) for x, c in val.items if c in vmap][:val_limit]
+        val_items = sample_per_class([(x, vmap[c]) for x, c in val.items if c in vmap], val_limit, seed)
     if not support or not val_items:
         raise InputError(f"nothing to fit: {len(support)} support and {len(val_items)} validation images")
     t0 = time.perf_counter()

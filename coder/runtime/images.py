@@ -2,6 +2,11 @@
 
 Accepted: a path (str/Path), a PIL image, or a numpy ``(H, W, 3)`` / ``(H, W)``
 uint8 array (RGB by default; ``bgr=True`` for OpenCV/ROS frames).
+
+Every input is also bounded in shape: an empty image, or one whose long side is more than
+``MAX_ASPECT_RATIO`` times its short side, is an :class:`InputError`. open_clip resizes the SHORT side
+to the model size first, so a 1x4000 strip would become 224x896000 (~0.8 GB, seconds) before its
+centre crop; coder refuses it instead (see README "Input limits").
 """
 
 from __future__ import annotations
@@ -18,6 +23,23 @@ from ..errors import InputError
 
 # Pillow's own default (~89 Mpx); above it an image is treated as a decompression bomb.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
+# Long side / short side. At 32:1 a 224-pixel model resizes to at most 224x7168 (~5 MB, ~80 ms);
+# wider panoramas and strips keep only their middle 1/32 in open_clip's centre crop anyway.
+MAX_ASPECT_RATIO = 32
+
+
+def check_shape(width: int, height: int, where: str = "image", max_aspect: float = MAX_ASPECT_RATIO) -> None:
+    """Raise :class:`InputError` for an empty image or one beyond ``max_aspect``:1 (either way).
+
+    >>> check_shape(640, 480)                     # fine
+    >>> check_shape(4000, 1)                      # doctest: +SKIP  -> InputError: ... aspect ratio 4000:1 ...
+    """
+    if width <= 0 or height <= 0:
+        raise InputError(f"{where}: {width}x{height} image is empty")
+    ratio = max(width, height) / min(width, height)
+    if ratio > max_aspect:
+        raise InputError(f"{where}: {width}x{height} has aspect ratio {ratio:.3g}:1, over the {max_aspect:g}:1 limit "
+                         "(resizing its short side to the model size would take unbounded memory); crop it first")
 
 
 def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
@@ -36,6 +58,7 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
                 w, h = img.size
                 if w * h > max_pixels:
                     raise InputError(f"{path}: {w}x{h} pixels exceeds the {max_pixels} limit (decompression bomb?)")
+                check_shape(w, h, str(path))  # before decoding: nothing large is allocated
                 img.load()
                 return img.copy()
     except InputError:
@@ -59,9 +82,11 @@ def array_to_pil(arr: np.ndarray, bgr: bool = False) -> Image.Image:
     if arr.dtype != np.uint8:
         raise InputError(f"image array must be uint8, got {arr.dtype} (scale floats to 0..255 and cast)")
     if arr.ndim == 2:
+        check_shape(arr.shape[1], arr.shape[0], f"array {arr.shape}")
         return Image.fromarray(arr, mode="L")
     if arr.ndim != 3 or arr.shape[2] not in (3, 4) or arr.shape[0] == 0 or arr.shape[1] == 0:
         raise InputError(f"image array must be (H, W, 3) or (H, W) uint8, got shape {arr.shape}")
+    check_shape(arr.shape[1], arr.shape[0], f"array {arr.shape}")
     if arr.shape[2] == 4:
         arr = arr[..., :3]
     if bgr:
@@ -72,6 +97,7 @@ def array_to_pil(arr: np.ndarray, bgr: bool = False) -> Image.Image:
 def to_pil(item: Any, bgr: bool = False, max_pixels: int = MAX_PIXELS) -> Image.Image:
     """Any accepted input -> PIL image (see module docstring)."""
     if isinstance(item, Image.Image):
+        check_shape(*item.size, where=f"PIL image {item.size[0]}x{item.size[1]}")
         return item
     if isinstance(item, (str, os.PathLike)):
         return load_image(item, max_pixels)

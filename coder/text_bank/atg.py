@@ -4,7 +4,7 @@ One task per (kind, class) or per unordered hard pair; tasks run on a thread
 pool. A malformed answer is re-asked ``reasks`` times (with a format reminder)
 and then recorded as a failure; a transport failure after the client's retries
 is recorded too. The run never crashes on the LLM's account, and the response
-cache makes a re-run repeat only what failed.
+cache (which keeps only answers that parse) makes a re-run repeat only what failed.
 
 Analogous objects get METHOD.md's filter: an answer ``g`` whose ``a photo of
 {g}.`` has cosine > 0.9 to ``a photo of {c'}.`` of another class c' is dropped
@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor, as_completed, wait
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
-from ..errors import LLMError, TextsError
-from .llm import ChatClient
+from ..errors import ConfigError, LLMError, TextsError
+from .llm import ChatClient, LLMCancelled
 from .prompts import PROMPT_VERSION, ana_messages, att_messages, pair_messages, parse_bullets, parse_pair
 from .texts import Texts
 
@@ -44,6 +44,8 @@ class GenerateOptions:
 class GenerateReport:
     done: int = 0
     failures: list[dict] = field(default_factory=list)
+    interrupted: bool = False  # Ctrl-C: queued tasks were cancelled, answered ones are in the result
+    not_asked: int = 0  # tasks left for a re-run after an interrupt
 
 
 def nearest_pairs(name_emb: np.ndarray, k: int) -> list[tuple[int, int]]:
@@ -59,13 +61,25 @@ def nearest_pairs(name_emb: np.ndarray, k: int) -> list[tuple[int, int]]:
 
 
 def read_pairs_file(path: str | Path, class_names: list[str]) -> tuple[list[tuple[int, int]], list[str]]:
-    """Pairs from `coder eval --confusions-out` JSON or "a,b" / "a<TAB>b" lines; returns (pairs, unknown names)."""
+    """Pairs from `coder eval --confusions-out` JSON or "a,b" / "a<TAB>b" lines; returns (pairs, unknown names).
+
+    A missing or unreadable file, or JSON pairs whose names are not strings, is a :class:`ConfigError`
+    naming the entry (``--pairs-file p.json: pairs[2].true: expected a class name string, got int``).
+    """
     index = {" ".join(n.lower().split()): i for i, n in enumerate(class_names)}
-    text = Path(path).read_text(encoding="utf-8")
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(f"--pairs-file {path}: no such file") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"--pairs-file {path}: cannot read it ({e})") from None
     try:
         data = json.loads(text)
-        raw = [(p["true"], p["predicted"]) for p in data["pairs"]]
-    except (ValueError, KeyError, TypeError):
+    except ValueError:
+        data = None
+    if isinstance(data, dict) and "pairs" in data:
+        raw = _json_pairs(data["pairs"], path)
+    else:
         raw = [tuple(x.strip() for x in line.replace("\t", ",").split(",")[:2])
                for line in text.splitlines() if line.strip() and "," in line.replace("\t", ",")]
     pairs, unknown = set(), []
@@ -78,6 +92,20 @@ def read_pairs_file(path: str | Path, class_names: list[str]) -> tuple[list[tupl
     return sorted(pairs), unknown
 
 
+def _json_pairs(entries, path) -> list[tuple[str, str]]:
+    if not isinstance(entries, list):
+        raise ConfigError(f"--pairs-file {path}: pairs: expected a list")
+    raw = []
+    for i, p in enumerate(entries):
+        for key in ("true", "predicted"):
+            value = p.get(key) if isinstance(p, dict) else None
+            if not isinstance(value, str):
+                raise ConfigError(f"--pairs-file {path}: pairs[{i}].{key}: expected a class name string, "
+                                  f"got {type(value).__name__}")
+        raw.append((p["true"], p["predicted"]))
+    return raw
+
+
 class _Generator:
     def __init__(self, texts: Texts, client: ChatClient, encoder, opts: GenerateOptions):
         self.t, self.client, self.encoder, self.opts = texts, client, encoder, opts
@@ -86,7 +114,7 @@ class _Generator:
 
     def _ask_list(self, build: Callable[[int], list[dict]]) -> list[str]:
         for attempt in range(self.opts.reasks + 1):
-            items = parse_bullets(self.client.ask(build(attempt)))
+            items = parse_bullets(self.client.ask(build(attempt), accept=parse_bullets))
             if items:
                 return items
         raise TextsError(f"no usable list after {self.opts.reasks + 1} answers")
@@ -117,8 +145,8 @@ class _Generator:
 
     def pair(self, i: int, j: int) -> tuple[list[str], list[str]]:
         for attempt in range(self.opts.reasks + 1):
-            parsed = parse_pair(self.client.ask(pair_messages(self.names[i], self.names[j], attempt)),
-                                self.names[i], self.names[j])
+            accept = lambda text: parse_pair(text, self.names[i], self.names[j])  # noqa: E731
+            parsed = accept(self.client.ask(pair_messages(self.names[i], self.names[j], attempt), accept=accept))
             if parsed:
                 return parsed
         raise TextsError(f"no two-sided answer after {self.opts.reasks + 1} tries")
@@ -139,7 +167,12 @@ def plan(texts: Texts, opts: GenerateOptions, name_emb: np.ndarray | None) -> li
 
 def generate(texts: Texts, client: ChatClient, encoder, opts: GenerateOptions,
              on_progress: Callable[[int, int, int], None] = lambda done, total, failed: None) -> tuple[Texts, GenerateReport]:
-    """Run every task; returns the updated texts and a report (failures recorded, never raised)."""
+    """Run every task; returns the updated texts and a report (failures recorded, never raised).
+
+    Ctrl-C (KeyboardInterrupt in the calling thread) cancels every queued task, lets only the requests
+    already on the wire finish, and returns what was answered with ``report.interrupted`` set; the
+    response cache makes a re-run ask only what is missing.
+    """
     gen = _Generator(texts, client, encoder, opts)
     tasks = plan(texts, opts, gen.name_emb)
     report = GenerateReport()
@@ -147,15 +180,35 @@ def generate(texts: Texts, client: ChatClient, encoder, opts: GenerateOptions,
     on_progress(0, len(tasks), 0)
     with ThreadPoolExecutor(max_workers=max(1, opts.concurrency)) as pool:
         futures = {pool.submit(getattr(gen, task[0]), *task[1:]): task for task in tasks}
-        for fut in as_completed(futures):
-            task = futures[fut]
-            try:
-                results[task] = fut.result()
-                report.done += 1
-            except (LLMError, TextsError) as e:
-                report.failures.append({"task": _describe(task, gen.names), "error": str(e)})
-            on_progress(report.done + len(report.failures), len(tasks), len(report.failures))
+        collected = set()
+        try:
+            for fut in as_completed(futures):
+                collected.add(fut)
+                _collect(fut, futures[fut], results, report, gen.names)
+                on_progress(report.done + len(report.failures), len(tasks), len(report.failures))
+        except KeyboardInterrupt:
+            report.interrupted = True
+            client.cancel()  # running tasks send no further request (no re-ask, no retry)
+            pool.shutdown(wait=False, cancel_futures=True)
+            pending = [f for f in futures if f not in collected and not f.cancelled()]
+            wait(pending)  # at most the in-flight requests
+            for fut in pending:
+                _collect(fut, futures[fut], results, report, gen.names)
+            report.not_asked = len(tasks) - report.done - len(report.failures)
     return _apply(texts, results, client, report), report
+
+
+def _collect(fut, task: tuple, results: dict, report: GenerateReport, names: list[str]) -> None:
+    """Record one finished task: its value, or a failure (a cancelled task is neither)."""
+    if fut.cancelled():
+        return
+    try:
+        results[task] = fut.result()
+        report.done += 1
+    except LLMCancelled:
+        pass
+    except (LLMError, TextsError) as e:
+        report.failures.append({"task": _describe(task, names), "error": str(e)})
 
 
 def _describe(task: tuple, names: list[str]) -> str:

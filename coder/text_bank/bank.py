@@ -194,6 +194,27 @@ def check_replace(out: Path, texts: Texts, texts_file: str | os.PathLike, force:
                         f"or --name NAME to build beside it")
 
 
+def _refuse_old_text_encoding(root: Path, meta: dict[str, Any], art: Artifact) -> None:
+    """A bank from text-encoding 1 is wrong where a text holds the token "!" (id 0) before its end.
+
+    That encoding took id 0 for padding, so such a text lost its end-of-text token, and so did every
+    text batched with it. Banks without such a text were encoded correctly and still load.
+    """
+    if int(meta["encoder"].get("text_encoding", 1)) >= 2 or art.manifest["text"]["tokenizer"].get("kind") != "clip_bpe":
+        return
+    suspects = [t for t in meta.get("raw_texts", []) if "!" in t]
+    if not suspects:
+        return
+    from .tokenizer import ClipTokenizer
+
+    tok = ClipTokenizer.from_artifact(art)
+    ids = tok(suspects)
+    inner_zero = (ids[:, 1:] == 0) & (np.arange(1, ids.shape[1]) < tok.lengths(ids)[:, None] - 1)
+    if inner_zero.any():
+        raise ArtifactError(f"{root} was encoded by an older coder that cut texts holding '!' one token short; "
+                            f"rebuild it: coder bank build --artifacts {art.root} --texts TEXTS.json")
+
+
 def load_bank(bank_dir: str | os.PathLike, artifact: Artifact | str | os.PathLike | None = None) -> Bank:
     """Read a bank; with ``artifact`` also check it was built by that artifact's text encoder."""
     root = Path(bank_dir)
@@ -218,6 +239,7 @@ def load_bank(bank_dir: str | os.PathLike, artifact: Artifact | str | os.PathLik
         if file_entry is None or file_entry["sha256"] != meta["encoder"]["sha256"]:
             raise ArtifactError(f"{root} was built with another text encoder than {art.root}; "
                                 f"rebuild it: coder bank build --artifacts {art.root} --texts TEXTS.json")
+        _refuse_old_text_encoding(root, meta, art)
     with np.load(root / "bank.npz", allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     art_root = art.root if artifact is not None else None

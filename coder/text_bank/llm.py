@@ -1,10 +1,15 @@
 """A small OpenAI-compatible chat-completions client with an on-disk response cache.
 
 Works with OpenAI, vLLM, llama.cpp's server and Ollama (``/v1/chat/completions``).
-Every answer is cached by (model, messages), so an interrupted generation
-resumes without repeating a call. Timeouts, connection errors, 429 and 5xx are
-retried with exponential backoff (``Retry-After`` honoured, capped). The API
-key is read from an environment variable at request time and never written.
+Every usable answer is cached by (model, messages), so an interrupted generation
+resumes without repeating a call; an answer the caller's ``accept`` check rejects
+(one that does not parse) is never cached, and a cached one that fails the check
+is asked again, so a re-run retries exactly those. Timeouts, connection errors
+(including responses cut short: ``IncompleteRead``, ``RemoteDisconnected``,
+``BadStatusLine``), 429 and 5xx are retried with exponential backoff
+(``Retry-After`` honoured when it is a sane number of seconds or an HTTP date,
+clamped to ``[0, max_backoff_s]``). The API key is read from an environment
+variable at request time and never written.
 
 >>> client = ChatClient(LLMConfig("http://127.0.0.1:8000/v1", "llama3"), cache_dir)   # doctest: +SKIP
 >>> client.ask([{"role": "user", "content": "hi"}])                                    # -> "hello"
@@ -12,17 +17,22 @@ key is read from an environment variable at request time and never written.
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
+import http.client
 import json
+import math
 import os
 import random
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
-from ..errors import LLMError
+from ..errors import ConfigError, LLMError
 from ..fsutil import atomic_write_json, read_json
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
@@ -68,21 +78,37 @@ class ResponseCache:
                                                          "model": model, "messages": messages, "response": response})
 
 
+class LLMCancelled(LLMError):
+    """:meth:`ChatClient.cancel` was called: no new request is started."""
+
+
 class ChatClient:
-    def __init__(self, cfg: LLMConfig, cache: ResponseCache, sleep=time.sleep):
+    def __init__(self, cfg: LLMConfig, cache: ResponseCache, sleep=None):
         self.cfg = cfg
         self.cache = cache
-        self._sleep = sleep
+        self._cancelled = threading.Event()
+        # The default sleep wakes up at once on cancel(), so a backoff never delays Ctrl-C.
+        self._sleep = sleep or self._cancelled.wait
         if cfg.api_key_env and not os.environ.get(cfg.api_key_env):
-            raise LLMError(f"--api-key-env {cfg.api_key_env}: that environment variable is not set")
+            raise ConfigError(f"--api-key-env {cfg.api_key_env}: that environment variable is not set")
 
-    def ask(self, messages: list[dict]) -> str:
-        """The assistant's text for ``messages`` (cached). Raises LLMError after the retries."""
+    def cancel(self) -> None:
+        """Start no new request (thread-safe); requests already on the wire finish. Used on Ctrl-C."""
+        self._cancelled.set()
+
+    def ask(self, messages: list[dict], accept: Callable[[str], object] = lambda text: True) -> str:
+        """The assistant's text for ``messages``. Raises LLMError after the retries.
+
+        Only an answer for which ``accept(answer)`` is truthy is cached (and only such a cached
+        answer is reused), e.g. ``accept=parse_bullets``: a reply that does not parse is returned
+        to the caller for its re-ask logic but asked again on the next run.
+        """
         hit = self.cache.get(self.cfg.model, messages)
-        if hit is not None:
+        if hit is not None and accept(hit):
             return hit
         answer = self._post_with_retries(messages)
-        self.cache.put(self.cfg.model, messages, answer)
+        if accept(answer):
+            self.cache.put(self.cfg.model, messages, answer)
         return answer
 
     def _headers(self) -> dict[str, str]:
@@ -98,6 +124,8 @@ class ChatClient:
         for attempt in range(self.cfg.max_retries + 1):
             if attempt:
                 self._sleep(self._delay(attempt, retry_after))
+            if self._cancelled.is_set():
+                raise LLMCancelled("cancelled before the request was sent")
             retry_after = None
             try:
                 req = urllib.request.Request(self.cfg.endpoint, data=body, headers=self._headers(), method="POST")
@@ -108,20 +136,47 @@ class ChatClient:
                 retry_after = e.headers.get("Retry-After") if e.headers else None
                 if e.code not in RETRY_STATUS:
                     raise LLMError(f"{self.cfg.endpoint}: HTTP {e.code} {e.reason}") from None
-            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as e:
+            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError, http.client.HTTPException) as e:
+                # HTTPException: the connection dropped mid-response (IncompleteRead, RemoteDisconnected,
+                # BadStatusLine); like a 5xx, the next attempt usually succeeds.
                 last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
             except LLMError as e:  # a 200 with a body that is not a chat completion: transient proxies do this
                 last = str(e)
         raise LLMError(f"{self.cfg.endpoint}: gave up after {self.cfg.max_retries + 1} attempts ({last})")
 
     def _delay(self, attempt: int, retry_after: str | None) -> float:
-        if retry_after is not None:
-            try:
-                return min(float(retry_after), self.cfg.max_backoff_s)
-            except ValueError:
-                pass
+        """Seconds before ``attempt``: the server's ``Retry-After`` if usable, else jittered backoff."""
+        hinted = retry_after_seconds(retry_after)
+        if hinted is not None:
+            return min(hinted, self.cfg.max_backoff_s)
         base = self.cfg.backoff_s * 2 ** (attempt - 1)
         return min(base * (0.5 + random.random()), self.cfg.max_backoff_s)
+
+
+def retry_after_seconds(value: str | None, now: float | None = None) -> float | None:
+    """A ``Retry-After`` header as seconds >= 0, or None when absent or unusable.
+
+    Delta-seconds ("3", "1.5") or an HTTP date; negative values count as 0; garbage, NaN and
+    infinities are ignored (the caller's own backoff applies).
+
+    >>> retry_after_seconds("-5"), retry_after_seconds("soon"), retry_after_seconds("2")
+    (0.0, None, 2.0)
+    """
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None or when.tzinfo is None:
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
+        return None
+    return max(seconds, 0.0)
 
 
 def _content(raw: bytes) -> str:

@@ -28,7 +28,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..errors import TextsError
+from ..errors import ConfigError, TextsError
 from ..fsutil import atomic_write_json
 from .presets import preset as preset_settings
 
@@ -72,7 +72,11 @@ def _data(name: str) -> dict:
 
 
 def builtin_lists() -> dict[str, dict]:
-    """``{"cifar10": {"classes": [...], "preset": "default", "source": "..."}, ...}``."""
+    """``{"cifar10": {"classes": [...], "preset": "default", "source": "..."}, ...}``.
+
+    A list whose WordNet ids are known (``imagenet1k``) also has ``wnids`` (one per class,
+    same order) and ``wnid_source``.
+    """
     return _data("class_lists.json")["lists"]
 
 
@@ -82,33 +86,103 @@ def clip_templates() -> list[str]:
 
 
 def read_class_file(path: str | os.PathLike) -> list[ClassTexts]:
-    """One class per line; ``n01440764 tench, Tinca tinca`` lines give a WordNet id (first name kept)."""
-    out = []
-    for line in Path(path).read_text(encoding="utf-8").splitlines():
+    """One class per line; ``n01440764 tench, Tinca tinca`` lines give a WordNet id (first name kept).
+
+    A UTF-8 byte-order mark is ignored. Names that repeat under different WordNet ids (ImageNet's own
+    synset mapping has "n02012849 crane" and "n03126707 crane") are made unique by
+    :func:`unique_class_names`; any other repeated name is an error naming both lines.
+    """
+    return parse_class_file(path)[0]
+
+
+def parse_class_file(path: str | os.PathLike) -> tuple[list[ClassTexts], list[str]]:
+    """(classes, renames) of a class file; ``renames`` reads like ``"line 518: crane -> crane (lifting device)"``."""
+    try:
+        text = Path(path).read_text(encoding="utf-8-sig")  # -sig: Windows editors start files with a BOM
+    except UnicodeDecodeError as e:
+        raise TextsError(f"{path}: not UTF-8 text ({e})") from None
+    entries = []  # (line number, wnid, [names on the line])
+    for number, line in enumerate(text.splitlines(), 1):
         line = line.strip()
         if not line:
             continue
         m = _WNID_LINE.match(line)
-        wnid, name = (m.group(1), m.group(2).split(",")[0]) if m else (None, line)
-        out.append(ClassTexts(name=name.strip().replace("_", " "), wnid=wnid))
-    return out
+        wnid, names = (m.group(1), m.group(2).split(",")) if m else (None, [line])
+        names = [n.strip().replace("_", " ") for n in names if n.strip()] or [line]
+        entries.append((number, wnid, names))
+    try:
+        return unique_class_names(entries)
+    except TextsError as e:
+        raise TextsError(f"{path}: {e}") from None
+
+
+def _name_key(name: str) -> str:
+    return " ".join(name.lower().split())
+
+
+def unique_class_names(entries: list[tuple[int, str | None, list[str]]]) -> tuple[list[ClassTexts], list[str]]:
+    """Class names for ``(line, wnid, names)`` entries, unique case-insensitively.
+
+    The first entry keeps its first name. A later entry whose first name is taken, and whose WordNet id
+    differs from every earlier one, takes (1) its next own name not taken ("n03710721 maillot, tank suit"
+    -> "tank suit"), else (2) "name (parent)" with the first lemma of its WordNet hypernym ("crane (lifting
+    device)"), else (3) "name (wnid)" when WordNet is not installed. The same name twice without WordNet ids,
+    or under the same id, is an error.
+    """
+    taken: dict[str, int] = {}  # name key -> line
+    wnids: dict[str, int] = {}
+    out, renames = [], []
+    for line, wnid, names in entries:
+        if wnid is not None and wnid in wnids:
+            raise TextsError(f"line {line}: WordNet id {wnid} already used on line {wnids[wnid]}")
+        name = names[0]
+        if _name_key(name) in taken:
+            if wnid is None:
+                raise TextsError(f"line {line}: duplicate class name {name!r} (first on line {taken[_name_key(name)]})")
+            name = next((n for n in names[1:] if _name_key(n) not in taken), None) or _qualified(name, wnid, taken)
+            renames.append(f"line {line}: {names[0]} -> {name}")
+        taken[_name_key(name)] = line
+        if wnid is not None:
+            wnids[wnid] = line
+        out.append(ClassTexts(name=name, wnid=wnid))
+    return out, renames
+
+
+def _qualified(name: str, wnid: str, taken: dict[str, int]) -> str:
+    """``name (hypernym lemma)`` from WordNet 3.0, or ``name (wnid)`` without it."""
+    from . import wordnet
+
+    try:
+        wn = wordnet.WordNet(wordnet.DEFAULT_DIR)
+        parents = [wn.synset(h).lemmas[0] for h in wn.synset(wnid).hypernyms]
+    except (ConfigError, TextsError):
+        parents = []
+    for label in [*parents, wnid]:
+        if _name_key(f"{name} ({label})") not in taken:
+            return f"{name} ({label})"
+    raise TextsError(f"cannot make {name!r} ({wnid}) unique")
 
 
 def init_texts(classes: str, preset: str | None = None) -> Texts:
     """A names-only texts file from a built-in list name or a class file path."""
-    lists = builtin_lists()
+    lists, renames = builtin_lists(), []
     if classes in lists:
         entry = lists[classes]
-        items = [ClassTexts(name=n.replace("_", " ")) for n in entry["classes"]]
+        wnids = entry.get("wnids") or [None] * len(entry["classes"])  # exact WordNet synsets where known
+        items = [ClassTexts(name=n.replace("_", " "), wnid=w) for n, w in zip(entry["classes"], wnids)]
         name, source, preset = classes, entry["source"], preset or entry["preset"]
+        if "wnid_source" in entry:
+            source += f"; WordNet ids: {entry['wnid_source']}"
     elif Path(classes).is_file():
-        items, name, source = read_class_file(classes), Path(classes).stem, str(classes)
+        (items, renames), name, source = parse_class_file(classes), Path(classes).stem, str(classes)
         preset = preset or "default"
     else:
         raise TextsError(f"--classes {classes!r}: neither a built-in list ({', '.join(lists)}) nor a file")
     templates = {**preset_settings(preset), "clip": clip_templates()}
-    texts = Texts(name, preset, templates, tuple(items), {}, {"class_source": source, "llm_model": None,
-                                                                "prompt_version": None, "date": None})
+    provenance = {"class_source": source, "llm_model": None, "prompt_version": None, "date": None}
+    if renames:
+        provenance["class_renames"] = renames  # repeated names made unique (see unique_class_names)
+    texts = Texts(name, preset, templates, tuple(items), {}, provenance)
     validate(to_json(texts))
     return texts
 
@@ -132,7 +206,7 @@ def save_texts(path: str | os.PathLike, t: Texts) -> None:
 def load_texts(path: str | os.PathLike) -> Texts:
     """Read + validate; raises :class:`TextsError` naming the first bad field."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
     except FileNotFoundError:
         raise TextsError(f"{path}: no such texts file (create one with `coder texts init`)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:

@@ -41,13 +41,16 @@ def byte_to_unicode() -> dict[int, str]:
     return dict(zip(printable, map(chr, chars)))
 
 
-def eos_lengths(ids: np.ndarray, eos_id: int) -> np.ndarray:
+def eos_lengths(ids: np.ndarray, eos_id: int | None) -> np.ndarray:
     """Tokens up to and including each row's first end-of-text id; a row without one counts in full.
 
-    Works for any tokenizer with an EOS id, whatever its padding id (0, or EOS itself).
+    Works for any tokenizer with an EOS id, whatever its padding id (0, or EOS itself); with
+    ``eos_id=None`` (a tokenizer without one) every row counts in full.
     Example: ``eos_lengths(np.array([[49406, 0, 49407, 0]]), 49407)`` -> ``array([3])`` (id 0 is "!").
     """
     ids = np.asarray(ids)
+    if eos_id is None:
+        return np.full(ids.shape[0], ids.shape[1], np.int64)
     is_eos = ids == eos_id
     return np.where(is_eos.any(axis=1), is_eos.argmax(axis=1) + 1, ids.shape[1]).astype(np.int64)
 
@@ -72,6 +75,7 @@ class ClipTokenizer:
         self.encoder = {tok: i for i, tok in enumerate(vocab)}
         self.ranks = {m: i for i, m in enumerate(merges)}
         self.sot, self.eot = self.encoder[SPECIAL[0]], self.encoder[SPECIAL[1]]
+        self.eos_id = self.eot  # the end-of-text id: :func:`eos_lengths` takes text lengths from it
         self.context_length = context_length
         self._bytes = byte_to_unicode()
         self._cache: dict[str, list[int]] = {}
@@ -79,11 +83,6 @@ class ClipTokenizer:
             "|".join(SPECIAL) + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
             regex.IGNORECASE,
         )
-
-    @property
-    def eos_id(self) -> int:
-        """The end-of-text id; :func:`eos_lengths` takes text lengths from it."""
-        return self.eot
 
     def lengths(self, ids: np.ndarray) -> np.ndarray:
         """``(N, L)`` ids from this tokenizer -> ``(N,)`` token counts including SOT and EOT."""

@@ -26,6 +26,7 @@ class Synset:
     wnid: str  # "n" + 8-digit data.noun offset, as ImageNet ids are
     lemmas: tuple[str, ...]  # underscores as spaces
     gloss: str  # the definition, without example sentences
+    hypernyms: tuple[str, ...] = ()  # wnids of the "is a kind of" parents ("@" and "@i" pointers)
 
     def synonyms_of(self, name: str) -> tuple[str, ...]:
         """Lemma names other than ``name`` itself (case-insensitive), order kept."""
@@ -90,7 +91,10 @@ def _parse(line: str) -> Synset:
     # Adjective markers like "(a)" never occur in nouns, but strip any "(...)" suffix defensively.
     lemmas = tuple(lemma.split("(")[0] for lemma in lemmas)
     definition = gloss.strip().split('; "')[0].strip()
-    return Synset("n" + parts[0], lemmas, definition)
+    p0 = 4 + 2 * n_words
+    pointers = [parts[p0 + 1 + 4 * k:p0 + 5 + 4 * k] for k in range(int(parts[p0]))]
+    hypernyms = tuple("n" + ptr[1] for ptr in pointers if ptr[0] in ("@", "@i") and ptr[2] == "n")
+    return Synset("n" + parts[0], lemmas, definition, hypernyms)
 
 
 def choose_synset(name: str, candidates: list[Synset], text_encoder=None, template: str = "a photo of {c}.") -> Synset | None:

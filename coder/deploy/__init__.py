@@ -1,0 +1,1 @@
+"""Deployment targets built on the torch-free runtime (ROS, Ray, Triton)."""

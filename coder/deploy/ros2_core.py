@@ -1,0 +1,188 @@
+"""Everything of the ROS 2 node except the rclpy glue: parameters, the drop-stale frame policy,
+and one frame's processing. No rclpy import here, so all of it is tested without ROS.
+
+>>> cfg = NodeConfig.from_params({"artifacts": "art", "top_k": 3})      # doctest: +SKIP
+>>> slot = LatestSlot(); slot.put("f1"); slot.put("f2")                 # "f1" is dropped
+>>> slot.take(timeout=0), slot.dropped
+('f2', 1)
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass, fields
+from typing import Any, Callable
+
+from ..errors import ConfigError, FrameError
+from .ros_msgs import COMPRESSED_TYPE, IMAGE_TYPE, MsgTypes, classification_msg, frame_meta, frame_record, \
+    hypotheses, msg_to_pil
+
+BACKEND_CHOICES = ("auto", "cpu", "cuda", "tensorrt", "tensorrt-native")
+PRECISION_CHOICES = ("fp32", "fp16", "int8")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """The node's ROS parameters (``-p name:=value``) and their defaults.
+
+    ``tau`` < 0 means the bank preset's value; ``input_type`` ``auto`` subscribes to a
+    CompressedImage when the topic name ends in ``/compressed``; an empty ``json_topic`` publishes
+    no JSON.
+    """
+
+    artifacts: str = ""
+    bank: str = ""
+    backend: str = "auto"
+    precision: str = "fp32"
+    tau: float = -1.0
+    top_k: int = 5
+    threads: int = 0
+    input_topic: str = "image"
+    input_type: str = "auto"
+    output_topic: str = "coder/classification"
+    json_topic: str = ""
+    vision_info_topic: str = "coder/vision_info"
+
+    @classmethod
+    def from_params(cls, values: dict[str, Any]) -> "NodeConfig":
+        """Typed, validated config from raw parameter values (unknown names are an error)."""
+        known = {f.name: f for f in fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(f"unknown parameter(s) {', '.join(unknown)}; known: {', '.join(known)}")
+        typed = {}
+        for name, value in values.items():
+            if value is None:  # `-p name:=` (empty) gives a null: keep the default
+                continue
+            kind = type(known[name].default)
+            try:
+                if kind is int and (isinstance(value, bool) or float(value) != int(float(value))):
+                    raise ValueError
+                typed[name] = kind(value) if kind is not int else int(float(value))
+            except (TypeError, ValueError):
+                raise ConfigError(f"parameter {name}: expected {kind.__name__}, got {value!r}") from None
+        cfg = cls(**typed)
+        cfg.check()
+        return cfg
+
+    def check(self) -> None:
+        if self.backend not in BACKEND_CHOICES:
+            raise ConfigError(f"parameter backend {self.backend!r}: choose {', '.join(BACKEND_CHOICES)}")
+        if self.precision not in PRECISION_CHOICES:
+            raise ConfigError(f"parameter precision {self.precision!r}: choose {', '.join(PRECISION_CHOICES)}")
+        if self.top_k < 1 or self.threads < 0:
+            raise ConfigError("parameters top_k >= 1 and threads >= 0")
+        if self.input_type not in ("auto", "raw", "compressed"):
+            raise ConfigError(f"parameter input_type {self.input_type!r}: choose auto, raw, compressed")
+        if not self.input_topic or not self.output_topic:
+            raise ConfigError("parameters input_topic and output_topic must not be empty")
+
+    @property
+    def input_msgtype(self) -> str:
+        compressed = self.input_type == "compressed" or (
+            self.input_type == "auto" and self.input_topic.rstrip("/").endswith("/compressed"))
+        return COMPRESSED_TYPE if compressed else IMAGE_TYPE
+
+    def classifier_kwargs(self) -> dict:
+        return {"bank": self.bank or None, "backend": self.backend, "precision": self.precision,
+                "tau": None if self.tau < 0 else self.tau, "threads": self.threads or None}
+
+
+class LatestSlot:
+    """A one-slot mailbox: ``put`` replaces an item not yet taken (counted in ``dropped``), ``take``
+    waits for the newest. There is never more than one frame waiting, so latency stays one frame
+    however slow inference is."""
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._item: Any = None
+        self._full = False
+        self._closed = False
+        self.dropped = 0
+        self.received = 0
+
+    def put(self, item: Any) -> bool:
+        """Store ``item``; True if it replaced (dropped) a stale one."""
+        with self._cond:
+            replaced = self._full
+            self.dropped += replaced
+            self.received += 1
+            self._item, self._full = item, True
+            self._cond.notify()
+            return replaced
+
+    def take(self, timeout: float | None = None) -> Any:
+        """The newest item (and empty the slot); None on timeout or after :meth:`close`."""
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._full or self._closed, timeout):
+                return None
+            if not self._full:
+                return None
+            item, self._item, self._full = self._item, None, False
+            return item
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+
+class LatestWorker:
+    """One thread that handles the newest submitted item, dropping the ones it had no time for.
+
+    ``handle(item)`` runs on the worker thread; an exception from it goes to ``on_error(item, exc)``
+    and the worker goes on.
+    """
+
+    def __init__(self, handle: Callable[[Any], None], on_error: Callable[[Any, Exception], None]):
+        self.slot = LatestSlot()
+        self.handle, self.on_error = handle, on_error
+        self.handled = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="coder-worker", daemon=True)
+
+    def start(self) -> "LatestWorker":
+        self._thread.start()
+        return self
+
+    def submit(self, item: Any) -> bool:
+        """Called from the subscription callback; never blocks on inference."""
+        return self.slot.put(item)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            item = self.slot.take(timeout=0.1)
+            if item is None:
+                continue
+            try:
+                self.handle(item)
+            except Exception as e:  # noqa: BLE001 - one bad frame must not stop the node
+                self.on_error(item, e)
+            self.handled += 1
+
+    def stop(self, timeout: float = 5.0) -> None:
+        self._stop.set()
+        self.slot.close()
+        self._thread.join(timeout)
+
+
+@dataclass(frozen=True)
+class FrameOutput:
+    """What the node publishes for one frame."""
+
+    classification: Any  # vision_msgs/Classification built with the given MsgTypes
+    record: dict  # the JSON record (same schema as ``coder bag --json``)
+
+
+def process_frame(clf, msg: Any, msgtype: str, topic: str, top_k: int, types: MsgTypes) -> FrameOutput:
+    """One image message -> its Classification (source header) and JSON record. Raises
+    :class:`~coder.errors.FrameError` for a frame that cannot be converted."""
+    meta = frame_meta(msg, topic)
+    image = msg_to_pil(msg, msgtype, topic)
+    n = len(clf.class_names)
+    [pred] = clf.classify([image], n)
+    return FrameOutput(classification_msg(types, meta, hypotheses(pred, top_k, n)),
+                       frame_record(topic, meta, pred, top_k, n))
+
+
+__all__ = ["FrameError", "FrameOutput", "LatestSlot", "LatestWorker", "NodeConfig", "process_frame"]

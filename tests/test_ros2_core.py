@@ -1,0 +1,139 @@
+"""The ROS 2 node's logic without rclpy: parameters, the newest-frame policy, one frame's outputs."""
+
+import json
+import shutil
+import threading
+import time
+from types import SimpleNamespace as NS
+
+import numpy as np
+import pytest
+
+from coder.deploy.ros2_core import LatestSlot, LatestWorker, NodeConfig, process_frame
+from coder.deploy.ros_msgs import COMPRESSED_TYPE, IMAGE_TYPE
+from coder.errors import ConfigError, FrameError
+
+
+def test_params_parse_coerce_and_reject():
+    cfg = NodeConfig.from_params({"artifacts": "art", "top_k": 3, "tau": 1, "input_topic": "/cam/image/compressed"})
+    assert (cfg.top_k, cfg.tau, cfg.input_msgtype) == (3, 1.0, COMPRESSED_TYPE)
+    assert NodeConfig.from_params({}).input_msgtype == IMAGE_TYPE
+    assert NodeConfig.from_params({"bank": 123, "artifacts": None}) == NodeConfig(bank="123")  # YAML-typed ROS values
+    assert NodeConfig.from_params({"input_type": "compressed"}).input_msgtype == COMPRESSED_TYPE
+    assert cfg.classifier_kwargs() == {"bank": None, "backend": "auto", "precision": "fp32", "tau": 1.0, "threads": None}
+    assert NodeConfig().classifier_kwargs()["tau"] is None  # negative: the bank preset
+    for bad in ({"top_k": 0}, {"top_k": 2.5}, {"top_k": True}, {"backend": "tpu"}, {"precision": "int4"},
+                {"tau": "high"}, {"input_type": "raw8"}, {"output_topic": ""}, {"topk": 3}):
+        with pytest.raises(ConfigError):
+            NodeConfig.from_params(bad)
+
+
+def test_slot_keeps_only_the_newest():
+    slot = LatestSlot()
+    assert slot.take(timeout=0) is None
+    assert [slot.put(i) for i in range(4)] == [False, True, True, True]
+    assert (slot.take(timeout=0), slot.dropped, slot.received) == (3, 3, 4)
+    assert slot.take(timeout=0.01) is None
+    threading.Timer(0.05, slot.put, args=("late",)).start()
+    assert slot.take(timeout=2) == "late"  # take() waits for the next frame
+    slot.close()
+    assert slot.take(timeout=2) is None
+
+
+def test_worker_drops_stale_frames_under_load():
+    """A 30 fps camera into a 10 fps classifier: no queue builds up, the newest frame always wins."""
+    done, started = [], []
+
+    def slow(item):
+        started.append((item, time.perf_counter()))
+        time.sleep(0.1)
+        done.append(item)
+
+    worker = LatestWorker(slow, lambda item, e: None).start()
+    sent = {}
+    for i in range(30):
+        sent[i] = time.perf_counter()
+        worker.submit(i)
+        time.sleep(1 / 30)
+    deadline = time.time() + 5
+    while 29 not in done and time.time() < deadline:
+        time.sleep(0.01)
+    worker.stop()
+    assert done[-1] == 29 and done == sorted(done)  # newest last, never out of order
+    assert len(done) < 20 and worker.slot.dropped == 30 - len(done)
+    # each handled frame was at most ~one inference old when its turn came (no backlog)
+    assert max(t - sent[i] for i, t in started) < 0.5  # a queue would reach ~2 s here
+
+
+def test_worker_survives_a_failing_frame():
+    errors, done = [], []
+
+    def handle(item):
+        if item == "bad":
+            raise FrameError("/cam @ 1.000000000: corrupt")
+        done.append(item)
+
+    worker = LatestWorker(handle, lambda item, e: errors.append((item, str(e)))).start()
+    worker.submit("bad")
+    time.sleep(0.2)
+    worker.submit("good")
+    time.sleep(0.2)
+    worker.stop()
+    assert errors == [("bad", "/cam @ 1.000000000: corrupt")] and done == ["good"]
+
+
+@pytest.fixture(scope="module")
+def clf(tiny_artifact, tmp_path_factory):
+    from coder.runtime.classifier import Classifier
+    from coder.text_bank.bank import build_bank
+    from coder.text_bank.texts import init_texts
+
+    art = tmp_path_factory.mktemp("nodeart") / "art"
+    shutil.copytree(tiny_artifact, art, ignore=shutil.ignore_patterns("banks"))
+    build_bank(art, init_texts("cifar10"))
+    return Classifier.load(art, **NodeConfig().classifier_kwargs())
+
+
+def test_process_frame_outputs_match_the_bag_schema(clf):
+    from rosbags.typesys import Stores, get_typestore
+
+    from coder.deploy.ros_msgs import register_vision_msgs, stage1_probabilities
+    from coder.samples import synthetic_scene
+
+    types = register_vision_msgs(get_typestore(Stores.ROS2_HUMBLE))
+    px = np.asarray(synthetic_scene(3, (40, 30)))
+    msg = NS(header=NS(stamp=NS(sec=12, nanosec=34), frame_id="cam"), encoding="bgr8", height=30, width=40, step=120,
+             is_bigendian=0, data=px[..., ::-1].tobytes())
+    out = process_frame(clf, msg, IMAGE_TYPE, "/cam", 3, types)
+    [pred] = clf.classify([px], len(clf.class_names))
+    probs = stage1_probabilities(pred.stage1_scores)
+    assert (out.classification.header.stamp.sec, out.classification.header.stamp.nanosec,
+            out.classification.header.frame_id) == (12, 34, "cam")
+    assert out.classification.results[0].class_id == pred.name
+    assert abs(out.classification.results[0].score - probs[list(pred.top_k).index(pred.label)]) < 1e-12
+    rec = json.loads(json.dumps(out.record))
+    assert (rec["topic"], rec["stamp_ns"], rec["frame_id"], rec["name"]) == ("/cam", 12 * 10**9 + 34, "cam", pred.name)
+    assert len(rec["top_k"]) == 3 and rec["log_time_ns"] is None
+    with pytest.raises(FrameError, match=r"^/cam @ 12.000000034: unsupported encoding"):
+        process_frame(clf, NS(**{**vars(msg), "encoding": "nv12"}), IMAGE_TYPE, "/cam", 3, types)
+
+
+def test_node_without_ros_is_one_clear_error():
+    import importlib.util
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from coder.cli import EXIT_CODES, app
+    from coder.errors import BackendError
+
+    if importlib.util.find_spec("rclpy") is not None:
+        pytest.skip("rclpy is installed here")
+    code = {cls: c for cls, c, _ in EXIT_CODES}[BackendError]
+    res = CliRunner().invoke(app, ["ros2", "--ros-args", "-p", "artifacts:=x"])
+    assert res.exit_code == code and "rclpy" in res.output and "Traceback" not in res.output
+    res = subprocess.run([sys.executable, "-m", "coder.deploy.ros2_node", "--ros-args", "-p", "top_k:=3"],
+                         capture_output=True, text=True)
+    assert res.returncode == code and res.stderr.startswith("error: the ROS 2 node needs a sourced ROS 2")
+    assert res.stderr.count("\n") == 1
