@@ -156,6 +156,7 @@ class Classifier:
         if precision not in PRECISIONS:
             raise ConfigError(f"precision {precision!r}: choose {', '.join(PRECISIONS)}")
         art = load_artifact(artifact_dir)
+        art.encoder("image", precision)  # not exported: ArtifactError naming the re-export, before any backend
         b = load_bank(find_bank(art.root, bank), art)
         tau = b.tau if tau is None else float(tau)
         k = b.k if k is None else int(k)
