@@ -35,10 +35,14 @@ _HEAVY = ("torch", "open_clip", "torchvision", "coder.export")
 
 
 def _imports_heavy(path: Path) -> bool:
+    """Imports torch/open_clip/the exporter, or a package of an extra not installed here, at the top."""
     for node in ast.parse(path.read_text()).body:
         names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-            [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            [node.module or ""] if isinstance(node, ast.ImportFrom) and not node.level else []
         if any(n == h or n.startswith(h + ".") for n in names for h in _HEAVY):
+            return True
+        if any(n and n.split(".")[0] not in ("coder", "tests") and importlib.util.find_spec(n.split(".")[0]) is None
+               for n in names):
             return True
     return False
 
