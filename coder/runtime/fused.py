@@ -7,7 +7,7 @@ written, so a bank directory holds only ``bank.json`` + ``bank.npz``). The encod
 ``(B, D)`` output is the head's input.
 
 Why two sessions and not one fused file: a fused graph copies every encoder weight (336 MB
-per bank x precision x k for ViT-B/32 fp32), and writing it made the first classify 3.5x
+per bank x precision x k for ViT-B/32 fp32), and writing it made the first classify 3.4x
 slower than the next. The head session is pinned to one intra-op thread, so it runs on the
 calling thread and never contends with the encoder pool's spinning workers — the contention
 that made the numpy head slow on small CPUs. ``benchmarks/bench_fused.py`` measures the
