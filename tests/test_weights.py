@@ -26,7 +26,7 @@ def test_checkpoint_round_trip(tmp_path, tiny_arch, tiny_state, suffix):
     else:
         torch.save({"state_dict": tiny_state} if suffix == ".pt" else tiny_state, path)
     model, record = load_model(tiny_arch, parse_pretrained(str(path), tiny_arch))
-    assert record == {"kind": "file", "file": path.name, "sha256": sha256_file(path)}
+    assert record == {"kind": "file", "file": path.name, "sha256": sha256_file(path), "path": str(path.resolve())}
     for k, v in model.state_dict().items():
         assert torch.equal(v, tiny_state[k]), k
 
