@@ -8,6 +8,7 @@ Exit codes (one table, :data:`coder.cli_common.EXIT_CODES`, also in the README):
 
 from __future__ import annotations
 
+import os
 import sys
 import traceback
 from typing import Optional
@@ -20,11 +21,13 @@ try:  # typer >= 0.20 vendors click as typer._click; older typer uses click itse
 except ImportError:  # pragma: no cover
     from click import exceptions as _click_exceptions
 
-from . import __version__, cli_artifacts, cli_bag, cli_pack, cli_predict, cli_texts
-from .cli_common import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, err, escape_help, exit_code_for, say
+from . import __version__, cli_artifacts, cli_bag, cli_pack, cli_predict, cli_serve, cli_texts
+from .cli_common import (EXIT_BROKEN_PIPE, EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, err, escape_help,
+                         exit_code_for, say)
 from .errors import CoderError
 
 __doc__ += "\n".join(f"    {code}  {what}" for _, code, what in EXIT_CODES) + \
+    f"\n    {EXIT_BROKEN_PIPE}  the reader of stdout closed the pipe (e.g. `| head`): output stopped quietly" + \
     f"\n    {EXIT_INTERRUPTED}  interrupted (Ctrl-C): finished work is kept\n    {EXIT_INTERNAL}  internal error\n"
 __all__ = ["EXIT_CODES", "app", "main"]
 
@@ -55,6 +58,11 @@ class _CoderGroup(TyperGroup):
         except KeyboardInterrupt:
             err.print("[red]interrupted[/red]: finished files are kept; re-run to resume")
             raise typer.Exit(EXIT_INTERRUPTED) from None
+        except BrokenPipeError:
+            # The reader went away (`coder ... --json | head`): stop quietly, like a Unix tool
+            # killed by SIGPIPE. stdout is pointed at /dev/null so the exit flush cannot fail again.
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise typer.Exit(EXIT_BROKEN_PIPE) from None
         except _CLICK_CONTROL_FLOW:
             raise
         except Exception:
@@ -86,6 +94,7 @@ app.add_typer(cli_texts.texts_app, name="texts")
 app.add_typer(cli_texts.bank_app, name="bank")
 app.add_typer(cli_bag.app)
 app.add_typer(cli_pack.app)
+app.add_typer(cli_serve.app)
 
 
 def main(argv: Optional[list[str]] = None) -> int:

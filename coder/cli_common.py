@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 
 from .errors import (ArtifactError, BackendError, CoderError, ConfigError, ExportError, InputError,
-                     LLMError, StaleEngineError, TextsError, WeightsError)
+                     LLMError, ServeError, StaleEngineError, TextsError, WeightsError)
 
 # The one place errors become exit codes. Order matters: subclasses first.
 EXIT_OK = 0
@@ -26,9 +26,11 @@ EXIT_CODES: list[tuple[type[CoderError], int, str]] = [
     (BackendError, 6, "requested backend not available or fell back"),
     (TextsError, 7, "class-texts file malformed (the message names the field)"),
     (LLMError, 8, "LLM generation failed for some texts (recorded; re-run resumes from the cache)"),
+    (ServeError, 11, "model server (tritonserver) not found, failed to start or not ready in time"),
     (CoderError, 9, "other coder error"),
 ]
 EXIT_INTERRUPTED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool the pipe's reader cut off
 EXIT_INTERNAL = 70  # a bug: the traceback is printed
 
 # emoji=False: a class named "frog" in "att:frog:" must not become an emoji.

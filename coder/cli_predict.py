@@ -37,8 +37,31 @@ def classify(
                                     help="Run the CODER head as an ONNX graph after the encoder (else numpy)."),
     allow_fallback: bool = ALLOW_FALLBACK,
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image (JSON lines)."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Write a Parquet dataset (directory) instead; "
+                                           "re-running resumes. Also takes text files of paths and URIs."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="With --out: start fresh instead of resuming."),
+    retry_errors: bool = typer.Option(False, "--retry-errors", help="With --out: redo inputs that gave error rows."),
+    ray: bool = typer.Option(False, "--ray", help="Run on Ray Data (local Ray, or --ray-address); needs --out."),
+    ray_address: Optional[str] = typer.Option(None, "--ray-address", help="Join this Ray cluster (e.g. auto, "
+                                              "ray://head:10001)."),
+    actors: Optional[str] = typer.Option(None, "--actors", help="Classifier actors: N, or MIN,MAX to autoscale."),
+    gpus_per_actor: Optional[float] = typer.Option(None, "--gpus-per-actor",
+                                                   help="GPUs per actor (default 1 for cuda/tensorrt, else 0)."),
+    cpus_per_actor: int = typer.Option(1, "--cpus-per-actor", help="CPUs per actor = its ONNX Runtime threads."),
 ) -> None:
     """Classify images with CODER (stage 1 + gated one-to-one rerank)."""
+    if out_dir is not None or ray:
+        from .cli_batch import RayArgs, classify_to_parquet
+        from .deploy.batch import ClassifySpec
+        from .manifest import default_artifact_dir
+
+        if out_dir is None or explain:
+            raise ConfigError("--ray needs --out OUT.parquet; --explain does not go to Parquet")
+        spec = ClassifySpec(str(artifacts or default_artifact_dir()), bank, backend, precision, tau,
+                            str(adapter) if adapter else None, fused_head, allow_fallback, top_k, not no_rerank)
+        return classify_to_parquet(paths, spec, out_dir, batch_size, RayArgs(ray, ray_address, actors, gpus_per_actor,
+                                                                             cpus_per_actor), overwrite, retry_errors,
+                                   as_json)
     from .manifest import default_artifact_dir
     from .runtime.classifier import Classifier, EngineOptions
     from .runtime.images import to_pil

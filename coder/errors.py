@@ -53,3 +53,7 @@ class StaleEngineError(BackendError):
 
 class FrameError(InputError):
     """One ROS image message could not be turned into a frame; the message names topic and stamp."""
+
+
+class ServeError(CoderError):
+    """The model server could not be found, started, or did not become ready (the message quotes its log)."""

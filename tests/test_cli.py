@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -330,3 +331,19 @@ def test_file_names_with_brackets_are_shown_as_given(tiny_artifact, cli_art, sam
     assert "cat[bold].jpg" in res.stdout
     res = runner.invoke(app, ["texts", "list"])
     assert "'missile' -> 'projectile'" in " ".join(res.stdout.replace("│", " ").split())
+
+
+def test_closed_stdout_pipe_is_quiet_exit_141():
+    """`coder ... | head` closes the pipe early: no traceback, no 'internal error', exit 141."""
+    import os
+
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before coder writes anything
+    try:
+        r = subprocess.run([sys.executable, "-m", "coder", "texts", "list", "--json"], stdout=write_end,
+                           stderr=subprocess.PIPE, text=True, timeout=120, env=env)
+    finally:
+        os.close(write_end)
+    assert r.returncode == 141, r.stderr
+    assert "Traceback" not in r.stderr and "internal error" not in r.stderr

@@ -89,3 +89,23 @@ def test_embed_text_command_is_torch_free(tiny_artifact):
             f"r = CliRunner().invoke(app, ['embed', '-a', {str(tiny_artifact)!r}, '--text', 'wow!;', '--json'])\n"
             "assert r.exit_code == 0, r.output")
     assert _loaded_after(code) == []
+
+
+def test_triton_modules_are_torch_free():
+    assert _loaded_after("import coder.deploy.triton_model, coder.deploy.triton_repo, coder.deploy.triton_server, "
+                         "coder.deploy.triton_ensemble, coder.cli_serve, coder.client") == []
+
+
+def test_batch_labeling_modules_are_torch_free(tiny_artifact, sample_images, tmp_path):
+    import shutil
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art, ignore=shutil.ignore_patterns("banks"))
+    code = (f"from coder.text_bank.bank import build_bank\n"
+            f"from coder.text_bank.texts import init_texts\n"
+            f"build_bank({str(art)!r}, init_texts('cifar10'))\n"
+            f"import coder.deploy.ray_batch, coder.cli_batch\n"
+            f"from coder.deploy.batch import ClassifySpec, run_local\n"
+            f"from coder.deploy.sources import expand_sources\n"
+            f"run_local(ClassifySpec({str(art)!r}), list(expand_sources([{str(sample_images[0])!r}])), print)")
+    assert _loaded_after(code) == []

@@ -201,16 +201,24 @@ class Classifier:
             images = [images]
         if not images:
             return []
-        if not self.encoder.fused:
-            f, t_pre, t_enc = self.embed(images, bgr)
-            return self.classify_embeddings(f, top_k, rerank_enabled, t_pre, t_enc)
         t0 = time.perf_counter()
         pixels = self._pixels(images, bgr)
+        return self.classify_pixels(pixels, top_k, rerank_enabled, (time.perf_counter() - t0) * 1e3)
+
+    def classify_pixels(self, pixels: np.ndarray, top_k: int = 5, rerank_enabled: bool = True,
+                        t_pre: float = 0.0) -> list[Prediction]:
+        """Already-preprocessed input (B,3,H,W) float32 (e.g. from a separate decode stage) ->
+        one :class:`Prediction` per row, exactly as :meth:`classify` on the same images."""
+        if len(pixels) == 0:
+            return []
         t1 = time.perf_counter()
+        if not self.encoder.fused:
+            f = self.encoder.encode_pixels(pixels)
+            return self.classify_embeddings(f, top_k, rerank_enabled, t_pre, (time.perf_counter() - t1) * 1e3)
         out = self.encoder.run_head(pixels)  # encoder + stage 1 + r(c), one engine call
         t2 = time.perf_counter()
         rr = gate(out.topk_ids, out.gap, out.rerank, self.tau if rerank_enabled else -1.0)
-        return self._finish(out.embedding, out.stage1, rr, top_k, (t1 - t0) * 1e3, (t2 - t1) * 1e3, t2)
+        return self._finish(out.embedding, out.stage1, rr, top_k, t_pre, (t2 - t1) * 1e3, t2)
 
     def classify_embeddings(self, f: np.ndarray, top_k: int = 5, rerank_enabled: bool = True,
                             t_pre: float = 0.0, t_enc: float = 0.0) -> list[Prediction]:

@@ -11,6 +11,7 @@ centre crop; coder refuses it instead (see README "Input limits").
 
 from __future__ import annotations
 
+import io
 import os
 import warnings
 from pathlib import Path
@@ -52,27 +53,46 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
     try:
         if path.stat().st_size == 0:
             raise InputError(f"{path}: empty file (0 bytes)")
+    except FileNotFoundError:
+        raise InputError(f"{path}: no such file") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or type(e).__name__})") from None
+    return _decode(path, path, max_pixels)
+
+
+def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
+    """Like :func:`load_image` for a file's bytes (read elsewhere, e.g. from object storage);
+    ``name`` only labels the error: ``decode_image(b"", "s3://b/x.jpg")`` raises
+    ``InputError("s3://b/x.jpg: empty file (0 bytes)")``."""
+    if len(data) == 0:
+        raise InputError(f"{name}: empty file (0 bytes)")
+    return _decode(io.BytesIO(data), name, max_pixels)
+
+
+def _decode(source, name, max_pixels: int) -> Image.Image:
+    """The one decoder behind both: same limits, same one-line errors."""
+    try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(path) as img:
+            with Image.open(source) as img:
                 w, h = img.size
                 if w * h > max_pixels:
-                    raise InputError(f"{path}: {w}x{h} pixels exceeds the {max_pixels} limit (decompression bomb?)")
-                check_shape(w, h, str(path))  # before decoding: nothing large is allocated
+                    raise InputError(f"{name}: {w}x{h} pixels exceeds the {max_pixels} limit (decompression bomb?)")
+                check_shape(w, h, str(name))  # before decoding: nothing large is allocated
                 img.load()
                 return img.copy()
     except InputError:
         raise
     except FileNotFoundError:
-        raise InputError(f"{path}: no such file") from None
+        raise InputError(f"{name}: no such file") from None
     except IsADirectoryError:
-        raise InputError(f"{path}: is a directory") from None
+        raise InputError(f"{name}: is a directory") from None
     except UnidentifiedImageError:
-        raise InputError(f"{path}: not an image (unrecognised format)") from None
+        raise InputError(f"{name}: not an image (unrecognised format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        raise InputError(f"{path}: decompression bomb rejected ({e})") from None
+        raise InputError(f"{name}: decompression bomb rejected ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{path}: cannot decode image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise InputError(f"{name}: cannot decode image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
 
 
 def array_to_pil(arr: np.ndarray, bgr: bool = False) -> Image.Image:

@@ -94,10 +94,22 @@ def resize_and_crop(img: Image.Image, cfg: PreprocessConfig) -> Image.Image:
 
 def normalize(rgb: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
     """RGB PIL image -> (3,H,W) float32, ``(x/255 - mean) / std``."""
-    arr = np.asarray(rgb, dtype=np.uint8).astype(np.float32) / np.float32(255.0)
+    return normalize_uint8(np.asarray(rgb, dtype=np.uint8), cfg)
+
+
+def normalize_uint8(arr: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """``(..., H, W, 3)`` uint8 RGB -> ``(..., 3, H, W)`` float32, ``(x/255 - mean) / std``:
+    a batch ``(B, 224, 224, 3)`` gives ``(B, 3, 224, 224)``, equal to :func:`normalize` per image."""
+    x = arr.astype(np.float32) / np.float32(255.0)
     mean = np.asarray(cfg.mean, dtype=np.float32)
     std = np.asarray(cfg.std, dtype=np.float32)
-    return np.ascontiguousarray(((arr - mean) / std).transpose(2, 0, 1))
+    return np.ascontiguousarray(np.moveaxis((x - mean) / std, -1, -3))
+
+
+def crop_rgb(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:
+    """One PIL image (any mode) -> ``(H, W, 3)`` uint8: the geometric part and the RGB conversion,
+    a quarter of the float input's bytes (what a decode stage hands to an encoder stage)."""
+    return np.asarray(resize_and_crop(img, cfg).convert("RGB"), dtype=np.uint8)
 
 
 def preprocess(img: Image.Image, cfg: PreprocessConfig) -> np.ndarray:

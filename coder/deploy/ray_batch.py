@@ -1,0 +1,280 @@
+"""``coder classify --ray``: batch labeling on Ray Data, one machine to a cluster.
+
+Pipeline (streaming; every stage runs where Ray places it, the driver only lists inputs
+and appends result parts)::
+
+    from_items(file, size, mtime)                       driver: the listing, no bytes
+      -> map_batches(read_stage)        CPU tasks       paths -> bytes (local, s3://, gs://, ...)
+      -> map_batches(decode_stage)      CPU tasks       bytes -> (H,W,3) uint8 crops, or an error
+      -> map_batches(ClassifierActor,   actor pool      one Classifier per actor, ORT threads =
+           compute=ActorPoolStrategy)                   the actor's CPUs; num_gpus for GPU backends
+      -> iter_batches -> ParquetOutput  driver          whole parts, atomically (resumable)
+
+Between stages only Arrow binary/numbers travel (no PIL objects: Ray's memory estimates
+cannot see them). A bad image is an error row, never a failed task. Uses the actor-pool
+API of Ray >= 2.51 (``compute=ray.data.ActorPoolStrategy``; ``concurrency=`` is deprecated).
+
+>>> opts = RayOptions(actors=(1, 2), cpus_per_actor=1)                          # doctest: +SKIP
+>>> stats = run_ray(spec, sources, opts, on_table=output.add)
+>>> stats.actors, stats.backends
+(2, {'cpu'})
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field, replace
+from typing import Callable, Optional
+
+import numpy as np
+import pyarrow as pa
+
+from ..errors import BackendError, ConfigError
+from ..runtime.records import error_record
+from .batch import ClassifySpec, classify_crops, decode_or_error, read_or_error
+from .parquet_out import SCHEMA, row, to_table
+from .sources import Source
+
+GPU_BACKENDS = ("cuda", "tensorrt", "tensorrt-native")
+DECODE_CPUS = 0.25  # logical CPUs per read/decode task (see RayOptions.decode_cpus)
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """``address``: None starts a local Ray on this machine's CPUs; else join that cluster.
+    ``actors``: (min, max) of the classifier pool (equal: a fixed pool). ``decode_cpus``: the
+    logical CPUs one read/decode task asks for; below 1 so decode tasks still run beside a pool
+    that holds every CPU (decoding a 640x480 JPEG took 12 ms, a one-thread ViT-B/32 160 ms)."""
+
+    address: Optional[str] = None
+    actors: tuple[int, Optional[int]] = (1, None)
+    cpus_per_actor: int = 1
+    gpus_per_actor: Optional[float] = None  # None: 1 for GPU backends, else 0
+    batch_size: int = 16
+    decode_cpus: float = DECODE_CPUS
+
+    def num_gpus(self, backend: str) -> float:
+        return self.gpus_per_actor if self.gpus_per_actor is not None else (1.0 if backend in GPU_BACKENDS else 0.0)
+
+
+def parse_actors(text: Optional[str]) -> tuple[int, Optional[int]]:
+    """``"2"`` -> (2, 2); ``"1,4"`` -> (1, 4); None -> (1, None): as many as the cluster fits."""
+    if text is None:
+        return 1, None
+    try:
+        parts = [int(x) for x in text.split(",")]
+    except ValueError:
+        parts = []
+    if len(parts) not in (1, 2) or not 1 <= parts[0] <= parts[-1]:
+        raise ConfigError(f"--actors {text!r}: N or MIN,MAX with 1 <= MIN <= MAX")
+    return parts[0], parts[-1]
+
+
+@dataclass
+class RayStats:
+    actors: int = 0
+    backends: set = field(default_factory=set)
+    cluster_cpus: float = 0.0
+    started_local: bool = False
+    startup_s: float = 0.0
+    pool: tuple = (0, 0)  # (min, max) actors after fitting the cluster
+
+
+def prepare_env(address: Optional[str]) -> None:
+    """Environment Ray reads when it is IMPORTED: call before the first ``import ray``. A local
+    Ray gets a loopback node IP (with it every Ray server listens on 127.0.0.1 only; Ray's
+    switch for that is named after Windows/macOS, where it is the default); no usage stats."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address is None:
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+
+
+def _check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail in seconds, not minutes, when nothing listens at a ``HOST:PORT`` / ``ray://HOST:PORT``
+    address (Ray itself keeps retrying). ``auto`` is left to Ray."""
+    import socket
+
+    hostport = address.split("://", 1)[-1]
+    host, _, port = hostport.rpartition(":")
+    if not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise BackendError(f"cannot reach the Ray cluster at {address} ({e.strerror or e}): is `ray start --head` "
+                           f"running there, and is the port open?") from None
+
+
+def connect(address: Optional[str]) -> tuple[bool, float]:
+    """Join ``address``, reuse an already-initialised Ray, or start a local one (loopback, no
+    dashboard, this machine's CPUs). Returns (started here, the cluster's CPUs)."""
+    prepare_env(address)
+    if address is not None:
+        _check_reachable(address)
+    import ray
+
+    started = False
+    if not ray.is_initialized():
+        kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
+                      configure_logging=True)
+        try:
+            if address is None:  # +1 logical CPU: the light read/decode tasks run beside a full pool
+                ray.init(num_cpus=(os.cpu_count() or 1) + 1, **kwargs)
+            else:
+                ray.init(address=address, **kwargs)
+        except (ConnectionError, RuntimeError, ValueError) as e:
+            where = f"the Ray cluster at {address}" if address else "a local Ray"
+            raise BackendError(f"cannot start or join {where}: {str(e).splitlines()[0]}") from None
+        started = True
+    return started, float(ray.cluster_resources().get("CPU", 0.0))
+
+
+def fit_pool(opts: RayOptions, cluster_cpus: float, cluster_gpus: float, backend: str) -> RayOptions:
+    """Cap the pool so actors never hold the CPUs the read/decode tasks need (Ray would wait
+    forever) nor more GPUs than exist; a minimum that cannot fit is a :class:`ConfigError`."""
+    lo, hi = opts.actors
+    fits = int((cluster_cpus - opts.decode_cpus) // opts.cpus_per_actor)
+    gpus = opts.num_gpus(backend)
+    if gpus > 0:
+        fits = min(fits, int(cluster_gpus // gpus))
+    if lo > fits:
+        raise ConfigError(f"--actors {lo} do not fit a Ray cluster of {cluster_cpus:g} CPUs, {cluster_gpus:g} GPUs "
+                          f"(each actor {opts.cpus_per_actor} CPU + {gpus:g} GPU, reading/decoding "
+                          f"{opts.decode_cpus:g} CPU): at most {max(fits, 0)}")
+    return replace(opts, actors=(lo, fits if hi is None else min(hi, fits)))
+
+
+def read_stage(batch: pa.Table) -> pa.Table:
+    """``file`` column -> adds ``data`` (bytes; empty on failure) and ``error`` (null or why)."""
+    data, errors = [], []
+    for f in batch.column("file").to_pylist():
+        got, why = read_or_error(f)
+        data.append(got or b"")
+        errors.append(why)
+    return batch.append_column("data", pa.array(data, pa.large_binary())) \
+        .append_column("error", pa.array(errors, pa.string()))
+
+
+def decode_stage(batch: pa.Table, cfg) -> pa.Table:
+    """``data`` -> ``pixels``: the (H,W,3) uint8 crop as bytes (empty on error); ``error`` filled."""
+    pixels, errors = [], batch.column("error").to_pylist()
+    for i, (f, data) in enumerate(zip(batch.column("file").to_pylist(), batch.column("data").to_pylist())):
+        crop = None
+        if errors[i] is None:
+            crop, errors[i] = decode_or_error(data, f, cfg)
+        pixels.append(crop.tobytes() if crop is not None else b"")
+    keep = [c for c in batch.column_names if c not in ("data", "error")]
+    return batch.select(keep).append_column("pixels", pa.array(pixels, pa.large_binary())) \
+        .append_column("error", pa.array(errors, pa.string()))
+
+
+class ClassifierActor:
+    """The actor-pool stage: the Classifier is loaded once per actor (intra-op threads =
+    ``threads``, the actor's CPUs); each call turns a batch of crops into result rows."""
+
+    def __init__(self, spec: ClassifySpec, threads: int):
+        import ray
+
+        self.spec, self.clf = spec, spec.load(threads)
+        self.shape = (*self.clf.encoder.preprocess_config.size, 3)
+        self.actor_id = ray.get_runtime_context().get_actor_id() or "driver"
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        cols = {c: batch.column(c).to_pylist() for c in ("file", "file_size", "file_mtime_ns", "error")}
+        ok = [i for i, e in enumerate(cols["error"]) if e is None]
+        crops = np.stack([np.frombuffer(batch.column("pixels")[i].as_py(), np.uint8).reshape(self.shape)
+                          for i in ok]) if ok else None
+        recs = dict(zip(ok, classify_crops(self.clf, self.spec, [cols["file"][i] for i in ok], crops))) if ok else {}
+        rows = [row(recs[i] if i in recs else error_record(f, cols["error"][i]), Source(f, s, m))
+                for i, (f, s, m) in enumerate(zip(cols["file"], cols["file_size"], cols["file_mtime_ns"]))]
+        return to_table(rows).append_column("_actor", pa.array([self.actor_id] * len(rows), pa.string()))
+
+
+def _coder_error_in(exc: BaseException):
+    """The :class:`~coder.errors.CoderError` a Ray task or actor raised (Ray wraps it in
+    RayTaskError / ActorDiedError / Ray Data's exceptions), or None: walks cause and context."""
+    from ..errors import CoderError
+
+    todo, seen = [exc], set()
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, CoderError):
+            return e
+        todo += [getattr(e, "cause", None), e.__cause__, e.__context__]
+    return _coder_error_in_text(exc)
+
+
+def _coder_error_in_text(exc: BaseException):
+    """An actor that died in ``__init__`` reaches the driver as text only (the remote traceback):
+    rebuild the typed error from its last ``coder.errors.Name: message`` line."""
+    import re
+
+    from .. import errors
+
+    found = re.findall(r"coder\.errors\.(\w+): ([^\n]*)", str(exc))
+    if not found:
+        return None
+    name, msg = found[-1]
+    cls = getattr(errors, name, None)
+    return cls(re.sub(r"\x1b\[[0-9;]*m", "", msg)) if isinstance(cls, type) and issubclass(cls, errors.CoderError) \
+        else None
+
+
+def build_dataset(spec: ClassifySpec, sources: list[Source], opts: RayOptions, backend: str, cfg):
+    """The lazy Ray Dataset of result rows (plus an ``_actor`` column) for ``sources``."""
+    import ray
+
+    items = [{"file": s.file, "file_size": s.size, "file_mtime_ns": s.mtime_ns} for s in sources]
+    blocks = max(1, min(len(items) // opts.batch_size, 2000))
+    ds = ray.data.from_items(items, override_num_blocks=blocks)
+    ds = ds.map_batches(read_stage, batch_format="pyarrow", batch_size=opts.batch_size, num_cpus=opts.decode_cpus)
+    ds = ds.map_batches(decode_stage, fn_kwargs={"cfg": cfg}, batch_format="pyarrow", batch_size=opts.batch_size,
+                        num_cpus=opts.decode_cpus)
+    lo, hi = opts.actors
+    pool = ray.data.ActorPoolStrategy(size=lo) if lo == hi else ray.data.ActorPoolStrategy(min_size=lo, max_size=hi)
+    return ds.map_batches(ClassifierActor, fn_constructor_kwargs={"spec": spec, "threads": opts.cpus_per_actor},
+                          compute=pool, batch_format="pyarrow", batch_size=opts.batch_size,
+                          num_cpus=opts.cpus_per_actor, num_gpus=opts.num_gpus(backend))
+
+
+def run_ray(spec: ClassifySpec, sources: list[Source], opts: RayOptions, on_table: Callable[[pa.Table], None],
+            stats: Optional[RayStats] = None) -> RayStats:
+    """Run the pipeline over ``sources``; ``on_table`` gets each finished :data:`SCHEMA` batch on
+    the driver (as it streams). Ray is shut down afterwards only if it was started here."""
+    import time
+
+    import ray
+
+    stats = stats or RayStats()
+    t0 = time.perf_counter()
+    stats.started_local, stats.cluster_cpus = connect(opts.address)
+    stats.startup_s = time.perf_counter() - t0
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # ours (rows/s, ETA) runs on the driver
+        ctx.print_on_execution_start = False
+        logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # failures are re-raised here, once
+        opts = fit_pool(opts, stats.cluster_cpus, float(ray.cluster_resources().get("GPU", 0.0)), spec.backend)
+        stats.pool = opts.actors
+        from ..manifest import load_artifact
+
+        cfg = load_artifact(spec.artifacts).preprocess
+        actors: set[str] = set()
+        try:
+            for batch in build_dataset(spec, sources, opts, spec.backend, cfg).iter_batches(
+                    batch_size=None, batch_format="pyarrow") if sources else ():
+                actors.update(batch.column("_actor").to_pylist())
+                stats.backends.update(b for b in batch.column("backend").to_pylist() if b)
+                on_table(batch.drop_columns(["_actor"]).cast(SCHEMA))
+        except Exception as e:  # a worker's CoderError (bad artifact, backend) arrives wrapped by Ray
+            raise _coder_error_in(e) or e
+        finally:
+            stats.actors = len(actors)
+        return stats
+    finally:
+        if stats.started_local:
+            ray.shutdown()

@@ -1,0 +1,183 @@
+"""Input expansion shared by ``coder classify --out`` and ``coder classify --ray``.
+
+PATHS may be image files (any suffix: a bad one becomes an error row), directories
+(recursive, image suffixes only, sorted), glob patterns the shell did not expand, text
+files of paths (``*.txt`` / ``*.lst``: one path or URI per line, ``#`` comments; relative
+lines are relative to the list file), and URIs of any pyarrow or fsspec filesystem
+(``s3://``, ``gs://``, ``hdfs://``, ``file://``, ...). The driver only lists: it records
+each file's size and mtime (the resume key) and never reads the bytes; whoever
+classifies a file calls :func:`read_bytes` on it (on a cluster: the Ray workers).
+
+>>> [s.file for s in expand_sources(["photos/"])]          # doctest: +SKIP
+['photos/a.jpg', 'photos/sub/b.png']
+>>> read_bytes("s3://bucket/frames/0001.jpg")[:2]          # doctest: +SKIP
+b'\\xff\\xd8'
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import functools
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from ..errors import ConfigError, InputError
+from ..runtime.inputs import IMAGE_SUFFIXES, iter_image_paths
+
+LIST_SUFFIXES = (".txt", ".lst")
+_WILDCARDS = "*?["
+
+
+@dataclass(frozen=True)
+class Source:
+    """One input: ``file`` as every output names it, and its resume key (size, mtime).
+
+    ``size`` is -1 for a file that could not be listed (its read then reports why)."""
+
+    file: str
+    size: int
+    mtime_ns: int
+
+
+def is_uri(item: str) -> bool:
+    """``s3://b/k`` and ``file:///x`` are URIs; ``photos/a.jpg`` and ``C:\\x`` are not."""
+    return re.match(r"^[A-Za-z][A-Za-z0-9+.-]+://", item) is not None
+
+
+def expand_sources(items: Iterable[str | os.PathLike],
+                   on_empty: Callable[[str], None] = lambda message: None) -> Iterator[Source]:
+    """Every input of ``items`` as a :class:`Source`, lazily, in the order given; a directory,
+    glob or list that yields nothing calls ``on_empty("ITEM: ...")`` (as ``classify`` reports it)."""
+    for item in items:
+        item = str(item)
+        if is_uri(item):
+            found = _expand_uri(item)
+        elif Path(item).suffix.lower() in LIST_SUFFIXES and Path(item).is_file():
+            found = _expand_list(Path(item))
+        else:
+            yield from (_stat_local(p) for p in iter_image_paths([item], on_empty))
+            continue
+        empty = True
+        for src in found:
+            empty = False
+            yield src
+        if empty:
+            on_empty(f"{item}: no image files found")
+
+
+def _stat_local(path: Path) -> Source:
+    try:
+        st = path.stat()
+        return Source(str(path), st.st_size, st.st_mtime_ns)
+    except OSError:
+        return Source(str(path), -1, 0)
+
+
+def _expand_list(list_file: Path) -> Iterator[Source]:
+    """A text file of paths; nested list files are not followed (no cycles)."""
+    try:
+        lines = list_file.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as e:
+        raise InputError(f"{list_file}: cannot read the list of paths ({e})") from None
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if is_uri(line):
+            yield from _expand_uri(line)
+            continue
+        p = Path(line) if Path(line).is_absolute() else list_file.parent / line
+        yield from (_stat_local(q) for q in iter_image_paths([p]))
+
+
+def filesystem(uri: str):
+    """``(pyarrow FileSystem, path inside it)`` for a URI: pyarrow's own filesystems first,
+    else fsspec's implementation of the scheme wrapped for pyarrow."""
+    scheme, rest = uri.split("://", 1)
+    netloc, _, key = rest.partition("/")
+    fs, native = _filesystem_for(scheme, netloc)
+    if scheme == "file" or (native and scheme not in ("hdfs", "viewfs")):
+        return fs, rest  # s3://bucket/key -> bucket/key; file:///x -> /x
+    return fs, ("/" + key if native else rest)
+
+
+@functools.lru_cache(maxsize=64)
+def _filesystem_for(scheme: str, netloc: str):
+    """One filesystem per (scheme, bucket), reused for every file in it (S3 clients are costly);
+    ``(fs, True)`` for pyarrow's own, ``(fs, False)`` for an fsspec one."""
+    from pyarrow import fs as pafs
+
+    try:
+        return pafs.FileSystem.from_uri(f"{scheme}://{netloc}/" if scheme != "file" else "file:///")[0], True
+    except Exception:  # pyarrow lacks the scheme (or its client library): try fsspec
+        pass
+    try:
+        import fsspec
+        from pyarrow.fs import FSSpecHandler, PyFileSystem
+
+        impl = fsspec.filesystem(scheme)
+    except (ImportError, ValueError) as e:
+        raise ConfigError(f"{scheme}:// is not a filesystem pyarrow or fsspec can open ({e})") from None
+    return PyFileSystem(FSSpecHandler(impl)), False
+
+
+def _uri(scheme: str, netloc: str, path: str, native: bool) -> str:
+    """Inverse of :func:`filesystem`: a listed path back to the URI the workers will read."""
+    if scheme in ("hdfs", "viewfs") and native:
+        return f"{scheme}://{netloc}{path}"
+    return f"{scheme}://{path.lstrip('/') if scheme != 'file' else path}"
+
+
+def _expand_uri(uri: str) -> Iterator[Source]:
+    from pyarrow import fs as pafs
+
+    scheme, rest = uri.split("://", 1)
+    netloc = rest.partition("/")[0]
+    native = _filesystem_for(scheme, netloc)[1]
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.File:
+        yield Source(uri, int(info.size), int(info.mtime_ns or 0))
+        return
+    pattern = None
+    if info.type == pafs.FileType.NotFound and any(c in path for c in _WILDCARDS):
+        pattern, path = path, path[:min(path.find(c) for c in _WILDCARDS if c in path)].rsplit("/", 1)[0]
+    elif info.type != pafs.FileType.Directory:
+        yield Source(uri, -1, 0)  # missing: its read becomes the error row
+        return
+    found = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    for f in sorted(found, key=lambda f: f.path):
+        if f.type != pafs.FileType.File:
+            continue
+        if pattern is not None and not _glob_match(f.path, pattern):
+            continue
+        if pattern is None and Path(f.path).suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        yield Source(_uri(scheme, netloc, f.path, native), int(f.size), int(f.mtime_ns or 0))
+
+
+def _glob_match(path: str, pattern: str) -> bool:
+    """Shell-style, as a local glob: ``*`` stays within one ``/`` level unless the pattern has ``**``."""
+    path, pattern = path.lstrip("/"), pattern.lstrip("/")
+    if "**" not in pattern and path.count("/") != pattern.count("/"):
+        return False
+    return fnmatch.fnmatchcase(path, pattern)
+
+
+def read_bytes(file: str) -> bytes:
+    """A file's bytes, local or remote; a failure is an :class:`InputError` naming the file."""
+    try:
+        if not is_uri(file):
+            return Path(file).read_bytes()
+        fs, path = filesystem(file)
+        with fs.open_input_stream(path) as f:
+            return f.read()
+    except FileNotFoundError:
+        raise InputError(f"{file}: no such file") from None
+    except IsADirectoryError:
+        raise InputError(f"{file}: is a directory") from None
+    except (OSError, ValueError) as e:  # pyarrow raises OSError subclasses for remote failures
+        raise InputError(f"{file}: cannot read ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None

@@ -1,0 +1,239 @@
+"""``coder classify --out`` without Ray: schema, metadata, resume, stale rows, overwrite, and
+the inputs it accepts (text files of paths, fsspec URIs); plus the pieces it is built from."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+
+pq = pytest.importorskip("pyarrow.parquet")  # the [ray] extra
+from typer.testing import CliRunner
+
+from coder.cli import app
+from coder.cli_common import EXIT_CODES
+from coder.deploy.parquet_out import FORMAT, FORMAT_VERSION, SCHEMA
+from coder.deploy.sources import expand_sources, is_uri, read_bytes
+from coder.errors import ArtifactError, ConfigError, InputError
+from tests.batch_data import BAD, artifact_with_bank, assert_rows_match, json_records, make_images, parquet_rows
+
+runner = CliRunner()
+CODE = {cls: code for cls, code, _ in EXIT_CODES}
+
+
+@pytest.fixture(scope="module")
+def art(tiny_artifact, tmp_path_factory):
+    return artifact_with_bank(tiny_artifact, tmp_path_factory.mktemp("pq"))
+
+
+def _label(*args):
+    return runner.invoke(app, ["classify", *map(str, args)])
+
+
+def test_out_rows_equal_classify_json_and_errors_are_rows(art, tmp_path):
+    good = make_images(tmp_path / "in")
+    out = tmp_path / "labels.parquet"
+    res = _label(tmp_path / "in", "-a", art, "--out", out, "--batch-size", "4")
+    assert res.exit_code == CODE[InputError], res.output  # bad files: error rows, the rest labeled
+    assert "labeled 12 images (3 errors)" in res.stdout
+    rows = parquet_rows(out)
+    assert len(rows) == len(good) + len(BAD)
+    js = _label(tmp_path / "in", "-a", art, "--json")
+    records = json_records(js.stdout)
+    assert set(records) == {str(p) for p in good}
+    assert_rows_match(rows, records)
+    errors = {f: r["error"] for f, r in rows.items() if r["error"] is not None}
+    assert errors[str(tmp_path / "in" / "bad.jpg")].endswith("not an image (unrecognised format)")
+    assert errors[str(tmp_path / "in" / "sub" / "empty.png")].endswith("empty file (0 bytes)")
+    assert "cannot decode image" in errors[str(tmp_path / "in" / "sub" / "deep" / "trunc.jpg")]
+    assert all(rows[f]["label"] is None and rows[f]["top_k"] is None for f in errors)
+    table = pq.read_table(out)
+    assert table.schema.remove_metadata().equals(SCHEMA)
+
+
+def test_metadata_versioned_with_sha256s(art, tmp_path):
+    make_images(tmp_path / "in", 2, bad=False)
+    out = tmp_path / "o.parquet"
+    assert _label(tmp_path / "in", "-a", art, "--out", out).exit_code == 0
+    meta = json.loads((out / "_coder.json").read_text())
+    manifest = json.loads((art / "manifest.json").read_text())
+    bank = json.loads((art / "banks" / "cifar10" / "bank.json").read_text())
+    assert (meta["format"], meta["format_version"]) == (FORMAT, FORMAT_VERSION)
+    s = meta["settings"]
+    assert s["artifact_sha256"] == manifest["files"]["image_encoder.fp32.onnx"]["sha256"]
+    assert s["bank_sha256"] == bank["npz_sha256"] and s["adapter_sha256"] is None
+    [part] = list(out.glob("part-*.parquet"))
+    assert json.loads(pq.read_schema(part).metadata[b"coder"]) == meta
+
+
+def test_resume_skips_done_adds_new_and_never_duplicates(art, tmp_path):
+    make_images(tmp_path / "in", 4, bad=False)
+    out = tmp_path / "o.parquet"
+    assert _label(tmp_path / "in", "-a", art, "--out", out).exit_code == 0
+    parts = sorted(out.glob("part-*"))
+    res = _label(tmp_path / "in", "-a", art, "--out", out)
+    assert res.exit_code == 0 and "labeled 0 images" in res.stdout and "4 already in" in res.stdout
+    assert sorted(out.glob("part-*")) == parts
+    make_images(tmp_path / "in", 5, start=4, bad=False)
+    res = _label(tmp_path / "in", "-a", art, "--out", out)
+    assert "labeled 5 images" in res.stdout
+    assert len(parquet_rows(out)) == 9
+    # a file that changed since its row was written is redone; its old row goes
+    changed = tmp_path / "in" / "img000.jpg"
+    os.utime(changed, ns=(1, 1))
+    res = _label(tmp_path / "in", "-a", art, "--out", out)
+    assert "labeled 1 images" in res.stdout and "1 redone" in res.stdout
+    rows = parquet_rows(out)
+    assert len(rows) == 9 and rows[str(changed)]["file_mtime_ns"] == 1
+    assert _label(tmp_path / "in", "-a", art, "--out", out, "--overwrite").stdout.startswith("labeled 9 images")
+    assert len(parquet_rows(out)) == 9
+
+
+def test_retry_errors_redoes_error_rows_only(art, tmp_path):
+    make_images(tmp_path / "in", 2)
+    out = tmp_path / "o.parquet"
+    _label(tmp_path / "in", "-a", art, "--out", out)
+    (tmp_path / "in" / "bad.jpg").unlink()
+    make_images(tmp_path / "fix", 1, bad=False)
+    os.replace(tmp_path / "fix" / "img000.jpg", tmp_path / "in" / "bad.jpg")  # now a good image, same name
+    res = _label(tmp_path / "in", "-a", art, "--out", out, "--retry-errors")
+    assert "labeled 3 images" in res.stdout  # the two bad ones left and the fixed one
+    rows = parquet_rows(out)
+    assert rows[str(tmp_path / "in" / "bad.jpg")]["error"] is None and len(rows) == 5
+
+
+def test_resume_refuses_other_settings_and_foreign_data(art, tmp_path):
+    make_images(tmp_path / "in", 1, bad=False)
+    out = tmp_path / "o.parquet"
+    assert _label(tmp_path / "in", "-a", art, "--out", out).exit_code == 0
+    res = _label(tmp_path / "in", "-a", art, "--out", out, "--top-k", "3")
+    assert res.exit_code == CODE[ConfigError] and "top_k differ" in res.output and "--overwrite" in res.output
+    meta = json.loads((out / "_coder.json").read_text())
+    (out / "_coder.json").write_text(json.dumps({**meta, "format_version": 99}))
+    assert _label(tmp_path / "in", "-a", art, "--out", out).exit_code == CODE[ArtifactError]
+    (tmp_path / "file.parquet").write_bytes(b"x")
+    assert _label(tmp_path / "in", "-a", art, "--out", tmp_path / "file.parquet").exit_code == CODE[ConfigError]
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "thesis.tex").write_text("keep me")
+    res = _label(tmp_path / "in", "-a", art, "--out", tmp_path / "mine", "--overwrite")
+    assert res.exit_code == CODE[ConfigError] and (tmp_path / "mine" / "thesis.tex").exists()
+    assert _label(tmp_path / "in", "-a", art, "--ray").exit_code == CODE[ConfigError]  # --ray needs --out
+
+
+def test_interrupted_part_is_invisible_and_cleaned(art, tmp_path):
+    make_images(tmp_path / "in", 2, bad=False)
+    out = tmp_path / "o.parquet"
+    _label(tmp_path / "in", "-a", art, "--out", out)
+    (out / ".tmp-part-00001-dead.parquet-x").write_bytes(b"PAR1 half a part")  # a killed writer's leftover
+    assert len(parquet_rows(out)) == 2  # readers skip hidden names
+    _label(tmp_path / "in", "-a", art, "--out", out)
+    assert not list(out.glob(".tmp-*"))
+
+
+def test_text_file_of_paths_and_file_uri(art, tmp_path):
+    good = make_images(tmp_path / "in", 3, bad=False)
+    lst = tmp_path / "in" / "todo.txt"
+    lst.write_text(f"# frames to label\n{good[0].name}\n\n{good[1]}\nfile://{good[2]}\n")
+    out = tmp_path / "o.parquet"
+    assert _label(lst, "-a", art, "--out", out).exit_code == 0
+    assert set(parquet_rows(out)) == {str(good[0]), str(good[1]), f"file://{good[2]}"}
+
+
+def test_sources_fsspec_uri_listing_and_reading(tmp_path):
+    fsspec = pytest.importorskip("fsspec")
+    mem = fsspec.filesystem("memory")
+    mem.pipe("/bucket/a/x.jpg", b"\xff\xd8jpeg")
+    mem.pipe("/bucket/a/b/y.png", b"png")
+    mem.pipe("/bucket/a/notes.md", b"skip me")
+    found = list(expand_sources(["memory://bucket/a"]))
+    assert [s.file for s in found] == ["memory://bucket/a/b/y.png", "memory://bucket/a/x.jpg"]
+    assert [s.size for s in found] == [3, 6]
+    assert [s.file for s in expand_sources(["memory://bucket/a/*.jpg"])] == ["memory://bucket/a/x.jpg"]
+    assert read_bytes("memory://bucket/a/x.jpg") == b"\xff\xd8jpeg"
+    with pytest.raises(InputError, match="no such file"):
+        read_bytes("memory://bucket/a/none.jpg")
+    assert [s.size for s in expand_sources(["memory://bucket/none.jpg"])] == [-1]
+    assert is_uri("s3://b/k") and is_uri("file:///x") and not is_uri("a/b.jpg") and not is_uri("C:\\x.jpg")
+
+
+def test_decode_bytes_same_limits_and_messages(tmp_path):
+    from PIL import Image
+
+    from coder.runtime.images import decode_image, load_image
+
+    p = tmp_path / "big.png"
+    Image.new("RGB", (64, 64)).save(p)
+    with pytest.raises(InputError, match="exceeds the 1000 limit"):
+        decode_image(p.read_bytes(), str(p), max_pixels=1000)
+    with pytest.raises(InputError, match="exceeds the 1000 limit"):
+        load_image(p, max_pixels=1000)
+    assert np.array_equal(np.asarray(decode_image(p.read_bytes(), "x")), np.asarray(load_image(p)))
+    with pytest.raises(InputError, match="^x.jpg: empty file"):
+        decode_image(b"", "x.jpg")
+
+
+def test_classify_pixels_equals_classify(art, tmp_path):
+    from coder.deploy.batch import ClassifySpec, classify_crops, decode_crop
+    from coder.runtime.classifier import Classifier
+
+    paths = make_images(tmp_path / "in", 4, bad=False)
+    clf = Classifier.load(art)
+    spec = ClassifySpec(str(art))
+    crops = np.stack([decode_crop(p.read_bytes(), str(p), clf.encoder.preprocess_config) for p in paths])
+    assert crops.dtype == np.uint8 and crops.shape[1:] == (*clf.encoder.preprocess_config.size, 3)
+    got = classify_crops(clf, spec, [str(p) for p in paths], crops)
+    want = clf.classify([str(p) for p in paths])
+    assert [g["label"] for g in got] == [w.label for w in want]
+    np.testing.assert_allclose([g["stage1_scores"] for g in got], [w.stage1_scores for w in want], atol=1e-5)
+
+
+def test_sigterm_keeps_finished_rows_and_resume_completes(art, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    make_images(tmp_path / "in", 60, bad=False)
+    out = tmp_path / "o.parquet"
+    cmd = [sys.executable, "-m", "coder", "classify", str(tmp_path / "in"), "-a", str(art), "--out", str(out),
+           "--batch-size", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / "_coder.json").exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode in (130, 0), stderr  # 0: it finished before the signal on a fast machine
+    kept = parquet_rows(out) if list(out.glob("part-*")) else {}
+    if proc.returncode == 130:
+        assert "interrupted" in stderr and not list(out.glob(".tmp-*"))
+    res = _label(tmp_path / "in", "-a", art, "--out", out)
+    assert f"labeled {60 - len(kept)} images" in res.stdout
+    assert len(parquet_rows(out)) == 60
+
+
+def test_any_decoder_or_storage_failure_is_an_error_row_not_a_crash(monkeypatch, tmp_path):
+    from coder.deploy import batch
+
+    def broken(*_):
+        raise TypeError("bad tile\nsecond line")
+
+    monkeypatch.setattr(batch, "decode_crop", broken)
+    assert batch.decode_or_error(b"x", "a.tif", None) == (None, "a.tif: decode failed (TypeError: bad tile")
+    monkeypatch.setattr(batch, "read_bytes", lambda f: (_ for _ in ()).throw(RuntimeError("throttled")))
+    assert batch.read_or_error("s3://b/k.jpg") == (None, "s3://b/k.jpg: read failed (RuntimeError: throttled)")
+
+
+def test_input_without_images_is_reported_and_the_rest_labeled(art, tmp_path):
+    make_images(tmp_path / "in", 1, bad=False)
+    (tmp_path / "none").mkdir()
+    out = tmp_path / "o.parquet"
+    res = _label(tmp_path / "in", tmp_path / "none", tmp_path / "*.nothing", "-a", art, "--out", out)
+    assert res.exit_code == CODE[InputError]
+    assert "directory holds no image files" in res.output and "pattern matches no file" in res.output
+    assert len(parquet_rows(out)) == 1
+    res = _label(tmp_path / "none", "-a", art, "--out", tmp_path / "o2.parquet")
+    assert res.exit_code == CODE[InputError] and "no images found" in res.output

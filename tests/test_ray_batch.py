@@ -1,0 +1,167 @@
+"""``coder classify --ray`` on a local Ray (2 CPUs, started once for this module): rows equal
+``classify --json``, bad files are error rows, resume, text lists, and the same table as the
+single-process ``--out``."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+
+import onnxruntime as ort
+import pytest
+
+pq = pytest.importorskip("pyarrow.parquet")  # the [ray] extra
+from typer.testing import CliRunner
+
+from coder.cli import app
+from coder.cli_common import EXIT_CODES
+from coder.errors import ConfigError, InputError
+from coder.deploy.ray_batch import prepare_env
+from tests.batch_data import BAD, artifact_with_bank, assert_rows_match, json_records, make_images, parquet_rows
+
+prepare_env(None)  # before Ray is imported: a loopback-only local Ray
+ray = pytest.importorskip("ray")
+runner = CliRunner()
+CODE = {cls: code for cls, code, _ in EXIT_CODES}
+RAY_START_TIMEOUT_S = 120
+TEST_TIMEOUT_S = 180
+
+
+def _alarm(seconds: int, what: str):
+    def fire(*_):
+        raise TimeoutError(f"{what} took more than {seconds} s")
+
+    signal.signal(signal.SIGALRM, fire)
+    signal.alarm(seconds)
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    _alarm(RAY_START_TIMEOUT_S, "starting a local Ray")
+    try:
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+                 object_store_memory=200 * 2**20)
+    finally:
+        signal.alarm(0)
+    yield
+    ray.shutdown()
+
+
+@pytest.fixture(autouse=True)
+def _bounded(local_ray):
+    _alarm(TEST_TIMEOUT_S, "a Ray test")
+    yield
+    signal.alarm(0)
+
+
+@pytest.fixture(scope="module")
+def art(tiny_artifact, tmp_path_factory):
+    return artifact_with_bank(tiny_artifact, tmp_path_factory.mktemp("ray"))
+
+
+def _label(*args):
+    return runner.invoke(app, ["classify", *map(str, args)])
+
+
+def test_ray_rows_equal_json_errors_are_rows_and_resume(art, tmp_path):
+    good = make_images(tmp_path / "in")
+    out = tmp_path / "labels.parquet"
+    res = _label(tmp_path / "in", "-a", art, "--out", out, "--ray", "--batch-size", "4")
+    assert res.exit_code == CODE[InputError], res.output
+    assert "labeled 12 images (3 errors)" in res.stdout and "1 actor(s) used" in res.stdout
+    rows = parquet_rows(out)
+    assert len(rows) == len(good) + len(BAD)
+    assert_rows_match(rows, json_records(_label(tmp_path / "in", "-a", art, "--json").stdout))
+    errors = {f for f, r in rows.items() if r["error"] is not None}
+    assert errors == {str(tmp_path / "in" / name) for name in BAD}
+    # resume: nothing new -> no new rows, no new part; 5 new files -> 5 new rows
+    parts = sorted(out.glob("part-*"))
+    res = _label(tmp_path / "in", "-a", art, "--out", out, "--ray", "--batch-size", "4")
+    assert res.exit_code == 0 and "labeled 0 images" in res.stdout and sorted(out.glob("part-*")) == parts
+    make_images(tmp_path / "in", 5, start=50, bad=False)
+    res = _label(tmp_path / "in", "-a", art, "--out", out, "--ray", "--batch-size", "4")
+    assert "labeled 5 images (0 errors)" in res.stdout, res.output
+    assert len(parquet_rows(out)) == len(good) + len(BAD) + 5
+
+
+def test_ray_and_single_process_write_the_same_table(art, tmp_path):
+    good = make_images(tmp_path / "in", 6)
+    lst = tmp_path / "paths.txt"
+    lst.write_text("\n".join(str(p) for p in good[:4]) + f"\nfile://{good[4]}\n{tmp_path / 'in' / 'bad.jpg'}\n")
+    a, b = tmp_path / "ray.parquet", tmp_path / "local.parquet"
+    assert _label(lst, "-a", art, "--out", a, "--ray", "--actors", "1").exit_code == CODE[InputError]
+    assert _label(lst, "-a", art, "--out", b).exit_code == CODE[InputError]
+    ta, tb = (pq.read_table(p).sort_by("file") for p in (a, b))
+    assert ta.column("file").to_pylist() == sorted([*map(str, good[:4]), f"file://{good[4]}",
+                                                    str(tmp_path / "in" / "bad.jpg")])
+    assert ta.schema.equals(tb.schema, check_metadata=False)
+    for col in ta.column_names:
+        if col not in ("stage1_scores", "gap", "rerank_scores"):
+            assert ta.column(col).to_pylist() == tb.column(col).to_pylist(), col
+    assert_rows_match(parquet_rows(a), {f: r for f, r in parquet_rows(b).items() if r["error"] is None})
+
+
+def test_ray_pool_that_cannot_fit_is_a_config_error(art, tmp_path):
+    make_images(tmp_path / "in", 1, bad=False)
+    res = _label(tmp_path / "in", "-a", art, "--out", tmp_path / "o.parquet", "--ray", "--actors", "2")
+    assert res.exit_code == CODE[ConfigError] and "at most 1" in res.output
+    res = _label(tmp_path / "in", "-a", art, "--out", tmp_path / "o.parquet", "--ray", "--actors", "3,2")
+    assert res.exit_code == CODE[ConfigError]
+
+
+def test_local_ray_listens_on_loopback_only():
+    assert ray.util.get_node_ip_address() == "127.0.0.1"
+
+
+def test_actor_that_cannot_load_is_one_typed_error(art, tmp_path):
+    from coder.errors import BackendError
+
+    make_images(tmp_path / "in", 1, bad=False)
+    res = _label(tmp_path / "in", "-a", art, "--out", tmp_path / "o.parquet", "--ray", "--backend", "cuda",
+                 "--gpus-per-actor", "0")  # no CUDA provider here: the actor's Classifier.load raises
+    assert res.exit_code == CODE[BackendError], res.output
+    ours = [line for line in res.output.splitlines() if line.startswith("error:")]
+    assert len(ours) == 1 and ours[0].startswith("error: backend 'cuda'")  # Ray's own log lines aside
+
+
+def test_pool_fits_cpus_and_gpus():
+    from coder.deploy.ray_batch import RayOptions, fit_pool, parse_actors
+
+    assert parse_actors(None) == (1, None) and parse_actors("3") == (3, 3) and parse_actors("1,4") == (1, 4)
+    cpu = RayOptions(actors=(1, None), cpus_per_actor=2)
+    assert fit_pool(cpu, 16, 0, "cpu").actors == (1, 7)  # 0.25 CPU stays for read/decode tasks
+    assert fit_pool(RayOptions(actors=(1, None)), 16, 2, "cuda").actors == (1, 2)  # one GPU each
+    assert fit_pool(RayOptions(actors=(2, 8), gpus_per_actor=0.5), 16, 2, "cuda").actors == (2, 4)
+    assert fit_pool(RayOptions(actors=(1, None), gpus_per_actor=0), 4, 0, "cuda").actors == (1, 3)
+    with pytest.raises(ConfigError, match="at most 0"):
+        fit_pool(RayOptions(actors=(1, 1)), 16, 0, "tensorrt")
+
+
+HAS_CUDA = shutil.which("nvidia-smi") is not None and "CUDAExecutionProvider" in ort.get_available_providers()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_CUDA, reason="needs a CUDA GPU and onnxruntime-gpu")
+def test_gpu_actors_label_like_the_cpu(art, tmp_path):
+    make_images(tmp_path / "in", 4, bad=False)
+    out = tmp_path / "gpu.parquet"
+    res = _label(tmp_path / "in", "-a", art, "--out", out, "--ray", "--backend", "cuda", "--actors", "1")
+    assert res.exit_code == 0, res.output
+    rows = parquet_rows(out)
+    assert {r["backend"] for r in rows.values()} == {"cuda"}
+    cpu = json_records(_label(tmp_path / "in", "-a", art, "--json", "--backend", "cpu").stdout)
+    assert {f: r["label"] for f, r in rows.items()} == {f: r["label"] for f, r in cpu.items()}
+
+
+def test_unreachable_cluster_fails_fast(art, tmp_path):
+    import socket
+
+    from coder.errors import BackendError
+
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    make_images(tmp_path / "in", 1, bad=False)
+    res = _label(tmp_path / "in", "-a", art, "--out", tmp_path / "o.parquet", "--ray", "--ray-address",
+                 f"127.0.0.1:{port}")
+    assert res.exit_code == CODE[BackendError] and "cannot reach the Ray cluster" in res.output

@@ -1,0 +1,452 @@
+"""``coder triton-repo`` / ``coder serve`` against a REAL tritonserver on loopback.
+
+The server is the one nvidia-pytriton bundles (Python backend only). Tests that need it skip,
+naming the reason, where it cannot start on this machine; everything else runs anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from coder.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+START_TIMEOUT = 120
+N_IMAGES = 52
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def served_art(tiny_artifact, tmp_path_factory) -> Path:
+    """The tiny artifact with a cifar10 bank that has rerank pairs (so the gate can fire)."""
+    import dataclasses
+
+    from coder.text_bank.bank import build_bank
+    from coder.text_bank.texts import init_texts
+
+    art = tmp_path_factory.mktemp("triton") / "art"
+    shutil.copytree(tiny_artifact, art, ignore=shutil.ignore_patterns("banks"))
+    t = init_texts("cifar10")
+    pairs = {(a, b): ("some attribute",) for a in range(10) for b in range(10) if a != b}
+    build_bank(art, dataclasses.replace(t, pairs=pairs))
+    return art
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory) -> list[Path]:
+    """52 scenes in JPEG, PNG and WebP of varied sizes (and one grey, one RGBA)."""
+    from coder.samples import synthetic_scene
+
+    d = tmp_path_factory.mktemp("imgs")
+    paths = []
+    for i in range(N_IMAGES):
+        img = synthetic_scene(500 + i, (96 + 13 * (i % 7), 80 + 11 * (i % 5)))
+        img = img.convert("L") if i == 5 else img.convert("RGBA") if i == 7 else img
+        ext = ("jpg", "png", "webp")[i % 3]
+        p = d / f"img{i:03d}.{ext}"
+        img.save(p)
+        paths.append(p)
+    return paths
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
+def _env() -> dict:
+    return {**os.environ, "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+            "HF_HUB_OFFLINE": "1"}
+
+
+def _server_or_skip():
+    from coder.deploy.triton_server import find_tritonserver, libpython_dir
+    from coder.errors import ServeError
+
+    try:
+        binary = find_tritonserver()
+        libpython_dir()
+    except ServeError as e:
+        pytest.skip(f"no usable tritonserver here: {e}")
+    return binary
+
+
+def _http(port: int, path: str, timeout: float = 5.0) -> dict:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+        return json.loads(r.read() or b"{}")
+
+
+def _start_serve(art: Path, log: Path, *extra: str) -> SimpleNamespace:
+    """``coder serve`` as a real subprocess on free loopback ports, once it printed ``ready:``."""
+    import psutil
+
+    _server_or_skip()
+    http, grpc, metrics = _free_ports(3)
+    with open(log, "wb") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "coder", "serve", "-a", str(art),
+                                 "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+                                 "--ready-timeout", str(START_TIMEOUT), *extra],
+                                stdout=f, stderr=subprocess.STDOUT, env=_env())
+    deadline = time.monotonic() + START_TIMEOUT + 10
+    while "ready:" not in log.read_text(errors="replace"):
+        text = log.read_text(errors="replace")
+        if proc.poll() is not None:
+            if "error while loading shared libraries" in text or "GLIBC" in text:
+                pytest.skip(f"the bundled tritonserver cannot start on this machine: {text[-400:]}")
+            pytest.fail(f"coder serve exited {proc.returncode}:\n{text[-3000:]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"coder serve not ready after {START_TIMEOUT} s:\n{text[-3000:]}")
+        time.sleep(0.25)
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    return SimpleNamespace(http=http, grpc=grpc, metrics=metrics, proc=proc, tree=tree, log=log)
+
+
+def _stop(srv: SimpleNamespace) -> None:
+    if srv.proc.poll() is None:  # a failed test: do not leave the server behind
+        srv.proc.send_signal(signal.SIGINT)
+        try:
+            srv.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            srv.proc.kill()
+
+
+@pytest.fixture(scope="module")
+def server(served_art, tmp_path_factory):
+    srv = _start_serve(served_art, tmp_path_factory.mktemp("serve") / "serve.log", "--max-queue-delay-us", "20000")
+    yield srv
+    _stop(srv)
+
+
+@pytest.fixture(scope="module")
+def reference(served_art, images) -> dict[str, dict]:
+    """``coder classify --json`` (a real subprocess) on the same files."""
+    res = subprocess.run([sys.executable, "-m", "coder", "classify", *map(str, images), "-a", str(served_art),
+                          "--backend", "cpu", "--json"], capture_output=True, text=True, env=_env(), timeout=300)
+    assert res.returncode == 0, res.stderr
+    rows = [json.loads(line) for line in res.stdout.splitlines() if line.strip()]
+    return {r["file"]: r for r in rows}
+
+
+def test_served_labels_match_classify_and_batches_form(server, images, reference, tmp_path):
+    from coder.client import CoderClient
+
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(images[0].read_bytes()[:200])  # a truncated JPEG
+    jobs = [*images[:20], corrupt, *images[20:]]
+    clients: dict = {}
+
+    def send(i_path):
+        i, path = i_path
+        key = (threading.get_ident(), i % 2)
+        if key not in clients:  # one client per thread and protocol; HTTP and gRPC alternate
+            clients[key] = CoderClient(f"127.0.0.1:{server.http}" if i % 2 == 0 else f"127.0.0.1:{server.grpc}",
+                                       "http" if i % 2 == 0 else "grpc", timeout=30)
+        return clients[key].classify_file(path)
+
+    with ThreadPoolExecutor(8) as pool:
+        got = list(pool.map(send, enumerate(jobs)))
+    bad = got[20]
+    assert bad["error"] and "image" in bad["error"] and "label" not in bad
+    good = [g for g in got if g["file"] != str(corrupt)]
+    assert len(good) == N_IMAGES and all(g["error"] is None for g in good), [g for g in good if g["error"]]
+    for g in good:
+        ref = reference[g["file"]]
+        assert (g["label"], g["name"], g["top_k"], g["reranked"]) == \
+               (ref["label"], ref["name"], list(ref["top_k"]), ref["reranked"]), g["file"]
+        np.testing.assert_allclose(g["stage1_scores"], ref["stage1_scores"], atol=1e-4, rtol=0)
+        assert abs(g["gap"] - ref["gap"]) <= 1e-4
+    # The request after a corrupt one is answered normally.
+    assert send((0, corrupt))["error"] and send((0, images[3]))["label"] == reference[str(images[3])]["label"]
+    stats = _http(server.http, "/v2/models/coder/stats")["model_stats"][0]
+    sizes = {int(b["batch_size"]) for b in stats.get("batch_stats", [])}
+    assert max(sizes) > 1, f"dynamic batching formed no batch > 1: {stats}"
+    for c in clients.values():
+        c.close()
+
+
+def test_multi_image_request_and_metrics(server, images, reference):
+    from coder.client import CoderClient
+
+    with CoderClient(f"127.0.0.1:{server.http}", timeout=30) as c:
+        rows = c.classify_bytes([p.read_bytes() for p in images[:3]], [str(p) for p in images[:3]])
+        assert [r["label"] for r in rows] == [reference[str(p)]["label"] for p in images[:3]]
+        rows = c.classify_bytes([images[0].read_bytes(), b"not an image"])  # one bad image fails its request
+        assert all(r["error"] for r in rows)
+    with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics}/metrics", timeout=5) as r:
+        assert b'nv_inference_request_success{model="coder"' in r.read()
+
+
+def test_curl_style_binary_request(server, images, reference):
+    """The README's raw KServe v2 binary-data request, byte for byte, without tritonclient."""
+    import struct
+
+    data = images[1].read_bytes()
+    header = json.dumps({"inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(data) + 4}}],
+                         "outputs": [{"name": "label"}, {"name": "name"}]}).encode()
+    body = header + struct.pack("<I", len(data)) + data
+    req = urllib.request.Request(f"http://127.0.0.1:{server.http}/v2/models/coder/infer", data=body, headers={
+        "Content-Type": "application/octet-stream", "Inference-Header-Content-Length": str(len(header))})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        out = json.loads(r.read())
+    got = {o["name"]: o["data"] for o in out["outputs"]}
+    assert got["label"] == [reference[str(images[1])]["label"]] and got["name"] == [reference[str(images[1])]["name"]]
+
+
+def test_sigint_stops_everything(server):
+    """Runs last in this module: Ctrl-C to ``coder serve`` stops the server and its Python stubs."""
+    import psutil
+
+    assert any("tritonserver" in " ".join(p.cmdline()) for p in server.tree if p.is_running())
+    assert any("triton_python_backend_stub" in " ".join(p.cmdline()) for p in server.tree if p.is_running())
+    server.proc.send_signal(signal.SIGINT)
+    assert server.proc.wait(40) == 0, server.log.read_text()[-2000:]
+    gone, alive = psutil.wait_procs(server.tree, timeout=10)
+    assert not alive, [p.pid for p in alive]
+    assert "stopped" in server.log.read_text()
+
+
+def test_ensemble_layout_serves_the_same(served_art, images, reference, tmp_path):
+    """``--ensemble python``: preprocess -> fused head -> gate as three batched models."""
+    from coder.client import CoderClient
+
+    srv = _start_serve(served_art, tmp_path / "serve.log", "--ensemble", "python", "--max-queue-delay-us", "20000")
+    try:
+        def send(path):
+            with CoderClient(f"127.0.0.1:{srv.http}", timeout=30) as c:
+                return c.classify_file(path)
+
+        jobs = [*images[:6], tmp_path / "serve.log", *images[6:12]]
+        with ThreadPoolExecutor(4) as pool:
+            got = list(pool.map(send, jobs))
+        assert "not an image" in got[6]["error"]
+        for g in got[:6] + got[7:]:
+            ref = reference[g["file"]]
+            assert (g["label"], g["top_k"], g["reranked"]) == (ref["label"], list(ref["top_k"]), ref["reranked"])
+            np.testing.assert_allclose(g["stage1_scores"], ref["stage1_scores"], atol=1e-4, rtol=0)
+        stats = _http(srv.http, "/v2/models/coder_head/stats")["model_stats"][0]
+        assert int(stats["inference_count"]) == 12  # the corrupt request never reached the head
+        # `coder serve` killed outright (no handler runs): the server still goes, and its stubs with it.
+        import psutil
+
+        srv.proc.kill()
+        srv.proc.wait(10)
+        _, alive = psutil.wait_procs(srv.tree, timeout=30)
+        assert not alive, [p.cmdline() for p in alive]
+    finally:
+        _stop(srv)
+        log = srv.log.read_text(errors="replace")
+        if "server log " in log:  # the killed process could not remove its temporary directory
+            shutil.rmtree(Path(log.split("server log ")[1].split(";")[0]).parent, ignore_errors=True)
+
+
+def _has_cuda() -> bool:
+    import onnxruntime
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers() and bool(shutil.which("nvidia-smi"))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _has_cuda(), reason="needs a CUDA GPU and onnxruntime-gpu (the [gpu] extra)")
+def test_cuda_backend_serves_the_same(served_art, images, reference, tmp_path):
+    """``--backend cuda``: the Classifier in the Python model runs on ONNX Runtime's CUDA provider."""
+    from coder.client import CoderClient
+
+    srv = _start_serve(served_art, tmp_path / "serve.log", "--backend", "cuda")
+    try:
+        with CoderClient(f"127.0.0.1:{srv.http}", timeout=60) as c:
+            for p in images[:8]:
+                g, ref = c.classify_file(p), reference[str(p)]
+                assert g["top_k"][0] == ref["top_k"][0]  # GPU kernels differ from the CPU reference in the last bits
+                np.testing.assert_allclose(g["stage1_scores"], ref["stage1_scores"], atol=1e-2, rtol=0)
+    finally:
+        _stop(srv)
+
+
+# --- without a server -------------------------------------------------------------------------
+
+
+def test_triton_repo_layout(served_art, tmp_path):
+    from coder.deploy.triton_repo import read_repo_manifest
+
+    out = tmp_path / "repo"
+    res = runner.invoke(app, ["triton-repo", "-a", str(served_art), "--out", str(out), "--max-batch", "16",
+                              "--instances", "2", "--top-k", "3", "--json"])
+    assert res.exit_code == 0, res.output
+    cfg = (out / "coder" / "config.pbtxt").read_text()
+    for line in ('name: "coder"', 'backend: "python"', "max_batch_size: 16", "dynamic_batching",
+                 '{ name: "image" data_type: TYPE_STRING dims: [ 1 ] }',
+                 '{ name: "top_k" data_type: TYPE_INT32 dims: [ 3 ] }',
+                 '{ name: "stage1_scores" data_type: TYPE_FP32 dims: [ 3 ] }', '{ name: "reranked" data_type: TYPE_BOOL',
+                 "count: 2"):
+        assert line in cfg, line
+    m = read_repo_manifest(out)
+    assert m["format"] == "coder.triton-repo" and m["format_version"] == 1 and m["models"] == ["coder"]
+    settings = json.loads((out / "coder" / "1" / "coder_model.json").read_text())
+    assert settings["sys_path"][0] == str(ROOT) and settings["role"] == "classify"
+    # Rewriting our own repository is allowed; a foreign non-empty directory is refused (exit 2).
+    assert runner.invoke(app, ["triton-repo", "-a", str(served_art), "--out", str(out)]).exit_code == 0
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("x")
+    res = runner.invoke(app, ["triton-repo", "-a", str(served_art), "--out", str(tmp_path / "other")])
+    assert res.exit_code == 2 and (tmp_path / "other" / "keep.txt").exists()
+
+
+def test_native_ensemble_repositories(served_art, tmp_path):
+    """The layouts for Triton's ONNX Runtime / TensorRT backends (not runnable on the bundled server)."""
+    import onnx
+
+    out = tmp_path / "ort"
+    res = runner.invoke(app, ["triton-repo", "-a", str(served_art), "--out", str(out), "--ensemble", "onnxruntime",
+                              "--backend", "tensorrt", "--precision", "fp16"])
+    assert res.exit_code == 0, res.output
+    head = (out / "coder_head" / "config.pbtxt").read_text()
+    assert 'platform: "onnxruntime_onnx"' in head and "KIND_GPU" in head and '"precision_mode" value: "FP16"' in head
+    graph = onnx.load(str(out / "coder_head" / "1" / "model.onnx"))
+    assert [o.name for o in graph.graph.output] == ["embedding", "stage1", "topk_ids", "gap", "rerank"]
+    ens = (out / "coder" / "config.pbtxt").read_text()
+    assert 'platform: "ensemble"' in ens and ens.count("model_name:") == 3
+    assert json.loads((out / "coder-repo.json").read_text())["models"] == ["coder", "coder_preprocess",
+                                                                            "coder_head", "coder_gate"]
+    # TensorRT needs the plan `coder build-engine` writes on the serving GPU: exit 3 naming the fix.
+    res = runner.invoke(app, ["triton-repo", "-a", str(served_art), "--out", str(tmp_path / "trt"),
+                              "--ensemble", "tensorrt"])
+    assert res.exit_code == 3 and "coder build-engine" in res.output
+    assert not (tmp_path / "trt").exists() and not list(tmp_path.glob(".tmp-*"))  # nothing half-written
+    # With the engine there (its name carries TensorRT version and GPU), it becomes coder_head's model.plan.
+    from coder.engines.trt import engine_stem
+    from coder.manifest import load_artifact
+    from coder.runtime.classifier import find_bank
+    from coder.text_bank.bank import load_bank
+
+    art = load_artifact(served_art)
+    bank = load_bank(find_bank(art.root, None), art)
+    engines = tmp_path / "engines"
+    engines.mkdir()
+    (engines / f"{engine_stem(art, 'fp32', bank, bank.k)}.trt10.3.0.sm87.engine").write_bytes(b"plan")
+    res = runner.invoke(app, ["triton-repo", "-a", str(served_art), "--out", str(tmp_path / "trt"),
+                              "--ensemble", "tensorrt", "--engine-dir", str(engines)])
+    assert res.exit_code == 0, res.output
+    assert (tmp_path / "trt" / "coder_head" / "1" / "model.plan").read_bytes() == b"plan"
+    assert 'platform: "tensorrt_plan"' in (tmp_path / "trt" / "coder_head" / "config.pbtxt").read_text()
+    assert runner.invoke(app, ["triton-repo", "-a", str(served_art), "--out", str(tmp_path / "x"),
+                               "--ensemble", "tvm"]).exit_code == 2
+
+
+def test_missing_bank_or_artifact_fails_before_starting(tiny_artifact, tmp_path):
+    import psutil
+
+    empty = tmp_path / "art"
+    shutil.copytree(tiny_artifact, empty, ignore=shutil.ignore_patterns("banks"))
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    art = str(tiny_artifact)
+    cases = [(["-a", str(empty)], 3), (["-a", str(tmp_path / "nope")], 3), (["-a", art, "--bank", "nope"], 3),
+             (["-a", art, "--backend", "gpu"], 2), (["-a", art, "--max-batch", "0"], 2)]
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        cases.append((["-a", art, "--backend", "cuda"], 6))  # this ORT cannot run CUDA at all
+    for args, code in cases:
+        res = subprocess.run([sys.executable, "-m", "coder", "serve", *args, "--http-port", "1"],
+                             capture_output=True, text=True, env=_env(), timeout=60)
+        assert res.returncode == code and "error:" in res.stderr and "ready" not in res.stdout, (args, res.stderr)
+    assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
+
+
+def test_port_in_use_fails_with_the_server_log(served_art):
+    """A server that cannot bind exits; coder serve says so (exit 11, the log's tail) and leaves nothing."""
+    import psutil
+
+    _server_or_skip()
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        held.listen(1)
+        grpc, metrics = _free_ports(2)
+        res = subprocess.run([sys.executable, "-m", "coder", "serve", "-a", str(served_art), "--http-port",
+                              str(held.getsockname()[1]), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+                              "--ready-timeout", "60"], capture_output=True, text=True, env=_env(), timeout=120)
+    assert res.returncode == 11 and "tritonserver exited" in res.stderr, res.stderr[-2000:]
+    left = [p for p in psutil.process_iter(["cmdline"]) if f"--grpc-port {grpc} " in " ".join(p.info["cmdline"] or [])]
+    assert not left, left
+
+
+class _FakePb:
+    """Just enough of triton_python_backend_utils to run the batching logic in-process."""
+
+    class Tensor:
+        def __init__(self, name, arr):
+            self.name, self.arr = name, arr
+
+    class TritonError(str):
+        pass
+
+    class InferenceResponse:
+        def __init__(self, output_tensors=(), error=None):
+            self.outputs = {t.name: t.arr for t in output_tensors}
+            self.error = error
+
+    @staticmethod
+    def get_input_tensor_by_name(req, name):
+        return SimpleNamespace(as_numpy=lambda: req[name]) if name in req else None
+
+
+def test_bad_request_in_a_batch_answers_only_itself(served_art, images):
+    from coder.deploy.triton_model import ClassifyModel, make_model
+    from coder.deploy.triton_repo import RepoOptions, write_repo
+
+    info = write_repo(served_art, None, images[0].parent.parent / "unit-repo", RepoOptions(top_k=4))
+    model = make_model(info.settings)()
+    assert isinstance(model, ClassifyModel)
+    model.pb = _FakePb
+    model.setup()
+    calls = []
+    classify = model.clf.classify
+    model.clf = SimpleNamespace(classify=lambda ims, k: calls.append(len(ims)) or classify(ims, k))
+    reqs = [{"image": np.array([[images[0].read_bytes()]], object)}, {"image": np.array([[b"\x89PNG junk"]], object)},
+            {"image": np.array([[b""]], object)}, {},
+            {"image": np.array([[images[1].read_bytes()], [images[2].read_bytes()]], object)}]
+    out = model.execute(reqs)
+    assert calls == [3]  # one engine call for the whole batch
+    assert [r.error is not None for r in out] == [False, True, True, True, False]
+    assert "empty file (0 bytes)" in out[2].error
+    assert out[4].outputs["top_k"].shape == (2, 4) and out[4].outputs["name"].dtype == object
+    assert out[0].outputs["label"].dtype == np.int32 and out[0].outputs["reranked"].dtype == np.bool_
+
+
+def test_request_decoder_applies_the_runtime_image_limits():
+    """A request image gets the same guards as files: a 1x4000 strip is refused before it is resized."""
+    import io
+
+    from PIL import Image
+
+    from coder.deploy.triton_model import decode_image
+    from coder.errors import InputError
+
+    buf = io.BytesIO()
+    Image.new("RGB", (4000, 1)).save(buf, "PNG")
+    with pytest.raises(InputError, match="aspect"):
+        decode_image(buf.getvalue())
+    with pytest.raises(InputError, match="empty"):
+        decode_image(b"")
