@@ -2,7 +2,7 @@
 
 Stages: ``decode+pre`` (640x480 JPEG file -> pixels), ``encoder``, the CODER head's ``stage 1`` and
 ``rerank`` (forced on, the worst case), and with a bank ``encoder+head`` (pixels -> labels) both ways:
-the encoder + the numpy head, and the graph with the head fused. Native TensorRT engines get rows
+the encoder + the numpy head, and the encoder + the head graph (:mod:`coder.runtime.fused`). Native TensorRT engines get rows
 where ``coder build-engine`` built them. Latencies are p50/p90/p99 over repeats at batch 1, 8 and 32; the
 achieved GFLOPS of CPU encoder rows is compared with this machine's fp32 matmul peak measured in the
 same run (numpy GEMM). GPU rows (CUDA, TensorRT) get no percentage: a CPU GEMM is no reference for
@@ -87,7 +87,8 @@ def _images(tmp: Path, n: int) -> list[Path]:
 
 
 def run_bench(artifact_dir, batches=(1, 8, 32), repeats: int = 20, backends=("cpu", "cuda", "tensorrt"),
-              with_torch: bool = True, report=lambda msg: None) -> dict:
+              with_torch: bool = True, report=lambda msg: None, bank_name: str | None = None) -> dict:
+    """Every row; ``bank_name`` picks the bank for the head rows (default: the only one, if exactly one)."""
     from .runtime.images import load_image
     from .runtime.preprocess import preprocess_batch
 
@@ -102,7 +103,7 @@ def run_bench(artifact_dir, batches=(1, 8, 32), repeats: int = 20, backends=("cp
             rows.append(_row("pil+numpy", "decode+pre", b,
                              timings_ms(lambda: preprocess_batch([load_image(p) for p in paths[:b]], cfg),
                                         max(3, repeats // 4))))
-    bank = _bank_or_none(art)
+    bank = _bank_or_none(art, bank_name)
     for name, load in _candidates(artifact_dir, art, backends, bank):
         try:
             enc = load()
@@ -114,7 +115,7 @@ def run_bench(artifact_dir, batches=(1, 8, 32), repeats: int = 20, backends=("cp
             rows += _encoder_rows(name, enc, bank, batches, repeats, cfg.size)
         finally:
             enc.close()  # native TensorRT: free the stream and device buffers before the next engine
-    rows += _head_rows(art, batches, repeats, report)
+    rows += _head_rows(art, bank, batches, repeats, report)
     if with_torch:
         rows += _torch_rows(art, batches, max(3, repeats // 2), skipped, report)
     # The GEMM peak is measured LAST: OpenBLAS threads keep spinning after it and slowed the
@@ -126,10 +127,13 @@ def run_bench(artifact_dir, batches=(1, 8, 32), repeats: int = 20, backends=("cp
             "rows": [asdict(r) for r in rows], "skipped": skipped}
 
 
-def _bank_or_none(art):
+def _bank_or_none(art, name: str | None = None):
+    """The named bank (errors propagate: the user asked for it), else the only one or None."""
     from .runtime.classifier import find_bank
     from .text_bank.bank import load_bank
 
+    if name is not None:
+        return load_bank(find_bank(art.root, name), art)
     try:
         return load_bank(find_bank(art.root, None), art)
     except ArtifactError:
@@ -165,7 +169,9 @@ def _encoder_rows(name, enc, bank, batches, repeats, size) -> list[BenchRow]:
         b_eff = min(b, enc.max_batch)
         x = np.random.default_rng(b).standard_normal((b_eff, 3, *size)).astype(np.float32)
         if enc.fused:
-            head = lambda: gate(*enc.engine.run_all(x)[2:], 1.01).labels  # noqa: E731
+            def head():
+                out = enc.run_head(x)  # encoder + head graph (two ORT sessions, or one fused TRT engine)
+                return gate(out.topk_ids, out.gap, out.rerank, 1.01).labels
         else:
             rows.append(_row(name, "encoder", b_eff, timings_ms(lambda: enc.engine.run(x), repeats)))
             f = lambda: l2_normalize(enc.engine.run(x))  # noqa: E731
@@ -176,10 +182,9 @@ def _encoder_rows(name, enc, bank, batches, repeats, size) -> list[BenchRow]:
     return rows
 
 
-def _head_rows(art, batches, repeats, report) -> list[BenchRow]:
+def _head_rows(art, bank, batches, repeats, report) -> list[BenchRow]:
     from .runtime.head import rerank, stage1_scores
 
-    bank = _bank_or_none(art)
     if bank is None:
         return []
     report("benchmarking the CODER head")

@@ -21,7 +21,7 @@ try:  # typer >= 0.20 vendors click as typer._click; older typer uses click itse
 except ImportError:  # pragma: no cover
     from click import exceptions as _click_exceptions
 
-from . import __version__, cli_artifacts, cli_bag, cli_predict, cli_serve, cli_texts
+from . import __version__, cli_artifacts, cli_bag, cli_pack, cli_predict, cli_serve, cli_texts
 from .cli_common import (EXIT_BROKEN_PIPE, EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, err, escape_help,
                          exit_code_for, say)
 from .errors import CoderError
@@ -93,6 +93,7 @@ app.add_typer(cli_predict.app)
 app.add_typer(cli_texts.texts_app, name="texts")
 app.add_typer(cli_texts.bank_app, name="bank")
 app.add_typer(cli_bag.app)
+app.add_typer(cli_pack.app)
 app.add_typer(cli_serve.app)
 
 

@@ -293,6 +293,9 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
 
     rows = [*report["versions"].items(), *((f"backend {k}", v) for k, v in report["backends"].items()),
             ("gpu", report["gpu"]), ("tensorrt", report["tensorrt"])]
+    jetson = report.get("jetson")
+    rows.append(("jetson", "no" if jetson is None else
+                 f"{jetson['model']}, L4T {jetson['l4t']}, JetPack {jetson['jetpack']}"))
     for k, v in rows:
         t.add_row(k, escape(v))
     out.print(t)

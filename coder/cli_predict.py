@@ -34,7 +34,7 @@ def classify(
     batch_size: int = typer.Option(16, help="Images per encoder call (bounds memory)."),
     adapter: Optional[Path] = typer.Option(None, help="Few-shot adapter from `coder fit`."),
     fused_head: bool = typer.Option(True, "--fused-head/--no-fused-head",
-                                    help="Run the CODER head inside the encoder graph (one call per batch)."),
+                                    help="Run the CODER head as an ONNX graph after the encoder (else numpy)."),
     allow_fallback: bool = ALLOW_FALLBACK,
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image (JSON lines)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Write a Parquet dataset (directory) instead; "
@@ -90,7 +90,7 @@ def classify(
                     rows.append(record)
             bar.advance(task, len(chunk))
     if not as_json:
-        _print_predictions(rows, clf)
+        _print_predictions(rows, clf, paths)
     for message in empty:  # an input that yields no image is an error (exit 1), like an unreadable one
         say("error", message)
     if failures or empty:
@@ -106,16 +106,35 @@ def _prediction_record(path, pred, explanation) -> dict:
     return record
 
 
-def _print_predictions(rows: list[dict], clf) -> None:
+def shown_name(file: str, args: list[str]) -> str:
+    """What identifies ``file`` in the table: its path relative to the directory argument it came from.
+
+    ``shown_name("examples/images/a/x.jpg", ["examples/images"]) == "a/x.jpg"``; a file given
+    directly (or matched by a glob) is shown as given.
+    """
+    import os
+
+    for arg in args:
+        if os.path.isdir(arg):
+            rel = os.path.relpath(file, arg)
+            if not rel.startswith(".."):
+                return rel
+    return file
+
+
+def _print_predictions(rows: list[dict], clf, args: list[str] | None = None) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=escape(f"{len(rows)} images, backend {clf.backend}, tau {clf.tau}"))
-    for col in ("file", "label", "top-k (stage-1 score)", "gap", "reranked"):
-        t.add_column(col)
+    dirs = [a for a in (args or []) if Path(a).is_dir()]
+    where = f" under {', '.join(dirs)}" if len(dirs) == 1 else ""
+    t = Table(title=escape(f"{len(rows)} images{where}, backend {clf.backend}, tau {clf.tau}"))
+    t.add_column("file", overflow="fold", min_width=12)  # wrapped, never cut: the name identifies the image
+    for col in ("label", "top-k (stage-1 score)", "gap", "reranked"):
+        t.add_column(col, overflow="fold")
     for r in rows:
         top = ", ".join(f"{n} {s:.2f}" for n, s in zip(r["top_k_names"], r["stage1_scores"]))
-        t.add_row(escape(r["file"]), escape(r["name"]), escape(top), f"{r['gap']:.3f}", "yes" if r["reranked"] else "")
+        t.add_row(escape(shown_name(r["file"], dirs)), escape(r["name"]), escape(top), f"{r['gap']:.3f}", "yes" if r["reranked"] else "")
         for cls_name, matches in (r.get("explain") or {}).items():
             t.add_row("", f"  why {escape(cls_name)}", escape("; ".join(f"{m['text']} ({m['cosine']:.3f})"
                                                                        for m in matches)), "", "")
@@ -130,7 +149,7 @@ def eval_cmd(
     limit: Optional[int] = typer.Option(None, help="Evaluate a reproducible random subset of this many images."),
     seed: int = typer.Option(0, help="Seed of the --limit subset."),
     tau: Optional[float] = typer.Option(None, help="Rerank gate (default: the bank preset)."),
-    backend: str = typer.Option("auto", help="auto | cpu | cuda | tensorrt."),
+    backend: str = typer.Option("auto", help="auto | cpu | cuda | tensorrt | tensorrt-native."),
     confusions_out: Optional[Path] = typer.Option(None, help="Write stage-1 confusion pairs (JSON) here."),
     adapter: Optional[Path] = typer.Option(None, help="Also report this few-shot adapter (`coder fit`)."),
     allow_fallback: bool = ALLOW_FALLBACK,
@@ -224,6 +243,7 @@ def bench(
     batches: str = typer.Option("1,8,32", help="Comma list of batch sizes."),
     repeats: int = typer.Option(20, help="Timed repeats per row."),
     no_torch: bool = typer.Option(False, "--no-torch", help="Skip the torch eager reference rows."),
+    bank: Optional[str] = typer.Option(None, help="Bank for the head rows (default: the only one)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Latency p50/p90/p99 per stage and throughput, per backend that loads; CPU rows: % of the CPU matmul peak."""
@@ -237,23 +257,38 @@ def bench(
     with progress_bar() as bar:
         task = bar.add_task("benchmarking", total=None)
         result = run_bench(artifacts or default_artifact_dir(), sizes, repeats, with_torch=not no_torch,
-                           report=lambda msg: bar.update(task, description=msg))
+                           report=lambda msg: bar.update(task, description=msg), bank_name=bank)
     if as_json:
         print_json(result)
         return
+    _print_bench(result)
+    for name, why in result["skipped"].items():
+        info(f"skipped {name}: {why}")
+
+
+def _ms(x: float) -> str:
+    """Milliseconds in at most 7 characters: ``_ms(0.2213) == "0.221"``, ``_ms(1767.04) == "1767.0"``."""
+    return f"{x:.3f}" if x < 10 else f"{x:.2f}" if x < 100 else f"{x:.1f}"
+
+
+def _print_bench(result: dict) -> None:
+    """One row per (backend, stage, batch), readable at 80 columns: the backend wraps, numbers never do."""
+    from rich import box
     from rich.markup import escape
     from rich.table import Table
 
-    t = Table(title=escape(f"coder bench {result['architecture']}: CPU matmul peak {result['matmul_peak_gflops']:.0f} GFLOPS"))
-    for col in ("backend", "stage", "batch", "p50 ms", "p90 ms", "p99 ms", "img/s", "% CPU peak"):
-        t.add_column(col)
+    t = Table(title=escape(f"coder bench {result['architecture']}: CPU matmul peak "
+                           f"{result['matmul_peak_gflops']:.0f} GFLOPS"), box=box.SIMPLE_HEAD, pad_edge=False,
+              padding=(0, 1), collapse_padding=True)
+    t.add_column("backend", overflow="fold", ratio=1, min_width=12)
+    t.add_column("stage", overflow="fold", min_width=12)
+    for col in ("b", "p50 ms", "p90 ms", "p99 ms", "img/s", "%CPU"):  # of the CPU matmul peak; GPU rows: none
+        t.add_column(col, justify="right", no_wrap=True)
     for r in result["rows"]:
         pct = f"{r['pct_of_matmul_peak']:.0f}%" if r["pct_of_matmul_peak"] is not None else ""
-        t.add_row(escape(r["backend"]), escape(r["stage"]), str(r["batch"]), f"{r['p50_ms']:.2f}", f"{r['p90_ms']:.2f}",
-                  f"{r['p99_ms']:.2f}", f"{r['images_per_s']:.1f}", pct)
+        t.add_row(escape(r["backend"]), escape(r["stage"]), str(r["batch"]), _ms(r["p50_ms"]), _ms(r["p90_ms"]),
+                  _ms(r["p99_ms"]), f"{r['images_per_s']:.1f}", pct)
     out.print(t)
-    for name, why in result["skipped"].items():
-        info(f"skipped {name}: {why}")
 
 
 @app.command("build-engine")

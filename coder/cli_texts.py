@@ -163,27 +163,44 @@ def bank_build(
     artifacts: Path = typer.Option(..., "--artifacts", "-a", help="Artifact directory from `coder export`."),
     texts: Path = typer.Option(..., "--texts", help="Class-texts file (`coder texts init`)."),
     precision: str = typer.Option("fp32", help="Text encoder precision: fp32 | fp16."),
-    out_dir: Optional[Path] = typer.Option(None, "--out", help="Default <artifacts>/banks/<texts name>."),
+    out_dir: Optional[Path] = typer.Option(None, "--out", help="Default <artifacts>/banks/<name>."),
+    name: Optional[str] = typer.Option(None, "--name", help="Bank name (default: the texts file's name)."),
+    force: bool = typer.Option(False, "--force", help="Replace a bank of that name built from another texts file."),
+    clip_weights: bool = typer.Option(False, "--clip-weights",
+                                      help="Also encode the plain-CLIP prompt ensemble now (else on first use: "
+                                           "coder eval's baseline, coder fit)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Encode every text (cached, length-grouped) and write the folded bank."""
-    build_bank_with_progress(artifacts, texts, precision, out_dir, as_json)
+    build_bank_with_progress(artifacts, texts, precision, out_dir, as_json, name=name, force=force,
+                             clip_weights=clip_weights)
 
 
-def build_bank_with_progress(artifacts: Path, texts_path: Path, precision: str, out_dir, as_json: bool, quiet: bool = False) -> None:
-    from .text_bank.bank import build_bank
+def build_bank_with_progress(artifacts: Path, texts_path: Path, precision: str, out_dir, as_json: bool, quiet: bool = False,
+                             name: Optional[str] = None, force: bool = False, clip_weights: bool = False) -> None:
+    import dataclasses
+
+    from .manifest import load_artifact
+    from .text_bank.bank import build_bank, check_replace, default_bank_dir
     from .text_bank.texts import load_texts
 
     if precision not in ("fp32", "fp16"):
         raise ConfigError(f"--precision {precision!r}: choose fp32 or fp16")
     texts = load_texts(texts_path)
+    if name is not None:
+        if not name or "/" in name or name.startswith("."):
+            raise ConfigError(f"--name {name!r}: a plain folder name")
+        texts = dataclasses.replace(texts, name=name)
+    out_dir = out_dir or default_bank_dir(load_artifact(artifacts), texts.name)
+    check_replace(out_dir, texts, texts_path, force)
     with progress_bar() as bar:
         task = bar.add_task("encoding texts", total=None)
 
         def progress(done: int, total: int) -> None:
             bar.update(task, completed=done, total=total)
 
-        path, meta = build_bank(artifacts, texts, precision, out_dir, progress)
+        path, meta = build_bank(artifacts, texts, precision, out_dir, progress, clip_weights=clip_weights,
+                                texts_file=texts_path)
     summary = {"bank": str(path), **meta["counts"], "classes": len(meta["classes"]), "settings": meta["settings"]}
     if quiet:
         return

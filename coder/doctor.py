@@ -36,14 +36,50 @@ def gpu_status() -> str:
 
 
 def tensorrt_status() -> str:
-    if importlib.util.find_spec("tensorrt") is None:
-        return "not installed (pip install 'coder[trt]')"
+    """Version and WHERE the bindings were found: JetPack's system packages or a pip wheel."""
+    spec = importlib.util.find_spec("tensorrt")
+    if spec is None:
+        return "not installed (pip install 'coder[trt]'; on a Jetson: JetPack's python3-libnvinfer, README \"Jetson\")"
+    where = os.path.dirname(spec.origin or "") or "?"
+    source = "system site-packages (JetPack/apt)" if where.startswith("/usr/lib/python3") else "pip wheel"
     try:
         import tensorrt as trt
 
-        return f"{trt.__version__} importable"
+        return f"{trt.__version__} importable from {where} ({source})"
     except Exception as e:  # a broken CUDA install fails here with many error types
-        return f"import failed: {str(e).splitlines()[0][:160]}"
+        return f"import from {where} failed: {str(e).splitlines()[0][:160]}"
+
+
+# L4T (Jetson Linux) release -> JetPack release, from NVIDIA's JetPack archive.
+JETPACK = {"36.4": "6.1/6.2", "36.3": "6.0", "36.2": "6.0 DP", "35.6": "5.1.4", "35.5": "5.1.3", "35.4": "5.1.2",
+           "35.3": "5.1.1", "35.2": "5.1", "35.1": "5.0.2", "32.7": "4.6.x"}
+
+
+def jetson_status(root: str | None = None) -> dict[str, str] | None:
+    """``{"model", "l4t", "jetpack"}`` on an NVIDIA Jetson, else None.
+
+    Reads ``<root>/etc/nv_tegra_release`` (``# R36 (release), REVISION: 4.0, ...`` -> L4T 36.4.0)
+    and ``<root>/proc/device-tree/model``; ``root`` (default ``$CODER_SYSROOT`` or ``/``) lets
+    tests use fake files.
+    """
+    import re
+    from pathlib import Path
+
+    base = Path(root or os.environ.get("CODER_SYSROOT", "/"))
+    release, model = base / "etc" / "nv_tegra_release", base / "proc" / "device-tree" / "model"
+    if not release.is_file() and not model.is_file():
+        return None
+    out = {"model": "unknown", "l4t": "unknown", "jetpack": "unknown"}
+    if model.is_file():
+        out["model"] = model.read_bytes().rstrip(b"\0\n").decode("utf-8", "replace") or "unknown"
+        if "jetson" not in out["model"].lower() and "nvidia" not in out["model"].lower() and not release.is_file():
+            return None  # a device tree of another board (Raspberry Pi, ...)
+    if release.is_file():
+        m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*(\d+)\.(\d+)", release.read_text(errors="replace"))
+        if m:
+            out["l4t"] = f"{m.group(1)}.{m.group(2)}.{m.group(3)}"
+            out["jetpack"] = JETPACK.get(f"{m.group(1)}.{m.group(2)}", "unknown (newer than this table)")
+    return out
 
 
 def collect() -> dict[str, Any]:
@@ -52,4 +88,5 @@ def collect() -> dict[str, Any]:
     versions = {"python": platform.python_version(), "coder": __version__}
     versions.update({p: _version(p) for p in _PACKAGES})
     return {"versions": versions, "backends": {f"ort-{k}": v for k, v in probe_providers().items()},
-            "gpu": gpu_status(), "tensorrt": tensorrt_status(), "machine": platform.machine()}
+            "gpu": gpu_status(), "tensorrt": tensorrt_status(), "machine": platform.machine(),
+            "jetson": jetson_status()}

@@ -89,3 +89,67 @@ def test_corrupt_or_other_version(built, tmp_path):
 def test_npz_has_no_pickles(built):
     with np.load(built[0] / "bank.npz", allow_pickle=False) as z:
         assert all(z[k].dtype != object for k in z.files)
+
+
+def test_plain_clip_weights_on_first_use_equal_the_eager_ones(tiny_artifact, tmp_path):
+    """Banks skip the 80-template ensemble at build; W computed later is the eagerly stored W."""
+    import json as _json
+
+    from coder.text_bank.bank import build_bank, load_bank
+    from coder.text_bank.clip_weights import FILE
+    from coder.text_bank.texts import init_texts
+
+    t = init_texts("cifar10")
+    lazy_dir, meta = build_bank(tiny_artifact, t, out=tmp_path / "banks" / "lazy")
+    eager_dir, _ = build_bank(tiny_artifact, t, out=tmp_path / "banks" / "eager", clip_weights=True)
+    assert meta["counts"]["texts"] == len(meta["raw_texts"]) == 10  # the 10 names; no 800 ensemble texts
+    assert meta["clip_templates"] == list(t.templates["clip"]) and len(meta["clip_templates"]) == 80
+    lazy, eager = load_bank(lazy_dir, tiny_artifact), load_bank(eager_dir, tiny_artifact)
+    assert "clip_w" not in lazy.arrays and "clip_w" in eager.arrays
+    for name in ("g_sum", "n_emb", "pair_vec"):  # the CODER head itself is unchanged
+        np.testing.assert_array_equal(lazy.arrays[name], eager.arrays[name])
+    np.testing.assert_allclose(lazy.clip_w, eager.clip_w, atol=1e-6)
+    assert (lazy_dir / FILE).is_file()
+    again = load_bank(lazy_dir, tiny_artifact)
+    np.testing.assert_allclose(again.clip_w, eager.clip_w, atol=1e-6)  # from the cache
+    bj = _json.loads((lazy_dir / "bank.json").read_text())
+    bj["clip_templates"] = bj["clip_templates"][:1]  # other templates: the cache is stale, recomputed
+    (lazy_dir / "bank.json").write_text(_json.dumps(bj))
+    one = load_bank(lazy_dir, tiny_artifact).clip_w
+    assert not np.allclose(one, eager.clip_w, atol=1e-6)
+
+
+def test_bank_build_refuses_to_replace_a_bank_from_another_texts_file(tiny_artifact, tmp_path):
+    import dataclasses
+    import json as _json
+
+    from typer.testing import CliRunner
+
+    from coder.cli import app
+    from coder.cli_common import EXIT_CODES
+    from coder.errors import ArtifactError
+    from coder.text_bank.texts import init_texts, save_texts
+
+    t = init_texts("cifar10")
+    a, b = tmp_path / "a" / "mine.json", tmp_path / "b" / "mine.json"  # same bank name, other files
+    a.parent.mkdir(), b.parent.mkdir()
+    save_texts(a, t)
+    save_texts(b, dataclasses.replace(t, classes=t.classes[:5]))
+    out = tmp_path / "banks" / "cifar10"
+    run = lambda *args: CliRunner().invoke(app, ["bank", "build", "-a", str(tiny_artifact), "--out", str(out),  # noqa: E731
+                                                 "--json", *map(str, args)])
+    assert run("--texts", a).exit_code == 0
+    assert run("--texts", a).exit_code == 0  # same file again (edited or not): the normal rebuild
+    res = run("--texts", b)
+    code = next(c for cls, c, _ in EXIT_CODES if cls is ArtifactError)
+    assert res.exit_code == code and "--force" in res.output and "--name" in res.output
+    assert len(_json.loads((out / "bank.json").read_text())["classes"]) == 10  # untouched
+    assert run("--texts", b, "--force").exit_code == 0
+    assert len(_json.loads((out / "bank.json").read_text())["classes"]) == 5
+    named = CliRunner().invoke(app, ["bank", "build", "-a", str(tiny_artifact), "--texts", str(a), "--name", "other",
+                                     "--json"])
+    assert named.exit_code == 0, named.output
+    assert (tiny_artifact / "banks" / "other" / "bank.json").is_file()
+    import shutil
+
+    shutil.rmtree(tiny_artifact / "banks" / "other")  # the shared artifact keeps its banks as they were

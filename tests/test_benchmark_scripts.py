@@ -16,6 +16,7 @@ def test_help(script):
     assert "--artifacts" in res.stdout and "--json" in res.stdout
 
 
+@pytest.mark.torch  # compares with torch eager
 def test_encoder_benchmark_runs(tiny_artifact):
     script = next(p for p in SCRIPTS if p.name == "bench_encoder.py")
     res = subprocess.run([sys.executable, str(script), "--artifacts", str(tiny_artifact), "--repeats", "2", "--json"],

@@ -186,7 +186,50 @@ def test_classify_fused_and_plain_head_agree(cli_art, sample_images):
     a = [json.loads(x) for x in fused.stdout.splitlines()]
     b = [json.loads(x) for x in plain.stdout.splitlines()]
     assert [(r["label"], r["top_k"], r["reranked"]) for r in a] == [(r["label"], r["top_k"], r["reranked"]) for r in b]
-    assert (cli_art / "banks" / "cifar10" / "fused" / "image_head.fp32.k5.onnx").is_file()
+    assert not (cli_art / "banks" / "cifar10" / "fused").exists()  # no encoder copy in the bank
+
+
+def test_classify_fp16_on_an_fp32_only_artifact_names_the_fix(tiny_fp32_artifact, sample_images):
+    from coder.errors import ArtifactError
+
+    base = ["classify", str(sample_images[0]), "-a", str(tiny_fp32_artifact), "--json"]
+    assert runner.invoke(app, base).exit_code == 0
+    for extra in ([], ["--no-fused-head"], ["--backend", "cpu"]):
+        res = runner.invoke(app, base + ["--precision", "fp16"] + extra)
+        assert res.exit_code == CODE[ArtifactError], res.output
+        assert "re-export with --precision fp16" in res.output and "Traceback" not in res.output
+
+
+def test_classify_help_lists_every_backend():
+    res = runner.invoke(app, ["classify", "--help"], env={"COLUMNS": "200"}, terminal_width=200)
+    assert res.exit_code == 0
+    for name in ("auto", "cpu", "cuda", "tensorrt-native"):
+        assert name in res.output
+
+
+def test_classify_table_shows_paths_relative_to_the_argument_wrapped(tiny_fp32_artifact, tmp_path):
+    import os
+    import shutil
+
+    from coder.cli_predict import shown_name
+    from coder.samples import synthetic_scene
+
+    deep = tmp_path / "a-rather-long-folder-name" / "with-more-depth"
+    deep.mkdir(parents=True)
+    names = ["scene-number-one-from-the-left-camera.jpg", "scene-number-two-from-the-left-camera.jpg"]
+    for i, n in enumerate(names):
+        synthetic_scene(i, (96, 64)).save(deep / n)
+    assert shown_name(str(deep / names[0]), [str(tmp_path)]) == f"a-rather-long-folder-name/with-more-depth/{names[0]}"
+    assert shown_name("x/y.jpg", []) == "x/y.jpg"
+    res = subprocess.run([sys.executable, "-m", "coder", "classify", str(tmp_path), "-a", str(tiny_fp32_artifact)],
+                         capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "80"})
+    assert res.returncode == 0, res.stderr
+    flat = "".join(line.split("│")[1].strip() for line in res.stdout.splitlines() if line.startswith("│"))
+    for n in names:  # wrapped over lines, but every character is there
+        assert n.replace(" ", "") in flat
+    assert "…" not in res.stdout
+    assert str(tmp_path) not in "".join(line for line in res.stdout.splitlines()[1:] if "│" in line)
+    shutil.rmtree(tmp_path / "a-rather-long-folder-name")
 
 
 def test_classify_input_without_images_is_an_error(cli_art, sample_images, tmp_path):

@@ -90,7 +90,7 @@ def test_fused_classifier_matches_numpy_head(fused_dir, sample_images, precision
     assert any(p.reranked for p in b)
 
 
-def test_fused_graph_is_cached_and_rebuilt_when_stale(fused_dir):
+def test_fused_graph_is_cached_outside_the_bank_and_rebuilt_when_stale(fused_dir):
     from coder.manifest import load_artifact
     from coder.runtime.classifier import find_bank
     from coder.runtime.fused import ensure_fused_onnx
@@ -99,6 +99,7 @@ def test_fused_graph_is_cached_and_rebuilt_when_stale(fused_dir):
     art = load_artifact(fused_dir)
     bank = load_bank(find_bank(art.root, "fusedtest"), art)
     path = ensure_fused_onnx(art, bank, "fp32", 5)
+    assert path.parent == fused_dir / "engines" / "fused" / "fusedtest"  # engine cache, not the bank
     mtime = path.stat().st_mtime_ns
     assert ensure_fused_onnx(art, bank, "fp32", 5) == path and path.stat().st_mtime_ns == mtime
     path.write_bytes(path.read_bytes()[:-10] + b"0123456789")  # corrupted: same size, other bytes
@@ -106,3 +107,36 @@ def test_fused_graph_is_cached_and_rebuilt_when_stale(fused_dir):
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     assert [o.name for o in sess.get_outputs()] == list(OUTPUTS)
     assert ensure_fused_onnx(art, bank, "fp32", 99).name == "image_head.fp32.k10.onnx"  # k clamped to C
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+def test_two_sessions_equal_the_single_fused_graph(fused_dir, sample_images, precision):
+    """The encoder + head-session path gives what the one fused graph gave (labels, scores <= 1e-5)."""
+    from coder.manifest import load_artifact
+    from coder.runtime.classifier import Classifier
+    from coder.runtime.fused import fused_model
+
+    clf = Classifier.load(fused_dir, bank="fusedtest", backend="cpu", precision=precision, tau=1.01)
+    assert clf.encoder.fused and clf.encoder.head is not None
+    pixels = clf._pixels(sample_images, False)
+    got = clf.encoder.run_head(pixels)
+    model = fused_model(load_artifact(fused_dir), clf.bank, precision, 5)
+    from coder.engines.ort import session_options
+
+    sess = ort.InferenceSession(model.SerializeToString(), sess_options=session_options(precision),
+                                providers=["CPUExecutionProvider"])
+    want = dict(zip(OUTPUTS, sess.run(None, {"pixel_values": pixels})))
+    for name in OUTPUTS:
+        np.testing.assert_allclose(getattr(got, name), want[name], atol=1e-5, rtol=0, err_msg=name)
+    assert np.array_equal(got.topk_ids, want["topk_ids"])
+
+
+def test_classifying_writes_nothing_into_the_bank(fused_dir, sample_images):
+    from coder.runtime.classifier import Classifier
+
+    bank_dir = fused_dir / "banks" / "fusedtest"
+    (bank_dir / "fused").mkdir(exist_ok=True)  # what older versions left: copies of the encoder
+    (bank_dir / "fused" / "image_head.fp32.k5.onnx").write_bytes(b"x" * 1000)
+    for precision in ("fp32", "fp16"):
+        Classifier.load(fused_dir, bank="fusedtest", backend="cpu", precision=precision).classify(sample_images)
+    assert sorted(p.name for p in bank_dir.iterdir()) == [".coder-verified.json", "bank.json", "bank.npz"]

@@ -47,6 +47,17 @@ def test_classifier_path_is_torch_free(tiny_artifact, sample_images, tmp_path):
     assert _loaded_after(code) == []
 
 
+def test_pack_doctor_head_session_and_lazy_clip_weights_are_torch_free(tiny_fp32_artifact, tmp_path):
+    code = (f"import coder.pack, coder.doctor, coder.runtime.fused, coder.text_bank.clip_weights\n"
+            f"from coder.pack import pack_artifact\n"
+            f"pack_artifact({str(tiny_fp32_artifact)!r}, __import__('pathlib').Path({str(tmp_path / 'p')!r}))\n"
+            f"from coder.runtime.classifier import Classifier\n"
+            f"clf = Classifier.load({str(tmp_path / 'p')!r}, backend='cpu')\n"
+            f"assert clf.encoder.head is not None and clf.bank.clip_w.shape[0] == 10\n"
+            f"coder.doctor.collect()")
+    assert _loaded_after(code) == []
+
+
 def test_ros_deploy_modules_are_torch_free():
     mods = "coder.deploy.ros_msgs, coder.deploy.bag, coder.deploy.ros2_core, coder.deploy.ros2_node, coder.cli_bag"
     assert _loaded_after(f"import {mods}") == []

@@ -74,7 +74,7 @@ def test_cache_of_an_older_encoding_is_not_served(tiny_artifact, tmp_path):
     legacy = tmp_path / f".embed-cache-{enc.encoder_sha256[:16]}.npz"  # what the old code wrote
     np.savez(legacy, texts=np.array(raw, dtype=str), emb=np.ones((len(raw), enc.artifact.embed_dim), np.float32))
     assert EmbeddingCache(tmp_path, enc.encoder_sha256, TEXT_ENCODING_VERSION).missing(raw) == sorted(set(raw))
-    _, meta = build_bank(tiny_artifact, texts, out=tmp_path / "b")
+    _, meta = build_bank(tiny_artifact, texts, out=tmp_path / "b", clip_weights=True)  # every row of `raw`
     assert meta["counts"]["newly_encoded"] == len(set(raw))
     assert meta["encoder"]["text_encoding"] == TEXT_ENCODING_VERSION
     assert not legacy.exists()

@@ -26,7 +26,7 @@ def test_checkpoint_round_trip(tmp_path, tiny_arch, tiny_state, suffix):
     else:
         torch.save({"state_dict": tiny_state} if suffix == ".pt" else tiny_state, path)
     model, record = load_model(tiny_arch, parse_pretrained(str(path), tiny_arch))
-    assert record == {"kind": "file", "file": path.name, "sha256": sha256_file(path)}
+    assert record == {"kind": "file", "file": path.name, "sha256": sha256_file(path), "path": str(path.resolve())}
     for k, v in model.state_dict().items():
         assert torch.equal(v, tiny_state[k]), k
 
@@ -61,3 +61,23 @@ def test_offline_tag_fails_fast(monkeypatch, tmp_path):
     with pytest.raises(WeightsError, match="HF_HUB_OFFLINE"):
         load_model("ViT-B-32", parse_pretrained("openai", "ViT-B-32"))
     assert time.monotonic() - t0 < 30
+
+
+def test_rebuild_from_a_local_checkpoint_checks_its_sha256(tmp_path, tiny_arch, tiny_state):
+    """coder bench's torch reference for an artifact exported from a checkpoint file."""
+    from coder.errors import WeightsError
+    from coder.export.weights import rebuild_from_manifest
+
+    path = tmp_path / "ckpt.pt"
+    torch.save(tiny_state, path)
+    _, record = load_model(tiny_arch, PretrainedSpec("file", str(path)))
+    manifest = {"architecture": tiny_arch, "pretrained": record}
+    model = rebuild_from_manifest(manifest)
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, tiny_state[k]), k
+    torch.save({k: v + 1 if v.is_floating_point() else v for k, v in tiny_state.items()}, path)
+    with pytest.raises(WeightsError, match="sha256"):
+        rebuild_from_manifest(manifest)
+    path.unlink()
+    with pytest.raises(WeightsError, match="recorded path"):
+        rebuild_from_manifest(manifest)

@@ -34,6 +34,19 @@ BACKENDS = {
 }
 
 
+NO_ORT = ("no ONNX Runtime installed: pip install 'coder[cpu]' (or 'coder[gpu]' for CUDA/TensorRT; "
+          "on a Jetson, NVIDIA's onnxruntime-gpu wheel, README \"Jetson\")")
+
+
+def import_ort():
+    """The ``onnxruntime`` module, or BackendError naming the install line (the base install has none)."""
+    try:
+        import onnxruntime
+    except ImportError:
+        raise BackendError(NO_ORT) from None
+    return onnxruntime
+
+
 def session_options(precision: str, threads: int | None = None, spinning: bool = True):
     """CPU-friendly options; fp16 graphs get BASIC optimisation only.
 
@@ -41,8 +54,7 @@ def session_options(precision: str, threads: int | None = None, spinning: bool =
     process (segfault) on onnxruntime 1.32 CPU; BASIC keeps constant folding and
     is stable (PITFALLS.md, "Numerics").
     """
-    import onnxruntime as ort
-
+    ort = import_ort()
     so = ort.SessionOptions()
     level = ort.GraphOptimizationLevel
     so.graph_optimization_level = level.ORT_ENABLE_BASIC if precision == "fp16" else level.ORT_ENABLE_ALL
@@ -108,8 +120,7 @@ def load_ort(path: str | os.PathLike | bytes, backend: str = "cpu", precision: s
     really ran). ``profile`` sets the TensorRT provider's batch range; ``model_sha256`` (else
     hashed here) keys its engine cache.
     """
-    import onnxruntime as ort
-
+    ort = import_ort()
     if backend not in BACKENDS:
         raise BackendError(f"unknown ONNX Runtime backend {backend!r}; choose one of {', '.join(BACKENDS)}")
     wanted = BACKENDS[backend]
@@ -244,8 +255,10 @@ def trt_provider_options(path, profile: TrtProfile | None = None, model_sha256: 
 
 def probe_providers() -> dict[str, str]:
     """Try each ORT backend on a 1-node model; ``{"cpu": "ok", "cuda": "<why not>", ...}``."""
-    import onnxruntime as ort
-
+    try:
+        ort = import_ort()
+    except BackendError as e:
+        return {name: str(e) for name in BACKENDS}
     model = _identity_model()
     out = {}
     for name, provider in BACKENDS.items():

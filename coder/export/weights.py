@@ -27,24 +27,36 @@ def load_model(architecture: str, spec: PretrainedSpec):
         record: dict[str, Any] = {"kind": "random", "seed": spec.seed}
     elif spec.kind == "file":
         model = _from_file(architecture, spec.value)
-        record = {"kind": "file", "file": os.path.basename(spec.value), "sha256": sha256_file(spec.value)}
+        record = {"kind": "file", "file": os.path.basename(spec.value), "sha256": sha256_file(spec.value),
+                  "path": os.path.abspath(spec.value)}  # for same-run torch references (coder bench)
     else:
         model, record = _from_tag(architecture, spec.value)
     return model.eval(), record
 
 
 def rebuild_from_manifest(manifest: dict[str, Any]):
-    """The torch model of a random-init artifact (same seed, same architecture), for same-run comparisons.
+    """The torch model an artifact was exported from, for same-run comparisons.
 
-    Raises :class:`WeightsError` for artifacts exported from real weights: those are not kept.
+    Random init: rebuilt from the seed. A local checkpoint: reloaded from its recorded path when
+    the file there still has the recorded sha256. Raises :class:`WeightsError` otherwise (open_clip
+    tags are not downloaded again; a moved or changed checkpoint is named).
     """
     from .registry import ensure_registered
 
-    if manifest["pretrained"]["kind"] != "random":
-        raise WeightsError("needs the original weights; only random-init artifacts (--pretrained none) are rebuilt")
+    rec = manifest["pretrained"]
     ensure_registered(manifest["architecture"], manifest.get("open_clip_config"))
-    model, _ = load_model(manifest["architecture"], PretrainedSpec("random", "none", manifest["pretrained"]["seed"]))
-    return model
+    if rec["kind"] == "random":
+        spec = PretrainedSpec("random", "none", rec["seed"])
+    elif rec["kind"] == "file":
+        path = rec.get("path")
+        if not path or not os.path.isfile(path):
+            raise WeightsError(f"checkpoint {rec.get('file')} is not at its recorded path {path!r}")
+        if sha256_file(path) != rec.get("sha256"):
+            raise WeightsError(f"checkpoint {path} changed since the export (sha256 differs)")
+        spec = PretrainedSpec("file", path)
+    else:
+        raise WeightsError("needs the original weights; open_clip tags are not downloaded again here")
+    return load_model(manifest["architecture"], spec)[0]
 
 
 def _from_file(architecture: str, path: str):

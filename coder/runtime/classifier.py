@@ -7,9 +7,9 @@
 
 Stages, each its own function: :func:`preprocess` (PIL/numpy) -> encoder
 (ONNX Runtime or a native TensorRT engine) -> :func:`~coder.runtime.head.stage1_scores`
--> gated :func:`~coder.runtime.head.rerank`. By default the head runs inside the encoder
-graph (:mod:`coder.runtime.fused`) and only the gate (:func:`~coder.runtime.head.gate`)
-runs here. One ONNX Runtime ``Classifier`` is safe to share between threads: it holds no
+-> gated :func:`~coder.runtime.head.rerank`. By default the head runs as its own small
+ONNX graph right after the encoder (:mod:`coder.runtime.fused`; fused into the engine for
+``tensorrt-native``) and only the gate (:func:`~coder.runtime.head.gate`) runs here. One ONNX Runtime ``Classifier`` is safe to share between threads: it holds no
 mutable state and sessions allow concurrent ``run``; a ``tensorrt-native`` one is not
 (one execution context): give each thread its own.
 """
@@ -145,9 +145,9 @@ class Classifier:
              engines: EngineOptions = EngineOptions()) -> "Classifier":
         """Open an artifact + bank. ``tau``/``k`` default to the bank's preset (published values).
 
-        ``fused_head`` runs the CODER head inside the encoder graph (one engine call per batch; on
-        a 2-core CPU it halved batch-1 latency, as the numpy head's BLAS threads no longer
-        contend with ONNX Runtime's: benchmarks/bench_fused.py);
+        ``fused_head`` runs the CODER head as an ONNX graph after the encoder (a one-thread
+        session; on a 2-core CPU it halved batch-1 latency, as the numpy head's BLAS threads no
+        longer contend with ONNX Runtime's: benchmarks/bench_fused.py);
         ``allow_fallback`` turns a provider mismatch into a warning (``backend`` then names
         what really runs).
         """
@@ -156,6 +156,7 @@ class Classifier:
         if precision not in PRECISIONS:
             raise ConfigError(f"precision {precision!r}: choose {', '.join(PRECISIONS)}")
         art = load_artifact(artifact_dir)
+        art.encoder("image", precision)  # not exported: ArtifactError naming the re-export, before any backend
         b = load_bank(find_bank(art.root, bank), art)
         tau = b.tau if tau is None else float(tau)
         k = b.k if k is None else int(k)

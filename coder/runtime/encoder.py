@@ -38,7 +38,8 @@ class ImageEncoder:
     engine: object
     precision: str
     max_batch: int
-    head_k: int = 0  # > 0: the engine is the fused graph (encoder + CODER head, top-``head_k``)
+    head_k: int = 0  # > 0: the CODER head (top-``head_k``) runs after the encoder, see ``run_head``
+    head: object = None  # the head graph's own session (ONNX Runtime); None: ``engine`` has the head fused
 
     @property
     def backend(self) -> str:
@@ -64,14 +65,17 @@ class ImageEncoder:
     @classmethod
     def load_fused(cls, artifact_dir: str | os.PathLike, bank, k: int, precision: str = "fp32",
                    backend: str = "cpu", allow_fallback: bool = False, threads: int | None = None) -> "ImageEncoder":
-        """The encoder with ``bank``'s head appended (:mod:`coder.runtime.fused`); same API plus ``run_head``."""
-        from .fused import ensure_fused_onnx
+        """The encoder plus ``bank``'s head graph in a second session (:mod:`coder.runtime.fused`).
 
-        art = load_artifact(artifact_dir)
-        path = ensure_fused_onnx(art, bank, precision, k)
-        engine = load_ort(path, backend, precision, allow_fallback, threads, trt_profile(art))
-        return cls(art, engine, precision, int(art.manifest["exporter"]["max_batch"]),
-                   head_k=clamp_k(k, len(bank.class_names)))
+        Same API plus ``run_head``; nothing is written (no copy of the encoder per bank).
+        """
+        from .fused import drop_legacy_fused, load_head
+
+        enc = cls.load(artifact_dir, precision, backend, allow_fallback, threads)
+        head = load_head(bank, k, enc.backend if allow_fallback else backend, allow_fallback)
+        drop_legacy_fused(bank)
+        return cls(enc.artifact, enc.engine, precision, enc.max_batch, head_k=clamp_k(k, len(bank.class_names)),
+                   head=head)
 
     @classmethod
     def load_trt(cls, artifact_dir: str | os.PathLike, precision: str = "fp16", engine_dir: str | os.PathLike | None = None,
@@ -89,11 +93,15 @@ class ImageEncoder:
 
         art = load_artifact(artifact_dir)
         head_k = 0 if fused_bank is None else clamp_k(k, len(fused_bank.class_names))
+        art.encoder("image", precision)  # ArtifactError naming the re-export if that precision is missing
+        path = engine_path(art, precision, engine_dir, fused_bank, head_k)  # BackendError without TensorRT/GPU
+        if not path.is_file() and not rebuild_stale:  # before a fused graph is written for nothing
+            raise StaleEngineError(f"no engine at {path}; build it: coder build-engine {art.root} --precision "
+                                   f"{precision}" + (f" --bank {fused_bank.root.name}" if fused_bank else ""))
         onnx = art.encoder("image", precision) if fused_bank is None else \
             ensure_fused_onnx(art, fused_bank, precision, head_k)
         if isinstance(onnx, bytes):
             raise ArtifactError(f"{fused_bank.root} is read-only: fuse and build the engine where it is writable")
-        path = engine_path(art, precision, engine_dir, fused_bank, head_k)
         try:
             engine = load_engine_trt(path, onnx, precision)
         except StaleEngineError:
@@ -125,15 +133,21 @@ class ImageEncoder:
                              f"got {pixels.shape} {pixels.dtype}")
 
     def run_head(self, pixels: np.ndarray):
-        """Fused graphs only: (B,3,H,W) float32 -> :class:`~coder.runtime.fused.FusedOutputs`."""
+        """Encoders with a head only: (B,3,H,W) float32 -> :class:`~coder.runtime.fused.FusedOutputs`."""
         from .fused import FusedOutputs
 
         if not self.fused:
             raise InputError("run_head needs an encoder loaded with ImageEncoder.load_fused")
         self._check_pixels(pixels)
-        parts = [FusedOutputs.from_list(self.engine.run_all(pixels[i:i + self.max_batch]))
-                 for i in range(0, len(pixels), self.max_batch)]
+        parts = [self._head_chunk(pixels[i:i + self.max_batch]) for i in range(0, len(pixels), self.max_batch)]
         return FusedOutputs.concat(parts)
+
+    def _head_chunk(self, x: np.ndarray):
+        from .fused import FusedOutputs
+
+        if self.head is None:  # a TensorRT engine with the head fused in
+            return FusedOutputs.from_list(self.engine.run_all(x))
+        return FusedOutputs.from_list(self.head.run_all(self.engine.run(x)))
 
     def encode_pixels(self, pixels: np.ndarray) -> np.ndarray:
         """(B,3,H,W) float32 -> (B,D) float32 unit rows, in chunks of at most ``max_batch``."""

@@ -1,22 +1,31 @@
-"""The image encoder with the bank's CODER head appended: one graph from pixels to scores.
+"""The CODER head as an ONNX graph run right after the image encoder: pixels to scores in two calls.
 
-The fused ONNX is derived data, kept beside the bank it was made from::
+The ONNX Runtime backends run two sessions on the same provider: the artifact's own image
+encoder and the bank's small head graph (:mod:`coder.engines.head_graph`), which is built
+in memory from the bank arrays when the classifier loads (tens of milliseconds; nothing is
+written, so a bank directory holds only ``bank.json`` + ``bank.npz``). The encoder's
+``(B, D)`` output is the head's input.
 
-    banks/<name>/fused/image_head.fp16.k5.onnx        encoder + head (coder.engines.head_graph)
-    banks/<name>/fused/image_head.fp16.k5.onnx.json   key: format, head graph version, encoder and
-                                                      bank sha256, k, the file's own sha256
+Why two sessions and not one fused file: a fused graph copies every encoder weight (336 MB
+per bank x precision x k for ViT-B/32 fp32), and writing it made the first classify 3.4x
+slower than the next. The head session is pinned to one intra-op thread, so it runs on the
+calling thread and never contends with the encoder pool's spinning workers — the contention
+that made the numpy head slow on small CPUs. ``benchmarks/bench_fused.py`` measures the
+two-session path against the single fused graph at ImageNet scale.
 
-It is rebuilt whenever the key no longer matches (a new bank, a re-exported encoder, a
-newer head graph), so a stale fused graph is never run. Needs the ``onnx`` package (a
-base dependency, torch-free).
+TensorRT engines still fuse at build time (one engine, no host round trip):
+:func:`fused_model` gives the encoder+head ``ModelProto`` in memory and
+:func:`ensure_fused_onnx` writes it, keyed, to the ENGINE directory (never the bank), for
+the engine builder and the engine key check.
 
->>> path = ensure_fused_onnx(art, bank, "fp32", k=5)     # doctest: +SKIP
->>> out = FusedOutputs.from_list(session.run(None, {"pixel_values": x}))
->>> out.stage1.shape, out.topk_ids.shape                   # (B, C) float32, (B, 5) int64
+>>> head = load_head(bank, k=5, backend="cpu")                    # doctest: +SKIP
+>>> out = FusedOutputs.from_list(head.run_all(encoder.run(x)))    # x: (B,3,H,W) float32
+>>> out.stage1.shape, out.topk_ids.shape                           # (B, C) float32, (B, 5) int64
 """
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,11 +37,12 @@ from ..fsutil import atomic_path, atomic_write_json, read_json, sha256_file
 from ..manifest import Artifact, verify_file
 
 KEY_FORMAT = "coder.fused-head"
+HEAD_THREADS = 1  # the head is ~1% of the work; one thread keeps it off the encoder pool's cores
 
 
 @dataclass(frozen=True)
 class FusedOutputs:
-    """The fused graph's outputs for a batch (see :mod:`coder.engines.head_graph`)."""
+    """The head graph's outputs for a batch (see :mod:`coder.engines.head_graph`)."""
 
     embedding: np.ndarray  # (B,D) float32 unit rows
     stage1: np.ndarray  # (B,C) float32
@@ -49,11 +59,55 @@ class FusedOutputs:
         return cls(*(np.concatenate([getattr(p, n) for p in parts]) for n in OUTPUTS))
 
 
-def fused_path(bank, precision: str, k: int) -> Path:
-    return bank.root / "fused" / f"image_head.{precision}.k{k}.onnx"
+def head_backend(backend: str) -> str:
+    """The provider the head session uses: the encoder's, except TensorRT -> CUDA.
+
+    ORT's TensorRT provider would build (and cache) an engine for a graph this small on every
+    new bank; CUDA runs it at once, on the same GPU. ``head_backend("tensorrt") == "cuda"``.
+    """
+    return "cuda" if backend == "tensorrt" else backend
+
+
+def load_head(bank, k: int, backend: str = "cpu", allow_fallback: bool = False):
+    """The bank's head graph (top-``k``, clamped) in its own ONNX Runtime session, from memory.
+
+    ``run_all(emb)`` maps raw encoder outputs (B,D) float32 to the five outputs of
+    :class:`FusedOutputs`.
+    """
+    from ..engines.ort import load_ort
+
+    model = head_model(bank, clamp_k(k, len(bank.class_names)))
+    return load_ort(model.SerializeToString(), head_backend(backend), "fp32", allow_fallback, HEAD_THREADS)
+
+
+def drop_legacy_fused(bank) -> None:
+    """Remove ``banks/<name>/fused/`` left by versions that wrote encoder copies there (derived data)."""
+    shutil.rmtree(Path(bank.root) / "fused", ignore_errors=True)
+
+
+def fused_model(art: Artifact, bank, precision: str, k: int):
+    """The image encoder of ``precision`` with ``bank``'s head appended, as an in-memory ``onnx.ModelProto``.
+
+    Inputs ``pixel_values`` (B,3,H,W) float32; outputs as :class:`FusedOutputs`. For the
+    TensorRT engine builder; raises ArtifactError (naming the re-export) if the artifact has
+    no such encoder.
+    """
+    import onnx
+
+    encoder = onnx.load(str(art.encoder("image", precision)))
+    opset = next(o.version for o in encoder.opset_import if o.domain in ("", "ai.onnx"))
+    return fuse_head(encoder, head_model(bank, clamp_k(k, len(bank.class_names)), opset=opset))
+
+
+def fused_path(art: Artifact, bank, precision: str, k: int) -> Path:
+    """``<engine dir>/fused/<bank>/image_head.fp16.k5.onnx``: beside the engines, outside the bank."""
+    from ..engines.trt import default_engine_dir
+
+    return default_engine_dir(art.root) / "fused" / Path(bank.root).name / f"image_head.{precision}.k{k}.onnx"
 
 
 def fused_key(art: Artifact, bank, precision: str, k: int) -> dict:
+    art.encoder("image", precision)  # ArtifactError naming the fix when that precision was not exported
     encoder = f"image_encoder.{precision}.onnx"
     return {"format": KEY_FORMAT, "head_format_version": HEAD_FORMAT_VERSION, "precision": precision, "k": k,
             "encoder_sha256": art.manifest["files"][encoder]["sha256"], "bank_npz_sha256": bank.meta["npz_sha256"]}
@@ -72,25 +126,23 @@ def _current(path: Path, key: dict) -> bool:
 
 
 def ensure_fused_onnx(art: Artifact, bank, precision: str, k: int) -> Path | bytes:
-    """Path of the fused graph for (encoder precision, bank, k); written if missing or stale.
+    """Path of the fused encoder+head ONNX for a TensorRT engine; written if missing or stale.
 
-    ``k`` is clamped to the number of classes. Where the bank directory cannot be written
-    (a read-only partition) the serialized graph is returned instead, to load from memory:
-    the same graph, only a slower start.
+    Lives under the engine directory (:func:`fused_path`), keyed by the encoder and bank
+    sha256, the head graph version and ``k`` (clamped to the number of classes), so a stale
+    one is never built from. Where that directory cannot be written the serialized graph is
+    returned instead.
     """
-    import onnx
-
     k = clamp_k(k, len(bank.class_names))
-    path = fused_path(bank, precision, k)
+    path = fused_path(art, bank, precision, k)
     key = fused_key(art, bank, precision, k)
     if _current(path, key):
         return path
-    encoder_path = art.encoder("image", precision)
+    import onnx
+
     # An encoder over 2 GB keeps its weights in external data; so must the fused graph (protobuf limit).
-    external = bool(art.manifest["files"][encoder_path.name].get("external_data"))
-    encoder = onnx.load(str(encoder_path))
-    opset = next(o.version for o in encoder.opset_import if o.domain in ("", "ai.onnx"))
-    fused = fuse_head(encoder, head_model(bank, k, opset=opset))
+    external = bool(art.manifest["files"][art.encoder("image", precision).name].get("external_data"))
+    fused = fused_model(art, bank, precision, k)
     try:
         with atomic_path(path) as tmp:
             if external:

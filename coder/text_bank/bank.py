@@ -26,7 +26,7 @@ from ..errors import ArtifactError
 from ..fsutil import atomic_path, atomic_write_json, read_json, sha256_file
 from ..manifest import Artifact, load_artifact, verify_file
 from .fold import fold
-from .rows import Rows, expand
+from .rows import KIND_IDS, Rows, expand
 from .texts import Texts, to_json
 
 FORMAT = "coder.bank"
@@ -41,6 +41,16 @@ class Bank:
     root: Path
     meta: dict[str, Any]
     arrays: dict[str, np.ndarray]
+    artifact_root: Path | None = None  # where the text encoder is, for the lazy plain-CLIP W
+
+    @property
+    def clip_w(self) -> np.ndarray:
+        """(C,D) plain-CLIP weights: stored by an eager build, else computed once (:mod:`.clip_weights`)."""
+        if "clip_w" not in self.arrays:
+            from .clip_weights import plain_clip_weights
+
+            self.arrays["clip_w"] = plain_clip_weights(self, self.artifact_root)
+        return self.arrays["clip_w"]
 
     @property
     def class_names(self) -> list[str]:
@@ -122,16 +132,29 @@ def encode_rows(rows: Rows, encoder, cache_dir: Path, on_progress: Callable[[int
     return cache.lookup(rows.texts), len(todo)
 
 
+def _without_clip(rows: Rows) -> Rows:
+    keep = rows.kind != KIND_IDS["clip"]
+    return Rows([t for t, k in zip(rows.texts, keep) if k], rows.kind[keep], rows.cls[keep], rows.other[keep],
+                rows.group[keep])
+
+
 def build_bank(artifact_dir: str | os.PathLike, texts: Texts, precision: str = "fp32", out: Path | None = None,
-               on_progress: Callable[[int, int], None] = lambda d, t: None) -> tuple[Path, dict[str, Any]]:
-    """Encode + fold + write; returns (bank dir, bank.json contents)."""
+               on_progress: Callable[[int, int], None] = lambda d, t: None,
+               clip_weights: bool = False, texts_file: str | os.PathLike | None = None) -> tuple[Path, dict[str, Any]]:
+    """Encode + fold + write; returns (bank dir, bank.json contents).
+
+    The plain-CLIP prompt ensemble (``templates.clip``) is encoded only with ``clip_weights``;
+    otherwise its W is computed on first use (:mod:`.clip_weights`), the same numbers.
+    """
     from .text_encoder import TextEncoder
 
     encoder = TextEncoder.load(artifact_dir, precision)
     out = out or default_bank_dir(encoder.artifact, texts.name)
-    rows = expand(texts)
+    rows = expand(texts) if clip_weights else _without_clip(expand(texts))
     emb, n_new = encode_rows(rows, encoder, out.parent, on_progress)
     arrays = fold(rows, emb, len(texts.classes))
+    if not clip_weights:
+        del arrays["clip_w"]  # zeros here: no ensemble rows were encoded
     arrays.update(raw_emb=emb, raw_kind=rows.kind, raw_class=rows.cls, raw_other=rows.other)
     out.mkdir(parents=True, exist_ok=True)
     with atomic_path(out / "bank.npz") as tmp:
@@ -141,14 +164,34 @@ def build_bank(artifact_dir: str | os.PathLike, texts: Texts, precision: str = "
         "format": FORMAT, "format_version": FORMAT_VERSION, "name": texts.name,
         "encoder": {"file": encoder.engine.path.name, "sha256": encoder.encoder_sha256, "precision": precision,
                     "text_encoding": encoder.encoding_version},
-        "texts_sha256": texts_sha256(texts), "npz_sha256": sha256_file(out / "bank.npz"),
+        "texts_sha256": texts_sha256(texts), "texts_file": str(Path(texts_file).resolve()) if texts_file else None,
+        "npz_sha256": sha256_file(out / "bank.npz"),
         "classes": texts.class_names, "preset": texts.preset,
         "settings": {"tau": texts.templates["tau"], "k": texts.templates["k"]},
         "counts": {"texts": len(rows.texts), "newly_encoded": n_new, "pairs": int(len(arrays["pair_vec"]))},
-        "raw_texts": rows.texts,
+        "raw_texts": rows.texts, "clip_templates": list(texts.templates["clip"]),
+        "clip_weights": "stored" if clip_weights else "on first use",
     }
     atomic_write_json(out / "bank.json", meta)
     return out, meta
+
+
+def check_replace(out: Path, texts: Texts, texts_file: str | os.PathLike, force: bool) -> None:
+    """Refuse (ArtifactError) to overwrite a bank built from ANOTHER texts file unless ``force``.
+
+    Rebuilding from the same file after editing it is the normal incremental workflow and
+    goes on; a bank whose texts are identical is also fine, whatever file they came from.
+    """
+    try:
+        old = read_json(Path(out) / "bank.json")
+    except (OSError, ValueError):
+        return
+    old_file = old.get("texts_file")
+    same_file = old_file is None or Path(old_file) == Path(texts_file).resolve()
+    if force or same_file or old.get("texts_sha256") == texts_sha256(texts):
+        return
+    raise ArtifactError(f"bank {Path(out).name!r} at {out} was built from {old_file}; pass --force to replace it "
+                        f"or --name NAME to build beside it")
 
 
 def _refuse_old_text_encoding(root: Path, meta: dict[str, Any], art: Artifact) -> None:
@@ -199,4 +242,5 @@ def load_bank(bank_dir: str | os.PathLike, artifact: Artifact | str | os.PathLik
         _refuse_old_text_encoding(root, meta, art)
     with np.load(root / "bank.npz", allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
-    return Bank(root, meta, arrays)
+    art_root = art.root if artifact is not None else None
+    return Bank(root, meta, arrays, art_root)
