@@ -169,6 +169,7 @@ def eval_cmd(
                           allow_fallback=allow_fallback, fused_head=False)
     ds = open_dataset(data)
     ds = replace(ds, items=subset(ds.items, limit, seed))
+    _clip_weights_with_progress(clf.bank)
     with progress_bar() as bar:
         task = bar.add_task(f"eval {ds.name} ({clf.backend})", total=len(ds.items))
         report = evaluate(clf, ds, lambda n: bar.advance(task, n))
@@ -194,6 +195,15 @@ def eval_cmd(
               f"{report.right_to_wrong} right->wrong; {report.failures} unreadable")
     if report.failures:
         raise typer.Exit(exit_code_for(InputError()))
+
+
+def _clip_weights_with_progress(bank) -> None:
+    """The plain-CLIP weights eval and fit need: encoded on first use (80 templates per class),
+    with a bar, so a first ImageNet eval does not sit silent for minutes."""
+    with progress_bar() as bar:
+        task = bar.add_task("plain-CLIP weights (once per bank)", total=None)
+        bank.load_clip_weights(lambda done, total: bar.update(task, completed=done, total=total))
+        bar.update(task, visible=bool(bar.tasks[task].total))  # cached: leave no empty bar behind
 
 
 @app.command()
@@ -224,6 +234,7 @@ def fit(
     val_ds = open_dataset(val) if val else None
     n_classes = len(ds.classes)
     total = n_classes * shots * max(augment_epochs, 1) + (val_limit if val_ds is None else min(val_limit, len(val_ds.items)))
+    _clip_weights_with_progress(clf.bank)
     with progress_bar() as bar:
         task = bar.add_task(f"fit {kind} {shots}-shot ({clf.backend})", total=total)
         res = fit_adapter(clf, ds, shots, val_ds, val_fraction, augment_epochs, seed, kind, val_limit,

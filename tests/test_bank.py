@@ -119,6 +119,21 @@ def test_plain_clip_weights_on_first_use_equal_the_eager_ones(tiny_artifact, tmp
     assert not np.allclose(one, eager.clip_w, atol=1e-6)
 
 
+def test_plain_clip_weights_report_progress_once(tiny_artifact, tmp_path):
+    """The first use encodes C x 80 texts and says so (eval/fit show a bar); a cached W encodes none."""
+    from coder.text_bank.bank import build_bank, load_bank
+    from coder.text_bank.texts import init_texts
+
+    bank_dir, _ = build_bank(tiny_artifact, init_texts("cifar10"), out=tmp_path / "banks" / "c10")
+    seen = []
+    load_bank(bank_dir, tiny_artifact).load_clip_weights(lambda done, total: seen.append((done, total)))
+    done, total = seen[-1]  # 10 classes x 80 templates, less texts the bank already encoded
+    assert done == total and 700 < total <= 800 and len(seen) >= 2
+    seen.clear()
+    load_bank(bank_dir, tiny_artifact).load_clip_weights(lambda done, total: seen.append((done, total)))
+    assert all(total == 0 for _, total in seen)
+
+
 def test_bank_build_refuses_to_replace_a_bank_from_another_texts_file(tiny_artifact, tmp_path):
     import dataclasses
     import json as _json

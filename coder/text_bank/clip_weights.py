@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -56,8 +57,10 @@ def _read(path: Path, key: dict, n_classes: int) -> np.ndarray | None:
         return None
 
 
-def plain_clip_weights(bank, artifact_root: str | Path | None = None) -> np.ndarray:
-    """(C,D) float32 unit rows: per class the mean of its template embeddings, renormalised."""
+def plain_clip_weights(bank, artifact_root: str | Path | None = None,
+                       on_progress: Callable[[int, int], None] = lambda done, total: None) -> np.ndarray:
+    """(C,D) float32 unit rows: per class the mean of its template embeddings, renormalised;
+    ``on_progress(done, total)`` counts the texts encoded now (none when cached)."""
     from .bank import encode_rows
     from .fold import _normalize
     from .text_encoder import TextEncoder
@@ -74,7 +77,7 @@ def plain_clip_weights(bank, artifact_root: str | Path | None = None) -> np.ndar
     if encoder.encoder_sha256 != bank.meta["encoder"]["sha256"]:
         raise ArtifactError(f"{bank.root} was built with another text encoder than {root}; rebuild the bank")
     rows = clip_rows(bank.class_names, templates)
-    emb, _ = encode_rows(rows, encoder, Path(bank.root).parent)
+    emb, _ = encode_rows(rows, encoder, Path(bank.root).parent, on_progress)
     sums = np.zeros((len(bank.class_names), emb.shape[1]), np.float64)
     np.add.at(sums, rows.cls, emb.astype(np.float64))
     w = _normalize(sums)
