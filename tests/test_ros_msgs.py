@@ -141,6 +141,29 @@ def test_bad_compressed_frames(fmt, data, why):
     assert str(e.value).startswith(WHERE)
 
 
+def _png_bytes(size, fmt="PNG") -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size).save(buf, fmt)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("data,why", [(_png_bytes((4000, 1)), "aspect ratio"),
+                                      (_png_bytes((8, 8), "GIF"), "expected jpeg or png")])
+def test_compressed_frames_get_the_file_decoders_limits(data, why):
+    """A thin strip (or a GIF labelled png) is refused as it is from a file, before it is resized."""
+    msg = NS(header=NS(stamp=STAMP, frame_id="cam"), format="png", data=np.frombuffer(data, np.uint8))
+    with pytest.raises(FrameError, match=why) as e:
+        rm.compressed_to_pil(msg, "/cam/image_raw")
+    assert str(e.value).startswith(WHERE)
+
+
+def test_raw_thin_strip_is_refused():
+    msg = NS(header=NS(stamp=STAMP, frame_id="cam"), encoding="mono8", height=1, width=4000, step=4000,
+             is_bigendian=0, data=np.zeros(4000, np.uint8))
+    with pytest.raises(FrameError, match="aspect ratio"):
+        rm.image_to_pil(msg, "/cam/image_raw")
+
+
 def test_stage1_softmax_matches_the_head_gap():
     from coder.runtime.head import softmax_gap
 

@@ -18,16 +18,14 @@ topic and the header stamp.
 
 from __future__ import annotations
 
-import io
-import warnings
 from dataclasses import dataclass
 from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from ..errors import FrameError
-from ..runtime.images import MAX_PIXELS
+from ..errors import FrameError, InputError
+from ..runtime.images import MAX_PIXELS, check_shape, decode_image
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
@@ -91,6 +89,10 @@ def _rows(msg: Any, where: str) -> np.ndarray:
         raise FrameError(f"{where}: empty image ({w}x{h})")
     if h * w > MAX_PIXELS:
         raise FrameError(f"{where}: {w}x{h} pixels exceeds the {MAX_PIXELS} limit")
+    try:  # a thin strip would blow up when its short side is resized to the model size
+        check_shape(w, h, where)
+    except InputError as e:
+        raise FrameError(str(e)) from None
     row = w * _BPP[encoding]
     if step < row:
         raise FrameError(f"{where}: step {step} is shorter than a {encoding} row of width {w} ({row} bytes)")
@@ -202,23 +204,10 @@ def compressed_to_pil(msg: Any, topic: str = "") -> Image.Image:
     data = _bytes(msg.data)
     if data.size == 0:
         raise FrameError(f"{where}: empty {msg.format or 'compressed'} data")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(data.tobytes())) as img:
-                if img.format not in ("JPEG", "PNG"):
-                    raise FrameError(f"{where}: {img.format} data, expected jpeg or png")
-                if img.width * img.height > MAX_PIXELS:
-                    raise FrameError(f"{where}: {img.width}x{img.height} pixels exceeds the {MAX_PIXELS} limit")
-                img.load()
-                return img.copy()
-    except FrameError:
-        raise
-    except UnidentifiedImageError:
-        raise FrameError(f"{where}: {msg.format or 'compressed'} data is not an image") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise FrameError(f"{where}: cannot decode {msg.format or 'compressed'} data ({reason})") from None
+    try:  # the decoder every input path shares: pixel and aspect-ratio limits as for files
+        return decode_image(data.tobytes(), where, formats=("JPEG", "PNG"))
+    except InputError as e:
+        raise FrameError(str(e)) from None
 
 
 def msg_to_pil(msg: Any, msgtype: str, topic: str = "") -> Image.Image:

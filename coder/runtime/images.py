@@ -60,21 +60,25 @@ def load_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> Image.I
     return _decode(path, path, max_pixels)
 
 
-def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> Image.Image:
-    """Like :func:`load_image` for a file's bytes (read elsewhere, e.g. from object storage);
-    ``name`` only labels the error: ``decode_image(b"", "s3://b/x.jpg")`` raises
-    ``InputError("s3://b/x.jpg: empty file (0 bytes)")``."""
+def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS,
+                 formats: tuple[str, ...] | None = None) -> Image.Image:
+    """Like :func:`load_image` for a file's bytes (read elsewhere, e.g. from object storage or a
+    ROS message); ``name`` only labels the error: ``decode_image(b"", "s3://b/x.jpg")`` raises
+    ``InputError("s3://b/x.jpg: empty file (0 bytes)")``. ``formats`` (PIL names, e.g.
+    ``("JPEG", "PNG")``) refuses any other container before it is decoded."""
     if len(data) == 0:
         raise InputError(f"{name}: empty file (0 bytes)")
-    return _decode(io.BytesIO(data), name, max_pixels)
+    return _decode(io.BytesIO(data), name, max_pixels, formats)
 
 
-def _decode(source, name, max_pixels: int) -> Image.Image:
-    """The one decoder behind both: same limits, same one-line errors."""
+def _decode(source, name, max_pixels: int, formats: tuple[str, ...] | None = None) -> Image.Image:
+    """The one decoder behind every input path: same limits, same one-line errors."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             with Image.open(source) as img:
+                if formats is not None and img.format not in formats:
+                    raise InputError(f"{name}: {img.format} data, expected {' or '.join(f.lower() for f in formats)}")
                 w, h = img.size
                 if w * h > max_pixels:
                     raise InputError(f"{name}: {w}x{h} pixels exceeds the {max_pixels} limit (decompression bomb?)")
