@@ -13,6 +13,16 @@ from .errors import ConfigError, InputError
 app = typer.Typer()
 
 
+def _require_export_extra() -> None:
+    """The runtime-only install has no torch: say which extra `coder export` needs, not a traceback."""
+    try:
+        import open_clip  # noqa: F401
+        import torch  # noqa: F401
+    except ImportError as e:
+        raise ConfigError(f"coder export needs the [export] extra (torch, open_clip): "
+                          f"pip install \"coder[cpu,export]\" ({e})") from None
+
+
 @app.command()
 def export(
     backbone: str = typer.Option("ViT-B-32", "--backbone", "-b", help="open_clip architecture, e.g. ViT-B/16."),
@@ -37,6 +47,7 @@ def export(
                                                               "and the families coder verified; export nothing."),
 ) -> None:
     """Export an open_clip model to validated ONNX encoders + manifest, then build the class bank."""
+    _require_export_extra()
     from .export.pipeline import ExportOptions, default_out_dir, export_artifacts
     from .export.registry import normalize_backbone, parse_pretrained, register_model_config
 

@@ -161,3 +161,14 @@ def test_failed_force_export_keeps_the_artifact_cli(tmp_path, tiny_arch):
     assert res.exit_code == CODE[WeightsError]
     res = runner.invoke(app, ["embed", "-a", str(out), "--text", "still works", "--json"])
     assert res.exit_code == 0, res.output
+
+
+def test_export_without_the_export_extra_is_a_usage_error(monkeypatch, tmp_path):
+    """A runtime-only install (no torch/open_clip) gets one line naming the extra, exit 2, not exit 70."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "open_clip", None)  # `import open_clip` now raises ImportError
+    res = runner.invoke(app, ["export", "-b", "ViT-B-32", "--pretrained", "none", "--out", str(tmp_path / "a")])
+    assert res.exit_code == 2, res.output
+    assert "[export] extra" in res.output and "Traceback" not in res.output
+    assert not (tmp_path / "a").exists()

@@ -16,6 +16,7 @@ runner = CliRunner()
 CODE = {cls: code for cls, code, _ in EXIT_CODES}
 
 
+@pytest.mark.torch  # a real export attempt: needs open_clip
 def test_hub_only_tokenizer_offline_is_exit_4_subprocess(tmp_path):
     res = subprocess.run([sys.executable, "-m", "coder", "export", "-b", "ViT-B-16-SigLIP", "--pretrained", "none",
                           "--out", str(tmp_path / "a"), "--classes", "none"], capture_output=True, text=True,

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.torch  # the zoo script exports with torch/open_clip
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_backbones.py"
 
 
