@@ -124,7 +124,7 @@ def test_bag_matches_classify_and_writes_classifications(art, expected, tmp_path
     errors = [line for line in res.stderr.splitlines() if line.startswith("error")]
     assert errors == ["error: /cam @ 5.000000000: data holds 100 bytes, a 40x30 rgb8 image with step 120 needs 3600 "
                       "(truncated frame?)",
-                      "error: /cam2/compressed @ 7.000000007: cannot decode jpeg data (Truncated File Read)"]
+                      "error: /cam2/compressed @ 7.000000007: cannot decode image (Truncated File Read)"]
 
     with AnyReader([out]) as reader:
         assert reader.topics["/coder/classification"].msgtype == "vision_msgs/msg/Classification"
