@@ -31,7 +31,7 @@ import numpy as np
 
 from common import script  # also puts the repository on sys.path
 
-from coder.fsutil import atomic_write_json  # noqa: E402
+from coder.store import atomic_write_json  # noqa: E402
 
 ZOO = ["RN50", "ViT-B-32", "ViT-B-16", "MobileCLIP-S2", "MobileCLIP2-S0", "EVA02-B-16", "ViT-B-16-SigLIP",
        "ViT-B-16-SigLIP2", "MobileCLIP-S1", "MobileCLIP-B", "MobileCLIP2-S2", "MobileCLIP2-B", "convnext_base",

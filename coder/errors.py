@@ -19,6 +19,10 @@ class ArtifactError(CoderError):
     """An artifact directory or file is missing, corrupt, or of another format version."""
 
 
+class StorageError(ArtifactError):
+    """A disk is full or read-only, or an output is locked by another run; the message names the directory."""
+
+
 class ChecksumError(ArtifactError):
     """A file's sha256 differs from the one its manifest recorded."""
 
@@ -57,3 +61,41 @@ class FrameError(InputError):
 
 class ServeError(CoderError):
     """The model server could not be found, started, or did not become ready (the message quotes its log)."""
+
+
+# The one place errors become exit codes (README "Exit codes"). Order matters: subclasses first.
+EXIT_OK = 0
+EXIT_CODES: list[tuple[type[CoderError], int, str]] = [
+    (InputError, 1, "some inputs could not be read (the others were processed)"),
+    (ConfigError, 2, "bad option value or usage"),
+    (ArtifactError, 3, "artifact missing, corrupt, of another format version, or a checksum mismatch"),
+    (ExportError, 4, "ONNX export failed or a validation gate did not pass"),
+    (WeightsError, 5, "pretrained weights unavailable (offline, bad tag, unreadable checkpoint)"),
+    (StaleEngineError, 10, "TensorRT engine is stale (other ONNX, TensorRT version or GPU): rebuild it"),
+    (BackendError, 6, "requested backend not available or fell back"),
+    (TextsError, 7, "class-texts file malformed (the message names the field)"),
+    (LLMError, 8, "LLM generation failed for some texts (recorded; re-run resumes from the cache)"),
+    (ServeError, 11, "model server (tritonserver) not found, failed to start or not ready in time"),
+    (CoderError, 9, "other coder error"),
+]
+EXIT_INTERRUPTED = 130  # 128 + SIGINT
+EXIT_TERMINATED = 143  # 128 + SIGTERM
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool the pipe's reader cut off
+EXIT_INTERNAL = 70  # a bug: the traceback is printed
+
+
+def exit_code_for(exc: CoderError) -> int:
+    """The documented exit code of an expected failure, e.g. ``exit_code_for(ConfigError("x")) == 2``."""
+    return next(code for cls, code, _ in EXIT_CODES if isinstance(exc, cls))
+
+
+def one_line(exc: BaseException, limit: int = 240) -> str:
+    """The first non-empty line of an exception's message (at most ``limit`` characters), or its type name.
+
+    >>> one_line(OSError("disk full\\nmore detail"))
+    'disk full'
+    """
+    for line in str(exc).splitlines():
+        if line.strip():
+            return line.strip()[:limit]
+    return type(exc).__name__

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ArtifactError, ChecksumError
-from .fsutil import atomic_write_json, read_json, sha256_file
+from .store import atomic_write_json, read_json, sha256_file
 
 FORMAT = "coder.artifact"
 FORMAT_VERSION = 1

@@ -141,7 +141,7 @@ def test_bank_build_refuses_to_replace_a_bank_from_another_texts_file(tiny_artif
     from typer.testing import CliRunner
 
     from coder.cli import app
-    from coder.cli_common import EXIT_CODES
+    from coder.cli.common import EXIT_CODES
     from coder.errors import ArtifactError
     from coder.text_bank.texts import init_texts, save_texts
 

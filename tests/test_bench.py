@@ -82,7 +82,7 @@ def test_bench_table_is_readable_at_80_columns(monkeypatch):
 
     from rich.console import Console
 
-    from coder import cli_predict
+    from coder.cli import predict as cli_predict
 
     buf = io.StringIO()
     monkeypatch.setattr(cli_predict, "out", Console(file=buf, width=80, emoji=False, highlight=False))
@@ -104,7 +104,7 @@ def test_bench_bank_option(tiny_fp32_artifact):
     res = CliRunner().invoke(app, args + ["--bank", "cifar10"])
     assert res.exit_code == 0, res.output
     assert any(r["stage"] == "rerank" for r in json.loads(res.stdout)["rows"])
-    from coder.cli_common import EXIT_CODES
+    from coder.cli.common import EXIT_CODES
     from coder.errors import ArtifactError
 
     res = CliRunner().invoke(app, args + ["--bank", "nope"])

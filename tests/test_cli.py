@@ -211,7 +211,7 @@ def test_classify_table_shows_paths_relative_to_the_argument_wrapped(tiny_fp32_a
     import os
     import shutil
 
-    from coder.cli_predict import shown_name
+    from coder.cli.predict import shown_name
     from coder.samples import synthetic_scene
 
     deep = tmp_path / "a-rather-long-folder-name" / "with-more-depth"

@@ -62,7 +62,7 @@ def test_texts_file_subprocess(tiny_artifact, open_clip_reference, tmp_path):
 
 
 def test_texts_file_lines():
-    from coder.cli_artifacts import read_text_lines
+    from coder.cli.artifacts import read_text_lines
 
     import tempfile
     from pathlib import Path

@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from coder.cli import app
-from coder.cli_common import EXIT_CODES
+from coder.cli.common import EXIT_CODES
 from coder.errors import ConfigError, ExportError
 
 runner = CliRunner()

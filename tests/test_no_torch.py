@@ -59,7 +59,7 @@ def test_pack_doctor_head_session_and_lazy_clip_weights_are_torch_free(tiny_fp32
 
 
 def test_ros_deploy_modules_are_torch_free():
-    mods = "coder.deploy.ros_msgs, coder.deploy.bag, coder.deploy.ros2_core, coder.deploy.ros2_node, coder.cli_bag"
+    mods = "coder.deploy.ros_msgs, coder.deploy.bag, coder.deploy.ros2_core, coder.deploy.ros2_node, coder.cli.bag"
     assert _loaded_after(f"import {mods}") == []
 
 
@@ -93,7 +93,7 @@ def test_embed_text_command_is_torch_free(tiny_artifact):
 
 def test_triton_modules_are_torch_free():
     assert _loaded_after("import coder.deploy.triton_model, coder.deploy.triton_repo, coder.deploy.triton_server, "
-                         "coder.deploy.triton_ensemble, coder.cli_serve, coder.client") == []
+                         "coder.deploy.triton_ensemble, coder.cli.serve, coder.client") == []
 
 
 def test_batch_labeling_modules_are_torch_free(tiny_artifact, sample_images, tmp_path):
@@ -104,7 +104,7 @@ def test_batch_labeling_modules_are_torch_free(tiny_artifact, sample_images, tmp
     code = (f"from coder.text_bank.bank import build_bank\n"
             f"from coder.text_bank.texts import init_texts\n"
             f"build_bank({str(art)!r}, init_texts('cifar10'))\n"
-            f"import coder.deploy.ray_batch, coder.cli_batch\n"
+            f"import coder.deploy.ray_batch, coder.cli.batch\n"
             f"from coder.deploy.batch import ClassifySpec, run_local\n"
             f"from coder.deploy.sources import expand_sources\n"
             f"run_local(ClassifySpec({str(art)!r}), list(expand_sources([{str(sample_images[0])!r}])), print)")

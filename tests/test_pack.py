@@ -7,7 +7,7 @@ import pytest
 from typer.testing import CliRunner
 
 from coder.cli import app
-from coder.cli_common import EXIT_CODES
+from coder.cli.common import EXIT_CODES
 from coder.errors import ArtifactError
 
 CODE = {cls: code for cls, code, _ in EXIT_CODES}

@@ -13,7 +13,7 @@ pq = pytest.importorskip("pyarrow.parquet")  # the [ray] extra
 from typer.testing import CliRunner
 
 from coder.cli import app
-from coder.cli_common import EXIT_CODES
+from coder.cli.common import EXIT_CODES
 from coder.deploy.parquet_out import FORMAT, FORMAT_VERSION, SCHEMA
 from coder.deploy.sources import expand_sources, is_uri, read_bytes
 from coder.errors import ArtifactError, ConfigError, InputError

@@ -7,7 +7,7 @@ from coder.errors import ArtifactError, ExportError, WeightsError
 from coder.export import onnx_export, validate
 from coder.export.pipeline import STATE_NAME, ExportOptions, export_artifacts
 from coder.export.registry import PretrainedSpec
-from coder.fsutil import sha256_file
+from coder.store import sha256_file
 from coder.manifest import FORMAT, FORMAT_VERSION, load_artifact
 
 SPEC = PretrainedSpec("random", "none", 0)

@@ -14,7 +14,7 @@ pq = pytest.importorskip("pyarrow.parquet")  # the [ray] extra
 from typer.testing import CliRunner
 
 from coder.cli import app
-from coder.cli_common import EXIT_CODES
+from coder.cli.common import EXIT_CODES
 from coder.errors import ConfigError, InputError
 from coder.deploy.ray_batch import prepare_env
 from tests.batch_data import BAD, artifact_with_bank, assert_rows_match, json_records, make_images, parquet_rows

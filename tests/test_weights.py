@@ -8,7 +8,7 @@ import torch
 from coder.errors import WeightsError
 from coder.export.registry import PretrainedSpec, parse_pretrained
 from coder.export.weights import load_model
-from coder.fsutil import sha256_file
+from coder.store import sha256_file
 
 
 @pytest.fixture(scope="module")

@@ -51,7 +51,7 @@ class ClassifySpec:
 def job_settings(spec: ClassifySpec) -> dict:
     """What the rows depend on (compared when a run resumes an ``--out``): the encoder file's,
     bank's and adapter's sha256, precision, tau, k, top-k and whether the rerank ran."""
-    from ..fsutil import sha256_file
+    from ..store import sha256_file
     from ..runtime.classifier import find_bank
     from ..text_bank.bank import load_bank
 

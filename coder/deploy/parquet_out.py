@@ -29,7 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ..errors import ArtifactError, ConfigError
-from ..fsutil import atomic_path, atomic_write_json, read_json, remove_stale_temps
+from ..store import atomic_path, atomic_write_json, read_json, remove_stale_temps
 from .sources import Source
 
 FORMAT = "coder.labels"

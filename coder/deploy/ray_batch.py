@@ -30,7 +30,8 @@ from typing import Callable, Optional
 import numpy as np
 import pyarrow as pa
 
-from ..errors import BackendError, ConfigError
+from ..errors import BackendError, ConfigError, one_line
+from ..store import reinstall
 from ..runtime.records import error_record
 from .batch import ClassifySpec, classify_crops, decode_or_error, read_or_error
 from .parquet_out import SCHEMA, row, to_table
@@ -119,13 +120,16 @@ def connect(address: Optional[str]) -> tuple[bool, float]:
         kwargs = dict(include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING,
                       configure_logging=True)
         try:
-            if address is None:  # +1 logical CPU: the light read/decode tasks run beside a full pool
-                ray.init(num_cpus=(os.cpu_count() or 1) + 1, **kwargs)
+            if address is None:  # always a new local instance (a stale `ray start` file must not be joined);
+                # +1 logical CPU: the light read/decode tasks run beside a full pool
+                ray.init(address="local", num_cpus=(os.cpu_count() or 1) + 1, **kwargs)
             else:
                 ray.init(address=address, **kwargs)
         except (ConnectionError, RuntimeError, ValueError) as e:
             where = f"the Ray cluster at {address}" if address else "a local Ray"
-            raise BackendError(f"cannot start or join {where}: {str(e).splitlines()[0]}") from None
+            raise BackendError(f"cannot start or join {where}: {one_line(e)}") from None
+        finally:
+            reinstall()  # ray.init replaces the SIGTERM handler: the one signal policy comes back
         started = True
     return started, float(ray.cluster_resources().get("CPU", 0.0))
 

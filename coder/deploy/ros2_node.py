@@ -113,7 +113,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 if __name__ == "__main__":
-    # An entry point, like `coder ros2` (which it runs): the CLI prints errors as one line and maps exit codes.
-    from coder.cli import main as cli_main
+    # An entry point like `coder ros2`: an expected failure is one line and its documented exit code.
+    from coder.errors import CoderError, exit_code_for
 
-    sys.exit(cli_main(["ros2", *sys.argv[1:]]))
+    try:
+        main()
+    except CoderError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(exit_code_for(e))

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import ArtifactError
-from ..fsutil import atomic_write_bytes
+from ..store import atomic_write_bytes
 from .triton_model import _Base, request_images, run_batched
 from .triton_repo import (IMAGE_INPUT, MODEL, _config, _tensor, _write_python_model, client_outputs)
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..engines.head_graph import clamp_k
 from ..errors import ArtifactError, ConfigError
-from ..fsutil import atomic_write_bytes, atomic_write_json
+from ..store import atomic_write_bytes, atomic_write_json
 from ..manifest import PRECISIONS, load_artifact
 from ..runtime.classifier import find_bank
 from ..text_bank.bank import load_bank

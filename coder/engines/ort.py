@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import BackendError
-from ..fsutil import read_json, sha256_file
+from ..store import read_json, sha256_file
 
 BACKENDS = {
     "cpu": "CPUExecutionProvider",

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import BackendError, StaleEngineError
-from ..fsutil import atomic_path, read_json, sha256_file
+from ..store import atomic_path, read_json, sha256_file
 from .trt_key import check_key, check_validated, engine_key, sidecar
 
 SHA_CHARS = 12  # sha256 prefix in engine file names: enough to tell artifacts apart, short to read

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ChecksumError, StaleEngineError
-from ..fsutil import atomic_write_json, read_json
+from ..store import atomic_write_json, read_json
 from ..manifest import verify_file
 
 KEY_FORMAT = "coder.trt-engine-key"

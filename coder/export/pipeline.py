@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from .. import __version__
 from ..errors import ConfigError, WeightsError
-from ..fsutil import atomic_write_json, sha256_file
+from ..store import atomic_write_json, sha256_file
 from ..manifest import FORMAT, FORMAT_VERSION, PreprocessConfig, encoder_filename, file_entry, write_manifest
 from . import onnx_export, validate, workdir
 from .registry import PretrainedSpec

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ExportError
-from ..fsutil import atomic_path
+from ..store import atomic_path
 
 HF_FILE = "tokenizer.json"
 

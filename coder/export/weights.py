@@ -11,7 +11,7 @@ import os
 from typing import Any
 
 from ..errors import WeightsError
-from ..fsutil import sha256_file
+from ..store import sha256_file
 from .registry import PretrainedSpec
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ArtifactError
-from ..fsutil import atomic_write_json, read_json, remove_stale_temps
+from ..store import atomic_write_json, read_json, remove_stale_temps
 from ..manifest import FORMAT, MANIFEST_NAME
 
 STATE_NAME = ".coder-export.json"

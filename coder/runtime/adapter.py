@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ArtifactError
-from ..fsutil import atomic_path
+from ..store import atomic_path
 from ..text_bank.rows import KIND_IDS
 from .encoder import l2_normalize
 

@@ -30,7 +30,7 @@ from ..engines.head_graph import OUTPUTS, clamp_k
 from ..engines.trt import BuildOptions, build_engine_trt, engine_path, open_engine
 from ..engines.trt_key import write_key
 from ..errors import ArtifactError, BackendError
-from ..fsutil import sha256_file
+from ..store import sha256_file
 from ..manifest import load_artifact, write_manifest
 from .head import gate, rerank, softmax_gap, stage1_scores
 

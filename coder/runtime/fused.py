@@ -33,7 +33,7 @@ import numpy as np
 
 from ..engines.head_graph import HEAD_FORMAT_VERSION, OUTPUTS, clamp_k, fuse_head, head_model
 from ..errors import ChecksumError
-from ..fsutil import atomic_path, atomic_write_json, read_json, sha256_file
+from ..store import atomic_path, atomic_write_json, read_json, sha256_file
 from ..manifest import Artifact, verify_file
 
 KEY_FORMAT = "coder.fused-head"

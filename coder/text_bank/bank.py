@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import ArtifactError
-from ..fsutil import atomic_path, atomic_write_json, read_json, sha256_file
+from ..store import atomic_path, atomic_write_json, read_json, sha256_file
 from ..manifest import Artifact, load_artifact, verify_file
 from .fold import fold
 from .rows import KIND_IDS, Rows, expand

@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ArtifactError
-from ..fsutil import atomic_path
+from ..store import atomic_path
 from .rows import KIND_IDS, Rows
 
 FORMAT = "coder.clip-weights"

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ConfigError, LLMError
-from ..fsutil import atomic_write_json, read_json
+from ..store import atomic_write_json, read_json
 
 RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
 

@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ConfigError, TextsError
-from ..fsutil import atomic_write_json
+from ..store import atomic_write_json
 from .presets import preset as preset_settings
 
 FORMAT = "coder.texts"

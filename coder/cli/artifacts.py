@@ -7,8 +7,8 @@ from typing import List, Optional
 
 import typer
 
-from .cli_common import ALLOW_FALLBACK, exit_code_for, out, print_json, progress_bar, say
-from .errors import ConfigError, InputError
+from .common import ALLOW_FALLBACK, exit_code_for, out, print_json, progress_bar, say
+from ..errors import ConfigError, InputError
 
 app = typer.Typer()
 
@@ -48,8 +48,8 @@ def export(
 ) -> None:
     """Export an open_clip model to validated ONNX encoders + manifest, then build the class bank."""
     _require_export_extra()
-    from .export.pipeline import ExportOptions, default_out_dir, export_artifacts
-    from .export.registry import normalize_backbone, parse_pretrained, register_model_config
+    from ..export.pipeline import ExportOptions, default_out_dir, export_artifacts
+    from ..export.registry import normalize_backbone, parse_pretrained, register_model_config
 
     if model_config is not None:
         register_model_config(model_config)
@@ -61,7 +61,7 @@ def export(
     if precisions is None or engine not in ("none", "tensorrt"):
         raise ConfigError(f"--precision {precision!r} / --engine {engine!r}: choose fp32|fp16|both, none|tensorrt")
     if engine == "tensorrt":
-        from .engines.trt import require_trt
+        from ..engines.trt import require_trt
 
         require_trt()  # fail now, not after minutes of export
         precisions = ("fp32", "fp16")  # the engine is built from the fp16 graph (strongly typed)
@@ -85,13 +85,13 @@ def export(
     if texts is None and classes != "none":
         texts = _default_texts(result.out_dir, classes)
     if texts is not None:
-        from .cli_texts import build_bank_with_progress
+        from .texts import build_bank_with_progress
 
         build_bank_with_progress(result.out_dir, texts, "fp32", None, False, quiet=as_json)
     document = dict(result.manifest)
     if engine == "tensorrt":
-        from .cli_predict import build_engine_with_progress
-        from .engines.trt import BuildOptions
+        from .predict import build_engine_with_progress
+        from ..engines.trt import BuildOptions
 
         mb = min(32, max_batch)
         document["tensorrt_engine"] = build_engine_with_progress(
@@ -105,7 +105,7 @@ def _print_backbones(as_json: bool) -> None:
     from rich.markup import escape
     from rich.table import Table
 
-    from .export.registry import VERIFIED_FAMILIES, list_backbones
+    from ..export.registry import VERIFIED_FAMILIES, list_backbones
 
     rows = list_backbones()
     if as_json:
@@ -124,9 +124,9 @@ def _print_backbones(as_json: bool) -> None:
 
 def _default_texts(out_dir: Path, classes: str) -> Path:
     """Names + WordNet synonyms (when WordNet is installed) for a class list, saved in the artifact."""
-    from .text_bank.text_encoder import TextEncoder
-    from .text_bank.texts import init_texts, save_texts
-    from .text_bank.wordnet import WordNet, add_synonyms
+    from ..text_bank.text_encoder import TextEncoder
+    from ..text_bank.texts import init_texts, save_texts
+    from ..text_bank.wordnet import WordNet, add_synonyms
 
     texts = init_texts(classes)
     try:
@@ -185,7 +185,7 @@ def embed(
         return
     if not images:
         raise ConfigError("nothing to embed: give image files, --text TEXT or --texts-file FILE")
-    from .runtime.encoder import ImageEncoder, embed_files
+    from ..runtime.encoder import ImageEncoder, embed_files
 
     if precision not in ("fp32", "fp16", "int8"):
         raise ConfigError(f"--precision {precision!r}: choose fp32, fp16 or int8")
@@ -230,7 +230,7 @@ def read_text_lines(path: Path) -> list[str]:
 def _embed_texts(texts: list[str], artifacts: Path, precision: str, backend: str, allow_fallback: bool,
                  out_file: Optional[Path], batch_size: int, as_json: bool) -> None:
     """Text embeddings through the bank's own torch-free encoder (:class:`TextEncoder`)."""
-    from .text_bank.text_encoder import TextEncoder
+    from ..text_bank.text_encoder import TextEncoder
 
     if precision not in ("fp32", "fp16"):
         raise ConfigError(f"--precision {precision!r}: text encoders are fp32 or fp16")
@@ -264,7 +264,7 @@ def _embed_texts(texts: list[str], artifacts: Path, precision: str, backend: str
 def _save_npy(path: Path, arr) -> None:
     import numpy as np
 
-    from .fsutil import atomic_path
+    from ..store import atomic_path
 
     if path.suffix != ".npy":
         raise ConfigError(f"--out {path}: must end in .npy")
@@ -289,7 +289,7 @@ def _print_embed_table(res, out_file) -> None:
 @app.command()
 def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
     """Versions, which backends actually load here, GPU and TensorRT presence."""
-    from .doctor import collect
+    from ..doctor import collect
 
     report = collect()
     if as_json:

@@ -11,27 +11,8 @@ import sys
 import typer
 from rich.console import Console
 
-from .errors import (ArtifactError, BackendError, CoderError, ConfigError, ExportError, InputError,
-                     LLMError, ServeError, StaleEngineError, TextsError, WeightsError)
-
-# The one place errors become exit codes. Order matters: subclasses first.
-EXIT_OK = 0
-EXIT_CODES: list[tuple[type[CoderError], int, str]] = [
-    (InputError, 1, "some inputs could not be read (the others were processed)"),
-    (ConfigError, 2, "bad option value or usage"),
-    (ArtifactError, 3, "artifact missing, corrupt, of another format version, or a checksum mismatch"),
-    (ExportError, 4, "ONNX export failed or a validation gate did not pass"),
-    (WeightsError, 5, "pretrained weights unavailable (offline, bad tag, unreadable checkpoint)"),
-    (StaleEngineError, 10, "TensorRT engine is stale (other ONNX, TensorRT version or GPU): rebuild it"),
-    (BackendError, 6, "requested backend not available or fell back"),
-    (TextsError, 7, "class-texts file malformed (the message names the field)"),
-    (LLMError, 8, "LLM generation failed for some texts (recorded; re-run resumes from the cache)"),
-    (ServeError, 11, "model server (tritonserver) not found, failed to start or not ready in time"),
-    (CoderError, 9, "other coder error"),
-]
-EXIT_INTERRUPTED = 130
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool the pipe's reader cut off
-EXIT_INTERNAL = 70  # a bug: the traceback is printed
+from ..errors import (EXIT_BROKEN_PIPE, EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK,  # noqa: F401 (re-exported)
+                      EXIT_TERMINATED, exit_code_for, one_line)
 
 # emoji=False: a class named "frog" in "att:frog:" must not become an emoji.
 out = Console(emoji=False, highlight=False)
@@ -39,10 +20,6 @@ err = Console(stderr=True, emoji=False, highlight=False)
 
 ALLOW_FALLBACK = typer.Option(False, "--allow-fallback",
                               help="If ONNX Runtime falls back to another provider, warn and go on (else exit 6).")
-
-
-def exit_code_for(exc: CoderError) -> int:
-    return next(code for cls, code, _ in EXIT_CODES if isinstance(exc, cls))
 
 
 def say(level: str, msg: str) -> None:

@@ -11,8 +11,8 @@ from typing import List, Optional
 
 import typer
 
-from .cli_common import ALLOW_FALLBACK, err, exit_code_for, info, out, say
-from .errors import InputError
+from .common import ALLOW_FALLBACK, err, exit_code_for, info, out, say
+from ..errors import InputError
 
 app = typer.Typer()
 
@@ -57,10 +57,10 @@ def bag(
     allow_fallback: bool = ALLOW_FALLBACK,
 ) -> None:
     """Classify the image frames of ROS 1 / ROS 2 bags; JSON lines and/or a bag of vision_msgs results."""
-    from .deploy.bag import BagOptions, ClassificationBag, classify_bags, plan_bags
-    from .deploy.ros_msgs import hypotheses, vision_info
-    from .manifest import default_artifact_dir
-    from .runtime.classifier import Classifier
+    from ..deploy.bag import BagOptions, ClassificationBag, classify_bags, plan_bags
+    from ..deploy.ros_msgs import hypotheses, vision_info
+    from ..manifest import default_artifact_dir
+    from ..runtime.classifier import Classifier
 
     opts = BagOptions(every, start, end, batch_size, top_k, not no_rerank)
     opts.check()
@@ -104,7 +104,7 @@ class _Tally:
 
     def add(self, r, n_classes: int, top_k: int) -> dict:
         """Count one result, print its error line if any, and return its JSON record."""
-        from .deploy.ros_msgs import frame_error_record, frame_record
+        from ..deploy.ros_msgs import frame_error_record, frame_record
 
         counts = self.labels.setdefault(r.meta.topic, Counter())
         if r.error is not None:
@@ -147,6 +147,6 @@ def ros2(ctx: typer.Context) -> None:
 
     ROS args follow, e.g. `coder ros2 --ros-args -p artifacts:=DIR -p input_topic:=/camera/image_raw`.
     """
-    from .deploy.ros2_node import main as node_main
+    from ..deploy.ros2_node import main as node_main
 
     node_main(["coder_ros2", *ctx.args])

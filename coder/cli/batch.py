@@ -11,8 +11,8 @@ from typing import Optional
 
 import typer
 
-from .cli_common import err, exit_code_for, info, print_json, say
-from .errors import BackendError, ConfigError, InputError
+from .common import err, exit_code_for, info, print_json, say
+from ..errors import BackendError, ConfigError, InputError
 
 
 @dataclass(frozen=True)
@@ -53,15 +53,15 @@ def classify_to_parquet(paths: list[str], spec, out: Path, batch_size: int, ray_
     """List inputs, skip those already in ``out``, label the rest, report one summary line."""
     _require("pyarrow", "--out")
     if ray_args.enabled:
-        from .deploy.ray_batch import prepare_env
+        from ..deploy.ray_batch import prepare_env
 
         prepare_env(ray_args.address)
         _require("ray.data", "--ray")
     import pyarrow as pa
 
-    from .deploy.batch import job_settings, run_local
-    from .deploy.parquet_out import open_output, row, to_table
-    from .deploy.sources import expand_sources
+    from ..deploy.batch import job_settings, run_local
+    from ..deploy.parquet_out import open_output, row, to_table
+    from ..deploy.sources import expand_sources
 
     if batch_size < 1 or ray_args.cpus_per_actor < 1 or (ray_args.gpus_per_actor or 0) < 0:
         raise ConfigError("--batch-size and --cpus-per-actor must be >= 1, --gpus-per-actor >= 0")
@@ -82,7 +82,6 @@ def classify_to_parquet(paths: list[str], spec, out: Path, batch_size: int, ray_
             output.add(table)
             bar.advance(task, table.num_rows)
 
-        previous = _sigterm_as_interrupt()
         try:
             if ray_args.enabled:
                 where, actors, backends, startup = _run_ray(spec, plan.todo, batch_size, ray_args, on_table)
@@ -90,36 +89,14 @@ def classify_to_parquet(paths: list[str], spec, out: Path, batch_size: int, ray_
                 backends = {run_local(spec, plan.todo, lambda pairs: on_table(to_table([row(r, s) for r, s in pairs])),
                                       batch_size)}
         finally:
-            output.close()  # a Ctrl-C or a failure keeps every finished row
-            _restore_sigterm(previous)
+            output.close()  # a Ctrl-C, SIGTERM or a failure keeps every finished row
     _summary(output, plan, time.perf_counter() - t0, startup, where, actors, backends, out, as_json)
     if output.errors_written or empty:
         raise typer.Exit(exit_code_for(InputError()))
 
 
-def _sigterm_as_interrupt():
-    """SIGTERM (schedulers, ``kill``) unwinds like Ctrl-C, so finished rows are written first.
-    Returns the previous handler (None off the main thread, where signals cannot be set)."""
-    import signal
-    import threading
-
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt
-
-    if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.signal(signal.SIGTERM, interrupt)
-
-
-def _restore_sigterm(previous) -> None:
-    import signal
-
-    if previous is not None:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _run_ray(spec, todo, batch_size, a: RayArgs, on_table):
-    from .deploy.ray_batch import RayOptions, parse_actors, run_ray
+    from ..deploy.ray_batch import RayOptions, parse_actors, run_ray
 
     opts = RayOptions(a.address, parse_actors(a.actors), a.cpus_per_actor,
                       a.gpus_per_actor, batch_size)

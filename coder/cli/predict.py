@@ -9,8 +9,8 @@ from typing import List, Optional
 
 import typer
 
-from .cli_common import ALLOW_FALLBACK, exit_code_for, info, out, print_json, progress_bar, say
-from .errors import ConfigError, InputError
+from .common import ALLOW_FALLBACK, exit_code_for, info, out, print_json, progress_bar, say
+from ..errors import ConfigError, InputError
 
 app = typer.Typer()
 
@@ -51,9 +51,9 @@ def classify(
 ) -> None:
     """Classify images with CODER (stage 1 + gated one-to-one rerank)."""
     if out_dir is not None or ray:
-        from .cli_batch import RayArgs, classify_to_parquet
-        from .deploy.batch import ClassifySpec
-        from .manifest import default_artifact_dir
+        from .batch import RayArgs, classify_to_parquet
+        from ..deploy.batch import ClassifySpec
+        from ..manifest import default_artifact_dir
 
         if out_dir is None or explain:
             raise ConfigError("--ray needs --out OUT.parquet; --explain does not go to Parquet")
@@ -62,10 +62,10 @@ def classify(
         return classify_to_parquet(paths, spec, out_dir, batch_size, RayArgs(ray, ray_address, actors, gpus_per_actor,
                                                                              cpus_per_actor), overwrite, retry_errors,
                                    as_json)
-    from .manifest import default_artifact_dir
-    from .runtime.classifier import Classifier, EngineOptions
-    from .runtime.images import to_pil
-    from .runtime.inputs import batched, iter_image_paths
+    from ..manifest import default_artifact_dir
+    from ..runtime.classifier import Classifier, EngineOptions
+    from ..runtime.images import to_pil
+    from ..runtime.inputs import batched, iter_image_paths
 
     clf = Classifier.load(artifacts or default_artifact_dir(), bank, backend, precision, tau, adapter=adapter,
                           allow_fallback=allow_fallback, fused_head=fused_head,
@@ -98,7 +98,7 @@ def classify(
 
 
 def _prediction_record(path, pred, explanation) -> dict:
-    from .runtime.records import prediction_record
+    from ..runtime.records import prediction_record
 
     record = prediction_record(path, pred)
     if explanation is not None:
@@ -158,11 +158,11 @@ def eval_cmd(
     """Top-1/top-5 of plain CLIP, CODER stage 1 and CODER + rerank on labelled images."""
     from dataclasses import asdict, replace
 
-    from .fsutil import atomic_write_json
-    from .manifest import default_artifact_dir
-    from .runtime.classifier import Classifier
-    from .runtime.datasets import open_dataset, subset
-    from .runtime.evaluate import evaluate
+    from ..store import atomic_write_json
+    from ..manifest import default_artifact_dir
+    from ..runtime.classifier import Classifier
+    from ..runtime.datasets import open_dataset, subset
+    from ..runtime.evaluate import evaluate
 
     # eval needs the embeddings for the plain-CLIP row, so the numpy head runs on them.
     clf = Classifier.load(artifacts or default_artifact_dir(), bank, backend, "fp32", tau, adapter=adapter,
@@ -221,11 +221,11 @@ def fit(
     kind: str = typer.Option("coder", help="coder (CODER-Adapter) | tip (plain Tip-Adapter, CLIP-feature keys)."),
 ) -> None:
     """Fit a training-free few-shot cache adapter; alpha/beta searched on validation only."""
-    from .manifest import default_artifact_dir
-    from .runtime.adapter import KINDS, save_adapter
-    from .runtime.classifier import Classifier
-    from .runtime.datasets import open_dataset
-    from .runtime.fewshot import fit as fit_adapter
+    from ..manifest import default_artifact_dir
+    from ..runtime.adapter import KINDS, save_adapter
+    from ..runtime.classifier import Classifier
+    from ..runtime.datasets import open_dataset
+    from ..runtime.fewshot import fit as fit_adapter
 
     if kind not in KINDS or shots < 1 or not 0 < val_fraction < 1:
         raise ConfigError(f"need --kind in {KINDS}, --shots >= 1 and 0 < --val-fraction < 1")
@@ -258,8 +258,8 @@ def bench(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Latency p50/p90/p99 per stage and throughput, per backend that loads; CPU rows: % of the CPU matmul peak."""
-    from .bench import run_bench
-    from .manifest import default_artifact_dir
+    from ..bench import run_bench
+    from ..manifest import default_artifact_dir
 
     try:
         sizes = tuple(int(b) for b in batches.split(","))
@@ -318,7 +318,7 @@ def build_engine(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Build a native TensorRT engine (needs a CUDA GPU and the [trt] extra), validate it, record it."""
-    from .engines.trt import BuildOptions
+    from ..engines.trt import BuildOptions
 
     if precision not in ("fp16", "fp32") or not 1 <= opt_batch <= max_batch:
         raise ConfigError("--precision fp16|fp32 and 1 <= --opt-batch <= --max-batch")
@@ -334,11 +334,11 @@ def build_engine_with_progress(artifacts: Path, opts, engine_dir: Optional[Path]
     """
     from dataclasses import asdict
 
-    from .runtime.engine_build import build_image_engine
-    from .engines.trt import require_trt
-    from .manifest import load_artifact
-    from .runtime.classifier import find_bank
-    from .text_bank.bank import load_bank
+    from ..runtime.engine_build import build_image_engine
+    from ..engines.trt import require_trt
+    from ..manifest import load_artifact
+    from ..runtime.classifier import find_bank
+    from ..text_bank.bank import load_bank
 
     require_trt()
     art = load_artifact(artifacts)

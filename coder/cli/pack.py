@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from .cli_common import info, print_json, progress_bar
+from .common import info, print_json, progress_bar
 
 app = typer.Typer()
 
@@ -18,7 +18,7 @@ def pack(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Copy an artifact for another machine, checked against its manifest (engines are rebuilt there)."""
-    from .pack import pack_artifact
+    from ..pack import pack_artifact
 
     with progress_bar() as bar:
         task = bar.add_task("packing", total=None)

@@ -1,9 +1,9 @@
-"""``coder`` command line: the root app. Sub-command modules (``cli_artifacts``, ``cli_texts``,
-``cli_predict``) each define their own Typer app; this module imports them and mounts them,
-and they import shared helpers from :mod:`coder.cli_common`, never from here. Heavy modules
+"""``coder`` command line: the root app. One module per command group (``artifacts``, ``texts``,
+``predict``, ``batch``, ``bag``, ``serve``, ``pack``) defines its own Typer app; this module imports
+and mounts them, and they import shared helpers from :mod:`coder.cli.common`, never from here. Heavy modules
 are imported inside commands so that ``coder --help`` and ``coder --version`` stay fast.
 
-Exit codes (one table, :data:`coder.cli_common.EXIT_CODES`, also in the README):
+Exit codes (one table, :data:`coder.cli.common.EXIT_CODES`, also in the README):
 """
 
 from __future__ import annotations
@@ -21,14 +21,17 @@ try:  # typer >= 0.20 vendors click as typer._click; older typer uses click itse
 except ImportError:  # pragma: no cover
     from click import exceptions as _click_exceptions
 
-from . import __version__, cli_artifacts, cli_bag, cli_pack, cli_predict, cli_serve, cli_texts
-from .cli_common import (EXIT_BROKEN_PIPE, EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, err, escape_help,
-                         exit_code_for, say)
-from .errors import CoderError
+from .. import __version__
+from . import artifacts as cli_artifacts, bag as cli_bag, pack as cli_pack, predict as cli_predict, serve as cli_serve, texts as cli_texts
+from ..store import Interrupted, stop_on_signals
+from .common import (EXIT_BROKEN_PIPE, EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, err,
+                     escape_help, exit_code_for, say)
+from ..errors import CoderError
 
 __doc__ += "\n".join(f"    {code}  {what}" for _, code, what in EXIT_CODES) + \
     f"\n    {EXIT_BROKEN_PIPE}  the reader of stdout closed the pipe (e.g. `| head`): output stopped quietly" + \
-    f"\n    {EXIT_INTERRUPTED}  interrupted (Ctrl-C): finished work is kept\n    {EXIT_INTERNAL}  internal error\n"
+    f"\n    {EXIT_INTERRUPTED}  interrupted (Ctrl-C, SIGINT): finished work is kept" + \
+    f"\n    {EXIT_TERMINATED}  terminated (SIGTERM): finished work is kept\n    {EXIT_INTERNAL}  internal error\n"
 __all__ = ["EXIT_CODES", "app", "main"]
 
 # Usage errors, --help exits and aborts are click's own control flow, not crashes.
@@ -51,13 +54,16 @@ class _CoderGroup(TyperGroup):
         warnings.showwarning = lambda msg, cat, *a, **k: say("warning", str(msg)) if issubclass(cat, RuntimeWarning) \
             else shown(msg, cat, *a, **k)
         try:
-            return super().invoke(ctx)
+            with stop_on_signals():
+                return super().invoke(ctx)
         except CoderError as e:
             say("error", str(e))
             raise typer.Exit(exit_code_for(e)) from None
-        except KeyboardInterrupt:
-            err.print("[red]interrupted[/red]: finished files are kept; re-run to resume")
-            raise typer.Exit(EXIT_INTERRUPTED) from None
+        except KeyboardInterrupt as e:  # SIGINT or SIGTERM (store.signals): what was finished is committed
+            code = e.exit_code if isinstance(e, Interrupted) else EXIT_INTERRUPTED
+            name = "terminated" if code == EXIT_TERMINATED else "interrupted"
+            err.print(f"[red]{name}[/red]: finished files are kept; re-run to resume")
+            raise typer.Exit(code) from None
         except BrokenPipeError:
             # The reader went away (`coder ... --json | head`): stop quietly, like a Unix tool
             # killed by SIGPIPE. stdout is pointed at /dev/null so the exit flush cannot fail again.

@@ -8,8 +8,8 @@ from typing import Optional
 
 import typer
 
-from .cli_common import info, print_json
-from .errors import ServeError
+from .common import info, print_json
+from ..errors import ServeError
 
 app = typer.Typer()
 
@@ -29,7 +29,7 @@ ENSEMBLE = typer.Option(None, "--ensemble", help="Write the ensemble layout with
 
 
 def _options(max_batch, instances, backend, precision, top_k, threads, queue_delay, ensemble, engine_dir=None):
-    from .deploy.triton_repo import RepoOptions
+    from ..deploy.triton_repo import RepoOptions
 
     return RepoOptions(max_batch=max_batch, instances=instances, backend=backend, precision=precision, top_k=top_k,
                        threads=threads, max_queue_delay_us=queue_delay, ensemble=ensemble,
@@ -48,7 +48,7 @@ def triton_repo(
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Write a Triton model repository serving model `coder` (image bytes in, CODER label out)."""
-    from .deploy.triton_repo import write_repo
+    from ..deploy.triton_repo import write_repo
 
     repo = write_repo(artifacts, bank, out, _options(max_batch, instances, backend, precision, top_k, threads,
                                                      queue_delay, ensemble, engine_dir))
@@ -78,8 +78,8 @@ def serve(
     import shutil
     import tempfile
 
-    from .deploy.triton_repo import check_options, write_repo
-    from .deploy.triton_server import Ports, TritonServer, find_tritonserver
+    from ..deploy.triton_repo import check_options, write_repo
+    from ..deploy.triton_server import Ports, TritonServer, find_tritonserver
 
     # Everything that can be checked is checked before a server starts: options, backend, artifact + bank
     # (write_repo loads and verifies them first), then the server binary.
@@ -101,8 +101,8 @@ def _check_backend(backend: str, ensemble: Optional[str]) -> None:
     (Native ensemble heads run on Triton's own backends, which only the server can check.)"""
     if backend == "cpu" or ensemble in ("onnxruntime", "tensorrt"):
         return
-    from .engines.ort import probe_providers
-    from .errors import BackendError
+    from ..engines.ort import probe_providers
+    from ..errors import BackendError
 
     why = probe_providers().get(backend, f"unknown backend {backend!r}")
     if why != "ok":

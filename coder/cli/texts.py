@@ -7,8 +7,8 @@ from typing import Optional
 
 import typer
 
-from .cli_common import EXIT_INTERRUPTED, info, out, print_json, progress_bar, say, some
-from .errors import ConfigError, LLMError
+from .common import EXIT_INTERRUPTED, info, out, print_json, progress_bar, say, some
+from ..errors import ConfigError, LLMError
 
 
 texts_app = typer.Typer(help="Class-texts files: init, inspect.", no_args_is_help=True)
@@ -23,7 +23,7 @@ def texts_init(
     force: bool = typer.Option(False, help="Overwrite an existing file."),
 ) -> None:
     """Write a names-only class-texts file (the documented baseline)."""
-    from .text_bank.texts import init_texts, save_texts
+    from ..text_bank.texts import init_texts, save_texts
 
     if out_file.exists() and not force:
         raise ConfigError(f"{out_file} exists; pass --force to overwrite")
@@ -42,9 +42,9 @@ def texts_synonyms(
     wordnet_dir: Optional[Path] = typer.Option(None, help="WordNet 3.0 dict dir (default /usr/share/wordnet)."),
 ) -> None:
     """Add WordNet 3.0 synonyms (exact for classes with a WordNet id)."""
-    from .text_bank.text_encoder import TextEncoder
-    from .text_bank.texts import load_texts, save_texts
-    from .text_bank.wordnet import WordNet, add_synonyms
+    from ..text_bank.text_encoder import TextEncoder
+    from ..text_bank.texts import load_texts, save_texts
+    from ..text_bank.wordnet import WordNet, add_synonyms
 
     t = load_texts(texts)
     wn = WordNet(wordnet_dir) if wordnet_dir else WordNet()
@@ -64,8 +64,8 @@ def texts_import(
     fmt: str = typer.Option("vcd", "--format", help="vcd (descriptor JSON) | cupl (CuPL prompt file)."),
 ) -> None:
     """Import existing LLM descriptions, matching class names tolerantly."""
-    from .text_bank.importers import import_descriptions, read_descriptions
-    from .text_bank.texts import load_texts, save_texts
+    from ..text_bank.importers import import_descriptions, read_descriptions
+    from ..text_bank.texts import load_texts, save_texts
 
     t = load_texts(texts)
     dropped: list[str] = []
@@ -96,11 +96,11 @@ def texts_generate(
     cache_dir: Optional[Path] = typer.Option(None, help="Response cache (default: .coder-llm-cache beside TEXTS)."),
 ) -> None:
     """Ask an LLM for attributes, analogous objects and one-to-one pair texts (ATG)."""
-    from .manifest import default_artifact_dir
-    from .text_bank.text_encoder import TextEncoder
-    from .text_bank.atg import GenerateOptions, generate, read_pairs_file
-    from .text_bank.llm import ChatClient, LLMConfig, ResponseCache
-    from .text_bank.texts import load_texts, save_texts
+    from ..manifest import default_artifact_dir
+    from ..text_bank.text_encoder import TextEncoder
+    from ..text_bank.atg import GenerateOptions, generate, read_pairs_file
+    from ..text_bank.llm import ChatClient, LLMConfig, ResponseCache
+    from ..text_bank.texts import load_texts, save_texts
 
     wanted = tuple(k.strip() for k in kinds.split(",") if k.strip())
     if not wanted or set(wanted) - {"att", "ana", "pair"}:
@@ -140,7 +140,7 @@ def texts_generate(
 @texts_app.command("list")
 def texts_list(as_json: bool = typer.Option(False, "--json")) -> None:
     """The built-in class lists and their sources."""
-    from .text_bank.texts import builtin_lists
+    from ..text_bank.texts import builtin_lists
 
     lists = builtin_lists()
     if as_json:
@@ -180,9 +180,9 @@ def build_bank_with_progress(artifacts: Path, texts_path: Path, precision: str, 
                              name: Optional[str] = None, force: bool = False, clip_weights: bool = False) -> None:
     import dataclasses
 
-    from .manifest import load_artifact
-    from .text_bank.bank import build_bank, check_replace, default_bank_dir
-    from .text_bank.texts import load_texts
+    from ..manifest import load_artifact
+    from ..text_bank.bank import build_bank, check_replace, default_bank_dir
+    from ..text_bank.texts import load_texts
 
     if precision not in ("fp32", "fp16"):
         raise ConfigError(f"--precision {precision!r}: choose fp32 or fp16")
