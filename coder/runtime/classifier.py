@@ -130,12 +130,69 @@ def open_image_encoder(artifact_dir, backend: str, precision: str, threads: int 
 
 
 @dataclass(frozen=True)
+class ClassifierOptions:
+    """Everything that decides how a :class:`Classifier` is loaded: the one options object that
+    ``classify``, ``--out``, ``--ray`` actors, ``coder bag``, the ROS 2 node and Triton models all build, so
+    no entry point can drop an option. Plain data: it is shipped to Ray actors and written into Triton model
+    settings (:meth:`to_dict` / :meth:`from_dict`). Paths are made absolute (resolved) here, so a worker in
+    another directory opens the same files.
+
+    >>> ClassifierOptions("art", backend="cpu").load()   # doctest: +SKIP
+    """
+
+    artifacts: str
+    bank: str | None = None
+    backend: str = "auto"
+    precision: str = "fp32"
+    tau: float | None = None
+    k: int | None = None
+    threads: int | None = None
+    adapter: str | None = None
+    allow_fallback: bool = False
+    fused_head: bool = True
+    engines: EngineOptions = EngineOptions()
+
+    def __post_init__(self) -> None:
+        from ..store import resolved
+
+        if self.backend != "auto" and self.backend not in (*BACKENDS, NATIVE):
+            raise ConfigError(f"backend {self.backend!r}: choose auto, {', '.join(BACKENDS)}, {NATIVE}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision {self.precision!r}: choose {', '.join(PRECISIONS)}")
+        if (self.tau is not None and not float(self.tau) >= 0) or (self.k is not None and int(self.k) < 1):
+            raise ConfigError(f"tau must be >= 0 and k >= 1 (got tau={self.tau}, k={self.k})")
+        if self.threads is not None and int(self.threads) < 1:
+            raise ConfigError(f"threads must be >= 1 (got {self.threads})")
+        fix = object.__setattr__  # frozen: normalise once, at construction
+        fix(self, "artifacts", str(resolved(self.artifacts)))
+        if self.adapter is not None:
+            fix(self, "adapter", str(resolved(self.adapter)))
+        if isinstance(self.engines, dict):
+            fix(self, "engines", EngineOptions(**self.engines))
+        if self.engines.engine_dir is not None:
+            fix(self, "engines", replace(self.engines, engine_dir=str(resolved(self.engines.engine_dir))))
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ClassifierOptions":
+        return cls(**d)
+
+    def load(self) -> "Classifier":
+        return Classifier.from_options(self)
+
+
+@dataclass(frozen=True)
 class Classifier:
     encoder: ImageEncoder
     bank: Bank
     tau: float
     k: int
     adapter: Adapter | None = None
+    options: ClassifierOptions | None = None
 
     @classmethod
     def load(cls, artifact_dir: str | os.PathLike, bank: str | None = None, backend: str = "auto",
@@ -143,7 +200,8 @@ class Classifier:
              threads: int | None = None, adapter: str | os.PathLike | None = None,
              allow_fallback: bool = False, fused_head: bool = True,
              engines: EngineOptions = EngineOptions()) -> "Classifier":
-        """Open an artifact + bank. ``tau``/``k`` default to the bank's preset (published values).
+        """Open an artifact + bank: the keyword form of :class:`ClassifierOptions` (same fields, same checks).
+        ``tau``/``k`` default to the bank's preset (published values).
 
         ``fused_head`` runs the CODER head as an ONNX graph after the encoder (a one-thread
         session; on a 2-core CPU it halved batch-1 latency, as the numpy head's BLAS threads no
@@ -151,20 +209,20 @@ class Classifier:
         ``allow_fallback`` turns a provider mismatch into a warning (``backend`` then names
         what really runs).
         """
-        if backend != "auto" and backend not in (*BACKENDS, NATIVE):
-            raise ConfigError(f"backend {backend!r}: choose auto, {', '.join(BACKENDS)}, {NATIVE}")
-        if precision not in PRECISIONS:
-            raise ConfigError(f"precision {precision!r}: choose {', '.join(PRECISIONS)}")
-        art = load_artifact(artifact_dir)
-        art.encoder("image", precision)  # not exported: ArtifactError naming the re-export, before any backend
-        b = load_bank(find_bank(art.root, bank), art)
-        tau = b.tau if tau is None else float(tau)
-        k = b.k if k is None else int(k)
-        if tau < 0 or k < 1:
-            raise ConfigError(f"tau must be >= 0 and k >= 1 (got tau={tau}, k={k})")
-        enc = open_image_encoder(artifact_dir, backend, precision, threads, allow_fallback,
-                                 b if fused_head else None, k, engines)
-        return cls(enc, b, tau, k, load_adapter(adapter, b) if adapter is not None else None)
+        return cls.from_options(ClassifierOptions(
+            os.fspath(artifact_dir), bank, backend, precision, tau, k, threads,
+            None if adapter is None else os.fspath(adapter), allow_fallback, fused_head, engines))
+
+    @classmethod
+    def from_options(cls, o: ClassifierOptions) -> "Classifier":
+        art = load_artifact(o.artifacts)
+        art.encoder("image", o.precision)  # not exported: ArtifactError naming the re-export, before any backend
+        b = load_bank(find_bank(art.root, o.bank), art)
+        tau = b.tau if o.tau is None else float(o.tau)
+        k = b.k if o.k is None else int(o.k)
+        enc = open_image_encoder(o.artifacts, o.backend, o.precision, o.threads, o.allow_fallback,
+                                 b if o.fused_head else None, k, o.engines)
+        return cls(enc, b, tau, k, load_adapter(o.adapter, b) if o.adapter is not None else None, o)
 
     @property
     def backend(self) -> str:
