@@ -105,7 +105,8 @@ def test_batch_labeling_modules_are_torch_free(tiny_artifact, sample_images, tmp
             f"from coder.text_bank.texts import init_texts\n"
             f"build_bank({str(art)!r}, init_texts('cifar10'))\n"
             f"import coder.deploy.ray_batch, coder.cli.batch\n"
-            f"from coder.deploy.batch import ClassifySpec, run_local\n"
+            f"from coder.deploy.batch import ClassifyJob, run_local\n"
+            f"from coder.runtime.classifier import ClassifierOptions\n"
             f"from coder.deploy.sources import expand_sources\n"
-            f"run_local(ClassifySpec({str(art)!r}), list(expand_sources([{str(sample_images[0])!r}])), print)")
+            f"run_local(ClassifyJob(ClassifierOptions({str(art)!r})), list(expand_sources([{str(sample_images[0])!r}])), print)")
     assert _loaded_after(code) == []

@@ -1,6 +1,7 @@
 """The ROS 2 node's logic without rclpy: parameters, the newest-frame policy, one frame's outputs."""
 
 import json
+import os
 import shutil
 import threading
 import time
@@ -20,8 +21,10 @@ def test_params_parse_coerce_and_reject():
     assert NodeConfig.from_params({}).input_msgtype == IMAGE_TYPE
     assert NodeConfig.from_params({"bank": 123, "artifacts": None}) == NodeConfig(bank="123")  # YAML-typed ROS values
     assert NodeConfig.from_params({"input_type": "compressed"}).input_msgtype == COMPRESSED_TYPE
-    assert cfg.classifier_kwargs() == {"bank": None, "backend": "auto", "precision": "fp32", "tau": 1.0, "threads": None}
-    assert NodeConfig().classifier_kwargs()["tau"] is None  # negative: the bank preset
+    o = cfg.classifier_options()
+    assert (o.bank, o.backend, o.precision, o.tau, o.threads) == (None, "auto", "fp32", 1.0, None)
+    assert o.artifacts == os.path.realpath("art")  # resolved once, in the options object
+    assert NodeConfig().classifier_options().tau is None  # negative: the bank preset
     for bad in ({"top_k": 0}, {"top_k": 2.5}, {"top_k": True}, {"backend": "tpu"}, {"precision": "int4"},
                 {"tau": "high"}, {"input_type": "raw8"}, {"output_topic": ""}, {"topk": 3}):
         with pytest.raises(ConfigError):
@@ -84,14 +87,13 @@ def test_worker_survives_a_failing_frame():
 
 @pytest.fixture(scope="module")
 def clf(tiny_artifact, tmp_path_factory):
-    from coder.runtime.classifier import Classifier
     from coder.text_bank.bank import build_bank
     from coder.text_bank.texts import init_texts
 
     art = tmp_path_factory.mktemp("nodeart") / "art"
     shutil.copytree(tiny_artifact, art, ignore=shutil.ignore_patterns("banks"))
     build_bank(art, init_texts("cifar10"))
-    return Classifier.load(art, **NodeConfig().classifier_kwargs())
+    return NodeConfig(artifacts=str(art)).classifier_options().load()
 
 
 def test_process_frame_outputs_match_the_bag_schema(clf):

@@ -48,7 +48,7 @@ def _require(module: str, why: str) -> None:
         raise BackendError(f"{why} needs {module} ({e}): pip install 'coder[ray]'") from None
 
 
-def classify_to_parquet(paths: list[str], spec, out: Path, batch_size: int, ray_args: RayArgs, overwrite: bool,
+def classify_to_parquet(paths: list[str], job, out: Path, batch_size: int, ray_args: RayArgs, overwrite: bool,
                         retry_errors: bool, as_json: bool) -> None:
     """List inputs, skip those already in ``out``, label the rest, report one summary line."""
     _require("pyarrow", "--out")
@@ -71,7 +71,7 @@ def classify_to_parquet(paths: list[str], spec, out: Path, batch_size: int, ray_
         say("error", message)
     if not sources:
         raise InputError(f"no images found in {', '.join(paths)}")
-    output = open_output(out, job_settings(spec), overwrite)
+    output = open_output(out, job_settings(job), overwrite)
     plan = output.plan(sources, retry_errors)
     t0 = time.perf_counter()
     where, actors, backends, startup = "this process", 1, set(), 0.0
@@ -84,9 +84,9 @@ def classify_to_parquet(paths: list[str], spec, out: Path, batch_size: int, ray_
 
         try:
             if ray_args.enabled:
-                where, actors, backends, startup = _run_ray(spec, plan.todo, batch_size, ray_args, on_table)
+                where, actors, backends, startup = _run_ray(job, plan.todo, batch_size, ray_args, on_table)
             elif plan.todo:
-                backends = {run_local(spec, plan.todo, lambda pairs: on_table(to_table([row(r, s) for r, s in pairs])),
+                backends = {run_local(job, plan.todo, lambda pairs: on_table(to_table([row(r, s) for r, s in pairs])),
                                       batch_size)}
         finally:
             output.close()  # a Ctrl-C, SIGTERM or a failure keeps every finished row
@@ -95,12 +95,12 @@ def classify_to_parquet(paths: list[str], spec, out: Path, batch_size: int, ray_
         raise typer.Exit(exit_code_for(InputError()))
 
 
-def _run_ray(spec, todo, batch_size, a: RayArgs, on_table):
+def _run_ray(job, todo, batch_size, a: RayArgs, on_table):
     from ..deploy.ray_batch import RayOptions, parse_actors, run_ray
 
     opts = RayOptions(a.address, parse_actors(a.actors), a.cpus_per_actor,
                       a.gpus_per_actor, batch_size)
-    stats = run_ray(spec, todo, opts, on_table)
+    stats = run_ray(job, todo, opts, on_table)
     lo, hi = stats.pool
     where = (f"Ray cluster {a.address}" if a.address else "local Ray") + \
         f" ({stats.cluster_cpus:g} CPUs, pool {lo}{'' if lo == hi else f'-{hi}'} actors, " \

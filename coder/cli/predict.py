@@ -50,26 +50,26 @@ def classify(
     cpus_per_actor: int = typer.Option(1, "--cpus-per-actor", help="CPUs per actor = its ONNX Runtime threads."),
 ) -> None:
     """Classify images with CODER (stage 1 + gated one-to-one rerank)."""
+    from ..manifest import default_artifact_dir
+    from ..runtime.classifier import ClassifierOptions, EngineOptions
+
+    options = ClassifierOptions(str(artifacts or default_artifact_dir()), bank, backend, precision, tau,
+                                adapter=str(adapter) if adapter else None, allow_fallback=allow_fallback,
+                                fused_head=fused_head,
+                                engines=EngineOptions(str(engine_dir) if engine_dir else None, rebuild_stale))
     if out_dir is not None or ray:
         from .batch import RayArgs, classify_to_parquet
-        from ..deploy.batch import ClassifySpec
-        from ..manifest import default_artifact_dir
+        from ..deploy.batch import ClassifyJob
 
         if out_dir is None or explain:
             raise ConfigError("--ray needs --out OUT.parquet; --explain does not go to Parquet")
-        spec = ClassifySpec(str(artifacts or default_artifact_dir()), bank, backend, precision, tau,
-                            str(adapter) if adapter else None, fused_head, allow_fallback, top_k, not no_rerank)
-        return classify_to_parquet(paths, spec, out_dir, batch_size, RayArgs(ray, ray_address, actors, gpus_per_actor,
-                                                                             cpus_per_actor), overwrite, retry_errors,
-                                   as_json)
-    from ..manifest import default_artifact_dir
-    from ..runtime.classifier import Classifier, EngineOptions
+        return classify_to_parquet(paths, ClassifyJob(options, top_k, not no_rerank), out_dir, batch_size,
+                                   RayArgs(ray, ray_address, actors, gpus_per_actor, cpus_per_actor), overwrite,
+                                   retry_errors, as_json)
     from ..runtime.images import to_pil
     from ..runtime.inputs import batched, iter_image_paths
 
-    clf = Classifier.load(artifacts or default_artifact_dir(), bank, backend, precision, tau, adapter=adapter,
-                          allow_fallback=allow_fallback, fused_head=fused_head,
-                          engines=EngineOptions(str(engine_dir) if engine_dir else None, rebuild_stale))
+    clf = options.load()
     rows, failures, empty = [], 0, []
     with clf, progress_bar() as bar:
         task = bar.add_task(f"classifying ({clf.backend})", total=None)

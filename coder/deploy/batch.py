@@ -2,22 +2,23 @@
 settings, and the three per-image steps either path runs — read bytes, decode + crop on
 the CPU (uint8 crops, a quarter of the float input), classify a batch of crops.
 
->>> spec = ClassifySpec(artifacts="coder-artifacts/ViT-B-32__openai")   # doctest: +SKIP
->>> clf = spec.load(threads=1)
+>>> job = ClassifyJob(ClassifierOptions("coder-artifacts/ViT-B-32__openai"))   # doctest: +SKIP
+>>> clf = job.load(threads=1)
 >>> crop = decode_crop(read_bytes("cat.jpg"), "cat.jpg", clf.encoder.preprocess_config)   # (224, 224, 3) uint8
->>> [rec] = classify_crops(clf, spec, ["cat.jpg"], np.stack([crop]))                     # prediction_record dicts
+>>> [rec] = classify_crops(clf, job, ["cat.jpg"], np.stack([crop]))                     # prediction_record dicts
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Optional
 
 import numpy as np
 
 from ..errors import InputError
 from ..manifest import PreprocessConfig, load_artifact
+from ..runtime.classifier import ClassifierOptions
 from ..runtime.images import decode_image
 from ..runtime.inputs import batched
 from ..runtime.preprocess import crop_rgb, normalize_uint8
@@ -26,48 +27,43 @@ from .sources import Source, read_bytes
 
 
 @dataclass(frozen=True)
-class ClassifySpec:
-    """Everything needed to build the same :class:`~coder.runtime.classifier.Classifier` in any
-    process (plain data: it is shipped to Ray actors)."""
+class ClassifyJob:
+    """One batch-labeling job: how to load the classifier (the one
+    :class:`~coder.runtime.classifier.ClassifierOptions`, so ``--engine-dir``, ``--rebuild-stale``, ``--tau``...
+    reach every process) and what each row shows. Plain data: it is shipped to Ray actors."""
 
-    artifacts: str
-    bank: Optional[str] = None
-    backend: str = "auto"
-    precision: str = "fp32"
-    tau: Optional[float] = None
-    adapter: Optional[str] = None
-    fused_head: bool = True
-    allow_fallback: bool = False
+    options: ClassifierOptions
     top_k: int = 5
     rerank: bool = True
 
     def load(self, threads: Optional[int] = None):
-        from ..runtime.classifier import Classifier
+        """The classifier, with ``threads`` ONNX Runtime threads when given (a Ray actor's CPUs)."""
+        opts = self.options if threads is None else replace(self.options, threads=threads)
+        return opts.load()
 
-        return Classifier.load(self.artifacts, self.bank, self.backend, self.precision, self.tau, threads=threads,
-                               adapter=self.adapter, allow_fallback=self.allow_fallback, fused_head=self.fused_head)
 
-
-def job_settings(spec: ClassifySpec) -> dict:
+def job_settings(job: ClassifyJob) -> dict:
     """What the rows depend on (compared when a run resumes an ``--out``): the encoder file's,
     bank's and adapter's sha256, precision, tau, k, top-k and whether the rerank ran."""
     from ..store import sha256_file
     from ..runtime.classifier import find_bank
     from ..text_bank.bank import load_bank
 
-    art = load_artifact(spec.artifacts)
-    bank = load_bank(find_bank(art.root, spec.bank), art)
-    if spec.fused_head and spec.backend != "tensorrt-native":  # once here, not raced by every actor
+    o = job.options
+    art = load_artifact(o.artifacts)
+    bank = load_bank(find_bank(art.root, o.bank), art)
+    k = bank.k if o.k is None else int(o.k)
+    if o.fused_head and o.backend != "tensorrt-native":  # once here, not raced by every actor
         from ..runtime.fused import ensure_fused_onnx
 
-        ensure_fused_onnx(art, bank, spec.precision, bank.k)
-    encoder = f"image_encoder.{spec.precision}.onnx"
+        ensure_fused_onnx(art, bank, o.precision, k)
+    encoder = f"image_encoder.{o.precision}.onnx"
     return {"artifact_sha256": art.manifest["files"].get(encoder, {}).get("sha256"),
             "bank_sha256": bank.meta["npz_sha256"],
-            "adapter_sha256": sha256_file(spec.adapter) if spec.adapter else None,
-            "architecture": art.architecture, "precision": spec.precision,
-            "tau": bank.tau if spec.tau is None else float(spec.tau), "k": bank.k,
-            "top_k": spec.top_k, "rerank": spec.rerank}
+            "adapter_sha256": sha256_file(o.adapter) if o.adapter else None,
+            "architecture": art.architecture, "precision": o.precision,
+            "tau": bank.tau if o.tau is None else float(o.tau), "k": k,
+            "top_k": job.top_k, "rerank": job.rerank}
 
 
 def decode_crop(data: bytes, name: str, cfg: PreprocessConfig) -> np.ndarray:
@@ -76,11 +72,11 @@ def decode_crop(data: bytes, name: str, cfg: PreprocessConfig) -> np.ndarray:
     return crop_rgb(decode_image(data, name), cfg)
 
 
-def classify_crops(clf, spec: ClassifySpec, files: list[str], crops: np.ndarray) -> list[dict]:
+def classify_crops(clf, job: ClassifyJob, files: list[str], crops: np.ndarray) -> list[dict]:
     """``(B, H, W, 3)`` uint8 crops -> one :func:`prediction_record` per file."""
     t0 = time.perf_counter()
     pixels = normalize_uint8(crops, clf.encoder.preprocess_config)
-    preds = clf.classify_pixels(pixels, spec.top_k, spec.rerank, (time.perf_counter() - t0) * 1e3)
+    preds = clf.classify_pixels(pixels, job.top_k, job.rerank, (time.perf_counter() - t0) * 1e3)
     return [prediction_record(f, p) for f, p in zip(files, preds)]
 
 
@@ -110,16 +106,16 @@ def crop_or_error(src: Source, cfg: PreprocessConfig) -> tuple[Optional[np.ndarr
     return (None, why) if why is not None else decode_or_error(data, src.file, cfg)
 
 
-def run_local(spec: ClassifySpec, sources: Iterable[Source], emit: Callable[[list[tuple[dict, Source]]], None],
+def run_local(job: ClassifyJob, sources: Iterable[Source], emit: Callable[[list[tuple[dict, Source]]], None],
               batch_size: int = 16, threads: Optional[int] = None) -> str:
     """The single-process path: ``emit`` gets ``(record, source)`` pairs batch by batch, in
     input order; returns the backend that ran."""
-    clf = spec.load(threads)
+    clf = job.load(threads)
     cfg = clf.encoder.preprocess_config
     for chunk in batched(sources, batch_size):
         decoded = [(src, *crop_or_error(src, cfg)) for src in chunk]
         ok = [(src, crop) for src, crop, _ in decoded if crop is not None]
-        recs = iter(classify_crops(clf, spec, [s.file for s, _ in ok], np.stack([c for _, c in ok])) if ok else [])
+        recs = iter(classify_crops(clf, job, [s.file for s, _ in ok], np.stack([c for _, c in ok])) if ok else [])
         emit([(next(recs) if why is None else error_record(src.file, why), src) for src, _, why in decoded])
     return clf.backend
 

@@ -15,7 +15,7 @@ cannot see them). A bad image is an error row, never a failed task. Uses the act
 API of Ray >= 2.51 (``compute=ray.data.ActorPoolStrategy``; ``concurrency=`` is deprecated).
 
 >>> opts = RayOptions(actors=(1, 2), cpus_per_actor=1)                          # doctest: +SKIP
->>> stats = run_ray(spec, sources, opts, on_table=output.add)
+>>> stats = run_ray(job, sources, opts, on_table=output.add)
 >>> stats.actors, stats.backends
 (2, {'cpu'})
 """
@@ -33,7 +33,7 @@ import pyarrow as pa
 from ..errors import BackendError, ConfigError, one_line
 from ..store import reinstall
 from ..runtime.records import error_record
-from .batch import ClassifySpec, classify_crops, decode_or_error, read_or_error
+from .batch import ClassifyJob, classify_crops, decode_or_error, read_or_error
 from .parquet_out import SCHEMA, row, to_table
 from .sources import Source
 
@@ -177,10 +177,10 @@ class ClassifierActor:
     """The actor-pool stage: the Classifier is loaded once per actor (intra-op threads =
     ``threads``, the actor's CPUs); each call turns a batch of crops into result rows."""
 
-    def __init__(self, spec: ClassifySpec, threads: int):
+    def __init__(self, job: ClassifyJob, threads: int):
         import ray
 
-        self.spec, self.clf = spec, spec.load(threads)
+        self.job, self.clf = job, job.load(threads)
         self.shape = (*self.clf.encoder.preprocess_config.size, 3)
         self.actor_id = ray.get_runtime_context().get_actor_id() or "driver"
 
@@ -189,7 +189,7 @@ class ClassifierActor:
         ok = [i for i, e in enumerate(cols["error"]) if e is None]
         crops = np.stack([np.frombuffer(batch.column("pixels")[i].as_py(), np.uint8).reshape(self.shape)
                           for i in ok]) if ok else None
-        recs = dict(zip(ok, classify_crops(self.clf, self.spec, [cols["file"][i] for i in ok], crops))) if ok else {}
+        recs = dict(zip(ok, classify_crops(self.clf, self.job, [cols["file"][i] for i in ok], crops))) if ok else {}
         rows = [row(recs[i] if i in recs else error_record(f, cols["error"][i]), Source(f, s, m))
                 for i, (f, s, m) in enumerate(zip(cols["file"], cols["file_size"], cols["file_mtime_ns"]))]
         return to_table(rows).append_column("_actor", pa.array([self.actor_id] * len(rows), pa.string()))
@@ -228,7 +228,7 @@ def _coder_error_in_text(exc: BaseException):
         else None
 
 
-def build_dataset(spec: ClassifySpec, sources: list[Source], opts: RayOptions, backend: str, cfg):
+def build_dataset(job: ClassifyJob, sources: list[Source], opts: RayOptions, backend: str, cfg):
     """The lazy Ray Dataset of result rows (plus an ``_actor`` column) for ``sources``."""
     import ray
 
@@ -240,12 +240,12 @@ def build_dataset(spec: ClassifySpec, sources: list[Source], opts: RayOptions, b
                         num_cpus=opts.decode_cpus)
     lo, hi = opts.actors
     pool = ray.data.ActorPoolStrategy(size=lo) if lo == hi else ray.data.ActorPoolStrategy(min_size=lo, max_size=hi)
-    return ds.map_batches(ClassifierActor, fn_constructor_kwargs={"spec": spec, "threads": opts.cpus_per_actor},
+    return ds.map_batches(ClassifierActor, fn_constructor_kwargs={"job": job, "threads": opts.cpus_per_actor},
                           compute=pool, batch_format="pyarrow", batch_size=opts.batch_size,
                           num_cpus=opts.cpus_per_actor, num_gpus=opts.num_gpus(backend))
 
 
-def run_ray(spec: ClassifySpec, sources: list[Source], opts: RayOptions, on_table: Callable[[pa.Table], None],
+def run_ray(job: ClassifyJob, sources: list[Source], opts: RayOptions, on_table: Callable[[pa.Table], None],
             stats: Optional[RayStats] = None) -> RayStats:
     """Run the pipeline over ``sources``; ``on_table`` gets each finished :data:`SCHEMA` batch on
     the driver (as it streams). Ray is shut down afterwards only if it was started here."""
@@ -262,14 +262,14 @@ def run_ray(spec: ClassifySpec, sources: list[Source], opts: RayOptions, on_tabl
         ctx.enable_progress_bars = False  # ours (rows/s, ETA) runs on the driver
         ctx.print_on_execution_start = False
         logging.getLogger("ray.data").setLevel(logging.CRITICAL)  # failures are re-raised here, once
-        opts = fit_pool(opts, stats.cluster_cpus, float(ray.cluster_resources().get("GPU", 0.0)), spec.backend)
+        opts = fit_pool(opts, stats.cluster_cpus, float(ray.cluster_resources().get("GPU", 0.0)), job.options.backend)
         stats.pool = opts.actors
         from ..manifest import load_artifact
 
-        cfg = load_artifact(spec.artifacts).preprocess
+        cfg = load_artifact(job.options.artifacts).preprocess
         actors: set[str] = set()
         try:
-            for batch in build_dataset(spec, sources, opts, spec.backend, cfg).iter_batches(
+            for batch in build_dataset(job, sources, opts, job.options.backend, cfg).iter_batches(
                     batch_size=None, batch_format="pyarrow") if sources else ():
                 actors.update(batch.column("_actor").to_pylist())
                 stats.backends.update(b for b in batch.column("backend").to_pylist() if b)

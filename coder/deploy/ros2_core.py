@@ -83,9 +83,12 @@ class NodeConfig:
             self.input_type == "auto" and self.input_topic.rstrip("/").endswith("/compressed"))
         return COMPRESSED_TYPE if compressed else IMAGE_TYPE
 
-    def classifier_kwargs(self) -> dict:
-        return {"bank": self.bank or None, "backend": self.backend, "precision": self.precision,
-                "tau": None if self.tau < 0 else self.tau, "threads": self.threads or None}
+    def classifier_options(self, default_artifacts: str = "coder-artifacts"):
+        """The one :class:`~coder.runtime.classifier.ClassifierOptions` the node loads its classifier with."""
+        from ..runtime.classifier import ClassifierOptions
+
+        return ClassifierOptions(self.artifacts or default_artifacts, self.bank or None, self.backend,
+                                 self.precision, None if self.tau < 0 else self.tau, threads=self.threads or None)
 
 
 class LatestSlot:

@@ -42,8 +42,6 @@ def build_node():
     from vision_msgs.msg import Classification, ObjectHypothesis, VisionInfo
 
     from ..manifest import default_artifact_dir
-    from ..runtime.classifier import Classifier
-
     types = MsgTypes(Time, Header, ObjectHypothesis, Classification, VisionInfo)
 
     class CoderNode(Node):
@@ -52,8 +50,8 @@ def build_node():
             for f in fields(NodeConfig):  # dynamic typing: `-p tau:=1` (an int) is coerced and checked by NodeConfig
                 self.declare_parameter(f.name, f.default, ParameterDescriptor(dynamic_typing=True))
             self.cfg = NodeConfig.from_params({f.name: self.get_parameter(f.name).value for f in fields(NodeConfig)})
-            artifacts = self.cfg.artifacts or str(default_artifact_dir())
-            self.clf = Classifier.load(artifacts, **self.cfg.classifier_kwargs())  # once: texts are never re-encoded
+            # once: texts are never re-encoded
+            self.clf = self.cfg.classifier_options(str(default_artifact_dir())).load()
             db = vision_info(self.clf.bank, f"coder CODER ({self.clf.backend})")
             self.declare_parameter("class_labels", db["labels"])  # the VisionInfo database: class_id values
             self.pub = self.create_publisher(Classification, self.cfg.output_topic, 10)

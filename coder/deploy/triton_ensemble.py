@@ -153,11 +153,7 @@ class HeadModel(_Base):
     """The fused graph through ONNX Runtime in a Python model (the ``--ensemble python`` head)."""
 
     def setup(self) -> None:
-        from ..runtime.classifier import Classifier
-
-        s = self.settings
-        self.encoder = Classifier.load(s["artifacts"], s["bank"], s["backend"], s["precision"], s["tau"], s["k"],
-                                       threads=self.threads).encoder
+        self.encoder = self.options().load().encoder
 
     def execute(self, requests):
         def encode(out, a, b):
@@ -175,14 +171,15 @@ class GateModel(_Base):
         from ..runtime.classifier import find_bank
         from ..text_bank.bank import load_bank
 
-        s = self.settings
-        art = load_artifact(s["artifacts"])
-        bank = load_bank(find_bank(art.root, s["bank"]), art)
+        o = self.options()
+        art = load_artifact(o.artifacts)
+        bank = load_bank(find_bank(art.root, o.bank), art)
         self.names = bank.class_names
-        self.tau = bank.tau if s["tau"] is None else float(s["tau"])
-        self.top_k = min(int(s["top_k"]), len(self.names))
+        self.tau = bank.tau if o.tau is None else float(o.tau)
+        self.top_k = min(int(self.settings["top_k"]), len(self.names))
 
     def execute(self, requests):
+        from ..runtime.classifier import finish
         from ..runtime.head import gate
 
         names = ["stage1", "topk_ids", "gap", "rerank"]
@@ -193,8 +190,7 @@ class GateModel(_Base):
 
         def infer(rows):
             s1, top, gap, rr = (np.stack([row[i] for row in rows]) for i in range(4))
-            res = gate(top, gap, rr, self.tau)
-            shown = np.argsort(-s1, axis=1, kind="stable")[:, :self.top_k]
+            res, shown = finish(s1, gate(top, gap, rr, self.tau), self.top_k)
             return s1, res, shown
 
         def encode(out, a, b):

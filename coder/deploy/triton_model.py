@@ -91,6 +91,12 @@ class _Base:
         s = self.settings
         return int(s["threads"] or max(1, (os.cpu_count() or 1) // int(s.get("instances") or 1)))
 
+    def options(self):
+        """The one :class:`~coder.runtime.classifier.ClassifierOptions` of this model, with this instance's threads."""
+        from ..runtime.classifier import ClassifierOptions
+
+        return ClassifierOptions.from_dict({**self.settings["options"], "threads": self.threads})
+
     def initialize(self, args) -> None:
         import triton_python_backend_utils as pb  # only importable inside the stub
 
@@ -103,12 +109,8 @@ class _Base:
 
 class ClassifyModel(_Base):
     def setup(self) -> None:
-        from ..runtime.classifier import Classifier
-
-        s = self.settings
-        self.clf = Classifier.load(s["artifacts"], s["bank"], s["backend"], s["precision"], s["tau"],
-                                   s["k"], threads=self.threads)
-        self.top_k = int(s["top_k"])
+        self.clf = self.options().load()
+        self.top_k = int(self.settings["top_k"])
 
     def execute(self, requests):
         return run_batched(self.pb, requests, lambda r: request_images(self.pb, r),

@@ -35,7 +35,7 @@ from ..runtime.classifier import find_bank
 from ..text_bank.bank import load_bank
 
 REPO_FORMAT = "coder.triton-repo"
-REPO_FORMAT_VERSION = 1
+REPO_FORMAT_VERSION = 2  # 2: models load their Classifier from one ClassifierOptions ("options")
 MODEL_FORMAT = "coder.triton-model"
 MODEL = "coder"
 BACKENDS = ("cpu", "cuda", "tensorrt")
@@ -137,7 +137,12 @@ def _config(name: str, runtime: str, max_batch: int, inputs: list[str], outputs:
 
 
 def _settings(art_root: Path, bank_root: Path, opts: RepoOptions, role: str, k: int) -> dict:
+    from ..runtime.classifier import ClassifierOptions, EngineOptions
+
+    options = ClassifierOptions(str(art_root), str(bank_root), opts.backend, opts.precision, opts.tau, k,
+                                opts.threads, engines=EngineOptions(opts.engine_dir))
     return {"format": MODEL_FORMAT, "format_version": REPO_FORMAT_VERSION, "role": role,
+            "options": options.to_dict(),
             "artifacts": str(art_root), "bank": str(bank_root), "backend": opts.backend,
             "precision": opts.precision, "tau": opts.tau, "k": k, "top_k": opts.top_k, "threads": opts.threads,
             "instances": opts.instances,

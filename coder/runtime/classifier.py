@@ -129,6 +129,19 @@ def open_image_encoder(artifact_dir, backend: str, precision: str, threads: int 
     raise BackendError("no backend could load: " + " | ".join(reasons))
 
 
+def finish(s1: np.ndarray, rr, top_k: int, adapter: Adapter | None = None, f: np.ndarray | None = None,
+           clip_w: np.ndarray | None = None):
+    """The one place a gated result (:func:`~coder.runtime.head.gate` / :func:`~coder.runtime.head.rerank`)
+    becomes final labels and the shown top-k, for the Classifier and the Triton gate model alike.
+
+    With a few-shot ``adapter`` its logits on ``f`` decide the label. Returns ``(rr, shown)``; ``shown`` is the
+    stage-1 top-``top_k`` class ids per row (stable order), e.g. ``finish(s1, gate(...), 5)``.
+    """
+    if adapter is not None:
+        rr = replace(rr, labels=np.argmax(adapter.logits(f, clip_w), axis=1))
+    return rr, np.argsort(-s1, axis=1, kind="stable")[:, :top_k]
+
+
 @dataclass(frozen=True)
 class ClassifierOptions:
     """Everything that decides how a :class:`Classifier` is loaded: the one options object that
@@ -289,9 +302,7 @@ class Classifier:
     def _finish(self, f: np.ndarray, s1: np.ndarray, rr, top_k: int, t_pre: float, t_enc: float,
                 t0: float) -> list[Prediction]:
         """Adapter (if any), displayed top-k and timings; ``t0`` is when the head started."""
-        if self.adapter is not None:  # few-shot: the adapter's logits decide the label
-            rr = replace(rr, labels=np.argmax(self.adapter.logits(f, self.bank.clip_w), axis=1))
-        shown = np.argsort(-s1, axis=1, kind="stable")[:, :top_k]
+        rr, shown = finish(s1, rr, top_k, self.adapter, f, self.bank.clip_w)
         t_head = (time.perf_counter() - t0) * 1e3
         n = len(f)
         timings = Timings(t_pre / n, t_enc / n, t_head / n)
