@@ -303,7 +303,7 @@ def test_triton_repo_layout(served_art, tmp_path):
                  "count: 2"):
         assert line in cfg, line
     m = read_repo_manifest(out)
-    assert m["format"] == "coder.triton-repo" and m["format_version"] == 1 and m["models"] == ["coder"]
+    assert m["format"] == "coder.triton-repo" and m["format_version"] == 2 and m["models"] == ["coder"]
     settings = json.loads((out / "coder" / "1" / "coder_model.json").read_text())
     assert settings["sys_path"][0] == str(ROOT) and settings["role"] == "classify"
     # Rewriting our own repository is allowed; a foreign non-empty directory is refused (exit 2).
