@@ -19,8 +19,11 @@ class ArtifactError(CoderError):
     """An artifact directory or file is missing, corrupt, or of another format version."""
 
 
-class StorageError(ArtifactError):
-    """A disk is full or read-only, or an output is locked by another run; the message names the directory."""
+class StorageError(ArtifactError, OSError):
+    """A disk is full or read-only, or an output is locked by another run; the message names the directory.
+
+    Also an ``OSError``, so code that tolerates a failed write (an advisory cache) keeps catching it.
+    """
 
 
 class ChecksumError(ArtifactError):

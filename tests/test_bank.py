@@ -168,3 +168,53 @@ def test_bank_build_refuses_to_replace_a_bank_from_another_texts_file(tiny_artif
     import shutil
 
     shutil.rmtree(tiny_artifact / "banks" / "other")  # the shared artifact keeps its banks as they were
+
+
+def _flip_a_byte(path):
+    data = bytearray(path.read_bytes())
+    data[len(data) // 3] ^= 0xFF  # inside the first array's payload: the zip CRC no longer matches
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_caches_are_rebuilt_with_a_warning(tiny_artifact, tmp_path):
+    """One flipped byte in clip_w.npz or .embed-cache-*.npz is a warning and a rebuild, never a crash."""
+    from coder.store.cache import CacheWarning
+    from coder.text_bank.clip_weights import FILE
+
+    t = init_texts("cifar10")
+    bank_dir, _ = build_bank(tiny_artifact, t, out=tmp_path / "banks" / "c10")
+    want = load_bank(bank_dir, tiny_artifact).clip_w
+    _flip_a_byte(bank_dir / FILE)
+    with pytest.warns(CacheWarning, match="damaged"):
+        got = load_bank(bank_dir, tiny_artifact).clip_w
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    np.testing.assert_allclose(load_bank(bank_dir, tiny_artifact).clip_w, want, atol=1e-6)  # rewritten whole
+    [cache] = (tmp_path / "banks").glob(".embed-cache-*.npz")
+    _flip_a_byte(cache)
+    with pytest.warns(CacheWarning, match="damaged"):
+        again, _ = build_bank(tiny_artifact, t, out=tmp_path / "banks" / "c10")
+    np.testing.assert_array_equal(load_bank(again, tiny_artifact).arrays["g_sum"],
+                                  load_bank(bank_dir, tiny_artifact).arrays["g_sum"])
+
+
+def test_read_only_bank_keeps_caches_in_memory(tiny_artifact, tmp_path, monkeypatch):
+    """A read-only artifact (EROFS/EACCES on every write under it) still gives W, with a warning."""
+    import errno
+    import os
+    import tempfile
+
+    import coder.store.files as files
+    from coder.store.cache import CacheWarning
+
+    bank_dir, _ = build_bank(tiny_artifact, init_texts("cifar10"), out=tmp_path / "banks" / "c10")
+    real = tempfile.mkstemp
+
+    def read_only(*a, dir=None, **k):
+        if dir is not None and str(tmp_path) in os.fspath(dir):
+            raise OSError(errno.EROFS, "Read-only file system", str(dir))
+        return real(*a, dir=dir, **k)
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
+    with pytest.warns(CacheWarning, match="kept in memory"):
+        w = load_bank(bank_dir, tiny_artifact).clip_w
+    assert w.shape[0] == 10 and not list(bank_dir.glob("clip_w.npz"))

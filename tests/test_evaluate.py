@@ -84,3 +84,28 @@ def test_eval_cli_fashion_json(tiny_artifact, tmp_path):
     data = json.loads(res.stdout)
     assert data["n"] == 60 and set(data["rows"]) == {"clip", "coder_stage1", "coder_rerank"}
     assert json.loads(conf.read_text())["format"] == "coder.confusions"
+
+
+def test_eval_on_a_read_only_artifact_keeps_caches_in_memory(tiny_artifact, tmp_path, monkeypatch):
+    """Every write under the artifact fails (EROFS) as on a read-only partition: eval still answers, exit 0."""
+    import errno
+    import os
+    import shutil
+    import tempfile
+
+    import coder.store.files as files
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art, ignore=shutil.ignore_patterns("banks"))
+    build_bank(art, init_texts("fashion-mnist"))
+    real = tempfile.mkstemp
+
+    def read_only(*a, dir=None, **k):
+        if dir is not None and os.fspath(dir).startswith(str(art)):
+            raise OSError(errno.EROFS, "Read-only file system", str(dir))
+        return real(*a, dir=dir, **k)
+
+    monkeypatch.setattr(files.tempfile, "mkstemp", read_only)
+    res = CliRunner().invoke(app, ["eval", "fashion-mnist", "-a", str(art), "--limit", "20", "--json"])
+    assert res.exit_code == 0, res.output
+    assert json.loads(res.stdout)["n"] == 20 and "kept in memory" in res.stderr

@@ -16,13 +16,13 @@ Example::
                 write(unit, tmp)
 """
 
-from .cache import cached
+from .cache import DAMAGED, cached, warn_damaged, warn_unwritable
 from .files import (atomic_path, atomic_write_bytes, atomic_write_json, fsync_dir, read_json, remove_stale_temps,
                     sha256_file, storage_error)
 from .locks import output_lock
 from .paths import is_within, resolved, same_or_nested
 from .signals import Interrupted, critical, reinstall, stop_on_signals
 
-__all__ = ["Interrupted", "atomic_path", "atomic_write_bytes", "atomic_write_json", "cached", "critical",
+__all__ = ["DAMAGED", "Interrupted", "atomic_path", "atomic_write_bytes", "atomic_write_json", "cached", "critical",
            "fsync_dir", "is_within", "output_lock", "read_json", "reinstall", "remove_stale_temps", "resolved",
-           "same_or_nested", "sha256_file", "stop_on_signals", "storage_error"]
+           "same_or_nested", "sha256_file", "stop_on_signals", "storage_error", "warn_damaged", "warn_unwritable"]

@@ -23,7 +23,8 @@ from ..errors import StorageError, one_line
 from .files import atomic_path
 
 T = TypeVar("T")
-_DAMAGED = (zipfile.BadZipFile, zlib.error, ValueError, KeyError, EOFError, OSError)
+# What reading a truncated, bit-flipped or foreign cache file raises (np.load, zipfile CRC checks, json).
+DAMAGED = (zipfile.BadZipFile, zlib.error, ValueError, KeyError, EOFError, OSError)
 
 
 class CacheWarning(RuntimeWarning):
@@ -34,21 +35,30 @@ def cached(path: str | os.PathLike, load: Callable[[Path], T], build: Callable[[
            save: Callable[[Path, T], None], what: str = "cache") -> T:
     """``load(path)`` if it works; else ``build()``, then ``save(tmp, value)`` committed atomically to ``path``.
 
-    ``load`` raises on a damaged file (any of zip/zlib/value/key/EOF/OS errors); ``save`` writes to the temp
-    path it is given. Writing failures (read-only, full disk, permissions) warn and return the value anyway.
+    ``load`` raises on a damaged file (any of :data:`DAMAGED`) and returns None for a valid but stale one
+    (other key): both rebuild. ``save`` writes to the temp path it is given. Writing failures (read-only, full disk, permissions) warn and return the value anyway.
     """
     path = Path(path)
     if path.is_file():
         try:
-            return load(path)
-        except _DAMAGED as e:
-            warnings.warn(f"{what} {path} is damaged ({one_line(e, 120)}); rebuilding it", CacheWarning,
-                          stacklevel=2)
+            value = load(path)
+            if value is not None:
+                return value
+        except DAMAGED as e:
+            warn_damaged(what, path, e)
     value = build()
     try:
         with atomic_path(path) as tmp:
             save(tmp, value)
     except (StorageError, OSError) as e:
-        warnings.warn(f"cannot write {what} {path} ({one_line(e, 120)}); kept in memory for this run",
-                      CacheWarning, stacklevel=2)
+        warn_unwritable(what, path, e)
     return value
+
+
+def warn_damaged(what: str, path: Path, e: BaseException) -> None:
+    warnings.warn(f"{what} {path} is damaged ({one_line(e, 120)}); rebuilding it", CacheWarning, stacklevel=3)
+
+
+def warn_unwritable(what: str, path: Path, e: BaseException) -> None:
+    warnings.warn(f"cannot write {what} {path} ({one_line(e, 120)}); kept in memory for this run", CacheWarning,
+                  stacklevel=3)

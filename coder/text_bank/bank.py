@@ -22,8 +22,8 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import ArtifactError
-from ..store import atomic_path, atomic_write_json, read_json, sha256_file
+from ..errors import ArtifactError, StorageError
+from ..store import DAMAGED, atomic_path, atomic_write_json, read_json, sha256_file, warn_damaged, warn_unwritable
 from ..manifest import Artifact, load_artifact, verify_file
 from .fold import fold
 from .rows import KIND_IDS, Rows, expand
@@ -97,12 +97,14 @@ class EmbeddingCache:
         # Version 1 had no suffix; its rows can be wrong, so it is dropped on the next save.
         self.legacy = directory / f".embed-cache-{encoder_sha[:16]}.npz"
         self.table: dict[str, np.ndarray] = {}
+        self.writable = True
         if self.path.is_file():
             try:
                 with np.load(self.path, allow_pickle=False) as z:
                     self.table = dict(zip(z["texts"].tolist(), z["emb"]))
-            except (OSError, ValueError, KeyError):
-                self.table = {}  # a damaged cache is only a slower rebuild
+            except DAMAGED as e:  # a damaged cache is only a slower rebuild
+                warn_damaged("text-embedding cache", self.path, e)
+                self.table = {}
 
     def missing(self, texts: list[str]) -> list[str]:
         return sorted({t for t in texts if t not in self.table})
@@ -114,11 +116,18 @@ class EmbeddingCache:
         return np.stack([self.table[t] for t in texts]).astype(np.float32)
 
     def save(self) -> None:
+        """Commit the table; on a read-only or full medium warn once and keep it in memory."""
+        if not self.writable or not self.table:
+            return
         keys = list(self.table)
-        with atomic_path(self.path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, texts=np.array(keys, dtype=str), emb=np.stack([self.table[k] for k in keys]))
-        self.legacy.unlink(missing_ok=True)
+        try:
+            with atomic_path(self.path) as tmp:
+                with open(tmp, "wb") as f:
+                    np.savez(f, texts=np.array(keys, dtype=str), emb=np.stack([self.table[k] for k in keys]))
+            self.legacy.unlink(missing_ok=True)
+        except (StorageError, OSError) as e:
+            self.writable = False
+            warn_unwritable("text-embedding cache", self.path, e)
 
 
 def encode_rows(rows: Rows, encoder, cache_dir: Path, on_progress: Callable[[int, int], None] = lambda d, t: None,

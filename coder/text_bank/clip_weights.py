@@ -24,7 +24,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import ArtifactError
-from ..store import atomic_path
+from ..store import cached
 from .rows import KIND_IDS, Rows
 
 FORMAT = "coder.clip-weights"
@@ -48,31 +48,37 @@ def clip_rows(class_names: list[str], templates: list[str]) -> Rows:
 
 
 def _read(path: Path, key: dict, n_classes: int) -> np.ndarray | None:
-    try:
-        with np.load(path, allow_pickle=False) as z:
-            if json.loads(str(z["key"])) != key or z["clip_w"].shape[0] != n_classes:
-                return None
-            return z["clip_w"].astype(np.float32)
-    except (OSError, ValueError, KeyError):
-        return None
+    """The cached W, None when it was computed for other texts/encoder (damaged: raises, see store.cached)."""
+    with np.load(path, allow_pickle=False) as z:
+        if json.loads(str(z["key"])) != key or z["clip_w"].shape[0] != n_classes:
+            return None
+        return z["clip_w"].astype(np.float32)
+
+
+def _write(path: Path, w: np.ndarray, key: dict) -> None:
+    with open(path, "wb") as f:
+        np.savez(f, clip_w=w, key=np.array(json.dumps(key, sort_keys=True)))
 
 
 def plain_clip_weights(bank, artifact_root: str | Path | None = None,
                        on_progress: Callable[[int, int], None] = lambda done, total: None) -> np.ndarray:
     """(C,D) float32 unit rows: per class the mean of its template embeddings, renormalised;
     ``on_progress(done, total)`` counts the texts encoded now (none when cached)."""
-    from .bank import encode_rows
-    from .fold import _normalize
-    from .text_encoder import TextEncoder
-
     templates = bank.meta.get("clip_templates")
     if not templates:
         raise ArtifactError(f"{bank.root}: this bank has no plain-CLIP templates; rebuild it with `coder bank build`")
     key, path = cache_key(bank), Path(bank.root) / FILE
-    cached = _read(path, key, len(bank.class_names))
-    if cached is not None:
-        return cached
     root = Path(artifact_root) if artifact_root is not None else Path(bank.root).parent.parent
+    return cached(path, lambda p: _read(p, key, len(bank.class_names)),
+                  lambda: _compute(bank, root, templates, on_progress), lambda p, w: _write(p, w, key),
+                  what="plain-CLIP weights cache")
+
+
+def _compute(bank, root: Path, templates: list[str], on_progress) -> np.ndarray:
+    from .bank import encode_rows
+    from .fold import _normalize
+    from .text_encoder import TextEncoder
+
     encoder = TextEncoder.load(root, bank.meta["encoder"]["precision"])
     if encoder.encoder_sha256 != bank.meta["encoder"]["sha256"]:
         raise ArtifactError(f"{bank.root} was built with another text encoder than {root}; rebuild the bank")
@@ -80,11 +86,4 @@ def plain_clip_weights(bank, artifact_root: str | Path | None = None,
     emb, _ = encode_rows(rows, encoder, Path(bank.root).parent, on_progress)
     sums = np.zeros((len(bank.class_names), emb.shape[1]), np.float64)
     np.add.at(sums, rows.cls, emb.astype(np.float64))
-    w = _normalize(sums)
-    try:
-        with atomic_path(path) as tmp:
-            with open(tmp, "wb") as f:
-                np.savez(f, clip_w=w, key=np.array(json.dumps(key, sort_keys=True)))
-    except OSError:
-        pass  # read-only bank: W stays in memory for this process
-    return w
+    return _normalize(sums)
