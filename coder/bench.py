@@ -115,6 +115,9 @@ def run_bench(artifact_dir, batches=(1, 8, 32), repeats: int = 20, backends=("cp
             rows += _encoder_rows(name, enc, bank, batches, repeats, cfg.size)
         finally:
             enc.close()  # native TensorRT: free the stream and device buffers before the next engine
+    if not any(r.stage == "encoder" for r in rows):  # e.g. no ONNX Runtime installed: nothing was measured
+        raise BackendError("no backend could run the image encoder: "
+                           + "; ".join(f"{n}: {why}" for n, why in skipped.items()))
     rows += _head_rows(art, bank, batches, repeats, report)
     if with_torch:
         rows += _torch_rows(art, batches, max(3, repeats // 2), skipped, report)

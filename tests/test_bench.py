@@ -110,3 +110,17 @@ def test_bench_bank_option(tiny_fp32_artifact):
     res = CliRunner().invoke(app, args + ["--bank", "nope"])
     assert res.exit_code == next(c for cls, c, _ in EXIT_CODES if cls is ArtifactError)
     assert "no bank 'nope'" in res.output
+
+
+def test_bench_without_onnx_runtime_is_exit_6(tiny_fp32_artifact, monkeypatch):
+    """With no ONNX Runtime every encoder row is skipped: that is a backend error (exit 6), not exit 0."""
+    import sys
+
+    from coder.cli.common import EXIT_CODES
+    from coder.errors import BackendError
+
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
+    res = CliRunner().invoke(app, ["bench", str(tiny_fp32_artifact), "--batches", "1", "--repeats", "1",
+                                   "--no-torch"])
+    assert res.exit_code == next(c for cls, c, _ in EXIT_CODES if cls is BackendError), res.output
+    assert "no backend could run the image encoder" in res.output

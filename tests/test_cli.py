@@ -83,6 +83,17 @@ def test_bad_option_values(tiny_artifact, sample_images):
     assert res.exit_code == CODE[ConfigError] and "opset" in res.output
 
 
+@pytest.mark.parametrize("args", [["embed", "x.jpg", "--batch-size", "0"], ["embed", "x.jpg", "--batch-size", "-1"],
+                                  ["classify", "x.jpg", "--batch-size", "0"], ["classify", "x.jpg", "--top-k", "0"],
+                                  ["bag", "b", "--every", "0"], ["bench", "--repeats", "0"],
+                                  ["serve", "--http-port", "70000"], ["fit", "d", "--shots", "0"]])
+def test_counts_below_their_minimum_are_usage_errors(args, tmp_path):
+    """`embed --batch-size 0` was exit 70 and `-1` embedded nothing with exit 0: every count has a floor."""
+    res = runner.invoke(app, [*args, "--artifacts", str(tmp_path)])
+    assert res.exit_code == CODE[ConfigError], res.output
+    assert args[-2] in res.output and "Traceback" not in res.output
+
+
 def test_doctor_json():
     res = runner.invoke(app, ["doctor", "--json"])
     assert res.exit_code == 0

@@ -30,7 +30,7 @@ def export(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Default ./coder-artifacts/<arch>__<tag>."),
     precision: str = typer.Option("fp32", help="fp32 | fp16 | both."),
     opset: int = typer.Option(17, help="ONNX opset (>= 17 for LayerNormalization)."),
-    max_batch: int = typer.Option(64, help="Largest batch the runtime sends in one call."),
+    max_batch: int = typer.Option(64, min=1, help="Largest batch the runtime sends in one call."),
     seed: int = typer.Option(0, help="Seed for --pretrained none."),
     model_config: Optional[Path] = typer.Option(None, help="Extra open_clip model config .json (custom arch)."),
     no_validate: bool = typer.Option(False, "--no-validate", help="Skip the torch parity gates (not advised)."),
@@ -173,7 +173,7 @@ def embed(
     backend: str = typer.Option("cpu", help="cpu | cuda | tensorrt (ONNX Runtime providers)."),
     allow_fallback: bool = ALLOW_FALLBACK,
     out_file: Optional[Path] = typer.Option(None, "--out", help="Save embeddings as .npy (rows of files that loaded)."),
-    batch_size: int = typer.Option(16, help="Images (or texts) per encoder call."),
+    batch_size: int = typer.Option(16, min=1, help="Images (or texts) per encoder call."),
     as_json: bool = typer.Option(False, "--json", help="Print JSON with every embedding."),
 ) -> None:
     """L2-normalised image (or, with --text / --texts-file, text) embeddings computed with ONNX Runtime."""

@@ -21,7 +21,7 @@ def classify(
     artifacts: Optional[Path] = typer.Option(None, "--artifacts", "-a",
                                              help="Default: $CODER_ARTIFACTS, else the newest ./coder-artifacts/*."),
     bank: Optional[str] = typer.Option(None, help="Bank name under <artifacts>/banks (default: the only one)."),
-    top_k: int = typer.Option(5, "--top-k", help="Classes shown per image."),
+    top_k: int = typer.Option(5, "--top-k", min=1, help="Classes shown per image."),
     no_rerank: bool = typer.Option(False, "--no-rerank", help="Stage 1 only."),
     tau: Optional[float] = typer.Option(None, help="Rerank gate (default: the bank preset's published value)."),
     explain: bool = typer.Option(False, "--explain", help="Show the texts that matched best."),
@@ -31,7 +31,7 @@ def classify(
                                                          "else <artifacts>/engines)."),
     rebuild_stale: bool = typer.Option(False, "--rebuild-stale", help="Rebuild (and validate) a stale native "
                                                                       "TensorRT engine instead of exiting 10."),
-    batch_size: int = typer.Option(16, help="Images per encoder call (bounds memory)."),
+    batch_size: int = typer.Option(16, min=1, help="Images per encoder call (bounds memory)."),
     adapter: Optional[Path] = typer.Option(None, help="Few-shot adapter from `coder fit`."),
     fused_head: bool = typer.Option(True, "--fused-head/--no-fused-head",
                                     help="Run the CODER head as an ONNX graph after the encoder (else numpy)."),
@@ -47,7 +47,7 @@ def classify(
     actors: Optional[str] = typer.Option(None, "--actors", help="Classifier actors: N, or MIN,MAX to autoscale."),
     gpus_per_actor: Optional[float] = typer.Option(None, "--gpus-per-actor",
                                                    help="GPUs per actor (default 1 for cuda/tensorrt, else 0)."),
-    cpus_per_actor: int = typer.Option(1, "--cpus-per-actor", help="CPUs per actor = its ONNX Runtime threads."),
+    cpus_per_actor: int = typer.Option(1, "--cpus-per-actor", min=1, help="CPUs per actor = its ONNX Runtime threads."),
 ) -> None:
     """Classify images with CODER (stage 1 + gated one-to-one rerank)."""
     from ..manifest import default_artifact_dir
@@ -146,7 +146,7 @@ def eval_cmd(
     data: str = typer.Argument(..., help="ImageFolder directory, or fashion-mnist[:train|test] (Debian package)."),
     artifacts: Optional[Path] = typer.Option(None, "--artifacts", "-a", help="Default as in `coder classify`."),
     bank: Optional[str] = typer.Option(None, help="Bank name under <artifacts>/banks."),
-    limit: Optional[int] = typer.Option(None, help="Evaluate a reproducible random subset of this many images."),
+    limit: Optional[int] = typer.Option(None, min=1, help="Evaluate a reproducible random subset of this many images."),
     seed: int = typer.Option(0, help="Seed of the --limit subset."),
     tau: Optional[float] = typer.Option(None, help="Rerank gate (default: the bank preset)."),
     backend: str = typer.Option("auto", help="auto | cpu | cuda | tensorrt | tensorrt-native."),
@@ -209,14 +209,14 @@ def _clip_weights_with_progress(bank) -> None:
 @app.command()
 def fit(
     train: str = typer.Argument(..., help="ImageFolder directory or fashion-mnist[:train]."),
-    shots: int = typer.Option(..., "--shots", help="K images per class for the cache."),
+    shots: int = typer.Option(..., "--shots", min=1, help="K images per class for the cache."),
     out_file: Path = typer.Option(..., "--out", help="Adapter file to write (.npz)."),
     artifacts: Optional[Path] = typer.Option(None, "--artifacts", "-a", help="Default as in `coder classify`."),
     bank: Optional[str] = typer.Option(None, help="Bank name under <artifacts>/banks."),
     val: Optional[str] = typer.Option(None, help="Validation set (ImageFolder or fashion-mnist:...)."),
     val_fraction: float = typer.Option(0.1, help="Else: this share of each class's non-support images."),
-    val_limit: int = typer.Option(1000, help="At most this many validation images."),
-    augment_epochs: int = typer.Option(1, help="Augmented views averaged per support image (0: none)."),
+    val_limit: int = typer.Option(1000, min=1, help="At most this many validation images."),
+    augment_epochs: int = typer.Option(1, min=0, help="Augmented views averaged per support image (0: none)."),
     seed: int = typer.Option(0, help="Seed for shot sampling and augmentation."),
     kind: str = typer.Option("coder", help="coder (CODER-Adapter) | tip (plain Tip-Adapter, CLIP-feature keys)."),
 ) -> None:
@@ -252,7 +252,7 @@ def fit(
 def bench(
     artifacts: Optional[Path] = typer.Argument(None, help="Artifact directory (default as in `coder classify`)."),
     batches: str = typer.Option("1,8,32", help="Comma list of batch sizes."),
-    repeats: int = typer.Option(20, help="Timed repeats per row."),
+    repeats: int = typer.Option(20, min=1, help="Timed repeats per row."),
     no_torch: bool = typer.Option(False, "--no-torch", help="Skip the torch eager reference rows."),
     bank: Optional[str] = typer.Option(None, help="Bank for the head rows (default: the only one)."),
     as_json: bool = typer.Option(False, "--json"),
@@ -306,15 +306,15 @@ def _print_bench(result: dict) -> None:
 def build_engine(
     artifacts: Path = typer.Argument(..., help="Artifact directory from `coder export`."),
     precision: str = typer.Option("fp16", help="fp16 | fp32 (taken from that ONNX graph; strongly typed)."),
-    max_batch: int = typer.Option(32, help="Largest batch of the optimization profile."),
-    opt_batch: int = typer.Option(8, help="Batch TensorRT tunes for."),
-    workspace: int = typer.Option(4096, help="Workspace limit in MB."),
+    max_batch: int = typer.Option(32, min=1, help="Largest batch of the optimization profile."),
+    opt_batch: int = typer.Option(8, min=1, help="Batch TensorRT tunes for."),
+    workspace: int = typer.Option(4096, min=1, help="Workspace limit in MB."),
     timing_cache: Optional[Path] = typer.Option(None, help="Timing cache file, reused across builds."),
     engine_dir: Optional[Path] = typer.Option(None, help="Where engines live (default $CODER_ENGINE_DIR, else "
                                                          "<artifacts>/engines)."),
     bank: Optional[str] = typer.Option(None, help="Fuse this bank's CODER head into the engine ('none': plain "
                                                   "encoder; default: the only bank, if there is one)."),
-    k: Optional[int] = typer.Option(None, help="Rerank candidates in the fused head (default: the bank preset)."),
+    k: Optional[int] = typer.Option(None, min=1, help="Rerank candidates in the fused head (default: the bank preset)."),
     as_json: bool = typer.Option(False, "--json"),
 ) -> None:
     """Build a native TensorRT engine (needs a CUDA GPU and the [trt] extra), validate it, record it."""

@@ -63,8 +63,9 @@ def triton_repo(
 @app.command()
 def serve(
     artifacts: Path = ARTIFACTS, bank: Optional[str] = BANK,
-    http_port: int = typer.Option(8000, "--http-port"), grpc_port: int = typer.Option(8001, "--grpc-port"),
-    metrics_port: int = typer.Option(8002, "--metrics-port"),
+    http_port: int = typer.Option(8000, "--http-port", min=1, max=65535),
+    grpc_port: int = typer.Option(8001, "--grpc-port", min=1, max=65535),
+    metrics_port: int = typer.Option(8002, "--metrics-port", min=1, max=65535),
     host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (0.0.0.0: every interface)."),
     repo: Optional[Path] = typer.Option(None, "--repo", help="Write the repository here (default: a temporary "
                                                              "directory, removed on exit)."),

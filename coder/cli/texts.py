@@ -87,11 +87,11 @@ def texts_generate(
     model: str = typer.Option(..., help="Model name the endpoint serves."),
     api_key_env: Optional[str] = typer.Option(None, help="Environment variable holding the API key."),
     kinds: str = typer.Option("att,ana,pair", help="Comma list of att, ana, pair."),
-    pairs_per_class: int = typer.Option(3, help="Hard pairs: K nearest classes in text-embedding space."),
+    pairs_per_class: int = typer.Option(3, min=0, help="Hard pairs: K nearest classes in text-embedding space."),
     pairs_file: Optional[Path] = typer.Option(None, help="Hard pairs from `coder eval --confusions-out` or a,b lines."),
     artifacts: Optional[Path] = typer.Option(None, "--artifacts", "-a",
                                              help="Text encoder for the ana filter and nearest pairs (default as classify)."),
-    concurrency: int = typer.Option(4, help="Requests in flight."),
+    concurrency: int = typer.Option(4, min=1, help="Requests in flight."),
     timeout: float = typer.Option(60.0, help="Seconds per request before a retry."),
     cache_dir: Optional[Path] = typer.Option(None, help="Response cache (default: .coder-llm-cache beside TEXTS)."),
 ) -> None:
