@@ -87,3 +87,32 @@ def test_missing_onnx_runtime_is_a_clear_backend_error(monkeypatch):
     with pytest.raises(BackendError, match=r"pip install 'coder\[cpu\]'"):
         ort_mod.import_ort()
     assert all("coder[cpu]" in v for v in ort_mod.probe_providers().values())
+
+
+def _python310():
+    import glob
+    import shutil
+    import subprocess
+
+    for c in [shutil.which("python3.10"), *sorted(glob.glob(str(Path.home() / ".pyenv/versions/3.10.*/bin/python3.10")))]:
+        if c and subprocess.run([c, "-c", "import sys; assert sys.version_info[:2] == (3, 10)"]).returncode == 0:
+            return c
+    return None
+
+
+@pytest.mark.skipif(sys.version_info < (3, 11), reason="the oracle is tomllib")
+def test_ci_lowest_versions_run_on_python_310():
+    """.ci/run reads the lower bounds where python3 is 3.10 (Ubuntu 22.04, JetPack 6): no tomllib there."""
+    import subprocess
+    import tomllib
+
+    py = _python310()
+    if py is None:
+        pytest.skip("no Python 3.10 here")
+    res = subprocess.run([py, str(ROOT / ".ci" / "lowest.py"), str(ROOT / "pyproject.toml")], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 0, res.stderr
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    want = [re.sub(r"\s*>=\s*", "==", r.split(";")[0].strip())
+            for r in project["dependencies"] + project["optional-dependencies"]["cpu"]]
+    assert res.stdout.split() == want
