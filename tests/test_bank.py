@@ -218,3 +218,28 @@ def test_read_only_bank_keeps_caches_in_memory(tiny_artifact, tmp_path, monkeypa
     with pytest.warns(CacheWarning, match="kept in memory"):
         w = load_bank(bank_dir, tiny_artifact).clip_w
     assert w.shape[0] == 10 and not list(bank_dir.glob("clip_w.npz"))
+
+
+def test_bank_records_its_texts_file_relative_so_a_moved_artifact_rebuilds(tiny_artifact, tmp_path):
+    """bank.json once held an absolute texts path: a moved or packed artifact refused its own texts file."""
+    import json as _json
+
+    from coder.text_bank.bank import check_replace
+    from coder.text_bank.texts import save_texts
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art, ignore=shutil.ignore_patterns("banks"))
+    t = init_texts("cifar10")
+    save_texts(art / "texts-c10.json", t)
+    bank_dir, meta = build_bank(art, t, out=art / "banks" / "c10", texts_file=art / "texts-c10.json")
+    assert meta["texts_file"] == "../../texts-c10.json"
+    moved = tmp_path / "moved"
+    art.rename(moved)
+    edited = init_texts("cifar10")
+    edited = edited.__class__(edited.name, edited.preset, edited.templates, edited.classes[:9], {}, edited.provenance)
+    save_texts(moved / "texts-c10.json", edited)  # same file, edited: the normal incremental rebuild
+    check_replace(moved / "banks" / "c10", edited, moved / "texts-c10.json", force=False)
+    with pytest.raises(ArtifactError, match="--force"):  # another file with other texts is still refused
+        save_texts(tmp_path / "other.json", edited)
+        check_replace(moved / "banks" / "c10", edited, tmp_path / "other.json", force=False)
+    assert _json.loads((moved / "banks" / "c10" / "bank.json").read_text())["texts_file"] == "../../texts-c10.json"

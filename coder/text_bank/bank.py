@@ -23,7 +23,8 @@ from typing import Any, Callable
 import numpy as np
 
 from ..errors import ArtifactError, StorageError
-from ..store import DAMAGED, atomic_path, atomic_write_json, read_json, sha256_file, warn_damaged, warn_unwritable
+from ..store import (DAMAGED, atomic_path, atomic_write_json, is_within, read_json, resolved, sha256_file,
+                     warn_damaged, warn_unwritable)
 from ..manifest import Artifact, load_artifact, verify_file
 from .fold import fold
 from .rows import KIND_IDS, Rows, expand
@@ -178,7 +179,7 @@ def build_bank(artifact_dir: str | os.PathLike, texts: Texts, precision: str = "
         "format": FORMAT, "format_version": FORMAT_VERSION, "name": texts.name,
         "encoder": {"file": encoder.engine.path.name, "sha256": encoder.encoder_sha256, "precision": precision,
                     "text_encoding": encoder.encoding_version},
-        "texts_sha256": texts_sha256(texts), "texts_file": str(Path(texts_file).resolve()) if texts_file else None,
+        "texts_sha256": texts_sha256(texts), "texts_file": _recorded_texts_file(out, texts_file),
         "npz_sha256": sha256_file(out / "bank.npz"),
         "classes": texts.class_names, "preset": texts.preset,
         "settings": {"tau": texts.templates["tau"], "k": texts.templates["k"]},
@@ -188,6 +189,15 @@ def build_bank(artifact_dir: str | os.PathLike, texts: Texts, precision: str = "
     }
     atomic_write_json(out / "bank.json", meta)
     return out, meta
+
+
+def _recorded_texts_file(bank_dir: Path, texts_file: str | os.PathLike | None) -> str | None:
+    """How ``bank.json`` names its texts file: relative to the bank when the file lies in the same artifact
+    (so a moved or packed artifact still finds it, e.g. ``../../texts-cifar10.json``), else absolute."""
+    if texts_file is None:
+        return None
+    target, art_root = resolved(texts_file), resolved(bank_dir).parent.parent
+    return os.path.relpath(target, resolved(bank_dir)) if is_within(target, art_root) else str(target)
 
 
 def check_replace(out: Path, texts: Texts, texts_file: str | os.PathLike, force: bool) -> None:
@@ -201,7 +211,7 @@ def check_replace(out: Path, texts: Texts, texts_file: str | os.PathLike, force:
     except (OSError, ValueError):
         return
     old_file = old.get("texts_file")
-    same_file = old_file is None or Path(old_file) == Path(texts_file).resolve()
+    same_file = old_file is None or resolved(Path(out) / old_file) == resolved(texts_file)
     if force or same_file or old.get("texts_sha256") == texts_sha256(texts):
         return
     raise ArtifactError(f"bank {Path(out).name!r} at {out} was built from {old_file}; pass --force to replace it "
