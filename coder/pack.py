@@ -2,10 +2,11 @@
 
 Copied: ``manifest.json`` (its ``engines`` record dropped: engines are per GPU and TensorRT
 version), every file the manifest lists (encoders, tokenizer vocabulary) and each bank's
-``bank.json`` + ``bank.npz`` (+ ``clip_w.npz`` when computed). Not copied: ``engines/``,
-embedding caches, hash caches, export state. The copy is written beside ``DIR`` and renamed
-into place once every file's sha256 matched the manifest (and each bank its ``bank.json``), so
-a failed or interrupted pack never leaves a half copy under ``DIR``. On the target the same
+``bank.json`` + ``bank.npz`` (+ ``clip_w.npz`` when computed and intact). Not copied: ``engines/``,
+embedding caches, hash caches, export state. Every copied file's sha256 is compared with its source's.
+The copy is written on ``DIR``'s filesystem (beside it, or inside it when ``DIR`` is an existing empty
+directory such as a mount point) and moved into place once every file's sha256 matched the manifest (and
+each bank its ``bank.json``), so a failed or interrupted pack never leaves a half copy under ``DIR``. On the target the same
 checks run whenever the artifact is opened (``load_artifact`` hashes every listed file once).
 
 >>> report = pack_artifact("coder-artifacts/ViT-B-32__openai", Path("/media/usb/vitb32"))  # doctest: +SKIP
@@ -20,8 +21,12 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from .errors import ArtifactError
+import numpy as np
+
+from .errors import ArtifactError, StorageError
 from .manifest import MANIFEST_NAME, load_artifact, write_manifest
+from .store import critical, fsync_dir, resolved, sha256_file
+from .store.files import fsync_file, storage_errors
 
 BANK_FILES = ("bank.json", "bank.npz", "clip_w.npz")
 
@@ -42,37 +47,100 @@ def verify_copy(dest: Path) -> dict:
     return {"files": len(art.manifest["files"]), "banks": banks}
 
 
+def _staging(dest: Path) -> Path:
+    """Where the copy is built: inside ``dest`` when it already exists (an empty mount point: a rename from
+    its parent's filesystem would cross devices), else beside it. Either way on ``dest``'s filesystem."""
+    where = dest if dest.is_dir() else dest.parent
+    with storage_errors(where):
+        where.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".tmp-pack-{dest.name}-", dir=where))
+
+
+def _plan(art) -> list[tuple[Path, str]]:
+    """(source, relative target) of every file to copy; a damaged clip_w.npz cache is left behind."""
+    from .store import DAMAGED, warn_damaged
+
+    files = [(art.file(name), name) for name in art.manifest["files"]]  # art.file: the source is checked first
+    for bank in _bank_dirs(art.root):
+        for f in BANK_FILES:
+            src = bank / f
+            if f == "clip_w.npz" and src.is_file():
+                try:  # a cache has no recorded sha256: read every array (zip CRCs) before carrying it
+                    with np.load(src, allow_pickle=False) as z:
+                        [z[k] for k in z.files]
+                except DAMAGED as e:
+                    warn_damaged("plain-CLIP weights cache", src, e)
+                    continue
+            if src.is_file():
+                files.append((src, f"banks/{bank.name}/{f}"))
+    return files
+
+
+def _copy_checked(src: Path, dst: Path) -> int:
+    """Copy ``src`` to ``dst`` and compare both sha256s (a copy changed in transit is an ArtifactError)."""
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(src, dst)
+    fsync_file(dst)
+    if sha256_file(src) != sha256_file(dst):
+        raise ArtifactError(f"{dst}: the copy differs from {src} (failing medium?); pack again")
+    return dst.stat().st_size
+
+
+def _commit(tmp: Path, dest: Path) -> None:
+    """Move the verified copy into ``dest``: one rename, or (staged inside an existing ``dest``) its entries with
+    the manifest last, so ``dest`` is an artifact only once complete; signals wait for it."""
+    with critical():
+        if tmp.parent != dest:
+            tmp.chmod(0o755)  # mkdtemp makes it 0700
+            os.replace(tmp, dest)
+            fsync_dir(dest.parent)
+            return
+        for p in sorted(tmp.iterdir(), key=lambda p: p.name == MANIFEST_NAME):
+            os.replace(p, dest / p.name)
+        tmp.rmdir()
+        fsync_dir(dest)
+
+
 def pack_artifact(artifact_dir, dest: Path, report: Callable[[str], None] = lambda msg: None) -> dict:
-    """Copy, verify, rename into ``dest`` (which must not exist or be empty); returns a summary."""
+    """Copy, verify, move into ``dest`` (which must not exist or be empty); returns a summary.
+
+    A full disk (checked before copying, and on every write) is one StorageError line (exit 3) and leaves
+    nothing behind; so is a read-only destination.
+    """
     art = load_artifact(artifact_dir)
-    dest = Path(dest)
-    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+    dest = resolved(dest)
+    if dest.exists() and (not dest.is_dir() or any(not p.name.startswith(".tmp-pack-") for p in dest.iterdir())):
         raise ArtifactError(f"{dest} exists and is not empty; pack into a new directory")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{dest.name}-", dir=dest.parent))
+    files = _plan(art)
+    tmp = _staging(dest)
     try:
-        total = 0
-        for name in art.manifest["files"]:
-            report(f"copying {name}")
-            shutil.copy2(art.file(name), tmp / name)  # art.file: the source is checked first
-            total += (tmp / name).stat().st_size
-        for bank in _bank_dirs(art.root):
-            (tmp / "banks" / bank.name).mkdir(parents=True)
-            for f in BANK_FILES:
-                if (bank / f).is_file():
-                    shutil.copy2(bank / f, tmp / "banks" / bank.name / f)
-                    total += (bank / f).stat().st_size
-        manifest = {k: v for k, v in art.manifest.items() if k != "engines"}
-        write_manifest(tmp, manifest)
-        report("verifying the copy")
-        summary = verify_copy(tmp)
-        for cache in tmp.rglob(".coder-verified.json"):  # written by the check; the target hashes anew
-            cache.unlink()
-        if dest.exists():
-            dest.rmdir()
-        tmp.chmod(0o755)  # mkdtemp makes it 0700
-        os.replace(tmp, dest)
+        remove_stale_packs(dest, keep=tmp)
+        need = sum(src.stat().st_size for src, _ in files)
+        free = shutil.disk_usage(tmp).free
+        if free < need:
+            raise StorageError(f"no space left on {dest}: the copy needs {need / 1e6:.1f} MB, "
+                               f"{free / 1e6:.1f} MB free; free some space or choose another directory")
+        with storage_errors(dest):
+            total = 0
+            for src, rel in files:
+                report(f"copying {rel}")
+                total += _copy_checked(src, tmp / rel)
+            write_manifest(tmp, {k: v for k, v in art.manifest.items() if k != "engines"})
+            report("verifying the copy")
+            summary = verify_copy(tmp)
+            for cache in tmp.rglob(".coder-verified.json"):  # written by the check; the target hashes anew
+                cache.unlink()
+            _commit(tmp, dest)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return {**summary, "dest": str(dest), "bytes": total + (dest / MANIFEST_NAME).stat().st_size}
+
+
+def remove_stale_packs(dest: Path, keep: Path) -> None:
+    """Staging folders an interrupted pack into ``dest`` left (inside or beside it); never anything else."""
+    for where in (dest, dest.parent):
+        if where.is_dir():
+            for p in where.glob(f".tmp-pack-{dest.name}-*"):
+                if p.is_dir() and p != keep:
+                    shutil.rmtree(p, ignore_errors=True)

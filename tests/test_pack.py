@@ -69,3 +69,72 @@ def test_a_copy_changed_in_transit_is_refused(art, tmp_path):
     npz.write_bytes(bytes(data))
     with pytest.raises(ArtifactError):
         verify_copy(dest)
+
+
+def test_pack_into_an_existing_empty_directory_stays_on_its_filesystem(art, tmp_path, monkeypatch):
+    """An empty mount point: the copy is built inside it, never in its parent (another filesystem) and renamed
+    across (which failed with exit 70 after copying everything to the wrong disk)."""
+    import os
+
+    import coder.pack as pack
+
+    mount = tmp_path / "mnt"
+    mount.mkdir()
+    real_replace = os.replace
+
+    def same_device_only(src, dst):
+        if not str(src).startswith(str(mount)) and str(dst).startswith(str(mount)):
+            raise OSError(18, "Invalid cross-device link", str(src))  # EXDEV, as across a mount point
+        return real_replace(src, dst)
+
+    monkeypatch.setattr(pack.os, "replace", same_device_only)
+    res = CliRunner().invoke(app, ["pack", str(art), str(mount), "--json"])
+    assert res.exit_code == 0, res.output
+    assert (mount / "manifest.json").is_file() and not list(mount.glob(".tmp-*")) and not list(tmp_path.glob(".tmp-*"))
+    assert json.loads(res.stdout)["banks"] == ["cifar10"]
+
+
+@pytest.mark.parametrize("when", ["before", "during"])
+def test_pack_onto_a_full_disk_is_one_line_exit_3_and_leaves_nothing(art, tmp_path, monkeypatch, when):
+    import errno
+    from collections import namedtuple
+
+    import coder.pack as pack
+
+    if when == "before":
+        monkeypatch.setattr(pack.shutil, "disk_usage", lambda p: namedtuple("u", "total used free")(10, 10, 0))
+    else:
+        def full(src, dst):
+            raise OSError(errno.ENOSPC, "No space left on device", str(dst))
+        monkeypatch.setattr(pack.shutil, "copy2", full)
+    dest = tmp_path / "usb" / "copy"
+    res = CliRunner().invoke(app, ["pack", str(art), str(dest)])
+    assert res.exit_code == CODE[ArtifactError], res.output
+    assert "no space left on" in res.output and "Traceback" not in res.output
+    assert not dest.exists() and not list((tmp_path / "usb").glob(".tmp-*"))
+
+
+def test_pack_checks_every_copied_file_and_leaves_a_damaged_cache_behind(art, tmp_path, monkeypatch):
+    import numpy as np
+
+    import coder.pack as pack
+
+    np.savez(art / "banks" / "cifar10" / "clip_w.npz", clip_w=np.ones((10, 4), np.float32))
+    data = bytearray((art / "banks" / "cifar10" / "clip_w.npz").read_bytes())
+    data[len(data) // 3] ^= 0xFF
+    (art / "banks" / "cifar10" / "clip_w.npz").write_bytes(bytes(data))
+    res = CliRunner().invoke(app, ["pack", str(art), str(tmp_path / "c1")])
+    assert res.exit_code == 0, res.output
+    assert "damaged" in res.output and not (tmp_path / "c1" / "banks" / "cifar10" / "clip_w.npz").exists()
+    real_copy = shutil.copy2
+
+    def flaky(src, dst):  # a medium that flips a byte on the way
+        real_copy(src, dst)
+        if str(dst).endswith("bank.json"):
+            with open(dst, "ab") as f:
+                f.write(b" ")
+
+    monkeypatch.setattr(pack.shutil, "copy2", flaky)
+    res = CliRunner().invoke(app, ["pack", str(art), str(tmp_path / "c2")])
+    assert res.exit_code == CODE[ArtifactError] and "differs" in res.output
+    assert not (tmp_path / "c2").exists()
