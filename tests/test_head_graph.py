@@ -140,3 +140,31 @@ def test_classifying_writes_nothing_into_the_bank(fused_dir, sample_images):
     for precision in ("fp32", "fp16"):
         Classifier.load(fused_dir, bank="fusedtest", backend="cpu", precision=precision).classify(sample_images)
     assert sorted(p.name for p in bank_dir.iterdir()) == [".coder-verified.json", "bank.json", "bank.npz"]
+
+
+def test_head_session_follows_a_partially_placed_encoder(fused_dir, monkeypatch):
+    """--allow-fallback with a partial TensorRT placement reports "tensorrt+cuda+cpu"; the head session then runs
+    on CUDA (here: the CPU stand-in), not "unknown ONNX Runtime backend" (which `auto` silently skipped)."""
+    from coder.engines import ort
+    from coder.runtime.encoder import ImageEncoder
+    from coder.runtime.fused import head_backend
+    from coder.text_bank.bank import load_bank
+
+    assert head_backend("tensorrt+cuda+cpu") == head_backend("tensorrt") == "cuda"
+    assert head_backend("cuda+cpu") == "cuda" and head_backend("cpu") == "cpu"
+    real_load = ort.load_ort
+    asked = []
+
+    def partial_gpu(path, backend="cpu", *a, **k):
+        asked.append(backend)
+        enc = real_load(path, "cpu", *a, **k)
+        if isinstance(path, bytes):  # the head graph
+            return enc
+        return dataclasses.replace(enc, backend="tensorrt+cuda+cpu")  # what a partial placement reports
+
+    import coder.runtime.encoder as encoder_mod
+    monkeypatch.setattr(encoder_mod, "load_ort", partial_gpu)
+    monkeypatch.setattr(ort, "load_ort", partial_gpu)
+    bank = load_bank(fused_dir / "banks" / "fusedtest", fused_dir)
+    enc = ImageEncoder.load_fused(fused_dir, bank, 5, "fp32", "tensorrt", allow_fallback=True)
+    assert enc.fused and asked == ["tensorrt", "cuda"]

@@ -63,9 +63,12 @@ def head_backend(backend: str) -> str:
     """The provider the head session uses: the encoder's, except TensorRT -> CUDA.
 
     ORT's TensorRT provider would build (and cache) an engine for a graph this small on every
-    new bank; CUDA runs it at once, on the same GPU. ``head_backend("tensorrt") == "cuda"``.
+    new bank; CUDA runs it at once, on the same GPU. ``backend`` may be what an encoder reported
+    after an allowed partial placement (``"tensorrt+cuda+cpu"``): its first provider decides.
+    ``head_backend("tensorrt") == head_backend("tensorrt+cuda") == "cuda"``.
     """
-    return "cuda" if backend == "tensorrt" else backend
+    first = backend.split("+", 1)[0]
+    return "cuda" if first == "tensorrt" else first
 
 
 def load_head(bank, k: int, backend: str = "cpu", allow_fallback: bool = False):
