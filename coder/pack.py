@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import ArtifactError, StorageError
 from .manifest import MANIFEST_NAME, load_artifact, write_manifest
-from .store import critical, fsync_dir, resolved, sha256_file
+from .store import critical, fsync_dir, output_lock, resolved, sha256_file
 from .store.files import fsync_file, storage_errors
 
 BANK_FILES = ("bank.json", "bank.npz", "clip_w.npz")
@@ -109,6 +109,11 @@ def pack_artifact(artifact_dir, dest: Path, report: Callable[[str], None] = lamb
     """
     art = load_artifact(artifact_dir)
     dest = resolved(dest)
+    with output_lock(dest):  # a second pack into the same place exits 3 naming this one
+        return _pack_locked(art, dest, report)
+
+
+def _pack_locked(art, dest: Path, report: Callable[[str], None]) -> dict:
     if dest.exists() and (not dest.is_dir() or any(not p.name.startswith(".tmp-pack-") for p in dest.iterdir())):
         raise ArtifactError(f"{dest} exists and is not empty; pack into a new directory")
     files = _plan(art)

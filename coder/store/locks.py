@@ -1,7 +1,6 @@
 """One exclusive lock per output, so two runs never write the same output at once.
 
-The lock is an ``fcntl`` lock on ``<output>.lock`` beside the output (``<dir>/.coder.lock`` for a directory
-output), keyed by the resolved path: ``imgs/out``, ``/abs/imgs/out`` and a symlink to it are one lock. The
+The lock is an ``fcntl`` lock on ``.<name>.lock`` beside the output, keyed by the resolved path: ``imgs/out``, ``/abs/imgs/out`` and a symlink to it are one lock. The
 kernel drops it when the holder dies (also on SIGKILL), so a stale lock file never blocks a later run. The
 file records the holder's pid and command line for the error message of the second run.
 
@@ -28,8 +27,10 @@ from .paths import resolved
 
 
 def lock_file(output: str | os.PathLike) -> Path:
+    """``<parent>/.<name>.lock``: always beside the output (file or directory, existing or not), so the lock is
+    the same before and after the output is created and never adds a file inside it."""
     out = resolved(output)
-    return out / ".coder.lock" if out.is_dir() else out.with_name(f".{out.name}.lock")
+    return out.with_name(f".{out.name}.lock")
 
 
 def _holder(path: Path) -> str:
