@@ -181,7 +181,8 @@ def build_bank_with_progress(artifacts: Path, texts_path: Path, precision: str, 
     import dataclasses
 
     from ..manifest import load_artifact
-    from ..text_bank.bank import build_bank, check_replace, default_bank_dir
+    from ..store import output_lock
+    from ..text_bank.bank import check_replace, default_bank_dir
     from ..text_bank.texts import load_texts
 
     if precision not in ("fp32", "fp16"):
@@ -192,15 +193,9 @@ def build_bank_with_progress(artifacts: Path, texts_path: Path, precision: str, 
             raise ConfigError(f"--name {name!r}: a plain folder name")
         texts = dataclasses.replace(texts, name=name)
     out_dir = out_dir or default_bank_dir(load_artifact(artifacts), texts.name)
-    check_replace(out_dir, texts, texts_path, force)
-    with progress_bar() as bar:
-        task = bar.add_task("encoding texts", total=None)
-
-        def progress(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
-        path, meta = build_bank(artifacts, texts, precision, out_dir, progress, clip_weights=clip_weights,
-                                texts_file=texts_path)
+    with output_lock(out_dir):  # a second build of the same bank exits 3 naming this one
+        check_replace(out_dir, texts, texts_path, force)
+        path, meta = _build_with_bar(artifacts, texts, precision, out_dir, clip_weights, texts_path)
     summary = {"bank": str(path), **meta["counts"], "classes": len(meta["classes"]), "settings": meta["settings"]}
     if quiet:
         return
@@ -209,3 +204,13 @@ def build_bank_with_progress(artifacts: Path, texts_path: Path, precision: str, 
     else:
         info(f"bank {path}: {meta['counts']['texts']} texts ({meta['counts']['newly_encoded']} newly encoded), "
                   f"{len(meta['classes'])} classes, {meta['counts']['pairs']} pairs, tau {meta['settings']['tau']}")
+
+
+def _build_with_bar(artifacts, texts, precision, out_dir, clip_weights, texts_path):
+    from ..text_bank.bank import build_bank
+
+    with progress_bar() as bar:
+        task = bar.add_task("encoding texts", total=None)
+        return build_bank(artifacts, texts, precision, out_dir,
+                          lambda done, total: bar.update(task, completed=done, total=total),
+                          clip_weights=clip_weights, texts_file=texts_path)
