@@ -312,7 +312,7 @@ def test_cuda_backend_serves_the_same(served_art, images, reference, tmp_path):
 
 
 def test_triton_repo_layout(served_art, tmp_path):
-    from coder.deploy.triton_repo import read_repo_manifest
+    from coder.deploy.triton_repo import REPO_FORMAT_VERSION, read_repo_manifest
 
     out = tmp_path / "repo"
     res = runner.invoke(app, ["triton-repo", "-a", str(served_art), "--out", str(out), "--max-batch", "16",
@@ -326,7 +326,7 @@ def test_triton_repo_layout(served_art, tmp_path):
                  "count: 2"):
         assert line in cfg, line
     m = read_repo_manifest(out)
-    assert m["format"] == "coder.triton-repo" and m["format_version"] == 1 and m["models"] == ["coder"]
+    assert m["format"] == "coder.triton-repo" and m["format_version"] == REPO_FORMAT_VERSION and m["models"] == ["coder"]
     settings = json.loads((out / "coder" / "1" / "coder_model.json").read_text())
     assert settings["sys_path"][0] == str(ROOT) and settings["role"] == "classify"
     # Rewriting our own repository is allowed; a foreign non-empty directory is refused (exit 2).

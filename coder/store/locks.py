@@ -27,9 +27,11 @@ from .files import storage_errors
 from .paths import resolved
 
 
-def lock_file(output: str | os.PathLike) -> Path:
+def lock_file(output: str | os.PathLike, beside: bool = False) -> Path:
+    """``<dir>/.<name>.lock`` beside a file output (or with ``beside``, any output); ``<dir>/.coder.lock`` inside a
+    directory output that stays in place (a directory replaced whole by a rename, such as a bag, locks beside)."""
     out = resolved(output)
-    return out / ".coder.lock" if out.is_dir() else out.with_name(f".{out.name}.lock")
+    return out / ".coder.lock" if out.is_dir() and not beside else out.with_name(f".{out.name}.lock")
 
 
 def _holder(path: Path) -> str:
@@ -41,13 +43,14 @@ def _holder(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def output_lock(output: str | os.PathLike, wait_s: float = 0.0) -> Iterator[Path]:
+def output_lock(output: str | os.PathLike, wait_s: float = 0.0, beside: bool = False) -> Iterator[Path]:
     """Hold the exclusive lock of ``output`` for the block; StorageError (exit 3) naming the holder if busy.
 
-    ``wait_s`` > 0 waits that long for the holder to finish before giving up. Re-entrant within a process
+    ``wait_s`` > 0 waits that long for the holder to finish before giving up. ``beside``: the lock file sits
+    beside the output even when it is a directory (see :func:`lock_file`). Re-entrant within a process
     is not supported: take the lock once, at the top of the writer.
     """
-    path = lock_file(output)
+    path = lock_file(output, beside)
     with storage_errors(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
