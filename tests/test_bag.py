@@ -315,10 +315,17 @@ def test_interrupted_force_run_keeps_the_previous_bag(art, small_bag, tmp_path):
     proc = _driven("frame", 2, "wait", args + ["--every", "2"])
     while (line := proc.stderr.readline()) and line.strip() != "@frame":
         pass
+    res = runner.invoke(app, ["bag", *args])  # a second run on the same out-bag meanwhile: exit 3, naming the first
+    assert res.exit_code == 3 and f"pid {proc.pid}" in res.output, res.output
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 143 and "the previous bag is kept" in err, err
     assert _tree_sha(out) == before and _complete(out) and _stamps(out) == list(range(1, 9))
+    link = tmp_path / "link"
+    link.symlink_to(out, target_is_directory=True)
+    res = runner.invoke(app, ["bag", *args[:-3], "--out-bag", str(link), "--force", "--every", "4"])
+    assert res.exit_code == 0, res.output
+    assert link.is_symlink() and _stamps(link) == [1, 5] and _complete(out)  # the bag it points to was replaced
 
 
 @pytest.mark.parametrize("where", ["same", "inside", "contains", "same-file"])

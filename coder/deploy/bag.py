@@ -282,8 +282,11 @@ class ClassificationBag:
         _rosbags()
         if not topic.startswith("/") or topic.endswith("/") or " " in topic:
             raise ConfigError(f"--out-topic {topic!r}: an absolute topic name like /coder/classification")
-        self.path, self.topic, self.info, self.force, self.inputs = Path(path), topic, info, force, tuple(inputs)
-        check_out_bag(self.path, force, self.inputs)
+        from ..store import resolved
+
+        check_out_bag(Path(path), force, inputs)
+        # A symlinked OUT: the bag it points to is replaced, the link stays.
+        self.path, self.topic, self.info, self.force, self.inputs = resolved(path), topic, info, force, tuple(inputs)
         self.stage = self.path.with_name(f".{self.path.name}.partial")
         self.previous = self.path.with_name(f".{self.path.name}.previous")
         self.count = 0
