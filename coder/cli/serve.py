@@ -80,16 +80,16 @@ def serve(
     from ..deploy.triton_repo import check_options, write_repo
     from ..deploy.triton_server import Ports, TritonServer, check_ports, find_tritonserver
 
-    # Everything that can be checked is checked before a server starts: options, backend, free ports,
-    # artifact + bank (write_repo loads and verifies them first), then the server binary.
+    # Everything that can be checked is checked before a server starts: options, backend, artifact + bank
+    # (write_repo loads and verifies them first), free ports, then the server binary.
     opts = _options(max_batch, instances, backend, precision, top_k, threads, queue_delay, ensemble)
     check_options(opts)
     _check_backend(backend, ensemble)
     ports = Ports(http_port, grpc_port, metrics_port)
-    check_ports(host, ports)
     workdir = Path(tempfile.mkdtemp(prefix="coder-triton-"))
     try:
         written = write_repo(artifacts, bank, repo or workdir / "repo", opts)
+        check_ports(host, ports)
         server = TritonServer(find_tritonserver(), written.root, ports, host, workdir)
         _run(server, ready_timeout)
     finally:
