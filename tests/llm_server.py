@@ -38,6 +38,12 @@ class Script:
         self.hold_after, self.hold_count, self.waiting = hold_after, hold_count, 0
         self.held, self.release = threading.Event(), threading.Event()
 
+    def check_held(self) -> None:
+        """Under ``lock``: ``held`` once the first ``hold_after`` answers are written AND ``hold_count`` requests
+        wait (an answer's count may land after the next request arrived)."""
+        if self.hold_after is not None and self.answered >= self.hold_after and self.waiting >= self.hold_count:
+            self.held.set()
+
     def answer(self, question: str) -> str:
         m = re.search(r"distinguishing an? (.+?) in a photo", question)
         if m:
@@ -76,8 +82,7 @@ def serve(script: Script):
             if script.hold_after is not None and n > script.hold_after:
                 with script.lock:
                     script.waiting += 1
-                    if script.waiting >= script.hold_count:
-                        script.held.set()
+                    script.check_held()
                 script.release.wait()
                 self.close_connection = True
                 return
@@ -107,6 +112,7 @@ def serve(script: Script):
             self.wfile.write(payload)
             with script.lock:
                 script.answered += 1
+                script.check_held()
 
         def _cut(self, payload: bytes):
             self.close_connection = True

@@ -292,7 +292,7 @@ def test_signal_leaves_a_readable_partial_bag(art, small_bag, tmp_path, sig, cod
     out = tmp_path / "partial"
     args = [str(small_bag), "-t", "/cam", "-a", str(art), "--json", "--batch-size", "2", "--out-bag", str(out)]
     proc = _driven("frame", 3, "wait", args)
-    while (line := proc.stderr.readline()) and line.strip() != "@frame":
+    while (line := proc.stderr.readline()) and not line.rstrip().endswith("@frame"):
         pass
     assert line, proc.communicate()
     proc.send_signal(sig)
@@ -313,8 +313,9 @@ def test_interrupted_force_run_keeps_the_previous_bag(art, small_bag, tmp_path):
     assert runner.invoke(app, ["bag", *args]).exit_code == 0
     before = _tree_sha(out)
     proc = _driven("frame", 2, "wait", args + ["--every", "2"])
-    while (line := proc.stderr.readline()) and line.strip() != "@frame":
+    while (line := proc.stderr.readline()) and not line.rstrip().endswith("@frame"):
         pass
+    assert line, proc.communicate()
     res = runner.invoke(app, ["bag", *args])  # a second run on the same out-bag meanwhile: exit 3, naming the first
     assert res.exit_code == 3 and f"pid {proc.pid}" in res.output, res.output
     proc.send_signal(signal.SIGTERM)
