@@ -2,7 +2,8 @@
 
 Results are dicts with the fields of ``coder classify --json`` that the server returns
 (``file, label, name, top_k, stage1_scores, gap, reranked, error``); a request the server
-rejected (a corrupt image) gives ``error`` and no prediction, never an exception.
+rejected (a corrupt image) gives ``error`` and no prediction, never an exception; so does a server that
+cannot be reached (refused, unknown host, timed out), over HTTP and gRPC alike.
 
 >>> c = CoderClient("127.0.0.1:8000", protocol="http")                # doctest: +SKIP
 >>> c.classify_file("cat.jpg")["name"]
@@ -22,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .errors import one_line
+
 MODEL = "coder"
 OUTPUTS = ("label", "name", "top_k", "stage1_scores", "gap", "reranked")
 
@@ -33,7 +36,9 @@ class CoderClient:
                  timeout: float = 60.0):
         if protocol not in ("http", "grpc"):
             raise ValueError(f"protocol {protocol!r}: http or grpc")
-        self.protocol, self.model, self.timeout = protocol, model, timeout
+        if protocol == "http":
+            _check_url(url)
+        self.protocol, self.model, self.timeout, self.url = protocol, model, timeout, url
         if protocol == "http":
             import tritonclient.http as mod
 
@@ -64,6 +69,9 @@ class CoderClient:
             res = self._request(images)
         except InferenceServerException as e:
             return [{"file": n, "error": e.message() or str(e)} for n in names]
+        except _transport_errors() as e:  # HTTP: the socket's own errors (gRPC reports them as above)
+            why = one_line(e, 200) if str(e).strip() else type(e).__name__
+            return [{"file": n, "error": f"cannot reach the server at {self.url} over http ({why})"} for n in names]
         arrays = {n: res.as_numpy(n) for n in OUTPUTS}
         return [{"file": name, "label": int(arrays["label"][i, 0]),
                  "name": arrays["name"][i, 0].decode("utf-8"), "top_k": arrays["top_k"][i].tolist(),
@@ -88,6 +96,25 @@ class CoderClient:
         self.close()
 
 
+def _check_url(url: str) -> None:
+    """An HTTP ``host:port[/path]`` with a numeric port (``[::1]:8000`` for IPv6), else one ValueError line."""
+    host, sep, port = url.split("/", 1)[0].rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--url {url!r}: host:port, e.g. 127.0.0.1:8000")
+
+
+def _transport_errors() -> tuple[type[BaseException], ...]:
+    """What the HTTP client (geventhttpclient) raises when the server is down, unknown or too slow."""
+    errors: tuple[type[BaseException], ...] = (OSError, EOFError)
+    try:
+        from gevent import Timeout
+
+        errors += (Timeout,)
+    except ImportError:  # pragma: no cover - tritonclient[http] depends on gevent
+        pass
+    return errors
+
+
 def main(argv: list[str] | None = None) -> int:
     """Print one JSON line per image; exit 1 if any image was rejected."""
     p = argparse.ArgumentParser(prog="python -m coder.client", description=__doc__.split("\n")[0])
@@ -97,6 +124,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--timeout", type=float, default=60.0)
     a = p.parse_args(argv)
     url = a.url or ("127.0.0.1:8000" if a.protocol == "http" else "127.0.0.1:8001")
+    try:
+        if a.protocol == "http":
+            _check_url(url)
+    except ValueError as e:
+        p.error(str(e))  # one usage line, exit 2
     failed = 0
     with CoderClient(url, a.protocol, timeout=a.timeout) as c:
         for path in a.images:

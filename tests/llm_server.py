@@ -5,7 +5,9 @@ garbage answers for some classes, 429/500 for the first requests (with any
 ``Retry-After``), a slow first response or slow responses throughout, going away
 after N requests, or cutting the first responses short on the wire ("incomplete":
 fewer body bytes than Content-Length; "drop": connection closed before a status
-line; "badstatus": a garbage status line).
+line; "badstatus": a garbage status line), or holding every request after the first
+``hold_after`` without an answer (``held`` is set once ``hold_count`` of them wait; ``release``
+closes them unanswered), so a signal test acts at a known point instead of racing the work.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 class Script:
     def __init__(self, garbage_for=(), fail_first=0, fail_status=429, slow_first=0.0, die_after=None,
-                 similar=None, garbage_once_for=(), retry_after="0", delay=0.0, cut_first=0, cut_mode="incomplete"):
+                 similar=None, garbage_once_for=(), retry_after="0", delay=0.0, cut_first=0, cut_mode="incomplete",
+                 hold_after=None, hold_count=1):
         self.garbage_for = set(garbage_for)
         self.garbage_once_for = set(garbage_once_for)
         self.fail_first, self.fail_status = fail_first, fail_status
@@ -32,6 +35,14 @@ class Script:
         self.calls = 0
         self.auth: list[str | None] = []
         self.lock = threading.Lock()
+        self.hold_after, self.hold_count, self.waiting = hold_after, hold_count, 0
+        self.held, self.release = threading.Event(), threading.Event()
+
+    def check_held(self) -> None:
+        """Under ``lock``: ``held`` once the first ``hold_after`` answers are written AND ``hold_count`` requests
+        wait (an answer's count may land after the next request arrived)."""
+        if self.hold_after is not None and self.answered >= self.hold_after and self.waiting >= self.hold_count:
+            self.held.set()
 
     def answer(self, question: str) -> str:
         m = re.search(r"distinguishing an? (.+?) in a photo", question)
@@ -68,6 +79,13 @@ def serve(script: Script):
                 script.calls += 1
                 n = script.calls
                 script.auth.append(self.headers.get("Authorization"))
+            if script.hold_after is not None and n > script.hold_after:
+                with script.lock:
+                    script.waiting += 1
+                    script.check_held()
+                script.release.wait()
+                self.close_connection = True
+                return
             if script.die_after is not None and n > script.die_after:
                 threading.Thread(target=server.shutdown, daemon=True).start()
                 self.close_connection = True
@@ -94,6 +112,7 @@ def serve(script: Script):
             self.wfile.write(payload)
             with script.lock:
                 script.answered += 1
+                script.check_held()
 
         def _cut(self, payload: bytes):
             self.close_connection = True

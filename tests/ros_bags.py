@@ -29,6 +29,7 @@ class Frame:
     raw: bytes | None = None  # message data as is (corrupt frames)
     width: int | None = None
     height: int | None = None
+    fmt: str | None = None  # CompressedImage ``format`` (default: ``encoding``), e.g. "mono16; png compressed mono16"
 
 
 def _time(ts, ns):
@@ -53,7 +54,7 @@ def message(ts, f: Frame, ros1: bool = False):
     if f.encoding in ("jpeg", "png"):
         data = f.raw if f.raw is not None else encode(f.pixels, f.encoding)
         cls = ts.types["sensor_msgs/msg/CompressedImage"]
-        return cls.__msgtype__, cls(header=header, format=f.encoding, data=np.frombuffer(data, np.uint8))
+        return cls.__msgtype__, cls(header=header, format=f.fmt or f.encoding, data=np.frombuffer(data, np.uint8))
     px = f.pixels
     if f.encoding == "mono16":
         px = px.astype(">u2" if f.big_endian else "<u2")

@@ -27,6 +27,28 @@ def test_good_image_loads_fully(tmp_path):
     assert img.size == (10, 7) and img.getpixel((0, 0)) == (1, 2, 3)
 
 
+def test_16bit_grey_png_is_scaled_not_clipped(tmp_path):
+    """A 16-bit grey PNG (Pillow mode I;16) once became a white image (values above 255 clipped in RGB
+    conversion); it is scaled to 8 bits as cv_bridge scales mono16 (v * 255 / 65535, rounded)."""
+    from coder.runtime.images import decode_image
+    from coder.manifest import PreprocessConfig
+    from coder.runtime.preprocess import preprocess
+
+    v = (np.arange(48 * 32, dtype=np.uint32).reshape(32, 48) * 42).astype(np.uint16)
+    p = tmp_path / "depth16.png"
+    Image.fromarray(v).save(p)
+    want = np.floor(v / 257 + 0.5).astype(np.uint8)
+    for img in (load_image(p), decode_image(p.read_bytes(), "x")):
+        assert img.mode == "L"
+        np.testing.assert_array_equal(np.asarray(img), want)
+        assert np.asarray(img.convert("RGB")).max() < 255  # not white
+    eight = tmp_path / "eight.png"
+    Image.fromarray(want).save(eight)
+    cfg = PreprocessConfig.from_dict({"size": [16, 16], "resize_mode": "shortest", "interpolation": "bicubic",
+                                      "mean": [0.5] * 3, "std": [0.5] * 3, "fill_color": 0})
+    np.testing.assert_array_equal(preprocess(load_image(p), cfg), preprocess(load_image(eight), cfg))
+
+
 @pytest.mark.parametrize("content,needle", [
     (b"", "empty file"),
     (b"this is not an image", "not an image"),

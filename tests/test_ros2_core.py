@@ -31,6 +31,22 @@ def test_params_parse_coerce_and_reject():
             NodeConfig.from_params(bad)
 
 
+@pytest.mark.parametrize("params", [{"top_k": float("inf")}, {"top_k": "inf"}, {"top_k": "1e400"}, {"top_k": 10**400},
+                                    {"top_k": float("nan")}, {"tau": float("nan")}, {"tau": "nan"},
+                                    {"tau": float("inf")}, {"tau": "-inf"}, {"tau": "1e400"}, {"tau": True}])
+def test_non_finite_numbers_are_usage_errors(params):
+    """``top_k: inf`` / ``1e400`` once crashed (OverflowError, exit 70); ``tau: nan`` was accepted and the gate
+    never fired. Both are one ConfigError line naming the parameter (exit 2)."""
+    from coder.errors import exit_code_for
+
+    [name] = params
+    with pytest.raises(ConfigError, match=f"^parameter {name}: ") as e:
+        NodeConfig.from_params(params)
+    assert exit_code_for(e.value) == 2 and "\n" not in str(e.value)
+    with pytest.raises(ConfigError):  # also when the config is built directly
+        NodeConfig(tau=float("nan")).check()
+
+
 def test_slot_keeps_only_the_newest():
     slot = LatestSlot()
     assert slot.take(timeout=0) is None

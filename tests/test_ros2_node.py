@@ -136,3 +136,16 @@ def test_node_wiring(fake_ros, art, monkeypatch):
     finally:
         node.destroy_node()
         assert not node.worker._thread.is_alive()
+
+
+@pytest.mark.parametrize("bad", [{"top_k": float("inf")}, {"top_k": "1e400"}, {"tau": float("nan")}])
+def test_non_finite_parameters_stop_the_node_with_a_usage_error(fake_ros, art, monkeypatch, bad):
+    """`top_k: inf` once crashed the node (OverflowError, exit 70) and `tau: nan` was accepted: ConfigError, exit 2,
+    before the classifier is loaded."""
+    from coder.deploy import ros2_node
+    from coder.errors import ConfigError, exit_code_for
+
+    monkeypatch.setattr(_Node, "overrides", {"artifacts": str(art), **bad})
+    with pytest.raises(ConfigError) as e:
+        ros2_node.build_node()
+    assert exit_code_for(e.value) == 2 and str(e.value).startswith(f"parameter {next(iter(bad))}: ")

@@ -113,6 +113,24 @@ def test_compressed_image_decodes_like_a_file(fmt, tmp_path):
                                   np.asarray(Image.open(tmp_path / f"x.{fmt}")))
 
 
+def test_png_mono16_compressed_image_is_the_raw_mono16_frame():
+    """``image_transport`` sends a mono16 camera as ``mono16; png compressed mono16`` (a 16-bit grey PNG). It once
+    came out white (Pillow clips 16-bit values to 255); it must be the very pixels of the raw mono16 frame."""
+    v = rng.integers(0, 65536, (30, 40), dtype=np.uint16)
+    v[0, :4] = [0, 128, 32896, 65535]
+    buf = io.BytesIO()
+    Image.fromarray(v).save(buf, format="PNG")  # 16-bit grey PNG, as cv::imencode writes it
+    assert Image.open(io.BytesIO(buf.getvalue())).mode.startswith("I")
+    msg = NS(header=NS(stamp=STAMP, frame_id="cam"), format="mono16; png compressed mono16",
+             data=np.frombuffer(buf.getvalue(), np.uint8))
+    got = rm.msg_to_pil(msg, rm.COMPRESSED_TYPE, "/cam/image_raw/compressed")
+    raw = rm.image_to_pil(img_msg("mono16", v.astype(">u2"), 40, big=True), "/cam/image_raw")
+    assert got.mode == raw.mode == "L"
+    np.testing.assert_array_equal(np.asarray(got), np.asarray(raw))
+    np.testing.assert_array_equal(np.asarray(got), np.floor(v / 257 + 0.5).astype(np.uint8))  # cv_bridge, by hand
+    assert np.asarray(got)[0, :4].tolist() == [0, 0, 128, 255]
+
+
 @pytest.mark.parametrize("msg,why", [
     (dict(encoding="32FC1"), "unsupported encoding '32FC1'"),
     (dict(data=b"\x00" * 10), "data holds 10 bytes"),

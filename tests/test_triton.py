@@ -213,6 +213,28 @@ def test_curl_style_binary_request(server, images, reference):
         out = json.loads(r.read())
     got = {o["name"]: o["data"] for o in out["outputs"]}
     assert got["label"] == [reference[str(images[1])]["label"]] and got["name"] == [reference[str(images[1])]["name"]]
+    assert _raw_infer_status(server.http, images[1].read_bytes()[:300]) == 400  # the client's fault: never a 5xx
+
+
+def _raw_infer_status(port: int, data: bytes) -> int:
+    """HTTP status of one binary-data request carrying ``data`` as the image (a corrupt image: 400, not 500,
+    since clients and proxies retry a 5xx)."""
+    import struct
+    import urllib.error
+
+    header = json.dumps({"inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES",
+                                     "parameters": {"binary_data_size": len(data) + 4}}]}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/coder/infer",
+                                 data=header + struct.pack("<I", len(data)) + data,
+                                 headers={"Content-Type": "application/octet-stream",
+                                          "Inference-Header-Content-Length": str(len(header))})
+    try:
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return r.status
+    except urllib.error.HTTPError as e:
+        body = json.loads(e.read() or b"{}")
+        assert "image" in body.get("error", ""), body
+        return e.code
 
 
 def test_sigint_stops_everything(server):
@@ -242,6 +264,7 @@ def test_ensemble_layout_serves_the_same(served_art, images, reference, tmp_path
         with ThreadPoolExecutor(4) as pool:
             got = list(pool.map(send, jobs))
         assert "not an image" in got[6]["error"]
+        assert _raw_infer_status(srv.http, b"not an image") == 400  # the ensemble passes the first step's code on
         for g in got[:6] + got[7:]:
             ref = reference[g["file"]]
             assert (g["label"], g["top_k"], g["reranked"]) == (ref["label"], list(ref["top_k"]), ref["reranked"])
@@ -289,7 +312,7 @@ def test_cuda_backend_serves_the_same(served_art, images, reference, tmp_path):
 
 
 def test_triton_repo_layout(served_art, tmp_path):
-    from coder.deploy.triton_repo import read_repo_manifest
+    from coder.deploy.triton_repo import REPO_FORMAT_VERSION, read_repo_manifest
 
     out = tmp_path / "repo"
     res = runner.invoke(app, ["triton-repo", "-a", str(served_art), "--out", str(out), "--max-batch", "16",
@@ -303,7 +326,7 @@ def test_triton_repo_layout(served_art, tmp_path):
                  "count: 2"):
         assert line in cfg, line
     m = read_repo_manifest(out)
-    assert m["format"] == "coder.triton-repo" and m["format_version"] == 2 and m["models"] == ["coder"]
+    assert m["format"] == "coder.triton-repo" and m["format_version"] == REPO_FORMAT_VERSION and m["models"] == ["coder"]
     settings = json.loads((out / "coder" / "1" / "coder_model.json").read_text())
     assert settings["sys_path"][0] == str(ROOT) and settings["role"] == "classify"
     # Rewriting our own repository is allowed; a foreign non-empty directory is refused (exit 2).
@@ -375,21 +398,84 @@ def test_missing_bank_or_artifact_fails_before_starting(tiny_artifact, tmp_path)
     assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
 
 
-def test_port_in_use_fails_with_the_server_log(served_art):
-    """A server that cannot bind exits; coder serve says so (exit 11, the log's tail) and leaves nothing."""
+def test_port_in_use_is_refused_before_starting(served_art):
+    """Another process on a port: exit 11, one line naming that port, before any server starts (an HTTP port held
+    by another server once gave `ready:` from ITS answers while ours died on the bind)."""
     import psutil
 
-    _server_or_skip()
-    with socket.socket() as held:
-        held.bind(("127.0.0.1", 0))
-        held.listen(1)
-        grpc, metrics = _free_ports(2)
-        res = subprocess.run([sys.executable, "-m", "coder", "serve", "-a", str(served_art), "--http-port",
-                              str(held.getsockname()[1]), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
-                              "--ready-timeout", "60"], capture_output=True, text=True, env=_env(), timeout=120)
-    assert res.returncode == 11 and "tritonserver exited" in res.stderr, res.stderr[-2000:]
-    left = [p for p in psutil.process_iter(["cmdline"]) if f"--grpc-port {grpc} " in " ".join(p.info["cmdline"] or [])]
-    assert not left, left
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    for kind in ("http", "grpc"):
+        with socket.socket() as held:
+            held.bind(("127.0.0.1", 0))
+            held.listen(1)
+            port = held.getsockname()[1]
+            free = iter(_free_ports(2))
+            ports = {k: str(port) if k == kind else str(next(free)) for k in ("http", "grpc", "metrics")}
+            res = subprocess.run([sys.executable, "-m", "coder", "serve", "-a", str(served_art),
+                                  *[a for k, v in ports.items() for a in (f"--{k}-port", v)], "--ready-timeout", "60"],
+                                 capture_output=True, text=True, env=_env(), timeout=120)
+        assert res.returncode == 11 and "ready" not in res.stdout, res.stderr[-2000:]
+        [line] = res.stderr.strip().splitlines()
+        assert line.startswith(f"error: {'HTTP' if kind == 'http' else 'gRPC'} port {port} on 127.0.0.1: in use by "
+                               f"another process"), line
+        assert f"--{kind}-port" in line
+    res = runner.invoke(app, ["serve", "-a", str(served_art), "--http-port", "9000", "--grpc-port", "9000"])
+    assert res.exit_code == 2 and "three different ports" in res.output
+    assert {p.pid for p in psutil.Process().children(recursive=True)} <= before
+
+
+def test_a_foreign_server_answering_is_not_taken_for_ours(tmp_path):
+    """The readiness probe is answered, but not by the process we started: ServeError (exit 11), never `ready:`."""
+    import http.server
+
+    from coder.deploy.triton_server import Ports, ServerBinary, TritonServer, listening_ports
+    from coder.errors import ServeError
+
+    class Ready(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    foreign = http.server.HTTPServer(("127.0.0.1", 0), Ready)
+    threading.Thread(target=foreign.serve_forever, daemon=True).start()
+    port = foreign.server_address[1]
+    try:
+        assert port in listening_ports(os.getpid())  # the check itself: this process listens there
+        srv = TritonServer(ServerBinary(Path("/bin/sleep"), bundled=False), tmp_path, Ports(port, 1, 2),
+                           workdir=tmp_path)
+        assert srv.ready()  # the probe alone is fooled ...
+        srv.proc = subprocess.Popen(["sleep", "60"], start_new_session=True)  # "our server": holds no port
+        with pytest.raises(ServeError, match=f"^HTTP port {port} answers, but not from the tritonserver started here"):
+            srv.wait_ready(10)  # ... the confirmation is not
+        assert srv.proc.poll() is not None  # and what we started is stopped
+        assert port not in (listening_ports(srv.proc.pid) or set())
+    finally:
+        foreign.shutdown()
+        foreign.server_close()
+
+
+@pytest.mark.parametrize("protocol", ["http", "grpc"])
+def test_client_without_a_server_is_one_error_line_per_image(tmp_path, protocol):
+    """No server at the URL: each image gets one JSON error record and the exit code is 1, over HTTP as over gRPC
+    (HTTP once ended in a traceback)."""
+    pytest.importorskip("tritonclient.http")
+    pytest.importorskip("tritonclient.grpc")
+    img = tmp_path / "x.png"
+    img.write_bytes(b"whatever")
+    with socket.socket() as closed:  # bound, not listening: connections are refused, deterministically
+        closed.bind(("127.0.0.1", 0))
+        url = f"127.0.0.1:{closed.getsockname()[1]}"
+        res = subprocess.run([sys.executable, "-m", "coder.client", str(img), str(img), "--url", url, "--protocol",
+                              protocol, "--timeout", "10"], capture_output=True, text=True, env=_env(), timeout=60)
+    assert res.returncode == 1 and "Traceback" not in res.stderr, res.stderr[-2000:]
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert [r["file"] for r in rows] == [str(img)] * 2 and all("refused" in r["error"].lower() for r in rows), rows
+    res = subprocess.run([sys.executable, "-m", "coder.client", str(img), "--url", "127.0.0.1:notaport"],
+                         capture_output=True, text=True, env=_env(), timeout=60)
+    assert res.returncode == 2 and res.stderr.strip().splitlines()[-1].endswith("host:port, e.g. 127.0.0.1:8000")
 
 
 class _FakePb:
@@ -400,7 +486,12 @@ class _FakePb:
             self.name, self.arr = name, arr
 
     class TritonError(str):
-        pass
+        INTERNAL, INVALID_ARG = "INTERNAL", "INVALID_ARG"
+
+        def __new__(cls, msg, code="INTERNAL"):
+            self = super().__new__(cls, msg)
+            self.code = code
+            return self
 
     class InferenceResponse:
         def __init__(self, output_tensors=(), error=None):
@@ -431,6 +522,10 @@ def test_bad_request_in_a_batch_answers_only_itself(served_art, images):
     assert calls == [3]  # one engine call for the whole batch
     assert [r.error is not None for r in out] == [False, True, True, True, False]
     assert "empty file (0 bytes)" in out[2].error
+    assert [r.error.code for r in out[1:4]] == ["INVALID_ARG"] * 3  # HTTP 400: a client's bad input, not retried
+    model.clf = SimpleNamespace(classify=lambda ims, k: 1 / 0)  # the engine itself fails: INTERNAL (HTTP 500)
+    [failed] = model.execute(reqs[:1])
+    assert failed.error.code == "INTERNAL" and failed.error.startswith("ZeroDivisionError")
     assert out[4].outputs["top_k"].shape == (2, 4) and out[4].outputs["name"].dtype == object
     assert out[0].outputs["label"].dtype == np.int32 and out[0].outputs["reranked"].dtype == np.bool_
 

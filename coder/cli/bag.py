@@ -54,16 +54,29 @@ def bag(
     tau: Optional[float] = typer.Option(None, help="Rerank gate (default: the bank preset's published value)."),
     backend: str = typer.Option("auto", help="auto | cpu | cuda | tensorrt | tensorrt-native."),
     precision: str = typer.Option("fp32", help="Image encoder: fp32 | fp16 | int8 (as exported)."),
+    engine_dir: Optional[Path] = typer.Option(None, help="Native TensorRT engines (default $CODER_ENGINE_DIR, "
+                                                         "else <artifacts>/engines)."),
+    rebuild_stale: bool = typer.Option(False, "--rebuild-stale", help="Rebuild (and validate) a stale native "
+                                                                      "TensorRT engine instead of exiting 10."),
+    adapter: Optional[Path] = typer.Option(None, help="Few-shot adapter from `coder fit`."),
+    fused_head: bool = typer.Option(True, "--fused-head/--no-fused-head",
+                                    help="Run the CODER head as an ONNX graph after the encoder (else numpy)."),
     allow_fallback: bool = ALLOW_FALLBACK,
 ) -> None:
     """Classify the image frames of ROS 1 / ROS 2 bags; JSON lines and/or a bag of vision_msgs results."""
-    from ..deploy.bag import BagOptions, ClassificationBag, classify_bags, plan_bags
+    from ..deploy.bag import BagOptions, ClassificationBag, check_out_bag, classify_bags, plan_bags
     from ..deploy.ros_msgs import hypotheses, vision_info
     from ..manifest import default_artifact_dir
-    from ..runtime.classifier import Classifier
+    from ..runtime.classifier import ClassifierOptions, EngineOptions
 
     opts = BagOptions(every, start, end, batch_size, top_k, not no_rerank)
     opts.check()
+    options = ClassifierOptions(str(artifacts or default_artifact_dir()), bank, backend, precision, tau,
+                                adapter=str(adapter) if adapter else None, allow_fallback=allow_fallback,
+                                fused_head=fused_head,
+                                engines=EngineOptions(str(engine_dir) if engine_dir else None, rebuild_stale))
+    if out_bag is not None:  # before anything is opened: an --out-bag over an input would delete the recording
+        check_out_bag(out_bag, force, bags)
     plans, failed, warnings = plan_bags(bags, topic)
     for w in warnings:
         say("warning", w)
@@ -71,11 +84,10 @@ def bag(
         say("error", e)
     if not plans:
         raise typer.Exit(exit_code_for(InputError()))
-    clf = Classifier.load(artifacts or default_artifact_dir(), bank, backend, precision, tau,
-                          allow_fallback=allow_fallback)
+    clf = options.load()
     tally = _Tally(errors=len(failed))
-    writer = ClassificationBag(out_bag, out_topic, vision_info(clf.bank), force) if out_bag else None
-    with (writer or _Null()) as sink, _bag_progress() as bar:
+    writer = ClassificationBag(out_bag, out_topic, vision_info(clf.bank), force, bags) if out_bag else None
+    with clf, (writer or _Null()) as sink, _bag_progress() as bar:
         task = bar.add_task(f"labeling ({clf.backend})", total=sum(opts.expected_frames(p) for p in plans) or None)
         for r in classify_bags(clf, plans, opts, tally.bag_error):
             record = tally.add(r, len(clf.class_names), top_k)

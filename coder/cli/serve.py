@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 from typing import Optional
 
@@ -80,18 +79,19 @@ def serve(
     import tempfile
 
     from ..deploy.triton_repo import check_options, write_repo
-    from ..deploy.triton_server import Ports, TritonServer, find_tritonserver
+    from ..deploy.triton_server import Ports, TritonServer, check_ports, find_tritonserver
 
     # Everything that can be checked is checked before a server starts: options, backend, artifact + bank
-    # (write_repo loads and verifies them first), then the server binary.
+    # (write_repo loads and verifies them first), free ports, then the server binary.
     opts = _options(max_batch, instances, backend, precision, top_k, threads, queue_delay, ensemble)
     check_options(opts)
     _check_backend(backend, ensemble)
+    ports = Ports(http_port, grpc_port, metrics_port)
     workdir = Path(tempfile.mkdtemp(prefix="coder-triton-"))
     try:
         written = write_repo(artifacts, bank, repo or workdir / "repo", opts)
-        server = TritonServer(find_tritonserver(), written.root, Ports(http_port, grpc_port, metrics_port), host,
-                              workdir)
+        check_ports(host, ports)
+        server = TritonServer(find_tritonserver(), written.root, ports, host, workdir)
         _run(server, ready_timeout)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -112,11 +112,11 @@ def _check_backend(backend: str, ensemble: Optional[str]) -> None:
 
 
 def _run(server, ready_timeout: float) -> None:
-    """Start, wait until ready, print the URLs, then wait; SIGINT/SIGTERM stop the server (exit 0)."""
-    def stop(signum, frame):
-        raise KeyboardInterrupt
+    """Start, wait until ready (and confirmed ours), print the URLs, then wait; SIGINT/SIGTERM (the CLI's one
+    signal policy raises Interrupted) stop the server and exit 0. A second signal during the shutdown is held
+    until the server and its stubs are gone."""
+    from ..store import critical
 
-    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     interrupted = False
     try:
         server.start()
@@ -128,11 +128,8 @@ def _run(server, ready_timeout: float) -> None:
     except KeyboardInterrupt:
         interrupted = True
     finally:
-        for s in old:  # a second Ctrl-C must not cut the shutdown short
-            signal.signal(s, signal.SIG_IGN)
-        if interrupted:
-            info("stopping tritonserver ...")
-        server.stop()
-        for s, h in old.items():
-            signal.signal(s, h)
+        with critical():
+            if interrupted:
+                info("stopping tritonserver ...")
+            server.stop()
     info("stopped")

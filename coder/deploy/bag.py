@@ -14,13 +14,16 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
-import signal
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from ..errors import ConfigError, CoderError, FrameError, InputError
+from ..errors import ConfigError, CoderError, FrameError, InputError, one_line
+from ..store import critical, fsync_dir
+from ..store.files import fsync_file, storage_errors
 from .ros_msgs import IMAGE_TYPES, FrameMeta, classification_msg, frame_meta, msg_to_pil, \
     register_vision_msgs, vision_info_msg
 
@@ -60,8 +63,7 @@ def open_reader(path: Path):
 
 
 def _one_line(e: BaseException) -> str:
-    text = str(e).strip()
-    text = text.splitlines()[0] if text else type(e).__name__
+    text = one_line(e)
     if "end magic" in text:  # an mcap file without its footer: a recording that was killed
         text += "; an unfinished recording? `mcap recover` rewrites a readable copy"
     return text
@@ -239,83 +241,163 @@ def _parent_namespace(topic: str) -> str:
     return topic.rsplit("/", 1)[0] if topic.count("/") > 1 else ""
 
 
+def _step(name: str) -> None:
+    """A commit point of :class:`ClassificationBag` (``opened``, ``frame``, ``closed``, ``moved-previous``,
+    ``renamed``, ``cleaned``): a no-op hook that the fault-injection and signal tests replace."""
+
+
+def check_out_bag(path: Path, force: bool, inputs: Sequence[Path] = ()) -> None:
+    """Refuse an ``--out-bag`` that is, holds or lies inside an input bag (replacing it would delete the
+    recording), one that exists without ``--force``, or an existing path that is not a rosbag2 directory.
+    Changes nothing on disk; ConfigError (exit 2)."""
+    from ..store import same_or_nested
+
+    for bag in inputs:
+        if same_or_nested(path, bag):
+            raise ConfigError(f"--out-bag {path} is, holds or lies inside the input bag {bag}; writing it would "
+                              "replace the recording: choose another --out-bag")
+    if path.exists() or path.is_symlink():
+        if not force:
+            raise ConfigError(f"{path} exists; pass --force to replace it or choose another --out-bag")
+        if not path.is_dir() or not (path / "metadata.yaml").is_file() or any(p.is_dir() for p in path.iterdir()):
+            raise ConfigError(f"{path} exists and is not a rosbag2 directory; not replacing it")
+
+
 class ClassificationBag:
     """A rosbag2 directory (mcap storage) of ``vision_msgs/msg/Classification`` on ``topic``, plus
     one ``VisionInfo`` on ``<namespace>/vision_info``; definitions embedded in the mcap schemas.
 
-    Used as a context manager; leaving it for ANY reason (Ctrl-C included) closes the bag
-    properly, so a partial run is still a readable bag. ``metadata.yaml`` ``custom_data`` records
-    the format, the bank and whether the run completed.
+    Written through the store layer: under the output's lock, into ``.<name>.partial/<name>`` beside it,
+    and renamed into place when the context exits. Leaving the context for ANY reason (SIGINT, SIGTERM, an
+    error) closes the bag properly: with no previous bag, the partial one (``coder.complete: 'false'``) is
+    committed and readable; an existing bag replaced with ``--force`` is kept until a run completes. The
+    swap keeps the previous bag as ``.<name>.previous`` between its two renames, so a run killed at any
+    point leaves the previous bag or the new one, and the next run restores or removes what is left.
+
+    >>> with ClassificationBag(Path("labels"), "/coder/classification", info) as out:   # doctest: +SKIP
+    ...     out.write(meta, [("cat", 0.9)])
     """
 
-    def __init__(self, path: Path, topic: str, info: dict, force: bool = False):
+    def __init__(self, path: Path, topic: str, info: dict, force: bool = False, inputs: Sequence[Path] = ()):
         _rosbags()
+        if not topic.startswith("/") or topic.endswith("/") or " " in topic:
+            raise ConfigError(f"--out-topic {topic!r}: an absolute topic name like /coder/classification")
+        from ..store import resolved
+
+        check_out_bag(Path(path), force, inputs)
+        # A symlinked OUT: the bag it points to is replaced, the link stays.
+        self.path, self.topic, self.info, self.force, self.inputs = resolved(path), topic, info, force, tuple(inputs)
+        self.stage = self.path.with_name(f".{self.path.name}.partial")
+        self.previous = self.path.with_name(f".{self.path.name}.previous")
+        self.count = 0
+        self.complete = False
+        self.kept_previous = False  # an interrupted run left the previous bag in place
+
+    def __enter__(self) -> "ClassificationBag":
+        from ..store import output_lock
+
+        self._lock = output_lock(self.path)
+        self._lock.__enter__()
+        try:
+            with critical():
+                self._recover()
+                check_out_bag(self.path, self.force, self.inputs)
+                self._open()
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
+        _step("opened")
+        return self
+
+    def _recover(self) -> None:
+        """Finish or undo what a killed run left: ``.previous`` without the bag is the user's bag (restored);
+        beside a bag it is the replaced one (removed); a ``.partial`` staging directory is dropped."""
+        with storage_errors(self.path.parent):
+            if self.previous.is_dir():
+                if self.path.exists():
+                    shutil.rmtree(self.previous)
+                else:
+                    os.rename(self.previous, self.path)
+                    fsync_dir(self.path.parent)
+            if self.stage.exists():
+                shutil.rmtree(self.stage)
+
+    def _open(self) -> None:
         from rosbags.rosbag2 import StoragePlugin, Writer
         from rosbags.typesys import Stores, get_typestore
 
-        if not topic.startswith("/") or topic.endswith("/") or " " in topic:
-            raise ConfigError(f"--out-topic {topic!r}: an absolute topic name like /coder/classification")
-        path = Path(path)
-        if path.exists():
-            if not force:
-                raise ConfigError(f"{path} exists; pass --force to replace it or choose another --out-bag")
-            if not (path / "metadata.yaml").is_file() or any(p.is_dir() for p in path.iterdir()):
-                raise ConfigError(f"{path} exists and is not a rosbag2 directory; not replacing it")
-            shutil.rmtree(path)
-        self.path, self.topic, self.info = path, topic, info
         self.typestore = get_typestore(Stores.ROS2_HUMBLE)
         self.types = register_vision_msgs(self.typestore)
-        self.writer = Writer(path, version=9, storage_plugin=StoragePlugin.MCAP)
-        self.count = 0
-        self.complete = False
-
-    def __enter__(self) -> "ClassificationBag":
-        self.writer.open()
+        with storage_errors(self.path.parent):
+            self.stage.mkdir(parents=True)
+            self.writer = Writer(self.stage / self.path.name, version=9, storage_plugin=StoragePlugin.MCAP)
+            self.writer.open()
         self.conn = self.writer.add_connection(self.topic, "vision_msgs/msg/Classification", typestore=self.typestore)
         self.info_conn = self.writer.add_connection(_parent_namespace(self.topic) + "/vision_info",
                                                     "vision_msgs/msg/VisionInfo", typestore=self.typestore)
-        return self
 
     def write(self, meta: FrameMeta, results: list[tuple[str, float]]) -> None:
+        """Append one frame's Classification; a signal waits until the record is whole."""
         t = meta.log_time_ns if meta.log_time_ns is not None else meta.stamp_ns
-        if self.count == 0:
-            info = vision_info_msg(self.types, self.info, meta.stamp_ns, meta.frame_id)
-            self.writer.write(self.info_conn, t, self.typestore.serialize_cdr(info, "vision_msgs/msg/VisionInfo"))
         msg = classification_msg(self.types, meta, results)
-        self.writer.write(self.conn, t, self.typestore.serialize_cdr(msg, "vision_msgs/msg/Classification"))
-        self.count += 1
+        with critical():
+            if self.count == 0:
+                info = vision_info_msg(self.types, self.info, meta.stamp_ns, meta.frame_id)
+                self.writer.write(self.info_conn, t, self.typestore.serialize_cdr(info, "vision_msgs/msg/VisionInfo"))
+            self.writer.write(self.conn, t, self.typestore.serialize_cdr(msg, "vision_msgs/msg/Classification"))
+            self.count += 1
+        _step("frame")
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         self.complete = exc_type is None
+        try:
+            with critical():  # a second Ctrl-C or a SIGTERM must not cut the index or the swap in half
+                self._close()
+                _step("closed")
+                self._commit()
+        finally:
+            self._lock.__exit__(None, None, None)
+        return False
+
+    def _close(self) -> None:
         for key, value in {"coder.format": FORMAT, "coder.format_version": str(FORMAT_VERSION),
                            "coder.complete": "true" if self.complete else "false",
                            "coder.database_location": self.info["database_location"],
                            "coder.database_sha256": self.info["database_sha256"],
                            "coder.labels": json.dumps(self.info["labels"])}.items():
             self.writer.set_custom_data(key, value)
-        with _sigint_deferred():  # a second Ctrl-C must not cut the index in half
+        staged = self.stage / self.path.name
+        with storage_errors(self.path.parent):
             self.writer.close()
-        return False
+            for f in staged.iterdir():
+                fsync_file(f)
+            fsync_dir(staged)
+
+    def _commit(self) -> None:
+        """Rename the staged bag into place (the previous one aside first, removed last)."""
+        parent = self.path.parent
+        with storage_errors(parent):
+            if not self.complete and self.path.exists():  # an unfinished run never replaces a bag
+                self.kept_previous = True
+                shutil.rmtree(self.stage)
+                warnings.warn(f"{self.path}: the run did not finish; the previous bag is kept (re-run to replace "
+                              "it)", RuntimeWarning, stacklevel=2)
+                return
+            if self.path.exists():
+                os.rename(self.path, self.previous)
+                fsync_dir(parent)
+                _step("moved-previous")
+            os.rename(self.stage / self.path.name, self.path)
+            fsync_dir(parent)
+            _step("renamed")
+            shutil.rmtree(self.previous, ignore_errors=True)
+            shutil.rmtree(self.stage, ignore_errors=True)
+            fsync_dir(parent)
+            _step("cleaned")
+        if not self.complete:
+            warnings.warn(f"{self.path}: the run did not finish; wrote the {self.count} results so far (metadata "
+                          "coder.complete: 'false')", RuntimeWarning, stacklevel=2)
 
 
-class _sigint_deferred:
-    """Hold SIGINT while the bag's summary and metadata are written (main thread only)."""
-
-    def __enter__(self):
-        self.pending = False
-        self.old = None
-        try:
-            self.old = signal.signal(signal.SIGINT, lambda *a: setattr(self, "pending", True))
-        except ValueError:  # not the main thread
-            pass
-        return self
-
-    def __exit__(self, *exc):
-        if self.old is not None:
-            signal.signal(signal.SIGINT, self.old)
-            if self.pending and exc[0] is None:
-                raise KeyboardInterrupt
-        return False
-
-
-__all__ = ["BagOptions", "BagPlan", "ClassificationBag", "FrameResult", "classify_bags", "open_reader", "plan_bags"]
+__all__ = ["BagOptions", "BagPlan", "ClassificationBag", "FrameResult", "check_out_bag", "classify_bags",
+           "open_reader", "plan_bags"]

@@ -9,6 +9,7 @@ and one frame's processing. No rclpy import here, so all of it is tested without
 
 from __future__ import annotations
 
+import math
 import threading
 from dataclasses import dataclass, fields
 from typing import Any, Callable
@@ -25,7 +26,8 @@ PRECISION_CHOICES = ("fp32", "fp16", "int8")
 class NodeConfig:
     """The node's ROS parameters (``-p name:=value``) and their defaults.
 
-    ``tau`` < 0 means the bank preset's value; ``input_type`` ``auto`` subscribes to a
+    ``tau`` < 0 means the bank preset's value (a NaN or infinite number is a usage error, as is any
+    non-finite or fractional ``top_k``); ``input_type`` ``auto`` subscribes to a
     CompressedImage when the topic name ends in ``/compressed``; an empty ``json_topic`` publishes
     no JSON.
     """
@@ -54,18 +56,14 @@ class NodeConfig:
         for name, value in values.items():
             if value is None:  # `-p name:=` (empty) gives a null: keep the default
                 continue
-            kind = type(known[name].default)
-            try:
-                if kind is int and (isinstance(value, bool) or float(value) != int(float(value))):
-                    raise ValueError
-                typed[name] = kind(value) if kind is not int else int(float(value))
-            except (TypeError, ValueError):
-                raise ConfigError(f"parameter {name}: expected {kind.__name__}, got {value!r}") from None
+            typed[name] = _coerce(name, type(known[name].default), value)
         cfg = cls(**typed)
         cfg.check()
         return cfg
 
     def check(self) -> None:
+        if not math.isfinite(self.tau):
+            raise ConfigError(f"parameter tau: a finite number (< 0: the bank preset), got {self.tau}")
         if self.backend not in BACKEND_CHOICES:
             raise ConfigError(f"parameter backend {self.backend!r}: choose {', '.join(BACKEND_CHOICES)}")
         if self.precision not in PRECISION_CHOICES:
@@ -89,6 +87,22 @@ class NodeConfig:
 
         return ClassifierOptions(self.artifacts or default_artifacts, self.bank or None, self.backend,
                                  self.precision, None if self.tau < 0 else self.tau, threads=self.threads or None)
+
+
+def _coerce(name: str, kind: type, value: Any) -> Any:
+    """One raw parameter value as ``kind``; ints and floats must be finite (``inf``, ``1e400``, ``nan``:
+    ConfigError, exit 2), an int must be whole (``2.5`` and ``True`` are refused)."""
+    try:
+        if kind in (int, float):
+            if isinstance(value, bool) or not math.isfinite(float(value)):
+                raise ValueError
+            if kind is int and float(value) != int(float(value)):
+                raise ValueError
+            return int(float(value)) if kind is int else float(value)
+        return kind(value)
+    except (TypeError, ValueError, OverflowError):
+        what = {int: "a finite whole number", float: "a finite number"}.get(kind, kind.__name__)
+        raise ConfigError(f"parameter {name}: expected {what}, got {value!r}") from None
 
 
 class LatestSlot:

@@ -51,7 +51,9 @@ def build_node():
                 self.declare_parameter(f.name, f.default, ParameterDescriptor(dynamic_typing=True))
             self.cfg = NodeConfig.from_params({f.name: self.get_parameter(f.name).value for f in fields(NodeConfig)})
             # once: texts are never re-encoded
-            self.clf = self.cfg.classifier_options(str(default_artifact_dir())).load()
+            # the default artifact is looked up only without an `artifacts` parameter (none may exist)
+            default = "" if self.cfg.artifacts else str(default_artifact_dir())
+            self.clf = self.cfg.classifier_options(default).load()
             db = vision_info(self.clf.bank, f"coder CODER ({self.clf.backend})")
             self.declare_parameter("class_labels", db["labels"])  # the VisionInfo database: class_id values
             self.pub = self.create_publisher(Classification, self.cfg.output_topic, 10)

@@ -25,7 +25,7 @@ import numpy as np
 from PIL import Image
 
 from ..errors import FrameError, InputError
-from ..runtime.images import MAX_PIXELS, check_shape, decode_image
+from ..runtime.images import MAX_PIXELS, check_shape, decode_image, mono16_to_8
 
 IMAGE_TYPE = "sensor_msgs/msg/Image"
 COMPRESSED_TYPE = "sensor_msgs/msg/CompressedImage"
@@ -109,8 +109,7 @@ def _rows(msg: Any, where: str) -> np.ndarray:
 
 def _mono16(rows: np.ndarray, big_endian: bool, w: int) -> np.ndarray:
     """cv_bridge mono16 -> mono8: ``saturate_cast<uint8>(v * 255 / 65535)``, rounded to nearest."""
-    v = np.ascontiguousarray(rows).view(">u2" if big_endian else "<u2").reshape(len(rows), w)
-    return np.rint(v.astype(np.float32) * np.float32(255.0 / 65535.0)).astype(np.uint8)
+    return mono16_to_8(np.ascontiguousarray(rows).view(">u2" if big_endian else "<u2").reshape(len(rows), w))
 
 
 def yuv422_to_rgb(rows: np.ndarray, order: tuple[int, int, int, int]) -> np.ndarray:

@@ -6,8 +6,8 @@ Roles (``coder_model.json`` ``role``):
   :meth:`Classifier.classify` call (one fused encoder+head engine call).
 * ``preprocess`` / ``head`` / ``gate``: the three steps of the ensemble layout.
 
-A request whose image cannot be decoded gets an error response of its own; the other
-requests of the same batch are answered normally. Torch-free.
+A request whose image cannot be decoded gets an error response of its own (``INVALID_ARG``: HTTP 400,
+never a retryable 500); the other requests of the same batch are answered normally. Torch-free.
 
 >>> Model = make_model({"role": "classify", "artifacts": "...", ...})   # doctest: +SKIP
 >>> Model().initialize(args); Model().execute(requests)                  # Triton calls these
@@ -49,8 +49,13 @@ def prediction_tensors(pb, preds) -> list:
 
 
 def _error(pb, exc: Exception):
+    """The error response for ``exc``: a bad input (:class:`InputError`: corrupt, empty, too large) is the
+    client's fault, ``INVALID_ARG`` (HTTP 400, gRPC INVALID_ARGUMENT), so clients and proxies do not retry it;
+    anything else is ``INTERNAL`` (HTTP 500)."""
     msg = str(exc) if isinstance(exc, CoderError) else f"{type(exc).__name__}: {exc}"
-    return pb.InferenceResponse(error=pb.TritonError(msg))
+    kind = "INVALID_ARG" if isinstance(exc, InputError) else "INTERNAL"
+    code = getattr(pb.TritonError, kind, None)  # error codes: Python backend r23.06 and later
+    return pb.InferenceResponse(error=pb.TritonError(msg) if code is None else pb.TritonError(msg, code))
 
 
 def run_batched(pb, requests, decode, infer, encode) -> list:

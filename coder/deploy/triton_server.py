@@ -17,10 +17,12 @@ it and its stub processes together) and gets SIGTERM if this process dies (Linux
 from __future__ import annotations
 
 import ctypes
+import errno
 import importlib.util
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -30,7 +32,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..errors import ServeError
+from ..errors import ConfigError, ServeError
 
 LOG_TAIL = 2000  # characters of the server log quoted in an error
 
@@ -48,6 +50,62 @@ class Ports:
     http: int = 8000
     grpc: int = 8001
     metrics: int = 8002
+
+    def named(self) -> dict[str, int]:
+        return {"HTTP": self.http, "gRPC": self.grpc, "metrics": self.metrics}
+
+
+def check_ports(host: str, ports: Ports) -> None:
+    """Before a server starts: each port is a distinct 1..65535 (ConfigError, exit 2) that nothing holds on
+    ``host`` (ServeError naming the port, exit 11). Another process on the HTTP port would otherwise answer
+    our readiness probe while our own server dies on the bind.
+
+    ``check_ports("127.0.0.1", Ports(8000, 8001, 8002))`` returns None when all three are free.
+    """
+    named = ports.named()
+    if len(set(named.values())) != 3 or not all(0 < p < 65536 for p in named.values()):
+        raise ConfigError(f"--http-port, --grpc-port and --metrics-port must be three different ports in 1..65535 "
+                          f"(got {ports.http}, {ports.grpc}, {ports.metrics})")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for kind, port in named.items():
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as tritonserver binds: TIME_WAIT is no owner
+            try:
+                s.bind((host, port))
+            except OSError as e:
+                why = "in use by another process" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+                raise ServeError(f"{kind} port {port} on {host or '*'}: {why}; stop that process or choose "
+                                 f"another --{kind.lower()}-port") from None
+
+
+def listening_ports(pid: int) -> set[int] | None:
+    """TCP ports process ``pid`` listens on (Linux ``/proc``); None where that cannot be read.
+
+    How ``coder serve`` confirms that the server answering on its HTTP port is the one it started.
+    """
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return None
+    inodes = set()
+    for fd in fds:
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:  # closed meanwhile
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[8:-1])
+    ports = set()
+    for table in ("tcp", "tcp6"):
+        try:
+            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            cols = line.split()
+            if len(cols) > 9 and cols[3] == "0A" and cols[9] in inodes:  # 0A: TCP_LISTEN
+                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    return ports
 
 
 def find_tritonserver() -> ServerBinary:
@@ -180,10 +238,21 @@ class TritonServer:
                 raise ServeError(f"tritonserver exited (code {code}) before it was ready; log {self.log_path}:\n"
                                  + self.log_tail())
             if self.ready():
+                self._confirm_ours()
                 return
             time.sleep(0.25)
         self.stop()
         raise ServeError(f"tritonserver not ready after {timeout:.0f} s; log {self.log_path}:\n" + self.log_tail())
+
+    def _confirm_ours(self) -> None:
+        """The server that answered is the one we started: our process listens on the HTTP port (and is alive)."""
+        held = listening_ports(self.proc.pid)
+        if self.proc.poll() is None and (held is None or self.ports.http in held):
+            return
+        self.stop()
+        raise ServeError(f"HTTP port {self.ports.http} answers, but not from the tritonserver started here (pid "
+                         f"{self.proc.pid}): another process holds it; choose another --http-port. Log "
+                         f"{self.log_path}:\n" + self.log_tail())
 
     def wait(self) -> int:
         return self.proc.wait() if self.proc is not None else 0

@@ -71,6 +71,29 @@ def decode_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS,
     return _decode(io.BytesIO(data), name, max_pixels, formats)
 
 
+# 16-bit single-channel modes Pillow decodes (a 16-bit grey PNG is ``I;16``; some versions give ``I``).
+_MODES_16 = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
+def mono16_to_8(values: np.ndarray) -> np.ndarray:
+    """16-bit grey -> 8-bit as ``cv_bridge`` does mono16 -> mono8: ``v * 255 / 65535``, rounded to nearest.
+
+    The one scaling of every 16-bit grey input: raw ``mono16`` ROS frames, 16-bit PNG files and
+    ``png compressed mono16`` CompressedImages. ``mono16_to_8(np.array([0, 257, 65535])) -> [0, 1, 255]``.
+    """
+    return np.rint(np.asarray(values).astype(np.float32) * np.float32(255.0 / 65535.0)).astype(np.uint8)
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """A decoded 16-bit grey image as mode ``L`` with :func:`mono16_to_8`; other images copied as they are.
+
+    Without it Pillow's ``convert("RGB")`` clips every value above 255 to white.
+    """
+    if img.mode in _MODES_16 or (img.mode == "I" and img.format == "PNG"):  # PNG samples are at most 16 bits
+        return Image.fromarray(mono16_to_8(np.asarray(img)), mode="L")
+    return img.copy()
+
+
 def _decode(source, name, max_pixels: int, formats: tuple[str, ...] | None = None) -> Image.Image:
     """The one decoder behind every input path: same limits, same one-line errors."""
     try:
@@ -84,7 +107,7 @@ def _decode(source, name, max_pixels: int, formats: tuple[str, ...] | None = Non
                     raise InputError(f"{name}: {w}x{h} pixels exceeds the {max_pixels} limit (decompression bomb?)")
                 check_shape(w, h, str(name))  # before decoding: nothing large is allocated
                 img.load()
-                return img.copy()
+                return _to_8bit(img)
     except InputError:
         raise
     except FileNotFoundError:
