@@ -42,14 +42,13 @@ def _holder(path: Path) -> str:
 
 
 @contextlib.contextmanager
-def output_lock(output: str | os.PathLike, wait_s: float = 0.0, beside: bool = False) -> Iterator[Path]:
+def output_lock(output: str | os.PathLike, wait_s: float = 0.0) -> Iterator[Path]:
     """Hold the exclusive lock of ``output`` for the block; StorageError (exit 3) naming the holder if busy.
 
-    ``wait_s`` > 0 waits that long for the holder to finish before giving up. ``beside``: the lock file sits
-    beside the output even when it is a directory (see :func:`lock_file`). Re-entrant within a process
+    ``wait_s`` > 0 waits that long for the holder to finish before giving up. Re-entrant within a process
     is not supported: take the lock once, at the top of the writer.
     """
-    path = lock_file(output, beside)
+    path = lock_file(output)
     with storage_errors(path.parent):
         path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
