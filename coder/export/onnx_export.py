@@ -62,6 +62,7 @@ def _export(module, args: tuple, path: Path, opset: int, input_name: str, output
                     do_constant_folding=True,
                 )
         except Exception as e:
+            _raise_storage_failure(e, path.parent)
             raise ExportError(f"ONNX export of {path.name} failed: {_first_line(e)}") from None
         if not external and not [p for p in Path(raw_dir).iterdir() if p != raw]:
             with staged(path) as tmp:  # inline and small: move it, no second copy of the weights in memory
@@ -70,6 +71,15 @@ def _export(module, args: tuple, path: Path, opset: int, input_name: str, output
         model = onnx.load(str(raw))  # torch wrote external data (> 2 GB) or it is forced: one named .data file
         with staged(path) as tmp:
             save_model(model, tmp, True)
+
+
+def _raise_storage_failure(e: Exception, where: Path) -> None:
+    """A full disk / read-only medium is not an export failure: StorageError (exit 3) naming ``where``."""
+    from .families import storage_failure
+
+    mapped = storage_failure(e, where)
+    if mapped is not None:
+        raise mapped from None
 
 
 def _first_line(e: Exception) -> str:
@@ -131,6 +141,7 @@ def quantize_int8(src: Path, dst: Path, per_channel: bool = False, external: boo
             quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=per_channel,
                              op_types_to_quantize=INT8_OPS, use_external_data_format=external)
         except Exception as e:  # onnx/onnxruntime.quantization raise ValueError/AssertionError/KeyError/DecodeError
+            _raise_storage_failure(e, dst.parent)
             raise ExportError(f"int8 quantization of {src.name} failed: {_first_line(e)}; "
                               "export without --int8") from None
 

@@ -278,7 +278,7 @@ def export_artifacts(opts: ExportOptions, report: Reporter = lambda s: None) -> 
         report("computing torch reference embeddings")
         with guarded(opts.architecture, "computing the torch reference"):
             ref = validate.reference_inputs(model, tokenizer, PreprocessConfig.from_dict(info["preprocess"]))
-    with guarded(opts.architecture, "exporting"):
+    with guarded(opts.architecture, "exporting", final):
         resumed = write_encoders(opts, exportable, state, info, ref, report)
     manifest = build_manifest(opts, pretrained, info, state)
     write_manifest(work, manifest)

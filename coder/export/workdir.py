@@ -33,6 +33,7 @@ from typing import Any, Callable, Iterator, Optional
 
 from ..errors import ArtifactError, StorageError, one_line
 from ..store import atomic_write_json, critical, fsync_dir, read_json, remove_stale_temps, resolved
+from ..store.files import storage_errors
 from ..manifest import FORMAT, MANIFEST_NAME
 
 STATE_NAME = ".coder-export.json"
@@ -105,7 +106,8 @@ def plan(out: Path, force: bool) -> Path:
     recover(out)
     if out.exists() and not out.is_dir():
         raise ArtifactError(f"{out} exists and is not a directory")
-    out.mkdir(parents=True, exist_ok=True)
+    with storage_errors(out.parent):
+        out.mkdir(parents=True, exist_ok=True)
     kind = _kind(out)
     if kind == "foreign":
         raise ArtifactError(f"{out} is not empty and is not a coder artifact; choose another --out")
@@ -116,7 +118,8 @@ def plan(out: Path, force: bool) -> Path:
     work = staging_dir(out)
     if work.is_dir() and _kind(work) not in ("partial", "empty"):
         shutil.rmtree(work)  # ours by name; not a resumable partial (e.g. finished but never swapped)
-    work.mkdir(exist_ok=True)
+    with storage_errors(out.parent):
+        work.mkdir(exist_ok=True)
     return work
 
 
