@@ -157,14 +157,26 @@ def convert_fp16(src: Path, dst: Path, external: bool = False) -> None:
     """fp32 ONNX -> fp16 ONNX with fp32 inputs/outputs and sensitive ops kept in fp32.
 
     ``onnxruntime.transformers.float16`` writes valid graphs where
-    ``onnxconverter_common`` 1.16 did not (PITFALLS.md).
+    ``onnxconverter_common`` 1.16 did not (PITFALLS.md). Shape inference runs on the
+    file (``infer_shapes_path``), never on the loaded model: a model over 2 GB cannot be
+    serialized in one protobuf message, which in-memory inference does (ViT-H, bigG).
+    The result is written in the external-data format when its weights pass the limit.
     """
     import onnx
+    from onnx.shape_inference import infer_shapes_path
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    # Beside src (its external data is found relative to the file), under a name stale-temp clean-up removes.
+    fd, inferred = tempfile.mkstemp(prefix=f".tmp-{src.name}-shapes-", suffix=".onnx", dir=src.parent)
+    os.close(fd)
+    try:
+        infer_shapes_path(str(src), inferred)
+        model = onnx.load(inferred)
+    finally:
+        os.unlink(inferred)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = onnx.load(str(src))
-        half = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_FP32)
+        half = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_FP32,
+                                        disable_shape_infer=True)
     with staged(dst) as tmp:
         save_model(half, tmp, needs_external(half, external))
