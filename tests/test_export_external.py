@@ -163,3 +163,17 @@ def test_fp16_of_a_model_over_the_protobuf_limit(protobuf_limit, tmp_path, tiny_
     assert np.abs(got - want).max() <= 1e-6
     half = onnx.load(str(out / "text_encoder.fp16.onnx"), load_external_data=False)
     assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in half.graph.initializer)
+
+
+def test_tensorrt_engine_from_external_data(external, tmp_path, monkeypatch):
+    """The TensorRT parser is given the model's path, so it finds weights stored outside the graph (> 2 GB)."""
+    from coder.engines.trt import BuildOptions
+    from coder.runtime.engine_build import build_image_engine
+    from tests import fakes
+
+    gpu = fakes.install(monkeypatch)
+    art = tmp_path / "a"
+    shutil.copytree(external, art)
+    built = build_image_engine(art, BuildOptions(max_batch=8, opt_batch=4))
+    assert built.validation.passed
+    assert gpu.cudart.violations == []

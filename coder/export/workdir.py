@@ -86,6 +86,8 @@ def recover(out: Path) -> None:
     a swap of an older coder without a journal gets the old artifact back.
     """
     journal = journal_path(out)
+    for tmp in out.parent.glob(f".tmp-{journal.name}-*"):  # a journal never committed: its swap never began
+        tmp.unlink(missing_ok=True)
     if _is_coder_file(journal, SWAP_FORMAT):
         carry = [n for n in read_json(journal).get("carry", [])
                  if isinstance(n, str) and n not in ("", ".", "..") and n == Path(n).name]
