@@ -199,3 +199,18 @@ def test_staging_restarted_for_another_key_is_emptied(tmp_path):
     assert (work / "image_encoder.int8.onnx").exists()  # same key: resumable, kept
     workdir.open_state(work, {"k": 2}, fresh=False)
     assert sorted(p.name for p in work.iterdir()) == [workdir.STATE_NAME]
+
+
+def test_a_carried_entry_left_in_the_backup_is_never_deleted(tmp_path):
+    """A power cut may keep the renames of the artifact but not a move before them: recovery puts it back."""
+    import os
+
+    out, work = _old_and_new(tmp_path)
+    carry = ["banks", "engines", "texts-mine.json"]
+    workdir.atomic_write_json(workdir.journal_path(out), {"format": workdir.SWAP_FORMAT, "format_version": 1,
+                                                          "carry": carry})
+    os.replace(out / "engines", work / "engines")  # kept; "banks" and the texts file were not
+    os.replace(out, workdir.backup_dir(out))
+    os.replace(work, out)
+    workdir.plan(out, force=True)
+    _assert_recovered(out, tmp_path, new=True)

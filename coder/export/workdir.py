@@ -183,6 +183,8 @@ def _finish_swap(out: Path, work: Path, backup: Path, carry: list[str]) -> None:
                 if os.path.lexists(out / name) and not os.path.lexists(work / name):
                     os.replace(out / name, work / name)
                     _at(f"carry {name}")
+            fsync_dir(work)  # the moves are on disk before the old artifact is renamed (power cut)
+            fsync_dir(out)
             (work / STATE_NAME).unlink(missing_ok=True)
             _at("state")
             os.replace(out, backup)
@@ -194,6 +196,9 @@ def _finish_swap(out: Path, work: Path, backup: Path, carry: list[str]) -> None:
     elif not out.is_dir() and backup.is_dir():
         os.replace(backup, out)  # the staging directory is gone (removed by hand): keep the old artifact
     if backup.is_dir():
+        for name in carry:  # never delete a carried entry still there (a move a power cut did not keep)
+            if os.path.lexists(backup / name) and not os.path.lexists(out / name):
+                os.replace(backup / name, out / name)
         shutil.rmtree(backup)
         _at("clean")
     journal_path(out).unlink(missing_ok=True)
