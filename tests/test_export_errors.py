@@ -112,3 +112,27 @@ def test_full_disk_during_export_is_exit_3_naming_the_directory(tmp_path, tiny_a
                               "--classes", "none", "--no-validate", "--precision", "fp16"])
     assert res.exit_code == CODE[ArtifactError] == 3 and isinstance(res.exception, SystemExit), res.output
     assert f"no space left on {out}" in " ".join(res.output.split()) and "not supported" not in res.output
+
+
+def test_storage_failure_reads_the_chain_but_not_unrelated_permissions():
+    import errno
+
+    from coder.export.families import storage_failure
+
+    def chained(inner: OSError, explicit: bool):
+        try:
+            try:
+                raise inner
+            except OSError as e:
+                if explicit:
+                    raise RuntimeError("wrapped") from e
+                raise RuntimeError("another failure while handling it")
+        except RuntimeError as outer:
+            return outer
+
+    assert "no space left on /a" in str(storage_failure(OSError(errno.ENOSPC, "full", "/a/x.onnx")))
+    assert "no space left on art" in str(storage_failure(RuntimeError("write: No space left on device"), "art"))
+    assert "read-only" in str(storage_failure(chained(OSError(errno.EROFS, "ro"), explicit=True), "art"))
+    assert storage_failure(chained(OSError(errno.EACCES, "denied"), explicit=False), "art") is None
+    assert "no space left" in str(storage_failure(chained(OSError(errno.ENOSPC, "full"), explicit=False), "art"))
+    assert storage_failure(ValueError("a real export bug"), "art") is None

@@ -146,18 +146,20 @@ def storage_failure(e: BaseException, where: str | os.PathLike | None = None) ->
 
     Libraries wrap the OSError of a failed write (``raise ... from e``) or only keep its text (torch's C++
     writers): both count. ``where`` names the directory (default: the failed file's directory).
-    Example: ``storage_failure(RuntimeError("write: No space left on device"), "art")`` -> ``no space left on art…``.
+    Example: ``storage_failure(RuntimeError("write: No space left on device"), "art")`` -> "no space left on art…".
     """
-    seen: set[int] = set()
+    seen, implicit = set(), False
     while e is not None and id(e) not in seen:
         seen.add(id(e))
-        filename = getattr(e, "filename", None) if isinstance(e, OSError) else None
-        place = where or (Path(os.fsdecode(filename)).parent if filename else "the output directory")
-        errno_ = getattr(e, "errno", None) if isinstance(e, OSError) else \
-            next((n for n, text in _STORAGE_TEXTS if text in str(e)), None)
-        mapped = storage_error(OSError(errno_, str(e)), place) if errno_ is not None else None
-        if mapped is not None:
-            return mapped
+        code = getattr(e, "errno", None) or next((n for n, text in _STORAGE_TEXTS if text in str(e)), None)
+        name = getattr(e, "filename", None) if isinstance(e, OSError) else None
+        place = where or (Path(os.fsdecode(name)).parent if name else "the output directory")
+        # An error only raised while handling another (not ``from`` it) counts for a full disk alone.
+        if code is not None and (not implicit or code in (errno.ENOSPC, errno.EDQUOT)):
+            mapped = storage_error(OSError(code, str(e)), place)
+            if mapped is not None:
+                return mapped
+        implicit = implicit or e.__cause__ is None
         e = e.__cause__ or e.__context__
     return None
 
