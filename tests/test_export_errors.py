@@ -10,7 +10,7 @@ from typer.testing import CliRunner
 
 from coder.cli import app
 from coder.cli.common import EXIT_CODES
-from coder.errors import ConfigError, ExportError
+from coder.errors import ArtifactError, ConfigError, ExportError
 
 runner = CliRunner()
 CODE = {cls: code for cls, code, _ in EXIT_CODES}
@@ -80,3 +80,59 @@ def test_tokenizer_mode_without_runtime_is_refused(mode, tmp_path):
     fake.tokenizer_mode, fake.tokenizer = mode, SimpleNamespace()
     with pytest.raises(ExportError, match="mode 'clips'"):
         save_tokenizer(fake, tmp_path, "X")
+
+
+@pytest.mark.parametrize("where", ["torch-write", "wrapped", "fp16-save"])
+def test_full_disk_during_export_is_exit_3_naming_the_directory(tmp_path, tiny_arch, monkeypatch, where):
+    """ENOSPC at a write is "no space left on DIR" (exit 3), never "this model family is not supported" (4)."""
+    import errno
+    from pathlib import Path
+
+    import onnx
+    import torch
+
+    def full_disk(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def half_written(module, args, f, **kw):  # torch.onnx.export: the write stops half-way on a full disk
+        Path(f).write_bytes(b"\x08\x07")
+        if where == "wrapped":  # a library that wraps the OSError in its own type
+            try:
+                full_disk()
+            except OSError as e:
+                raise RuntimeError("serialization failed") from e
+        full_disk()
+
+    if where == "fp16-save":
+        monkeypatch.setattr(onnx, "save_model", full_disk)
+    else:
+        monkeypatch.setattr(torch.onnx, "export", half_written)
+    out = tmp_path / "a"
+    res = runner.invoke(app, ["export", "-b", tiny_arch, "--pretrained", "none", "--out", str(out),
+                              "--classes", "none", "--no-validate", "--precision", "fp16"])
+    assert res.exit_code == CODE[ArtifactError] == 3 and isinstance(res.exception, SystemExit), res.output
+    assert f"no space left on {out}" in " ".join(res.output.split()) and "not supported" not in res.output
+
+
+def test_storage_failure_reads_the_chain_but_not_unrelated_permissions():
+    import errno
+
+    from coder.export.families import storage_failure
+
+    def chained(inner: OSError, explicit: bool):
+        try:
+            try:
+                raise inner
+            except OSError as e:
+                if explicit:
+                    raise RuntimeError("wrapped") from e
+                raise RuntimeError("another failure while handling it")
+        except RuntimeError as outer:
+            return outer
+
+    assert "no space left on /a" in str(storage_failure(OSError(errno.ENOSPC, "full", "/a/x.onnx")))
+    assert "no space left on art" in str(storage_failure(RuntimeError("write: No space left on device"), "art"))
+    assert "read-only" in str(storage_failure(chained(OSError(errno.EROFS, "ro"), explicit=True), "art"))
+    assert storage_failure(chained(OSError(errno.EACCES, "denied"), explicit=False), "art") is None
+    assert "no space left" in str(storage_failure(chained(OSError(errno.ENOSPC, "full"), explicit=False), "art"))
+    assert storage_failure(ValueError("a real export bug"), "art") is None

@@ -116,3 +116,64 @@ def test_manifest_without_the_new_fields_loads_with_defaults(tiny_artifact, tmp_
     new = embed_files(ImageEncoder.load(tiny_artifact), [str(sample_images[0])]).embeddings
     np.testing.assert_array_equal(old, new)
     assert TextEncoder.load(art).encode(["a cat"]).shape == (1, load_artifact(art).embed_dim)
+
+
+@pytest.fixture
+def protobuf_limit(monkeypatch):
+    """Protobuf's 2 GiB message limit and coder's external-data threshold, scaled down to the tiny model.
+
+    Serializing a ModelProto larger than ``limit`` raises EncodeError exactly as a > 2 GB model does
+    (``EncodeError: Failed to serialize proto``); the tiny text encoder (13 MB of fp32 weights) is "over 2 GB".
+    """
+    import onnx
+    from google.protobuf.message import EncodeError
+
+    from coder.export import onnx_files
+
+    limit = 4_000_000
+    serialize = onnx.ModelProto.SerializeToString
+
+    def limited(self, **kw):
+        if self.ByteSize() > limit:
+            raise EncodeError("Failed to serialize proto")
+        return serialize(self, **kw)
+
+    monkeypatch.setattr(onnx.ModelProto, "SerializeToString", limited)
+    monkeypatch.setattr(onnx_files, "EXTERNAL_THRESHOLD_BYTES", limit * 9 // 10)
+    return limit
+
+
+def test_fp16_of_a_model_over_the_protobuf_limit(protobuf_limit, tmp_path, tiny_arch, tiny_artifact):
+    """fp16 conversion never serializes the whole fp32 model, and writes external data when needed."""
+    import onnx
+
+    from coder.text_bank.text_encoder import TextEncoder
+
+    out = tmp_path / "big"
+    export_artifacts(ExportOptions(tiny_arch, SPEC, out, ("fp32", "fp16")))
+    m = load_artifact(out).manifest
+    assert (out / "text_encoder.fp32.onnx").stat().st_size > protobuf_limit  # "over 2 GB", inline as torch wrote it
+    assert m["files"]["text_encoder.fp16.onnx"]["external_data"] == ["text_encoder.fp16.onnx.data"]
+    assert "external_data" not in m["files"]["image_encoder.fp16.onnx"]  # small enough: inline
+    assert all(v["passed"] for v in m["validation"].values())
+    assert not list(out.glob(".tmp-*"))
+    texts = ["a photo of a cat.", "a dog"]
+    got = TextEncoder.load(out, "fp16").encode(texts)
+    want = TextEncoder.load(tiny_artifact, "fp16").encode(texts)  # the same weights, converted inline
+    assert np.abs(got - want).max() <= 1e-6
+    half = onnx.load(str(out / "text_encoder.fp16.onnx"), load_external_data=False)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in half.graph.initializer)
+
+
+def test_tensorrt_engine_from_external_data(external, tmp_path, monkeypatch):
+    """The TensorRT parser is given the model's path, so it finds weights stored outside the graph (> 2 GB)."""
+    from coder.engines.trt import BuildOptions
+    from coder.runtime.engine_build import build_image_engine
+    from tests import fakes
+
+    gpu = fakes.install(monkeypatch)
+    art = tmp_path / "a"
+    shutil.copytree(external, art)
+    built = build_image_engine(art, BuildOptions(max_batch=8, opt_batch=4))
+    assert built.validation.passed
+    assert gpu.cudart.violations == []

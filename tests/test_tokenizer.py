@@ -66,3 +66,34 @@ def test_special_cases(pair):
 def test_from_artifact(tiny_artifact):
     tok = ClipTokenizer.from_artifact(load_artifact(tiny_artifact))
     assert tok.context_length == 77 and tok(["a cat"])[0, 0] == tok.sot
+
+
+HOT_DOG = ["hot_dog, please.", 'Hot-Dog: "PLEASE" (50% off) -- e.g. U.S.A.; __init__', "a_b_c", "it's a cat!",
+           "caf\u00e9_au_lait\u00a0NOW", ""]
+
+
+@pytest.fixture(scope="module", params=["lower", "whitespace", "canonicalize"])
+def clean_pair(request):
+    """open_clip's SimpleTokenizer with a model config's ``tokenizer_kwargs.clean`` is the oracle."""
+    from open_clip.tokenizer import SimpleTokenizer
+
+    return ClipTokenizer(default_bpe(), clean=request.param), SimpleTokenizer(clean=request.param)
+
+
+def test_every_clean_mode_matches_open_clip(clean_pair):
+    ours, ref = clean_pair
+    np.testing.assert_array_equal(ours(HOT_DOG), ref(HOT_DOG).numpy())
+
+
+@settings(max_examples=100, deadline=None)
+@given(text=st.text(max_size=80))
+def test_every_clean_mode_on_random_unicode(clean_pair, text):
+    ours, ref = clean_pair
+    np.testing.assert_array_equal(ours([text]), ref([text]).numpy())
+
+
+def test_the_clean_modes_differ_and_unknown_ones_are_refused():
+    ids = {mode: ClipTokenizer(default_bpe(), clean=mode)(["hot_dog, please."]) for mode in ("lower", "canonicalize")}
+    assert not np.array_equal(ids["lower"], ids["canonicalize"])
+    with pytest.raises(ValueError, match="unknown text cleaning 'fancy'"):
+        ClipTokenizer(default_bpe(), clean="fancy")

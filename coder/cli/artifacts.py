@@ -123,11 +123,18 @@ def _print_backbones(as_json: bool) -> None:
 
 
 def _default_texts(out_dir: Path, classes: str) -> Path:
-    """Names + WordNet synonyms (when WordNet is installed) for a class list, saved in the artifact."""
+    """Names + WordNet synonyms (when WordNet is installed) for a class list, saved in the artifact.
+
+    A texts file already there (carried over by ``--force``, maybe edited) is the user's: kept byte for byte.
+    """
     from ..text_bank.text_encoder import TextEncoder
     from ..text_bank.texts import init_texts, save_texts
     from ..text_bank.wordnet import WordNet, add_synonyms
 
+    path = out_dir / f"texts-{Path(classes).stem}.json"
+    if path.is_file():
+        say("warning", f"kept {path.name} of the previous artifact (delete it to start again from --classes)")
+        return path
     texts = init_texts(classes)
     try:
         wordnet = WordNet()
@@ -135,7 +142,6 @@ def _default_texts(out_dir: Path, classes: str) -> Path:
         say("warning", f"no synonyms: {e}")
     else:
         texts, _ = add_synonyms(texts, wordnet, TextEncoder.load(out_dir))
-    path = out_dir / f"texts-{Path(classes).stem}.json"
     save_texts(path, texts)
     return path
 

@@ -159,7 +159,7 @@ def build_engine_trt(onnx_path: Path, out_path: Path, opts: BuildOptions,
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(Path(onnx_path).read_bytes()):
+    if not parser.parse(Path(onnx_path).read_bytes(), str(onnx_path)):  # the path finds external weights (> 2 GB)
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise BackendError(f"TensorRT cannot parse {onnx_path}: {errors[:300]}")
     config = builder.create_builder_config()

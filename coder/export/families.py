@@ -5,18 +5,22 @@
   (MobileOne/FastViT, :mod:`coder.export.reparam`): :class:`ExportModel`;
 * the preprocessing the weights were trained with: :func:`preprocess_record`;
 * external-data companions in the manifest: :func:`add_external_data`;
-* turning anything unexpected into a typed, one-line :class:`ExportError`: :func:`guarded`.
+* turning anything unexpected into a typed, one-line :class:`ExportError`: :func:`guarded`
+  (a full disk or read-only medium into a :class:`StorageError`: :func:`storage_failure`).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import CoderError, ExportError
+from ..errors import CoderError, ExportError, StorageError
 from ..manifest import PreprocessConfig, file_entry
+from ..store import storage_error
 from .registry import PretrainedSpec
 
 PREPROCESS_KEYS = ("mean", "std", "interpolation", "resize_mode")
@@ -137,9 +141,39 @@ def _hint(message: str) -> str:
                 "this model family is not supported by this coder yet; report it with the message above")
 
 
+def storage_failure(e: BaseException, where: str | os.PathLike | None = None) -> StorageError | None:
+    """The StorageError (exit 3) for a full disk / read-only medium anywhere in ``e``'s chain, else None.
+
+    Libraries wrap the OSError of a failed write (``raise ... from e``) or only keep its text (torch's C++
+    writers): both count. ``where`` names the directory (default: the failed file's directory).
+    Example: ``storage_failure(RuntimeError("write: No space left on device"), "art")`` -> "no space left on art…".
+    """
+    seen, implicit = set(), False
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        code = getattr(e, "errno", None) or next((n for n, text in _STORAGE_TEXTS if text in str(e)), None)
+        name = getattr(e, "filename", None) if isinstance(e, OSError) else None
+        place = where or (Path(os.fsdecode(name)).parent if name else "the output directory")
+        # An error only raised while handling another (not ``from`` it) counts for a full disk alone.
+        if code is not None and (not implicit or code in (errno.ENOSPC, errno.EDQUOT)):
+            mapped = storage_error(OSError(code, str(e)), place)
+            if mapped is not None:
+                return mapped
+        implicit = implicit or e.__cause__ is None
+        e = e.__cause__ or e.__context__
+    return None
+
+
+_STORAGE_TEXTS = ((errno.ENOSPC, "No space left on device"), (errno.EDQUOT, "Disk quota exceeded"),
+                  (errno.EROFS, "Read-only file system"))
+
+
 @contextlib.contextmanager
-def guarded(architecture: str, stage: str) -> Iterator[None]:
-    """Re-raise anything that is not a CoderError as ExportError naming the model, reason and a fix."""
+def guarded(architecture: str, stage: str, where: str | os.PathLike | None = None) -> Iterator[None]:
+    """Re-raise anything that is not a CoderError as ExportError naming the model, reason and a fix.
+
+    A full disk or read-only medium (``where``: the artifact directory) is a StorageError (exit 3) instead.
+    """
     try:
         yield
     except ExportError as e:
@@ -149,6 +183,9 @@ def guarded(architecture: str, stage: str) -> Iterator[None]:
     except (CoderError, KeyboardInterrupt, MemoryError):
         raise
     except Exception as e:  # torch/onnx/timm/transformers raise every type there is
+        mapped = storage_failure(e, where)
+        if mapped is not None:
+            raise mapped from None
         text = str(e).strip()
         why = f"{type(e).__name__}: {text.splitlines()[0][:240]}" if text else type(e).__name__
         raise ExportError(f"{architecture}: {stage} failed ({why}); {_hint(why)}") from None

@@ -62,6 +62,7 @@ def _export(module, args: tuple, path: Path, opset: int, input_name: str, output
                     do_constant_folding=True,
                 )
         except Exception as e:
+            _raise_storage_failure(e, path.parent)
             raise ExportError(f"ONNX export of {path.name} failed: {_first_line(e)}") from None
         if not external and not [p for p in Path(raw_dir).iterdir() if p != raw]:
             with staged(path) as tmp:  # inline and small: move it, no second copy of the weights in memory
@@ -70,6 +71,15 @@ def _export(module, args: tuple, path: Path, opset: int, input_name: str, output
         model = onnx.load(str(raw))  # torch wrote external data (> 2 GB) or it is forced: one named .data file
         with staged(path) as tmp:
             save_model(model, tmp, True)
+
+
+def _raise_storage_failure(e: Exception, where: Path) -> None:
+    """A full disk / read-only medium is not an export failure: StorageError (exit 3) naming ``where``."""
+    from .families import storage_failure
+
+    mapped = storage_failure(e, where)
+    if mapped is not None:
+        raise mapped from None
 
 
 def _first_line(e: Exception) -> str:
@@ -131,6 +141,7 @@ def quantize_int8(src: Path, dst: Path, per_channel: bool = False, external: boo
             quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=per_channel,
                              op_types_to_quantize=INT8_OPS, use_external_data_format=external)
         except Exception as e:  # onnx/onnxruntime.quantization raise ValueError/AssertionError/KeyError/DecodeError
+            _raise_storage_failure(e, dst.parent)
             raise ExportError(f"int8 quantization of {src.name} failed: {_first_line(e)}; "
                               "export without --int8") from None
 
@@ -146,14 +157,26 @@ def convert_fp16(src: Path, dst: Path, external: bool = False) -> None:
     """fp32 ONNX -> fp16 ONNX with fp32 inputs/outputs and sensitive ops kept in fp32.
 
     ``onnxruntime.transformers.float16`` writes valid graphs where
-    ``onnxconverter_common`` 1.16 did not (PITFALLS.md).
+    ``onnxconverter_common`` 1.16 did not (PITFALLS.md). Shape inference runs on the
+    file (``infer_shapes_path``), never on the loaded model: a model over 2 GB cannot be
+    serialized in one protobuf message, which in-memory inference does (ViT-H, bigG).
+    The result is written in the external-data format when its weights pass the limit.
     """
     import onnx
+    from onnx.shape_inference import infer_shapes_path
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
+    # Beside src (its external data is found relative to the file), under a name stale-temp clean-up removes.
+    fd, inferred = tempfile.mkstemp(prefix=f".tmp-{src.name}-shapes-", suffix=".onnx", dir=src.parent)
+    os.close(fd)
+    try:
+        infer_shapes_path(str(src), inferred)
+        model = onnx.load(inferred)
+    finally:
+        os.unlink(inferred)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        model = onnx.load(str(src))
-        half = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_FP32)
+        half = convert_float_to_float16(model, keep_io_types=True, op_block_list=FP16_KEEP_FP32,
+                                        disable_shape_infer=True)
     with staged(dst) as tmp:
         save_model(half, tmp, needs_external(half, external))

@@ -14,13 +14,14 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
 from .. import __version__
 from ..errors import ConfigError, WeightsError
-from ..store import atomic_write_json, sha256_file
+from ..store import atomic_write_json, resolved, sha256_file
 from ..manifest import FORMAT, FORMAT_VERSION, PreprocessConfig, encoder_filename, file_entry, write_manifest
 from . import onnx_export, validate, workdir
 from .registry import PretrainedSpec
@@ -258,10 +259,11 @@ def export_artifacts(opts: ExportOptions, report: Reporter = lambda s: None) -> 
 
     if opts.max_batch < 3:
         raise ConfigError(f"--max-batch {opts.max_batch}: must be at least 3 (validation runs batch 3)")
-    work = workdir.plan(opts.out_dir, opts.force)
+    shown, final = Path(os.path.abspath(opts.out_dir)), resolved(opts.out_dir)  # a symlink is kept, its target written
+    work = workdir.plan(final, opts.force)
     key = resume_key(opts)
-    state = workdir.open_state(work, key, fresh=opts.force and work == opts.out_dir)
-    final, opts = opts.out_dir, replace(opts, out_dir=work)
+    state = workdir.open_state(work, key, fresh=opts.force and work == final)
+    opts = replace(opts, out_dir=work)
     report(f"loading {opts.architecture} ({opts.pretrained.kind}: {opts.pretrained.value})")
     with guarded(opts.architecture, "loading the tokenizer"):
         tokenizer = load_tokenizer(opts.architecture)
@@ -276,11 +278,11 @@ def export_artifacts(opts: ExportOptions, report: Reporter = lambda s: None) -> 
         report("computing torch reference embeddings")
         with guarded(opts.architecture, "computing the torch reference"):
             ref = validate.reference_inputs(model, tokenizer, PreprocessConfig.from_dict(info["preprocess"]))
-    with guarded(opts.architecture, "exporting"):
+    with guarded(opts.architecture, "exporting", final):
         resumed = write_encoders(opts, exportable, state, info, ref, report)
     manifest = build_manifest(opts, pretrained, info, state)
     write_manifest(work, manifest)
     workdir.swap_in(work, final)
     report("done")
-    return ExportResult(final, manifest, tuple(resumed))
+    return ExportResult(shown, manifest, tuple(resumed))
 

@@ -2,12 +2,17 @@
 
 Two kinds reach the torch-free runtime (:mod:`coder.text_bank.tokenizer`):
 
-* ``clip_bpe`` — open_clip's ``SimpleTokenizer``: the BPE merges file is copied.
+* ``clip_bpe`` — open_clip's ``SimpleTokenizer``: the BPE merges file is copied, with
+  the text cleaning the model config asks for (``text_cfg.tokenizer_kwargs.clean``:
+  ``lower`` (default), ``whitespace`` or ``canonicalize``).
 * ``hf_tokenizers`` — open_clip's ``HFTokenizer`` (SigLIP/SigLIP2, NLLB, custom
   configs with ``hf_tokenizer_name``): the fast tokenizer's ``tokenizer.json`` is
   written, with the settings open_clip calls it with (cleaning, context length,
-  pad id, padding/truncation side, sep stripping). Export validates the runtime
-  tokenizer id-for-id against open_clip's before anything else.
+  pad id, padding/truncation side, sep stripping).
+
+Export validates the runtime tokenizer id-for-id against open_clip's (both kinds)
+before anything else; settings without a torch-free runtime (a reduction mask,
+extra special tokens, an unknown cleaning) are refused with an ExportError.
 """
 
 from __future__ import annotations
@@ -28,7 +33,8 @@ def tokenizer_probe_texts() -> list[str]:
     """Texts that exercise cleaning, truncation, padding and unknown pieces."""
     words = "a photo of the cat dog Tiger tulip castle mountain road".split()
     long = " ".join(words * 40)
-    return ["a photo of a cat.", "", "   ", "A PHOTO OF A DOG!!", "it's a bird_house, isn't it?",
+    return ["a photo of a cat.", "", "   ", "A PHOTO OF A DOG!!", "it's a bird_house, isn't it?", "hot_dog, please.",
+            "Hot-Dog: \"PLEASE\" (50% off) -- e.g. U.S.A.; __init__", "a\u00a0b\u2003c_d",
             "caf\u00e9 na\u00efve \u00fcber \u65e5\u672c \U0001f431", "&amp;lt;b&amp;gt;bold&amp;lt;/b&amp;gt;",
             "tabs\tand\nnew   lines", long, "x" * 500, "photo " * 63, "photo " * 64, "photo " * 65]
 
@@ -43,8 +49,12 @@ def tokenizer_for(architecture: str, context_length: int):
         raise ExportError(f"{architecture}: its Hugging Face tokenizer needs `{e.name}` at export time; "
                           "install it (`pip install transformers`)") from None
     except Exception as e:  # transformers/hub raise OSError, ValueError, HTTP errors alike
-        name = (open_clip.get_model_config(architecture) or {}).get("text_cfg", {}).get("hf_tokenizer_name", "")
+        text_cfg = (open_clip.get_model_config(architecture) or {}).get("text_cfg", {})
+        name = text_cfg.get("hf_tokenizer_name", "")
         why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        if not name and "siglip" not in architecture.lower():  # open_clip's own CLIP BPE tokenizer
+            raise ExportError(f"{architecture}: open_clip cannot build its tokenizer with text_cfg.tokenizer_kwargs "
+                              f"{text_cfg.get('tokenizer_kwargs')} ({why}); fix them in the model config") from None
         raise ExportError(f"{architecture}: tokenizer {name or '?'} could not be loaded ({why}); it comes from the "
                           "Hugging Face hub: export once with network access (it is cached), or point "
                           "hf_tokenizer_name in a --model-config at a local tokenizer directory") from None
@@ -54,26 +64,38 @@ def save_tokenizer(tokenizer, out_dir: Path, architecture: str) -> dict[str, Any
     """Write the tokenizer file(s) next to the encoders; return the manifest's ``tokenizer`` record."""
     from open_clip.tokenizer import HFTokenizer, SimpleTokenizer
 
+    from ..text_bank.tokenizer import ClipTokenizer, HFTokenizer as RuntimeHF
+
     if type(tokenizer) is SimpleTokenizer:
-        return _save_clip_bpe(tokenizer, out_dir)
+        record = _save_clip_bpe(tokenizer, out_dir, architecture)
+        runtime = ClipTokenizer(out_dir / record["file"], record["context_length"], record["clean"])
+        check_same_ids(tokenizer, runtime, architecture)
+        return record
     if isinstance(tokenizer, HFTokenizer):
         record = _save_hf(tokenizer, out_dir, architecture)
-        check_same_ids(tokenizer, out_dir / HF_FILE, record, architecture)
+        check_same_ids(tokenizer, RuntimeHF.from_record(out_dir / HF_FILE, record), architecture)
         return record
     raise ExportError(f"{architecture}: tokenizer {type(tokenizer).__name__} has no torch-free runtime "
                       "(supported: open_clip SimpleTokenizer, HFTokenizer with a fast tokenizer)")
 
 
-def _save_clip_bpe(tokenizer, out_dir: Path) -> dict[str, Any]:
+def _save_clip_bpe(tokenizer, out_dir: Path, architecture: str) -> dict[str, Any]:
     from open_clip.tokenizer import default_bpe
 
+    if getattr(tokenizer, "reduction_fn", None) is not None:
+        raise ExportError(f"{architecture}: tokenizer_kwargs.reduction_mask (a training-time truncation) has no "
+                          "torch-free runtime; remove it from the model config for export")
+    if len(tokenizer.all_special_ids) != 2:
+        raise ExportError(f"{architecture}: tokenizer_kwargs.additional_special_tokens have no torch-free runtime; "
+                          "remove them from the model config for export")
+    clean = _clean_name(tokenizer)
     src = Path(default_bpe())
     with atomic_path(out_dir / src.name) as tmp:
         shutil.copyfile(src, tmp)
     return {
         "kind": "clip_bpe",
         "file": src.name,
-        "clean": "lower",
+        "clean": clean,
         "context_length": int(tokenizer.context_length),
         "sot_token_id": int(tokenizer.sot_token_id),
         "eot_token_id": int(tokenizer.eot_token_id),
@@ -124,13 +146,14 @@ def _save_hf(tokenizer, out_dir: Path, architecture: str) -> dict[str, Any]:
     }
 
 
-def check_same_ids(tokenizer, path: Path, record: dict[str, Any], architecture: str) -> None:
-    """Runtime ids == open_clip ids on probe texts (long, empty, unicode, punctuation); else ExportError."""
-    from ..text_bank.tokenizer import HFTokenizer as RuntimeTokenizer
+def check_same_ids(tokenizer, runtime, architecture: str) -> None:
+    """Runtime ids == open_clip ids on probe texts (long, empty, unicode, punctuation); else ExportError.
 
+    ``runtime`` is the torch-free tokenizer built from the saved file and record.
+    """
     texts = tokenizer_probe_texts()
     want = tokenizer(texts).numpy()
-    got = RuntimeTokenizer.from_record(path, record)(texts)
+    got = runtime(texts)
     bad = [t for t, a, b in zip(texts, want, got) if not np.array_equal(a, b)]
     if bad:
         raise ExportError(f"{architecture}: the torch-free tokenizer differs from open_clip's on {len(bad)} of "

@@ -6,9 +6,12 @@ the same way, ``tok(texts) -> (N, context_length) int32``, and expose
 ``context_length`` and ``eos_id``.
 
 CLIP BPE:
-Produces exactly open_clip's ``SimpleTokenizer`` ids (``clean="lower"``): text
-is repaired with ftfy, HTML-unescaped twice, whitespace-collapsed and
-lower-cased, split with CLIP's regex, byte-mapped and BPE-merged by rank.
+Produces exactly open_clip's ``SimpleTokenizer`` ids, for each of its text
+cleanings (the manifest's ``clean``: ``lower``, the default, ``whitespace`` or
+``canonicalize``): text is repaired with ftfy, HTML-unescaped twice,
+whitespace-collapsed and lower-cased (``canonicalize`` also turns ``_`` into a
+space and drops ASCII punctuation; ``whitespace`` keeps case), split with CLIP's
+regex, byte-mapped and BPE-merged by rank.
 Sequences are ``[SOT] tokens [EOT]``, truncated to the context length with the
 last position forced to EOT, zero padded. A text's length is where its first
 EOT is (:func:`eos_lengths`), never a count of non-zero ids: id 0 is the token
@@ -89,10 +92,18 @@ CLEANERS = {"lower": clean, "whitespace": clean_whitespace, "canonicalize": clea
 
 
 class ClipTokenizer:
-    """Byte-level BPE over CLIP's merges file (``bpe_simple_vocab_16e6.txt.gz``)."""
+    """Byte-level BPE over CLIP's merges file (``bpe_simple_vocab_16e6.txt.gz``).
 
-    def __init__(self, vocab_path: str | os.PathLike, context_length: int = 77):
+    ``clean`` is open_clip's ``clean`` setting (one of :data:`CLEANERS`); another raises ValueError.
+    Example: ``ClipTokenizer(vocab, 77, clean="canonicalize")(["hot_dog, please."])`` == open_clip's ids.
+    """
+
+    def __init__(self, vocab_path: str | os.PathLike, context_length: int = 77, clean: str = "lower"):
         import regex
+
+        if clean not in CLEANERS:
+            raise ValueError(f"unknown text cleaning {clean!r}; one of {', '.join(CLEANERS)}")
+        self.clean = CLEANERS[clean]
 
         merges = gzip.open(vocab_path).read().decode("utf-8").split("\n")[1:N_MERGES + 1]
         merges = [tuple(m.split()) for m in merges]
@@ -122,7 +133,10 @@ class ClipTokenizer:
         info = artifact.manifest["text"]["tokenizer"]
         if info.get("kind") != "clip_bpe":
             raise ArtifactError(f"{artifact.root}: tokenizer kind {info.get('kind')!r} is not supported")
-        return cls(artifact.file(info["file"]), int(info["context_length"]))
+        clean = info.get("clean", "lower")
+        if clean not in CLEANERS:
+            raise ArtifactError(f"{artifact.root}: text cleaning {clean!r} is unknown to this coder; upgrade coder")
+        return cls(artifact.file(info["file"]), int(info["context_length"]), clean)
 
     def _bpe(self, word: str) -> list[int]:
         if word in self._cache:
@@ -151,7 +165,7 @@ class ClipTokenizer:
     def encode(self, text: str) -> list[int]:
         """Token ids of one text, without SOT/EOT."""
         ids: list[int] = []
-        for piece in self._pattern.findall(clean(text)):
+        for piece in self._pattern.findall(self.clean(text)):
             if piece in SPECIAL:
                 ids.append(self.encoder[piece])
                 continue

@@ -15,6 +15,7 @@ import enum
 import json
 import struct
 import types
+from pathlib import Path
 
 import numpy as np
 
@@ -216,11 +217,18 @@ class OnnxParser(_Strict):
     def parse(self, model, path: str | None = None) -> bool:
         import onnx
 
+        from onnx.external_data_helper import _get_all_tensors, load_external_data_for_model, uses_external_data
+
         try:
             # No onnx.checker: like onnx-tensorrt (which sorts nodes itself), accept unsorted graphs.
             proto = onnx.load_model_from_string(bytes(model))
             if not proto.graph.input or not proto.graph.node:
                 raise ValueError("graph has no inputs or nodes")
+            if any(uses_external_data(t) for t in _get_all_tensors(proto)):
+                if path is None:  # like onnx-tensorrt: external weights are found relative to the model's path
+                    raise ValueError("the model stores weights externally: pass its path")
+                load_external_data_for_model(proto, str(Path(path).parent))
+                model = proto.SerializeToString()
         except Exception as e:  # the real parser reports, never raises
             self._errors.append(IParserError(f"ONNX parse failed: {str(e).splitlines()[0]}"))
             return False
