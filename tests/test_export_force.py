@@ -156,3 +156,23 @@ def test_force_keeps_the_users_edited_texts_file_byte_for_byte(tmp_path, tiny_ar
     assert texts.read_bytes() == edited
     bank = json.loads(next((art / "banks").glob("*/bank.json")).read_text())
     assert "with wings" in json.dumps(bank)
+
+
+def test_a_second_export_of_the_same_artifact_exits_3_naming_the_first(good, tmp_path, tiny_arch):
+    """Two exports of one artifact at once (here: another spelling of it, through a symlink) never interleave."""
+    from tests.test_store import _hold_lock_in_child
+
+    art = tmp_path / "art"
+    shutil.copytree(good, art)
+    (tmp_path / "link").symlink_to(art)
+    ready, release = tmp_path / "ready", tmp_path / "release"
+    child = _hold_lock_in_child(art, ready, release)
+    try:
+        while not ready.exists():  # written only once the child holds the artifact's lock
+            assert child.poll() is None
+        res = _export_force(tiny_arch, tmp_path / "link")
+        assert res.exit_code == 3 and f"pid {child.pid}" in res.output, res.output
+        assert load_artifact(art).manifest == load_artifact(good).manifest  # untouched
+    finally:
+        release.write_text("go")
+        child.wait(timeout=60)

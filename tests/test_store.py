@@ -115,3 +115,14 @@ def test_cached_rebuilds_damaged_and_keeps_unwritable_in_memory(tmp_path, monkey
     with pytest.warns(CacheWarning, match="kept in memory"):
         np.testing.assert_array_equal(cached(path, load, build, save), np.arange(4.0))
     assert not path.exists()
+
+
+def test_lock_file_is_removed_after_use_and_a_retaken_lock_is_exclusive(tmp_path):
+    out = tmp_path / "o"
+    with output_lock(out) as path:
+        assert path.exists()
+    assert not path.exists()  # no clutter beside the user's output
+    with output_lock(out):
+        with pytest.raises(StorageError):
+            with output_lock(out):
+                pass

@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from .. import __version__
 from ..errors import ConfigError, WeightsError
-from ..store import atomic_write_json, resolved, sha256_file
+from ..store import atomic_write_json, output_lock, resolved, sha256_file
 from ..manifest import FORMAT, FORMAT_VERSION, PreprocessConfig, encoder_filename, file_entry, write_manifest
 from . import onnx_export, validate, workdir
 from .registry import PretrainedSpec
@@ -254,12 +254,17 @@ def build_manifest(opts: ExportOptions, pretrained: dict[str, Any], info: dict[s
 
 def export_artifacts(opts: ExportOptions, report: Reporter = lambda s: None) -> ExportResult:
     """Run every stage; returns the written manifest. Raises CoderError subclasses only."""
-    from .families import guarded, load_tokenizer, prepare_model
-    from .weights import load_model
-
     if opts.max_batch < 3:
         raise ConfigError(f"--max-batch {opts.max_batch}: must be at least 3 (validation runs batch 3)")
     shown, final = Path(os.path.abspath(opts.out_dir)), resolved(opts.out_dir)  # a symlink is kept, its target written
+    with output_lock(final):  # a second export of the same artifact exits 3 naming this one
+        return _export_into(opts, shown, final, report)
+
+
+def _export_into(opts: ExportOptions, shown: Path, final: Path, report: Reporter) -> ExportResult:
+    from .families import guarded, load_tokenizer, prepare_model
+    from .weights import load_model
+
     work = workdir.plan(final, opts.force)
     key = resume_key(opts)
     state = workdir.open_state(work, key, fresh=opts.force and work == final)
