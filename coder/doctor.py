@@ -11,6 +11,7 @@ import subprocess
 from typing import Any
 
 from . import __version__
+from .errors import one_line
 
 _PACKAGES = ("numpy", "onnxruntime", "onnxruntime-gpu", "pillow", "onnx", "torch", "open_clip_torch", "tensorrt")
 
@@ -47,7 +48,7 @@ def tensorrt_status() -> str:
 
         return f"{trt.__version__} importable from {where} ({source})"
     except Exception as e:  # a broken CUDA install fails here with many error types
-        return f"import from {where} failed: {str(e).splitlines()[0][:160]}"
+        return f"import from {where} failed: {one_line(e, 160)}"
 
 
 # L4T (Jetson Linux) release -> JetPack release, from NVIDIA's JetPack archive.
