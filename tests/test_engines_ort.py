@@ -2,16 +2,19 @@
 session config, node placement) is asserted on what coder passes to ONNX Runtime, without a GPU."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
+from coder.doctor import nvidia_gpu_present
 from coder.engines.ort import BACKENDS, load_ort, probe_providers
 from coder.errors import BackendError
 from coder.manifest import load_artifact
+from tests.fakes import ort_options
 
-HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers() and shutil.which("nvidia-smi")
+HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers() and nvidia_gpu_present()
 
 
 def test_cpu_reports_what_runs(tiny_artifact):
@@ -45,21 +48,53 @@ def test_probe():
     assert probe_providers()["cpu"] == "ok"
 
 
+def _tensorrt_provider_error(options: dict) -> str | None:
+    """Why ONNX Runtime's TensorRT provider would fail to start with ``options`` (None: it starts).
+
+    Options are checked against onnxruntime-gpu 1.18.0's parser (:mod:`tests.fakes.ort_options`); the
+    engine/timing cache folders must exist, or be creatable as ONE new level (the provider creates no parents).
+    """
+    try:
+        ort_options.check("TensorrtExecutionProvider", options)
+    except ValueError as e:
+        return str(e)
+    for enable, key in (("trt_engine_cache_enable", "trt_engine_cache_path"),
+                        ("trt_timing_cache_enable", "trt_timing_cache_path")):
+        if str(options.get(enable, "False")) in ("1", "true", "True") and key in options:
+            folder = Path(options[key])
+            if not folder.is_dir():
+                if not folder.parent.is_dir():
+                    return f"{key} {folder}: parent folder missing (the provider creates one level only)"
+                folder.mkdir()
+    return None
+
+
 @pytest.fixture
 def captured(monkeypatch):
     """ONNX Runtime that claims every provider and runs on the CPU, recording what coder asked for.
 
     ``get_providers`` echoes the request (as a GPU build would), so only the profiled node
-    placement can reveal that the nodes ran on the CPU.
+    placement can reveal that the nodes ran on the CPU. Provider options are validated as
+    onnxruntime-gpu 1.18.0 does; a TensorRT provider that would fail to start is dropped, as
+    ONNX Runtime's Python API does ("Falling back to ['CUDAExecutionProvider', ...]"), and the
+    reason is recorded under ``"rejected"``.
     """
     calls = []
     real = ort.InferenceSession
 
     class Capturing(real):
         def __init__(self, path, sess_options=None, providers=None):
-            calls.append({"providers": providers, "options": sess_options})
+            call = {"providers": providers, "options": sess_options, "rejected": None}
+            calls.append(call)
+            for entry in providers:  # unknown providers / CUDA options raise, as in ONNX Runtime
+                name, opts = entry if isinstance(entry, tuple) else (entry, {})
+                if name != "TensorrtExecutionProvider":
+                    ort_options.check(name, opts)
+                else:
+                    call["rejected"] = _tensorrt_provider_error(opts)
             super().__init__(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
-            self._asked = [p[0] if isinstance(p, tuple) else p for p in providers]
+            asked = [p[0] if isinstance(p, tuple) else p for p in providers]
+            self._asked = [p for p in asked if not (call["rejected"] and p == "TensorrtExecutionProvider")]
 
         def get_providers(self):
             return self._asked
@@ -76,6 +111,7 @@ def test_tensorrt_provider_list_profile_and_cache_keyed_by_weights(tiny_artifact
     shutil.copytree(tiny_artifact, art, ignore=shutil.ignore_patterns("banks", "engines"))
     with pytest.warns(RuntimeWarning):
         enc = ImageEncoder.load(art, "fp32", "tensorrt", allow_fallback=True)
+    assert captured[-1]["rejected"] is None
     providers = captured[-1]["providers"]
     assert [p[0] if isinstance(p, tuple) else p for p in providers] == \
         ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]

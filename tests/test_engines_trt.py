@@ -21,10 +21,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from coder.cli import EXIT_CODES, app
+from coder.doctor import nvidia_gpu_present
 from coder.errors import BackendError, StaleEngineError
 from tests import fakes
 
-HAS_TRT = importlib.util.find_spec("tensorrt") is not None and shutil.which("nvidia-smi") is not None
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None and nvidia_gpu_present()  # a Jetson has no nvidia-smi
 CODE = {cls: code for cls, code, _ in EXIT_CODES}
 
 
