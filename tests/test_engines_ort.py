@@ -173,3 +173,59 @@ def test_reported_backend_names_every_provider_that_ran_compute():
     with pytest.warns(RuntimeWarning):
         got = _reported_backend("tensorrt", trt, used, placed, ["DynamicQuantizeLinear"], "m.onnx", True)
     assert got == "tensorrt+cuda+cpu"
+
+
+# -- the TensorRT provider's cache folder and options, as onnxruntime-gpu 1.18 takes them ------------------
+
+def test_tensorrt_cache_folder_exists_before_the_session(tiny_artifact, tmp_path, captured):
+    """The provider creates one missing level only: ``<artifact>/engines/ort-trt/<key>/`` is made beforehand."""
+    from coder.engines.ort import trt_cache_key
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art, ignore=shutil.ignore_patterns("banks", "engines"))
+    path = art / "image_encoder.fp32.onnx"
+    with pytest.warns(RuntimeWarning):
+        enc = load_ort(path, "tensorrt", allow_fallback=True)
+    assert captured[-1]["rejected"] is None and enc.providers[0] == "TensorrtExecutionProvider"
+    cache = art / "engines" / "ort-trt" / trt_cache_key(path)
+    assert cache.is_dir() and captured[-1]["providers"][0][1]["trt_engine_cache_path"] == str(cache)
+
+
+def test_read_only_artifact_caches_under_the_user_cache(tiny_artifact, tmp_path, captured, monkeypatch):
+    from coder.engines.ort import trt_cache_key, trt_provider_options
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art, ignore=shutil.ignore_patterns("banks", "engines"))
+    (art / "engines").write_text("not a folder")  # <artifact>/engines cannot be created (read-only media alike)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    path = art / "image_encoder.fp32.onnx"
+    with pytest.warns(RuntimeWarning):
+        load_ort(path, "tensorrt", allow_fallback=True)
+    assert captured[-1]["rejected"] is None
+    opts = captured[-1]["providers"][0][1]
+    user = tmp_path / "xdg" / "coder" / "ort-trt" / trt_cache_key(path)  # keyed as in the artifact
+    assert user.is_dir() and opts["trt_engine_cache_path"] == opts["trt_timing_cache_path"] == str(user)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(art / "engines"))  # nothing writable at all: no cache, said so
+    with pytest.warns(RuntimeWarning, match="no writable TensorRT engine cache folder"):
+        opts = trt_provider_options(path)
+    assert "trt_engine_cache_enable" not in opts
+    ort_options.check("TensorrtExecutionProvider", opts)
+
+
+def test_every_option_coder_passes_is_valid_for_onnxruntime_1_18(tiny_artifact, tmp_path, captured):
+    from coder.engines.ort import TrtProfile
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art, ignore=shutil.ignore_patterns("banks", "engines"))
+    for backend in ("cpu", "cuda", "tensorrt"):
+        with pytest.warns(RuntimeWarning) if backend != "cpu" else _no_warning():
+            load_ort(art / "image_encoder.fp16.onnx", backend, "fp16", allow_fallback=True,
+                     profile=TrtProfile("pixel_values", (3, 64, 64), 1, 8, 64))
+        ort_options.check_providers(captured[-1]["providers"])  # unknown key, bad value, fp16 flag: ValueError
+        assert captured[-1]["rejected"] is None
+
+
+def _no_warning():
+    import contextlib
+
+    return contextlib.nullcontext()

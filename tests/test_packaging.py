@@ -87,3 +87,17 @@ def test_missing_onnx_runtime_is_a_clear_backend_error(monkeypatch):
     with pytest.raises(BackendError, match=r"pip install 'coder\[cpu\]'"):
         ort_mod.import_ort()
     assert all("coder[cpu]" in v for v in ort_mod.probe_providers().values())
+
+
+def test_trt_extra_pins_cuda_12_bindings_and_tensorrt_10():
+    """cuda-python 13 needs a CUDA 13 driver (JetPack 6 is CUDA 12.6); TensorRT 11 is an untested major."""
+    from packaging.requirements import Requirement
+
+    trt = {Requirement(r.split(";")[0]).name: Requirement(r.split(";")[0]).specifier
+           for r in _requirements() if 'extra == "trt"' in r}
+    assert set(trt) == {"tensorrt", "cuda-python"}
+    assert "12.6" in trt["cuda-python"] and "12.5" not in trt["cuda-python"] and "13.0" not in trt["cuda-python"]
+    assert "10.3" in trt["tensorrt"] and "11.0" not in trt["tensorrt"]
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install cuda-python " not in readme and '"cuda-python>=12.6,<13"' in readme
+    assert '"cuda-python>=13,<14"' in readme  # how to choose the CUDA 13 pair
