@@ -60,8 +60,14 @@ from coder.manifest import load_artifact
 from coder.runtime.classifier import find_bank
 from coder.runtime.engine_build import compare_labels
 from coder.text_bank.bank import load_bank
-out, art = pathlib.Path(sys.argv[1]), load_artifact(sys.argv[2])
-tau = load_bank(find_bank(art.root, None), art).tau
+from coder.errors import CoderError, one_line
+out = pathlib.Path(sys.argv[1])
+try:
+    art = load_artifact(sys.argv[2])
+    tau = load_bank(find_bank(art.root, None), art).tau
+except CoderError as e:
+    print(f"cannot read the bank's tau: {one_line(e)}")
+    sys.exit(1)
 runs = {}
 for f in sorted(out.glob("classify-*.jsonl")):
     rows = [json.loads(line) for line in f.read_text().splitlines() if line.strip()]
