@@ -4,7 +4,6 @@ single-process ``--out``."""
 
 from __future__ import annotations
 
-import shutil
 import signal
 
 import onnxruntime as ort
