@@ -11,6 +11,7 @@ import subprocess
 from typing import Any
 
 from . import __version__
+from .errors import one_line
 
 _PACKAGES = ("numpy", "onnxruntime", "onnxruntime-gpu", "pillow", "onnx", "torch", "open_clip_torch", "tensorrt")
 
@@ -23,9 +24,12 @@ def _version(dist: str) -> str:
 
 
 def gpu_status() -> str:
-    """Name of the first NVIDIA GPU via nvidia-smi, or why there is none."""
+    """Name of the first NVIDIA GPU via nvidia-smi, a Jetson's integrated GPU, or why there is none."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
+        jetson = jetson_status()
+        if jetson is not None:
+            return f"integrated GPU of {jetson['model']} (Jetson, no nvidia-smi needed)"
         return "none (no nvidia-smi)" if not os.path.exists("/proc/driver/nvidia") else "driver present, no nvidia-smi"
     try:
         res = subprocess.run([smi, "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"],
@@ -33,6 +37,15 @@ def gpu_status() -> str:
     except (OSError, subprocess.TimeoutExpired) as e:
         return f"nvidia-smi failed: {e}"
     return res.stdout.strip().splitlines()[0] if res.returncode == 0 and res.stdout.strip() else "none"
+
+
+def nvidia_gpu_present(root: str | None = None) -> bool:
+    """True on a machine with an NVIDIA GPU: ``nvidia-smi`` on PATH, or a Jetson (which has none).
+
+    The one test for "is there a CUDA GPU here" (``coder doctor``, the ``gpu``-marked tests' gates).
+    ``root`` as in :func:`jetson_status`.
+    """
+    return shutil.which("nvidia-smi") is not None or jetson_status(root) is not None
 
 
 def tensorrt_status() -> str:
@@ -47,7 +60,7 @@ def tensorrt_status() -> str:
 
         return f"{trt.__version__} importable from {where} ({source})"
     except Exception as e:  # a broken CUDA install fails here with many error types
-        return f"import from {where} failed: {str(e).splitlines()[0][:160]}"
+        return f"import from {where} failed: {one_line(e, 160)}"
 
 
 # L4T (Jetson Linux) release -> JetPack release, from NVIDIA's JetPack archive.
@@ -58,22 +71,26 @@ JETPACK = {"36.4": "6.1/6.2", "36.3": "6.0", "36.2": "6.0 DP", "35.6": "5.1.4", 
 def jetson_status(root: str | None = None) -> dict[str, str] | None:
     """``{"model", "l4t", "jetpack"}`` on an NVIDIA Jetson, else None.
 
-    Reads ``<root>/etc/nv_tegra_release`` (``# R36 (release), REVISION: 4.0, ...`` -> L4T 36.4.0)
-    and ``<root>/proc/device-tree/model``; ``root`` (default ``$CODER_SYSROOT`` or ``/``) lets
-    tests use fake files.
+    A Jetson has ``<root>/etc/nv_tegra_release`` (``# R36 (release), REVISION: 4.0, ...`` -> L4T 36.4.0),
+    or a ``<root>/proc/device-tree/model`` naming a Jetson/Tegra board (``NVIDIA Jetson Orin Nano ...``)
+    or a device tree ``compatible`` with ``nvidia,tegra...``; ``root`` (default ``$CODER_SYSROOT`` or
+    ``/``) lets tests use fake files.
     """
     import re
     from pathlib import Path
 
     base = Path(root or os.environ.get("CODER_SYSROOT", "/"))
     release, model = base / "etc" / "nv_tegra_release", base / "proc" / "device-tree" / "model"
+    compatible = base / "proc" / "device-tree" / "compatible"
+    tegra = compatible.is_file() and b"nvidia,tegra" in compatible.read_bytes().lower()
     if not release.is_file() and not model.is_file():
         return None
     out = {"model": "unknown", "l4t": "unknown", "jetpack": "unknown"}
     if model.is_file():
         out["model"] = model.read_bytes().rstrip(b"\0\n").decode("utf-8", "replace") or "unknown"
-        if "jetson" not in out["model"].lower() and "nvidia" not in out["model"].lower() and not release.is_file():
-            return None  # a device tree of another board (Raspberry Pi, ...)
+        name = out["model"].lower()
+        if not release.is_file() and not tegra and "jetson" not in name and "tegra" not in name:
+            return None  # a device tree of another board (Raspberry Pi, an NVIDIA DGX/IGX, ...)
     if release.is_file():
         m = re.search(r"R(\d+)\s*\(release\),\s*REVISION:\s*(\d+)\.(\d+)", release.read_text(errors="replace"))
         if m:

@@ -52,3 +52,37 @@ def test_doctor_cli_reports_the_jetson(tmp_path, monkeypatch):
 def test_tensorrt_status_names_where_it_was_found():
     status = tensorrt_status()
     assert "not installed" in status or " from " in status
+
+
+def test_a_jetson_counts_as_a_gpu_without_nvidia_smi(tmp_path, monkeypatch):
+    """JetPack has no nvidia-smi: the one GPU check (doctor, the gpu-marked tests' gates) finds the Jetson."""
+    from coder import doctor
+
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))  # no nvidia-smi anywhere
+    monkeypatch.setenv("CODER_SYSROOT", str(tmp_path / "none"))
+    assert not doctor.nvidia_gpu_present()
+    assert doctor.gpu_status().startswith("none")
+    _fake_jetson(tmp_path / "orin")
+    monkeypatch.setenv("CODER_SYSROOT", str(tmp_path / "orin"))
+    assert doctor.nvidia_gpu_present() and doctor.nvidia_gpu_present(str(tmp_path / "orin"))
+    assert "Jetson Orin Nano" in doctor.gpu_status()
+    tegra = tmp_path / "tegra" / "proc" / "device-tree"  # model without "Jetson", device tree says tegra
+    tegra.mkdir(parents=True)
+    (tegra / "model").write_bytes(b"p3768-0000+p3767-0005\0")
+    (tegra / "compatible").write_bytes(b"nvidia,p3768-0000+p3767-0005\0nvidia,tegra234\0")
+    assert doctor.nvidia_gpu_present(str(tmp_path / "tegra"))
+    smi = tmp_path / "bin" / "nvidia-smi"  # a desktop: nvidia-smi, no Jetson
+    smi.parent.mkdir()
+    smi.write_text("#!/bin/sh\necho 'NVIDIA L4, 8.9, 580.65'\n")
+    smi.chmod(0o755)
+    monkeypatch.setenv("PATH", str(smi.parent))
+    assert doctor.nvidia_gpu_present(str(tmp_path / "none")) and doctor.gpu_status() == "NVIDIA L4, 8.9, 580.65"
+
+
+def test_gpu_tests_gate_on_the_shared_check():
+    """No test module decides "is there a GPU" from nvidia-smi alone (that skips every GPU test on a Jetson)."""
+    from pathlib import Path
+
+    offenders = [p.name for p in Path(__file__).parent.glob("test_*.py")
+                 if 'which("nvidia-smi")' in p.read_text() and p.name != Path(__file__).name]
+    assert offenders == []

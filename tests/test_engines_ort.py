@@ -2,16 +2,19 @@
 session config, node placement) is asserted on what coder passes to ONNX Runtime, without a GPU."""
 
 import shutil
+from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
+from coder.doctor import nvidia_gpu_present
 from coder.engines.ort import BACKENDS, load_ort, probe_providers
 from coder.errors import BackendError
 from coder.manifest import load_artifact
+from tests.fakes import ort_options
 
-HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers() and shutil.which("nvidia-smi")
+HAS_CUDA = "CUDAExecutionProvider" in ort.get_available_providers() and nvidia_gpu_present()
 
 
 def test_cpu_reports_what_runs(tiny_artifact):
@@ -45,21 +48,53 @@ def test_probe():
     assert probe_providers()["cpu"] == "ok"
 
 
+def _tensorrt_provider_error(options: dict) -> str | None:
+    """Why ONNX Runtime's TensorRT provider would fail to start with ``options`` (None: it starts).
+
+    Options are checked against onnxruntime-gpu 1.18.0's parser (:mod:`tests.fakes.ort_options`); the
+    engine/timing cache folders must exist, or be creatable as ONE new level (the provider creates no parents).
+    """
+    try:
+        ort_options.check("TensorrtExecutionProvider", options)
+    except ValueError as e:
+        return str(e)
+    for enable, key in (("trt_engine_cache_enable", "trt_engine_cache_path"),
+                        ("trt_timing_cache_enable", "trt_timing_cache_path")):
+        if str(options.get(enable, "False")) in ("1", "true", "True") and key in options:
+            folder = Path(options[key])
+            if not folder.is_dir():
+                if not folder.parent.is_dir():
+                    return f"{key} {folder}: parent folder missing (the provider creates one level only)"
+                folder.mkdir()
+    return None
+
+
 @pytest.fixture
 def captured(monkeypatch):
     """ONNX Runtime that claims every provider and runs on the CPU, recording what coder asked for.
 
     ``get_providers`` echoes the request (as a GPU build would), so only the profiled node
-    placement can reveal that the nodes ran on the CPU.
+    placement can reveal that the nodes ran on the CPU. Provider options are validated as
+    onnxruntime-gpu 1.18.0 does; a TensorRT provider that would fail to start is dropped, as
+    ONNX Runtime's Python API does ("Falling back to ['CUDAExecutionProvider', ...]"), and the
+    reason is recorded under ``"rejected"``.
     """
     calls = []
     real = ort.InferenceSession
 
     class Capturing(real):
         def __init__(self, path, sess_options=None, providers=None):
-            calls.append({"providers": providers, "options": sess_options})
+            call = {"providers": providers, "options": sess_options, "rejected": None}
+            calls.append(call)
+            for entry in providers:  # unknown providers / CUDA options raise, as in ONNX Runtime
+                name, opts = entry if isinstance(entry, tuple) else (entry, {})
+                if name != "TensorrtExecutionProvider":
+                    ort_options.check(name, opts)
+                else:
+                    call["rejected"] = _tensorrt_provider_error(opts)
             super().__init__(path, sess_options=sess_options, providers=["CPUExecutionProvider"])
-            self._asked = [p[0] if isinstance(p, tuple) else p for p in providers]
+            asked = [p[0] if isinstance(p, tuple) else p for p in providers]
+            self._asked = [p for p in asked if not (call["rejected"] and p == "TensorrtExecutionProvider")]
 
         def get_providers(self):
             return self._asked
@@ -76,6 +111,7 @@ def test_tensorrt_provider_list_profile_and_cache_keyed_by_weights(tiny_artifact
     shutil.copytree(tiny_artifact, art, ignore=shutil.ignore_patterns("banks", "engines"))
     with pytest.warns(RuntimeWarning):
         enc = ImageEncoder.load(art, "fp32", "tensorrt", allow_fallback=True)
+    assert captured[-1]["rejected"] is None
     providers = captured[-1]["providers"]
     assert [p[0] if isinstance(p, tuple) else p for p in providers] == \
         ["TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider"]
@@ -137,3 +173,59 @@ def test_reported_backend_names_every_provider_that_ran_compute():
     with pytest.warns(RuntimeWarning):
         got = _reported_backend("tensorrt", trt, used, placed, ["DynamicQuantizeLinear"], "m.onnx", True)
     assert got == "tensorrt+cuda+cpu"
+
+
+# -- the TensorRT provider's cache folder and options, as onnxruntime-gpu 1.18 takes them ------------------
+
+def test_tensorrt_cache_folder_exists_before_the_session(tiny_artifact, tmp_path, captured):
+    """The provider creates one missing level only: ``<artifact>/engines/ort-trt/<key>/`` is made beforehand."""
+    from coder.engines.ort import trt_cache_key
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art, ignore=shutil.ignore_patterns("banks", "engines"))
+    path = art / "image_encoder.fp32.onnx"
+    with pytest.warns(RuntimeWarning):
+        enc = load_ort(path, "tensorrt", allow_fallback=True)
+    assert captured[-1]["rejected"] is None and enc.providers[0] == "TensorrtExecutionProvider"
+    cache = art / "engines" / "ort-trt" / trt_cache_key(path)
+    assert cache.is_dir() and captured[-1]["providers"][0][1]["trt_engine_cache_path"] == str(cache)
+
+
+def test_read_only_artifact_caches_under_the_user_cache(tiny_artifact, tmp_path, captured, monkeypatch):
+    from coder.engines.ort import trt_cache_key, trt_provider_options
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art, ignore=shutil.ignore_patterns("banks", "engines"))
+    (art / "engines").write_text("not a folder")  # <artifact>/engines cannot be created (read-only media alike)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    path = art / "image_encoder.fp32.onnx"
+    with pytest.warns(RuntimeWarning):
+        load_ort(path, "tensorrt", allow_fallback=True)
+    assert captured[-1]["rejected"] is None
+    opts = captured[-1]["providers"][0][1]
+    user = tmp_path / "xdg" / "coder" / "ort-trt" / trt_cache_key(path)  # keyed as in the artifact
+    assert user.is_dir() and opts["trt_engine_cache_path"] == opts["trt_timing_cache_path"] == str(user)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(art / "engines"))  # nothing writable at all: no cache, said so
+    with pytest.warns(RuntimeWarning, match="no writable TensorRT engine cache folder"):
+        opts = trt_provider_options(path)
+    assert "trt_engine_cache_enable" not in opts
+    ort_options.check("TensorrtExecutionProvider", opts)
+
+
+def test_every_option_coder_passes_is_valid_for_onnxruntime_1_18(tiny_artifact, tmp_path, captured):
+    from coder.engines.ort import TrtProfile
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art, ignore=shutil.ignore_patterns("banks", "engines"))
+    for backend in ("cpu", "cuda", "tensorrt"):
+        with pytest.warns(RuntimeWarning) if backend != "cpu" else _no_warning():
+            load_ort(art / "image_encoder.fp16.onnx", backend, "fp16", allow_fallback=True,
+                     profile=TrtProfile("pixel_values", (3, 64, 64), 1, 8, 64))
+        ort_options.check_providers(captured[-1]["providers"])  # unknown key, bad value, fp16 flag: ValueError
+        assert captured[-1]["rejected"] is None
+
+
+def _no_warning():
+    import contextlib
+
+    return contextlib.nullcontext()

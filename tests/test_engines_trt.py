@@ -21,10 +21,11 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from coder.cli import EXIT_CODES, app
+from coder.doctor import nvidia_gpu_present
 from coder.errors import BackendError, StaleEngineError
 from tests import fakes
 
-HAS_TRT = importlib.util.find_spec("tensorrt") is not None and shutil.which("nvidia-smi") is not None
+HAS_TRT = importlib.util.find_spec("tensorrt") is not None and nvidia_gpu_present()  # a Jetson has no nvidia-smi
 CODE = {cls: code for cls, code, _ in EXIT_CODES}
 
 
@@ -313,6 +314,121 @@ def test_gpu_check_script_runs_end_to_end_on_the_stand_in(fused_art, tmp_path):
         assert lines[ok].endswith("ok"), res.stdout
     assert "tensorrt-native  backend reported ['tensorrt-native']: 16/16 labels equal" in res.stdout
     assert "labels equal" not in res.stdout.split("failed:")[-1]
+    assert f"to report: this summary, {tmp_path / 'out'}/doctor.json" in res.stdout
+
+
+# -- what the real libraries report, handled --------------------------------------------------------
+
+def test_external_data_encoder_builds_and_runs(gpu, tiny_artifact, tmp_path):
+    """An encoder over 2 GB (or a fused graph) keeps its weights in external data: the parser needs the path."""
+    import onnx
+
+    from coder.engines.trt import BuildOptions, build_engine_trt, open_engine
+
+    onnx_path = tmp_path / "art" / "image_encoder.fp32.onnx"
+    onnx_path.parent.mkdir()
+    onnx.save(onnx.load(str(tiny_artifact / "image_encoder.fp32.onnx")), str(onnx_path), save_as_external_data=True,
+              location="image_encoder.fp32.onnx.data", size_threshold=0)
+    build_engine_trt(onnx_path, tmp_path / "e.engine", BuildOptions("fp32", 1, 2, 4))
+    x = np.random.default_rng(1).standard_normal((3, 3, 64, 64)).astype(np.float32)
+    import onnxruntime as ort
+
+    want = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run(None, {"pixel_values": x})[0]
+    with open_engine(tmp_path / "e.engine") as enc:
+        np.testing.assert_allclose(enc.run(x), want, rtol=1e-4, atol=1e-4)
+
+
+def test_timing_cache_of_another_tensorrt_is_refused_and_kept(gpu, tiny_artifact, tmp_path, monkeypatch):
+    from coder.engines.trt import BuildOptions, build_engine_trt
+
+    onnx_path = tiny_artifact / "image_encoder.fp32.onnx"
+    cache = tmp_path / "timing.cache"
+    build_engine_trt(onnx_path, tmp_path / "a.engine", BuildOptions("fp32", 1, 2, 4, timing_cache=cache))
+    before = cache.read_bytes()
+    fakes.install(monkeypatch, version="10.4.0")  # TensorRT upgraded: TensorRT refuses the old cache
+    with pytest.raises(BackendError, match="timing cache .* another TensorRT/GPU"):
+        build_engine_trt(onnx_path, tmp_path / "b.engine", BuildOptions("fp32", 1, 2, 4, timing_cache=cache))
+    assert not (tmp_path / "b.engine").exists() and cache.read_bytes() == before
+
+
+def test_no_execution_context_is_a_typed_error(gpu, tiny_artifact, tmp_path):
+    from coder.engines.trt import BuildOptions, build_engine_trt, open_engine
+
+    build_engine_trt(tiny_artifact / "image_encoder.fp32.onnx", tmp_path / "e.engine", BuildOptions("fp32", 1, 2, 4))
+    gpu.trt.context_fails = True  # TensorRT returns None, e.g. when the context's device memory is not there
+    with pytest.raises(BackendError, match="execution context"):
+        open_engine(tmp_path / "e.engine")
+    assert gpu.cudart.allocs == {} and gpu.cudart.streams == set()
+
+
+def test_input_dtype_comes_from_the_engine_not_fp32(gpu, tmp_path):
+    """Precision is the graph's: an engine whose input is fp16 gets fp16 bytes (nothing assumes float32/fp16)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    from coder.engines.trt import BuildOptions, build_engine_trt, open_engine
+
+    graph = helper.make_graph(
+        [helper.make_node("Cast", ["pixel_values"], ["f"], to=TensorProto.FLOAT),
+         helper.make_node("ReduceMean", ["f"], ["embedding"], axes=[2, 3], keepdims=0)], "g",
+        [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT16, ["B", 3, 8, 8])],
+        [helper.make_tensor_value_info("embedding", TensorProto.FLOAT, ["B", 3])])
+    path = tmp_path / "half_input.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8), str(path))
+    build_engine_trt(path, tmp_path / "e.engine", BuildOptions("fp16", 1, 2, 4))
+    x = np.random.default_rng(2).standard_normal((2, 3, 8, 8)).astype(np.float32)
+    with open_engine(tmp_path / "e.engine") as enc:
+        got = enc.run(x)
+    np.testing.assert_allclose(got, x.astype(np.float16).astype(np.float32).mean(axis=(2, 3)), rtol=1e-3, atol=1e-3)
+
+
+def test_int8_is_a_precision_like_the_others(gpu, tiny_artifact):
+    """Engine names, keys and recorded build options carry any precision: int8 engines need no special case."""
+    from coder.engines.trt import BuildOptions, engine_path, expected_key, options_from_key
+    from coder.manifest import load_artifact
+
+    art = load_artifact(tiny_artifact)
+    path = engine_path(art, "int8", "/e")
+    assert ".int8.e" in path.name and path != engine_path(art, "fp16", "/e")
+    key = expected_key(art.encoder("image", "int8"), BuildOptions("int8"))
+    assert key["precision"] == "int8" and options_from_key(path, "int8").precision == "int8"
+
+
+# -- one near-tie rule: engine validation and benchmarks/gpu_check.sh ----------------------------------
+
+def _record(label, top_k, s1, gap, reranked=False, cands=(), r=()):
+    return {"file": "x.jpg", "label": label, "top_k": list(top_k), "stage1_scores": list(s1), "gap": gap,
+            "reranked": reranked, "rerank_candidates": list(cands), "rerank_scores": list(r), "error": None}
+
+
+def test_label_comparison_accepts_near_ties_only():
+    from coder.runtime.engine_build import compare_labels
+
+    ref = [_record(3, (3, 5), (21.0000, 20.9995), 0.0001),  # stage-1 near-tie: the other backend may pick 5
+           _record(1, (1, 2), (30.0, 10.0), 0.9),  # clear decision
+           _record(4, (4, 6), (25.0, 24.0), 0.2995, True, (4, 6), (0.5, 0.1))]  # gap at tau = 0.3: gate may flip
+    other = [_record(5, (5, 3), (21.0002, 21.0001), 0.00002),
+             _record(2, (2, 1), (30.1, 29.9), 0.01),
+             _record(6, (4, 6), (25.0005, 24.0), 0.3004)]
+    c = compare_labels(ref, other, tau=0.3)
+    assert (c.total, c.equal, c.near_ties) == (3, 0, 2) and not c.passed
+    assert c.differ == (("x.jpg", 1, 2),)
+    assert compare_labels(ref, ref, 0.3).passed and compare_labels(ref, other[:2] + ref[2:3], 0.3).near_ties == 1
+    assert not compare_labels(ref, ref[:2], 0.3).passed  # an image missing is a failure
+
+
+def test_validation_and_gpu_check_share_the_rule(gpu, fused_art, tmp_path, monkeypatch):
+    from coder.engines.trt import BuildOptions
+    from coder.runtime import engine_build
+
+    calls = []
+    real = engine_build.near_tie
+    monkeypatch.setattr(engine_build, "near_tie", lambda *a: calls.append(a) or real(*a))
+    engine_build.build_image_engine(fused_art, BuildOptions(max_batch=8, opt_batch=4), tmp_path / "e",
+                                    _bank(fused_art), 5)
+    assert len(calls) == 2  # the bank's tau and the rerank forced on
+    script = (Path(__file__).parents[1] / "benchmarks" / "gpu_check.sh").read_text()
+    assert "from coder.runtime.engine_build import compare_labels" in script and "!= b.get(\"label\")" not in script
 
 
 def test_engines_layer_imports_no_runtime():

@@ -116,3 +116,17 @@ def test_ci_lowest_versions_run_on_python_310():
     want = [re.sub(r"\s*>=\s*", "==", r.split(";")[0].strip())
             for r in project["dependencies"] + project["optional-dependencies"]["cpu"]]
     assert res.stdout.split() == want
+
+
+def test_trt_extra_pins_cuda_12_bindings_and_tensorrt_10():
+    """cuda-python 13 needs a CUDA 13 driver (JetPack 6 is CUDA 12.6); TensorRT 11 is an untested major."""
+    from packaging.requirements import Requirement
+
+    trt = {Requirement(r.split(";")[0]).name: Requirement(r.split(";")[0]).specifier
+           for r in _requirements() if 'extra == "trt"' in r}
+    assert set(trt) == {"tensorrt", "cuda-python"}
+    assert "12.6" in trt["cuda-python"] and "12.5" not in trt["cuda-python"] and "13.0" not in trt["cuda-python"]
+    assert "10.3" in trt["tensorrt"] and "11.0" not in trt["tensorrt"]
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install cuda-python " not in readme and '"cuda-python>=12.6,<13"' in readme
+    assert '"cuda-python>=13,<14"' in readme  # how to choose the CUDA 13 pair

@@ -4,7 +4,6 @@ single-process ``--out``."""
 
 from __future__ import annotations
 
-import shutil
 import signal
 
 import onnxruntime as ort
@@ -15,6 +14,7 @@ from typer.testing import CliRunner
 
 from coder.cli import app
 from coder.cli.common import EXIT_CODES
+from coder.doctor import nvidia_gpu_present
 from coder.errors import ConfigError, InputError
 from coder.deploy.ray_batch import prepare_env
 from tests.batch_data import BAD, artifact_with_bank, assert_rows_match, json_records, make_images, parquet_rows
@@ -137,7 +137,7 @@ def test_pool_fits_cpus_and_gpus():
         fit_pool(RayOptions(actors=(1, 1)), 16, 0, "tensorrt")
 
 
-HAS_CUDA = shutil.which("nvidia-smi") is not None and "CUDAExecutionProvider" in ort.get_available_providers()
+HAS_CUDA = nvidia_gpu_present() and "CUDAExecutionProvider" in ort.get_available_providers()
 
 
 @pytest.mark.gpu

@@ -288,7 +288,9 @@ def test_ensemble_layout_serves_the_same(served_art, images, reference, tmp_path
 def _has_cuda() -> bool:
     import onnxruntime
 
-    return "CUDAExecutionProvider" in onnxruntime.get_available_providers() and bool(shutil.which("nvidia-smi"))
+    from coder.doctor import nvidia_gpu_present
+
+    return "CUDAExecutionProvider" in onnxruntime.get_available_providers() and nvidia_gpu_present()
 
 
 @pytest.mark.gpu

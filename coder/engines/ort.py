@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendError
+from ..errors import BackendError, one_line
 from ..store import read_json, sha256_file
 
 BACKENDS = {
@@ -138,7 +138,7 @@ def load_ort(path: str | os.PathLike | bytes, backend: str = "cpu", precision: s
             source = path if isinstance(path, bytes) else str(path)
             sess = ort.InferenceSession(source, sess_options=so, providers=providers)
         except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
-            raise BackendError(f"backend {backend!r} could not load {name}: {str(e).splitlines()[0][:200]}") from None
+            raise BackendError(f"backend {backend!r} could not load {name}: {one_line(e, 200)}") from None
         used = sess.get_providers()
         placement, cpu_compute = _placement(sess, profile) if backend != "cpu" else ({}, [])
     inp = sess.get_inputs()[0]
@@ -228,22 +228,62 @@ def tensorrt_version() -> str:
         return "unknown"
 
 
+def trt_cache_key(path, model_sha256: str | None = None) -> str:
+    """``image_encoder.fp16-<sha256[:16]>-ort1.32.0-trt10.3.0``: the model's bytes and both library versions."""
+    import onnxruntime as ort
+
+    sha = model_sha256 or sha256_file(path)
+    return f"{Path(path).stem}-{sha[:16]}-ort{ort.__version__}-trt{tensorrt_version()}"
+
+
+def user_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/coder`` (default ``~/.cache/coder``): where caches go when an artifact is read-only."""
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "coder"
+
+
+def _writable_dir(path: Path) -> bool:
+    """Create ``path`` with its parents; True if it is then a directory this process can write into."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return path.is_dir() and os.access(path, os.W_OK | os.X_OK)
+
+
+def trt_cache_dir(path, model_sha256: str | None = None) -> Path | None:
+    """The TensorRT provider's engine/timing cache folder for model ``path``, CREATED (with parents).
+
+    ``<model dir>/engines/ort-trt/<key>/`` (:func:`trt_cache_key`); on a read-only artifact the same key
+    under :func:`user_cache_dir` (``~/.cache/coder/ort-trt/<key>/``). ONNX Runtime creates only the last
+    level of a missing cache path and otherwise fails the TensorRT provider, so the folder must exist
+    before the session. None (with a warning) when neither can be created: the provider then runs
+    without an engine cache and rebuilds its engines in every process.
+    """
+    key = trt_cache_key(path, model_sha256)
+    tried = [Path(path).parent / "engines" / "ort-trt" / key, user_cache_dir() / "ort-trt" / key]
+    for cache in tried:
+        if _writable_dir(cache):
+            return cache
+    warnings.warn(f"no writable TensorRT engine cache folder ({' or '.join(map(str, tried))}); the TensorRT "
+                  f"provider rebuilds its engines in every process", RuntimeWarning, stacklevel=3)
+    return None
+
+
 def trt_provider_options(path, profile: TrtProfile | None = None, model_sha256: str | None = None) -> dict:
     """TensorRT provider options: engine cache keyed by the model's sha256 + ORT and TensorRT versions.
 
     ONNX Runtime names cached engines after the model file name, input/initializer names and node
     outputs, NOT the weights: re-exported weights or a rebuilt bank under the same names would
     reuse the old engine. So the cache lives in a directory named after the model's bytes:
-    ``<model dir>/engines/ort-trt/image_encoder.fp16-<sha16>-ort1.32.0-trt10.3.0/``. With
-    ``profile`` the engine covers the artifact's whole batch range (no rebuild mid-run).
+    ``<model dir>/engines/ort-trt/image_encoder.fp16-<sha16>-ort1.32.0-trt10.3.0/`` (created here;
+    :func:`trt_cache_dir`). With ``profile`` the engine covers the artifact's whole batch range (no
+    rebuild mid-run). No precision flag (``trt_fp16_enable``, ``trt_int8_enable``): the graph's own
+    types decide, so the fp32 LayerNorm islands of the fp16 graph stay fp32.
     """
-    import onnxruntime as ort
-
     opts: dict[str, str] = {}
-    if not isinstance(path, bytes):
-        sha = model_sha256 or sha256_file(path)
-        cache = Path(path).parent / "engines" / "ort-trt" / \
-            f"{Path(path).stem}-{sha[:16]}-ort{ort.__version__}-trt{tensorrt_version()}"
+    cache = None if isinstance(path, bytes) else trt_cache_dir(path, model_sha256)
+    if cache is not None:
         opts.update({"trt_engine_cache_enable": "True", "trt_engine_cache_path": str(cache),
                      "trt_timing_cache_enable": "True", "trt_timing_cache_path": str(cache)})
     if profile is not None:
@@ -270,7 +310,7 @@ def probe_providers() -> dict[str, str]:
             used = sess.get_providers()[0]
             out[name] = "ok" if used == provider else f"falls back to {used}"
         except Exception as e:
-            out[name] = str(e).splitlines()[0][:160]
+            out[name] = one_line(e, 160)
     return out
 
 

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import BackendError, StaleEngineError
+from ..errors import BackendError, StaleEngineError, one_line
 from ..store import atomic_path, read_json, sha256_file
 from .trt_key import check_key, check_validated, engine_key, sidecar
 
@@ -33,7 +33,7 @@ def _import_trt():
     try:
         import tensorrt as trt
     except Exception as e:  # ImportError, or a broken CUDA library underneath
-        raise BackendError(f"TensorRT unavailable ({str(e).splitlines()[0][:120]}); pip install 'coder[trt]'") from None
+        raise BackendError(f"TensorRT unavailable ({one_line(e, 120)}); pip install 'coder[trt]'") from None
     return trt
 
 
@@ -159,7 +159,8 @@ def build_engine_trt(onnx_path: Path, out_path: Path, opts: BuildOptions,
     builder = trt.Builder(logger)
     network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
     parser = trt.OnnxParser(network, logger)
-    if not parser.parse(Path(onnx_path).read_bytes(), str(onnx_path)):  # the path finds external weights (> 2 GB)
+    # From the file, not its bytes: the parser finds external-data weights (> 2 GB, fused graphs) beside it.
+    if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise BackendError(f"TensorRT cannot parse {onnx_path}: {errors[:300]}")
     config = builder.create_builder_config()
@@ -195,7 +196,8 @@ def build_engine_trt(onnx_path: Path, out_path: Path, opts: BuildOptions,
 class TrtEncoder:
     """A deserialised engine, one CUDA stream and device buffers grown on demand.
 
-    ``run``/``run_all`` take (B,3,H,W) float32 numpy and return numpy, outputs in ``output_names``
+    ``run``/``run_all`` take (B,3,H,W) numpy (converted to the engine's input dtype: float32 for the
+    fp32, fp16 and int8 graphs coder exports) and return numpy, outputs in ``output_names``
     order (the ONNX graph's order for fused graphs: :data:`coder.engines.head_graph.OUTPUTS`).
     The stream is created once; ``close()`` (or leaving a ``with`` block) destroys it and frees
     every device buffer. Not thread-safe (one execution context): give each thread its own.
@@ -223,7 +225,7 @@ class TrtEncoder:
         trt, cudart = _import_trt(), _cudart()
         if self.context is None:
             raise BackendError(f"engine {self.path.name} was closed")
-        x = np.ascontiguousarray(x, dtype=np.float32)
+        x = np.ascontiguousarray(x, dtype=trt.nptype(self.engine.get_tensor_dtype(self.input_name)))
         if not 1 <= len(x) <= self.max_batch:
             raise BackendError(f"batch {len(x)} outside the engine profile's 1..{self.max_batch}")
         if not self.context.set_input_shape(self.input_name, x.shape):
@@ -235,16 +237,17 @@ class TrtEncoder:
                 for n in self.output_names]
         kind = cudart.cudaMemcpyKind
         d_in = self._device(self.input_name, x.nbytes)
-        _check(cudart.cudaMemcpyAsync(d_in, x.ctypes.data, x.nbytes, kind.cudaMemcpyHostToDevice, stream))
+        # Host buffers are passed as arrays (cuda-python takes the buffer protocol): they stay alive until the sync.
+        _check(cudart.cudaMemcpyAsync(d_in, x, x.nbytes, kind.cudaMemcpyHostToDevice, stream))
         for name, ptr in [(self.input_name, d_in)] + [(n, self._device(n, max(o.nbytes, 1)))
                                                       for n, o in zip(self.output_names, outs)]:
             if not self.context.set_tensor_address(name, ptr):
                 raise BackendError(f"engine {self.path.name} has no tensor {name!r}")
         if not self.context.execute_async_v3(int(stream)):
-            raise BackendError("TensorRT execution failed")
+            raise BackendError(f"TensorRT could not enqueue engine {self.path.name}")
         for name, out in zip(self.output_names, outs):
-            _check(cudart.cudaMemcpyAsync(out.ctypes.data, self._buffers[name][0], out.nbytes,
-                                          kind.cudaMemcpyDeviceToHost, stream))
+            _check(cudart.cudaMemcpyAsync(out, self._buffers[name][0], out.nbytes, kind.cudaMemcpyDeviceToHost,
+                                          stream))
         _check(cudart.cudaStreamSynchronize(stream))  # the host arrays are complete only after this
         return outs
 
@@ -301,7 +304,11 @@ def open_engine(engine_path: Path, max_batch: int | None = None) -> TrtEncoder:
     if sorted(outputs) == sorted(OUTPUTS):
         outputs = list(OUTPUTS)
     profile_max = int(engine.get_tensor_profile_shape(inputs[0], 0)[2][0])
-    return TrtEncoder(engine_path, engine, engine.create_execution_context(), inputs[0], outputs,
+    context = engine.create_execution_context()
+    if context is None:  # TensorRT reports failure (e.g. no device memory for the context) by returning None
+        raise BackendError(f"TensorRT could not create an execution context for {engine_path.name} "
+                           f"(out of GPU memory? see the TensorRT log above)")
+    return TrtEncoder(engine_path, engine, context, inputs[0], outputs,
                       min(profile_max, max_batch or profile_max), _owners=(logger, runtime))
 
 

@@ -37,6 +37,8 @@ from .head import gate, rerank, softmax_gap, stage1_scores
 MIN_COSINE = 0.999
 ATOL = 1e-3  # float32 head arithmetic on top of the embedding error (x100 score scale)
 RERANK_TAUS = (None, 1.01)  # the bank's tau, and the rerank forced on for every image
+# The most a stage-1 score (x100) moves under an embedding error validation accepts: |df| <= sqrt(2 (1 - cos)).
+MAX_TOL = 100.0 * float(np.sqrt(2.0 * (1.0 - MIN_COSINE))) + ATOL
 
 
 @dataclass(frozen=True)
@@ -127,15 +129,86 @@ def _compare_head(got: dict, want: dict, bank, k: int, tau: float, tol: np.ndarr
         mine = gate(ids, got["gap"], got["rerank"], t).labels if ok_ids else np.full(n, -1)
         ref = rerank(want["embedding"], s1_ref, bank, t, k)
         differ = mine != ref.labels
-        s_sorted = -np.sort(-s1_ref, axis=1)
-        r_sorted = -np.sort(-ref.scores, axis=1)
-        near = (np.abs(ref.gap - t) <= tol) | (s_sorted[:, 0] - s_sorted[:, 1] <= 2 * tol) | \
-            (ref.fired & (r_sorted[:, 0] - r_sorted[:, min(1, r_sorted.shape[1] - 1)] <= 2 * rtol))
+        near = near_tie(ref.gap, t, s1_ref, ref.fired, ref.scores, tol, rtol)
         ties += int((differ & near).sum())
         agree &= ~differ
         out[f"labels@tau={t:g}"] = {"max_abs_diff": float(differ.mean()), "max_over_tolerance": float(
             (differ & ~near).sum()), "passed": bool(not (differ & ~near).any())}
     return out, agree, ties
+
+
+def _top2(scores) -> np.ndarray:
+    """(B, 2): the two best scores of each row (the best twice for a single column)."""
+    s = -np.sort(-np.atleast_2d(np.asarray(scores, np.float64)), axis=1)
+    return s[:, [0, min(1, s.shape[1] - 1)]]
+
+
+def near_tie(gap, tau: float, stage1, fired, rerank_scores, tol, rtol) -> np.ndarray:
+    """(B,) bool: the REFERENCE decision is itself a near-tie, so a backend within tolerance may label differently.
+
+    Near-tie: the gap is within ``tol`` of ``tau`` (the gate could go either way), the two best stage-1 scores
+    are within ``2 tol``, or the rerank fired and its two best scores are within ``2 rtol``. ``stage1`` and
+    ``rerank_scores`` are (B, n) in any order (all classes, or the top-k / candidates only). The one rule of
+    engine validation (:func:`validate_engine`) and ``benchmarks/gpu_check.sh`` (:func:`compare_labels`).
+
+    >>> near_tie([0.30], 0.3, [[20.0, 10.0]], [False], [[0.0, 0.0]], 1e-3, 1e-4)
+    array([ True])
+    """
+    gap, fired = np.asarray(gap, np.float64), np.asarray(fired, bool)
+    tol, rtol = np.asarray(tol, np.float64), np.asarray(rtol, np.float64)
+    s, r = _top2(stage1), _top2(rerank_scores)
+    return (np.abs(gap - tau) <= tol) | (s[:, 0] - s[:, 1] <= 2 * tol) | (fired & (r[:, 0] - r[:, 1] <= 2 * rtol))
+
+
+@dataclass(frozen=True)
+class LabelComparison:
+    """A backend's ``coder classify --json`` labels against the reference run's (cpu fp32), image by image.
+
+    ``equal`` identical labels; ``near_ties`` differing labels accepted by :func:`near_tie`; ``differ``
+    (file, reference label, label) of the others; ``passed`` if there are none and both runs have every image.
+    """
+
+    total: int
+    equal: int
+    near_ties: int
+    differ: tuple = ()
+    passed: bool = True
+
+
+def _shared_diff(a: dict, b: dict, ids: str, scores: str) -> float:
+    """Largest |score difference| over the classes both records list under ``ids`` (0 if none)."""
+    theirs = dict(zip(b.get(ids) or (), b.get(scores) or ()))
+    diffs = [abs(float(v) - float(theirs[c])) for c, v in zip(a.get(ids) or (), a.get(scores) or ()) if c in theirs]
+    return max(diffs, default=0.0)
+
+
+def compare_labels(ref_rows: list[dict], rows: list[dict], tau: float) -> LabelComparison:
+    """Compare classify records (same images, same order) with :func:`near_tie`, the validation's rule.
+
+    Without embeddings in the records, an image's tolerance is the score difference the two runs show on it:
+    ``tol`` = the largest stage-1 difference over the top-k classes both list + ``ATOL``, ``rtol`` = the largest
+    rerank-score difference over shared candidates + 1e-4. An image whose scores moved more than an embedding
+    that passes validation (cosine >= ``MIN_COSINE``) can move them (:data:`MAX_TOL`) is never a near-tie:
+    a backend far off cannot excuse itself with its own error.
+
+    >>> compare_labels([{"file": "a", "label": 1}], [{"file": "a", "label": 1}], 0.3).passed
+    True
+    """
+    differ, ties, equal = [], 0, 0
+    for a, b in zip(ref_rows, rows):
+        if a.get("label") == b.get("label"):
+            equal += 1
+            continue
+        tol = _shared_diff(a, b, "top_k", "stage1_scores") + ATOL
+        rtol = _shared_diff(a, b, "rerank_candidates", "rerank_scores") + 1e-4
+        s1 = [a.get("stage1_scores") or [0.0]]
+        r = [a.get("rerank_scores") or [0.0]]
+        if a.get("error") is None and max(tol, rtol) <= MAX_TOL and bool(
+                near_tie([a.get("gap", 0.0)], tau, s1, [bool(a.get("reranked"))], r, tol, rtol)[0]):
+            ties += 1
+        else:
+            differ.append((a.get("file"), a.get("label"), b.get("label")))
+    return LabelComparison(len(ref_rows), equal, ties, tuple(differ), not differ and len(rows) == len(ref_rows))
 
 
 def validate_engine(engine, art, bank=None, k: int = 5, max_batch: int = 8, n_images: int = 16,

@@ -5,8 +5,15 @@ An "engine" is a serialized blob: a magic, a JSON header (TensorRT version, netw
 builder flags, optimization profile, I/O tensors) and the ONNX graph, executed with ONNX Runtime on
 the CPU. The API surface follows TensorRT 10 (``build_serialized_network``, ``set_memory_pool_limit``,
 ``IProgressMonitor``, ``create_timing_cache``/``set_timing_cache``, ``set_input_shape``,
-``set_tensor_address``, ``execute_async_v3(stream_handle)``); names TensorRT 10 removed raise
-``AttributeError`` saying so, and so does setting any attribute the real objects do not have.
+``set_tensor_address``, ``execute_async_v3(stream_handle)``, ``OnnxParser.parse(model, path)`` and
+``parse_from_file``, ``volume``); names TensorRT 10 removed raise ``AttributeError`` saying so, and so
+does setting any attribute the real objects do not have.
+
+Faithful both ways: what the real API accepts is accepted (a ``cudaStream_t`` or an int for the stream),
+and what the real API reports is reported: ``execute_async_v3`` only enqueues (the outputs land at
+``cudaStreamSynchronize``); ``parse`` of a model whose weights are external data fails without the
+model's path; ``set_timing_cache`` returns False for a cache from another TensorRT version or GPU;
+``create_execution_context`` returns None when :attr:`FakeTensorRT.context_fails` (out of device memory).
 """
 
 from __future__ import annotations
@@ -78,6 +85,14 @@ def nptype(dtype: DataType):
     if DataType(dtype) not in _NP:
         raise TypeError(f"no numpy type for {dtype}")
     return _NP[DataType(dtype)]
+
+
+def volume(iterable) -> int:
+    """The product of the dimensions (1 for an empty shape), as ``tensorrt.volume``."""
+    out = 1
+    for d in iterable:
+        out *= int(d)
+    return out
 
 
 class TensorIOMode(enum.IntEnum):
@@ -215,8 +230,10 @@ class OnnxParser(_Strict):
         return self._errors[index]
 
     def parse(self, model, path: str | None = None) -> bool:
-        import onnx
+        """``path``: the model file, needed (as in TensorRT) to find weights stored as external data."""
+        import os
 
+        import onnx
         from onnx.external_data_helper import _get_all_tensors, load_external_data_for_model, uses_external_data
 
         try:
@@ -225,18 +242,30 @@ class OnnxParser(_Strict):
             if not proto.graph.input or not proto.graph.node:
                 raise ValueError("graph has no inputs or nodes")
             if any(uses_external_data(t) for t in _get_all_tensors(proto)):
-                if path is None:  # like onnx-tensorrt: external weights are found relative to the model's path
-                    raise ValueError("the model stores weights externally: pass its path")
-                load_external_data_for_model(proto, str(Path(path).parent))
-                model = proto.SerializeToString()
+                if path is None:
+                    raise ValueError("weights are external data: parse(model, path) or parse_from_file(path) "
+                                     "must give the model's path")
+                load_external_data_for_model(proto, os.path.dirname(os.path.abspath(path)))
+            data = proto.SerializeToString()
         except Exception as e:  # the real parser reports, never raises
             self._errors.append(IParserError(f"ONNX parse failed: {str(e).splitlines()[0]}"))
             return False
         net = self._network
-        net._onnx = bytes(model)
+        net._onnx = data
         net._inputs = [_tensor(v) for v in proto.graph.input]
         net._outputs = [_tensor(v) for v in proto.graph.output]
         return True
+
+    def parse_from_file(self, model: str) -> bool:
+        if not isinstance(model, str):
+            raise TypeError("parse_from_file(model: str)")
+        try:
+            with open(model, "rb") as f:
+                data = f.read()
+        except OSError as e:
+            self._errors.append(IParserError(f"cannot read {model}: {e}"))
+            return False
+        return self.parse(data, model)
 
 
 def _tensor(value_info) -> ITensor:
@@ -260,11 +289,14 @@ class IOptimizationProfile(_Strict):
 
 
 class ITimingCache(_Strict):
-    def __init__(self, entries: dict):
+    """Tactic timings of one TensorRT version on one GPU (``target``)."""
+
+    def __init__(self, entries: dict, target: list | None = None):
         self._entries = dict(entries)
+        self._target = list(target) if target is not None else STATE.target()
 
     def serialize(self) -> IHostMemory:
-        return IHostMemory(b"FAKETC\x00\x00" + json.dumps(self._entries).encode())
+        return IHostMemory(b"FAKETC\x00\x00" + json.dumps({"target": self._target, "entries": self._entries}).encode())
 
     def combine(self, input_cache: "ITimingCache", ignore_mismatch: bool) -> bool:
         self._entries.update(input_cache._entries)
@@ -315,12 +347,16 @@ class IBuilderConfig(_Strict):
     def create_timing_cache(self, serialized_timing_cache) -> ITimingCache:
         data = bytes(serialized_timing_cache)
         if data.startswith(b"FAKETC\x00\x00"):
-            return ITimingCache(json.loads(data[8:]))
+            blob = json.loads(data[8:])
+            return ITimingCache(blob["entries"], blob["target"])
         return ITimingCache({})
 
     def set_timing_cache(self, cache: ITimingCache, ignore_mismatch: bool) -> bool:
+        """False (cache not attached) for a cache of another TensorRT version or GPU, unless ``ignore_mismatch``."""
         if not isinstance(cache, ITimingCache) or not isinstance(ignore_mismatch, bool):
             raise TypeError("set_timing_cache(cache: ITimingCache, ignore_mismatch: bool)")
+        if cache._target != STATE.target() and not ignore_mismatch:
+            return False
         self._cache = cache
         return True
 
@@ -458,7 +494,10 @@ class ICudaEngine(_Strict):
             raise RuntimeError(f"no profile shape for {name} in profile {profile_index}")
         return [tuple(s) for s in self._header["profile"][name]]
 
-    def create_execution_context(self) -> "IExecutionContext":
+    def create_execution_context(self) -> "IExecutionContext | None":
+        """None (as TensorRT returns when it cannot allocate the context's device memory) if ``context_fails``."""
+        if STATE.context_fails:
+            return None
         return IExecutionContext(self)
 
     def _run(self, feeds: dict) -> list[np.ndarray]:
@@ -509,9 +548,17 @@ class IExecutionContext(_Strict):
         return self._addresses.get(name, 0)
 
     def execute_async_v3(self, stream_handle: int) -> bool:
-        """Reads inputs from and writes outputs to the fake device buffers; checks every address and size."""
-        if not isinstance(stream_handle, int):
-            raise TypeError(f"execute_async_v3(stream_handle: int), got {type(stream_handle).__name__}")
+        """ENQUEUES the inference on the stream (it runs at synchronization); checks every address and size.
+
+        ``stream_handle``: an int or anything with ``__index__`` (a cuda-python ``cudaStream_t``), as the
+        pybind11 binding accepts.
+        """
+        import operator
+
+        try:
+            stream_handle = operator.index(stream_handle)
+        except TypeError:
+            raise TypeError(f"execute_async_v3(stream_handle: int), got {type(stream_handle).__name__}") from None
         cudart = STATE.cudart
         if not cudart.live_stream(stream_handle):
             cudart.violations.append(f"execute_async_v3 on unknown stream {stream_handle!r}")
@@ -521,19 +568,28 @@ class IExecutionContext(_Strict):
         if any(n not in self._shapes for n in inputs) or any(n not in self._addresses for n in eng._names):
             return False
         STATE.on_execute()
+        shapes, addresses = dict(self._shapes), dict(self._addresses)
+        out_shapes = {n: self.get_tensor_shape(n) for n in eng._names if eng.get_tensor_mode(n) == TensorIOMode.OUTPUT}
+        for n in eng._names:  # sizes are checked now: a too-small buffer is an error at enqueue
+            shape = shapes[n] if n in shapes else out_shapes[n]
+            cudart.buffer(addresses[n], int(np.prod(shape)) * np.dtype(nptype(eng.get_tensor_dtype(n))).itemsize)
+        cudart.enqueue(stream_handle, lambda: self._compute(inputs, shapes, addresses, out_shapes))
+        return True
+
+    def _compute(self, inputs: list[str], shapes: dict, addresses: dict, out_shapes: dict) -> None:
+        eng, cudart = self._engine, STATE.cudart
         feeds = {}
         for n in inputs:
             dtype = nptype(eng.get_tensor_dtype(n))
-            nbytes = int(np.prod(self._shapes[n])) * np.dtype(dtype).itemsize
-            raw = cudart.buffer(self._addresses[n], nbytes)[:nbytes]
-            feeds[n] = raw.view(dtype).reshape(self._shapes[n]).copy()
+            nbytes = int(np.prod(shapes[n])) * np.dtype(dtype).itemsize
+            raw = cudart.buffer(addresses[n], nbytes)[:nbytes]
+            feeds[n] = raw.view(dtype).reshape(shapes[n]).copy()
         outs = eng._run(feeds)
-        for n, arr in zip([n for n in eng._names if eng.get_tensor_mode(n) == TensorIOMode.OUTPUT], outs):
+        for n, arr in zip(list(out_shapes), outs):
             arr = np.ascontiguousarray(STATE.corrupt(n, arr), nptype(eng.get_tensor_dtype(n)))
-            if tuple(arr.shape) != self.get_tensor_shape(n):
-                raise RuntimeError(f"fake: output {n} shape {arr.shape} != {self.get_tensor_shape(n)}")
-            cudart.buffer(self._addresses[n], arr.nbytes)[:arr.nbytes] = arr.reshape(-1).view(np.uint8)
-        return True
+            if tuple(arr.shape) != out_shapes[n]:
+                raise RuntimeError(f"fake: output {n} shape {arr.shape} != {out_shapes[n]}")
+            cudart.buffer(addresses[n], arr.nbytes)[:arr.nbytes] = arr.reshape(-1).view(np.uint8)
 
 
 class FakeTensorRT:
@@ -547,6 +603,11 @@ class FakeTensorRT:
         self.corrupt_outputs: dict[str, float] = {}  # output name -> value added (a miscompiled layer)
         self.interrupt_execution_at: int | None = None  # raise KeyboardInterrupt on that call (Ctrl-C)
         self.build_step_hook = None  # called with the step number (a test sends SIGINT from here)
+        self.context_fails = False  # create_execution_context() returns None (no device memory for it)
+
+    def target(self) -> list:
+        """What a timing cache is valid for: [TensorRT version, compute capability]."""
+        return [self.version, f"{self.cudart.prop.major}.{self.cudart.prop.minor}"]
 
     def on_build_step(self, step: int) -> None:
         if self.build_step_hook is not None:
@@ -571,7 +632,7 @@ class FakeTensorRT:
                     IProgressMonitor, IHostMemory, ITensor, INetworkDefinition, OnnxParser, IOptimizationProfile,
                     ITimingCache, IBuilderConfig, Builder, Runtime, ICudaEngine, IExecutionContext):
             setattr(mod, obj.__name__, obj)
-        mod.nptype = nptype
+        mod.nptype, mod.volume = nptype, volume
         mod.float32, mod.float16, mod.int32, mod.int64 = DataType.FLOAT, DataType.HALF, DataType.INT32, DataType.INT64
 
         def missing(name):
