@@ -7,7 +7,9 @@ where ``coder build-engine`` built them. Latencies are p50/p90/p99 over repeats 
 achieved GFLOPS of CPU encoder rows is compared with this machine's fp32 matmul peak measured in the
 same run (numpy GEMM). GPU rows (CUDA, TensorRT) get no percentage: a CPU GEMM is no reference for
 them, and no GPU peak is measured. With the [export] extra, torch eager rows run in the same process
-for reference.
+for reference. With the [openvino] extra, OpenVINO rows for every device and precision hint (CPU rows
+``openvino-f32``/``openvino-bf16`` get a percentage), and ``auto_cpu``: the CPU engine ``--backend auto``
+measured fastest here.
 """
 
 from __future__ import annotations
@@ -72,7 +74,7 @@ def _pct(gflop_per_image: float | None, row: BenchRow, peak: float) -> float | N
 
 def _on_cpu(row: BenchRow) -> bool:
     """Rows measured on the CPU, the only ones the numpy GEMM peak is a fair reference for."""
-    return row.backend.startswith(("ort-cpu", "torch-eager", "pil+numpy", "numpy"))
+    return row.backend.startswith(("ort-cpu", "torch-eager", "pil+numpy", "numpy", "openvino-"))
 
 
 def _images(tmp: Path, n: int) -> list[Path]:
@@ -87,8 +89,11 @@ def _images(tmp: Path, n: int) -> list[Path]:
 
 
 def run_bench(artifact_dir, batches=(1, 8, 32), repeats: int = 20, backends=("cpu", "cuda", "tensorrt"),
-              with_torch: bool = True, report=lambda msg: None, bank_name: str | None = None) -> dict:
-    """Every row; ``bank_name`` picks the bank for the head rows (default: the only one, if exactly one)."""
+              with_torch: bool = True, report=lambda msg: None, bank_name: str | None = None,
+              openvino: bool = True) -> dict:
+    """Every row; ``bank_name`` picks the bank for the head rows (default: the only one, if exactly one).
+    ``openvino``: rows for every OpenVINO device and precision hint (:func:`_openvino_candidates`), and
+    ``auto_cpu``: the CPU engine ``--backend auto`` chose for the fp32 encoder here (measured if not cached)."""
     from .runtime.images import load_image
     from .runtime.preprocess import preprocess_batch
 
@@ -104,12 +109,15 @@ def run_bench(artifact_dir, batches=(1, 8, 32), repeats: int = 20, backends=("cp
                              timings_ms(lambda: preprocess_batch([load_image(p) for p in paths[:b]], cfg),
                                         max(3, repeats // 4))))
     bank = _bank_or_none(art, bank_name)
-    for name, load in _candidates(artifact_dir, art, backends, bank):
+    candidates = list(_candidates(artifact_dir, art, backends, bank))
+    candidates += list(_openvino_candidates(artifact_dir, art, bank)) if openvino else []
+    for name, load in candidates:
         try:
             enc = load()
         except (BackendError, ArtifactError, StaleEngineError) as e:
-            skipped[name] = str(e)
+            skipped[name.format(ran="openvino")] = str(e)
             continue
+        name = name.format(ran=enc.backend)  # OpenVINO rows: the precision the compiled model reports
         report(f"benchmarking {name}")
         try:
             rows += _encoder_rows(name, enc, bank, batches, repeats, cfg.size)
@@ -124,7 +132,53 @@ def run_bench(artifact_dir, batches=(1, 8, 32), repeats: int = 20, backends=("cp
     rows = [replace(r, pct_of_matmul_peak=_pct(flops, r, peak)) if r.stage == "encoder" and _on_cpu(r) else r
             for r in rows]
     return {"architecture": art.architecture, "matmul_peak_gflops": peak, "image_gflop": flops,
-            "rows": [asdict(r) for r in rows], "skipped": skipped}
+            "rows": [asdict(r) for r in rows], "skipped": skipped,
+            "auto_cpu": _auto_cpu(artifact_dir, art, skipped) if openvino else None}
+
+
+def _auto_cpu(artifact_dir, art, skipped) -> dict | None:
+    """The CPU engine ``--backend auto`` runs for the fp32 encoder here (cached, else measured now)."""
+    from .runtime.cpu_choice import choose_cpu_engine
+    from .runtime.encoder import ImageEncoder
+
+    try:
+        choice = choose_cpu_engine(art, "fp32", None, partial(ImageEncoder.load, artifact_dir, "fp32"))
+    except (BackendError, ArtifactError) as e:
+        skipped["auto cpu"] = str(e)
+        return None
+    return {**asdict(choice), "describe": choice.describe()}
+
+
+def _openvino_candidates(artifact_dir, art, bank):
+    """OpenVINO rows: each device OpenVINO reports x each precision hint it runs (``f32``, and ``bf16`` on a
+    CPU with BF16 / ``f16`` on a GPU) for the fp32 encoder, the gated default with the bank's head, and the
+    other exported precisions at ``f32``. Without OpenVINO: one skipped row saying how to install it."""
+    from .engines import openvino as ov
+    from .runtime.encoder import ImageEncoder
+
+    if not ov.installed():
+        yield "openvino", partial(ov.import_ov)
+        return
+    devices = [b for b in ov.BACKENDS if ov.device_of(b) in ov.core().available_devices]
+    for backend in devices:
+        dev = ov.device_of(backend)
+        for precision in art.variants("image"):
+            hints = ["f32", *([ov.reduced_hint(dev)] if precision == "fp32" and ov.reduced_hint(dev) else [])]
+            for hint in hints:
+                yield "{ran} " + precision, partial(_openvino_encoder, art, precision, backend, hint)
+        if bank is not None and "fp32" in art.variants("image"):
+            yield ("{ran} fp32 fused head",
+                   partial(ImageEncoder.load_fused, artifact_dir, bank, bank.k, "fp32", backend))
+
+
+def _openvino_encoder(art, precision: str, backend: str, hint: str):
+    """An OpenVINO encoder at exactly ``hint`` (bench rows measure every precision, gated or not)."""
+    from .engines.openvino import load_openvino
+    from .runtime.encoder import ImageEncoder
+
+    path = art.encoder("image", precision)
+    engine = load_openvino(path, backend, hint, None, art.manifest["files"][path.name]["sha256"])
+    return ImageEncoder(art, engine, precision, int(art.manifest["exporter"]["max_batch"]))
 
 
 def _bank_or_none(art, name: str | None = None):
