@@ -16,7 +16,8 @@ from coder.runtime.cpu_choice import CHOICE_DIR, choose_cpu_engine, pick
 
 
 @pytest.fixture
-def art(tiny_fp32_artifact, tmp_path):
+def art(tiny_fp32_artifact, tmp_path, monkeypatch):
+    monkeypatch.delenv("CODER_CPU_ENGINES")  # conftest pins ONNX Runtime for every other test
     dst = tmp_path / "art"
     shutil.copytree(tiny_fp32_artifact, dst, ignore=shutil.ignore_patterns("engines", CHOICE_DIR))
     return dst
@@ -174,3 +175,15 @@ def test_doctor_shows_the_cached_choice(art):
     assert c["precision"] == "fp32" and c["this_machine"] and c["choice"]["ran"] == "openvino-bf16"
     table = CliRunner().invoke(app, ["doctor", "--artifacts", str(art)], terminal_width=200)
     assert "openvino-bf16 (b1 20.0 ms; cpu 50.0 ms)" in table.output and "this machine" in table.output
+
+
+def test_pinned_engines(monkeypatch, art):
+    from coder.errors import ConfigError
+
+    monkeypatch.setenv("CODER_CPU_ENGINES", "cpu")
+    opened = []
+    c = choose_cpu_engine(load_artifact(art), "fp32", None, _loader(opened), _timer({}))
+    assert (c.backend, c.measured, opened) == ("cpu", False, [])
+    monkeypatch.setenv("CODER_CPU_ENGINES", "cpu,metal")
+    with pytest.raises(ConfigError, match="CODER_CPU_ENGINES"):
+        choose_cpu_engine(load_artifact(art), "fp32", None, _loader(opened), _timer({}))

@@ -182,3 +182,12 @@ def test_backend_string_through_the_encoder_and_classifier(art, monkeypatch):
 
 def test_probe_reports_cpu():
     assert ov.probe_openvino()["openvino"].startswith("ok")
+
+
+def test_the_extra_pulls_neither_torch_nor_an_onnx_runtime():
+    import importlib.metadata as md
+    import re
+
+    below = {re.match(r"[A-Za-z0-9_.\-]+", r).group(0).lower() for r in md.requires("openvino") or []
+             if "extra ==" not in r}
+    assert not below & {"torch", "onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"}, below

@@ -7,6 +7,7 @@ without. So ``auto`` measures, once per machine, artifact and precision, every i
 allows) on the same input: :data:`WARMUP` untimed then :data:`ROUNDS` timed batch-1 runs, engines
 interleaved round by round, median per engine. An engine must beat ONNX Runtime by
 :data:`MARGIN` to displace it (noise on a loaded machine must not flip the choice run to run).
+``$CODER_CPU_ENGINES`` (e.g. ``cpu`` or ``openvino``) limits the candidates: one left is used unmeasured.
 
 The choice is cached as versioned JSON beside the artifact's verified-hash cache
 (``<artifact>/.coder-cpu-choice/<precision>-<key16>.json``; key: model sha256, precision, CPU, cores,
@@ -23,6 +24,7 @@ from __future__ import annotations
 import importlib.metadata as md
 import importlib.util
 import json
+import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,7 +32,7 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import BackendError
+from ..errors import BackendError, ConfigError
 from ..manifest import Artifact
 from ..store import cached, read_json
 from .openvino_precision import cpu_identity, key_hash
@@ -42,6 +44,7 @@ CPU_ENGINES = ("cpu", "openvino")  # ONNX Runtime CPU provider first: it keeps t
 MODULES = {"cpu": ("onnxruntime", ("onnxruntime", "onnxruntime-gpu")), "openvino": ("openvino", ("openvino",))}
 WARMUP, ROUNDS = 2, 5
 MARGIN = 0.03
+PIN_ENV = "CODER_CPU_ENGINES"
 
 _MEMORY: dict[str, "CpuChoice"] = {}  # read-only artifacts: one measurement per process
 
@@ -69,8 +72,12 @@ class CpuChoice:
 
 
 def installed_engines() -> list[str]:
-    """The CPU engines whose module can be imported here, in :data:`CPU_ENGINES` order."""
-    return [e for e in CPU_ENGINES if importlib.util.find_spec(MODULES[e][0]) is not None]
+    """The CPU engines whose module can be imported here, in :data:`CPU_ENGINES` order; ``$CODER_CPU_ENGINES``
+    (a comma list, e.g. ``cpu``) limits them: a deployment can pin its engine and skip the measurement."""
+    pinned = [e.strip() for e in os.environ.get(PIN_ENV, "").split(",") if e.strip()]
+    if any(e not in CPU_ENGINES for e in pinned):
+        raise ConfigError(f"${PIN_ENV}={os.environ[PIN_ENV]!r}: a comma list of {', '.join(CPU_ENGINES)}")
+    return [e for e in CPU_ENGINES if (not pinned or e in pinned) and importlib.util.find_spec(MODULES[e][0])]
 
 
 def _versions(engines: list[str]) -> dict:
@@ -148,7 +155,8 @@ def choose_cpu_engine(art: Artifact, precision: str, threads: int | None, load: 
     """
     engines = installed_engines() if engines is None else list(engines)
     if not engines:
-        raise BackendError("no CPU engine installed: pip install 'coder[cpu]' (ONNX Runtime) or "
+        pin = f" (${PIN_ENV}={os.environ[PIN_ENV]})" if os.environ.get(PIN_ENV) else ""
+        raise BackendError(f"no CPU engine installed{pin}: pip install 'coder[cpu]' (ONNX Runtime) or "
                            "'coder[openvino]'")
     if len(engines) == 1:
         return CpuChoice(engines[0], engines[0], measured=False)
