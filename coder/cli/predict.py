@@ -277,6 +277,9 @@ def bench(
     _print_bench(result)
     for name, why in result["skipped"].items():
         info(f"skipped {name}: {why}")
+    if "bf16" in result.get("matmul_peak_gflops_by_precision", {}):
+        info(f"%CPU of openvino-bf16 rows: of OpenVINO's bf16 matmul peak, "
+             f"{result['matmul_peak_gflops_by_precision']['bf16']:.0f} GFLOPS")
     if result.get("auto_cpu"):
         info(f"--backend auto on this CPU (fp32): {result['auto_cpu']['describe']}")
 
