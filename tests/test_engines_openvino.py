@@ -191,3 +191,28 @@ def test_the_extra_pulls_neither_torch_nor_an_onnx_runtime():
     below = {re.match(r"[A-Za-z0-9_.\-]+", r).group(0).lower() for r in md.requires("openvino") or []
              if "extra ==" not in r}
     assert not below & {"torch", "onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"}, below
+
+
+def test_cli_classify_and_embed_with_openvino(art, sample_images, monkeypatch):
+    import json
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from coder.cli import app
+    from coder.cli.common import EXIT_CODES
+
+    monkeypatch.setattr(gate_mod, "run_gate", _counting_gate(True, []))
+    res = CliRunner().invoke(app, ["classify", str(sample_images[0]), "-a", str(art), "--backend", "openvino",
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    want = "openvino-" + (ov.reduced_hint("CPU") or "f32")  # the (injected) gate passed: the reduced hint ran
+    assert json.loads(res.stdout.splitlines()[0])["backend"] == want
+    res = CliRunner().invoke(app, ["embed", str(sample_images[0]), "-a", str(art), "--backend", "openvino", "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["backend"] == want
+    if "NPU" not in ov.core().available_devices:  # a subprocess: one line, exit 6
+        proc = subprocess.run([sys.executable, "-m", "coder", "classify", str(sample_images[0]), "-a", str(art),
+                               "--backend", "openvino:NPU"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == next(c for cls, c, _ in EXIT_CODES if cls is BackendError), proc.stderr
+        assert "no NPU device" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
