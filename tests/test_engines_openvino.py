@@ -216,3 +216,17 @@ def test_cli_classify_and_embed_with_openvino(art, sample_images, monkeypatch):
                                "--backend", "openvino:NPU"], capture_output=True, text=True, timeout=300)
         assert proc.returncode == next(c for cls, c, _ in EXIT_CODES if cls is BackendError), proc.stderr
         assert "no NPU device" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bench_rows_for_every_openvino_precision(art):
+    from coder.bench import run_bench
+
+    res = run_bench(art, batches=(1,), repeats=2, backends=("cpu",), with_torch=False)
+    enc = {r["backend"]: r for r in res["rows"] if r["stage"] == "encoder"}
+    assert enc["openvino-f32 fp32"]["pct_of_matmul_peak"] > 0
+    reduced = ov.reduced_hint("CPU")
+    if reduced == "bf16":  # its percentage is of OpenVINO's bf16 GEMM peak, measured in the same run
+        row, peak = enc["openvino-bf16 fp32"], res["matmul_peak_gflops_by_precision"]["bf16"]
+        assert abs(row["pct_of_matmul_peak"] - 100 * res["image_gflop"] * row["images_per_s"] / peak) < 1e-6
+    assert any(r["backend"].startswith("openvino-") and r["backend"].endswith("fused head") for r in res["rows"])
+    assert res["auto_cpu"]["backend"] == "cpu" and not res["auto_cpu"]["measured"]  # conftest pins ONNX Runtime
