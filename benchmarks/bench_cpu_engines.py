@@ -113,10 +113,11 @@ def run(artifacts: str, rounds: int) -> dict:
              **{f"b{b}_vs_ort_fp32": ms[("ORT fp32", b)] / ms[(n, b)] for b in xs}} for n, e in engines.items()]
     from coder.runtime.cpu_choice import choose_cpu_engine
     from coder.runtime.encoder import ImageEncoder
+    from coder.runtime.openvino_precision import cpu_identity
 
     choice = choose_cpu_engine(art, "fp32", None, lambda e: ImageEncoder.load(artifacts, "fp32", e))
     return {"architecture": art.architecture, "openvino": ov.version(), "rounds": rounds,
-            "cpu": __import__("coder.runtime.openvino_precision", fromlist=["cpu_identity"]).cpu_identity(),
+            "cpu": cpu_identity(),
             "matmul_peak_gflops": peak, "rows": rows, "heads": heads, "auto": choice.describe()}
 
 

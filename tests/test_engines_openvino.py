@@ -230,3 +230,20 @@ def test_bench_rows_for_every_openvino_precision(art):
         assert abs(row["pct_of_matmul_peak"] - 100 * res["image_gflop"] * row["images_per_s"] / peak) < 1e-6
     assert any(r["backend"].startswith("openvino-") and r["backend"].endswith("fused head") for r in res["rows"])
     assert res["auto_cpu"]["backend"] == "cpu" and not res["auto_cpu"]["measured"]  # conftest pins ONNX Runtime
+
+
+def test_head_runs_on_openvino_where_onnx_runtime_is_missing(art, monkeypatch):
+    from coder.runtime import fused
+    from coder.runtime.classifier import find_bank
+    from coder.text_bank.bank import load_bank
+
+    a = load_artifact(art)
+    bank = load_bank(find_bank(a.root, None), a)
+    feats = np.random.default_rng(3).standard_normal((4, a.embed_dim)).astype(np.float32)
+    want = fused.load_head(bank, 5, "openvino").run_all(feats)
+    real = fused.importlib.util.find_spec
+    monkeypatch.setattr(fused.importlib.util, "find_spec", lambda n, *a: None if n == "onnxruntime" else real(n, *a))
+    head = fused.load_head(bank, 5, "openvino")
+    assert head.backend == "openvino-f32"
+    got = head.run_all(feats)
+    assert np.array_equal(got[2], want[2]) and all(np.allclose(g, w, atol=1e-4) for g, w in zip(got, want))

@@ -6,7 +6,7 @@
 ('tabby cat', False, 'cpu', 41.2)
 
 Stages, each its own function: :func:`preprocess` (PIL/numpy) -> encoder
-(ONNX Runtime or a native TensorRT engine) -> :func:`~coder.runtime.head.stage1_scores`
+(ONNX Runtime, OpenVINO or a native TensorRT engine) -> :func:`~coder.runtime.head.stage1_scores`
 -> gated :func:`~coder.runtime.head.rerank`. By default the head runs as its own small
 ONNX graph right after the encoder (:mod:`coder.runtime.fused`; fused into the engine for
 ``tensorrt-native``) and only the gate (:func:`~coder.runtime.head.gate`) runs here. One ONNX Runtime ``Classifier`` is safe to share between threads: it holds no
