@@ -16,7 +16,7 @@ read-only artifact it is kept in memory for the process. ``coder doctor --artifa
 ``coder bench`` show it.
 
 >>> choice = choose_cpu_engine(art, "fp32", None, lambda name: ImageEncoder.load(dir, "fp32", name))  # doctest: +SKIP
->>> choice.backend, choice.ran, choice.ms                 # ('openvino', 'openvino-bf16', {'cpu': 65.0, 'openvino': 28.1})
+>>> choice.backend, choice.ran, choice.ms    # ('openvino', 'openvino-bf16', {'cpu': 65.0, 'openvino': 28.1})
 """
 
 from __future__ import annotations
