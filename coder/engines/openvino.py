@@ -192,8 +192,8 @@ def load_openvino(path: str | os.PathLike | bytes, backend: str = PREFIX, hint: 
             config["CACHE_DIR"] = str(cache)
     name = "<in-memory model>" if isinstance(path, bytes) else path.name
     try:
-        model = c.read_model(path if isinstance(path, bytes) else str(path))
-        compiled = c.compile_model(model, dev, config)
+        # A path (not a read model) lets a CACHE_DIR hit skip reading the ONNX file at all.
+        compiled = c.compile_model(c.read_model(path) if isinstance(path, bytes) else str(path), dev, config)
         ran = compiled.get_property("INFERENCE_PRECISION_HINT")
     except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own
         raise BackendError(f"backend {backend!r} could not load {name}: {str(e).splitlines()[0][:200]}") from None
