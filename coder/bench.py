@@ -7,7 +7,10 @@ where ``coder build-engine`` built them. Latencies are p50/p90/p99 over repeats 
 achieved GFLOPS of CPU encoder rows is compared with this machine's fp32 matmul peak measured in the
 same run (numpy GEMM). GPU rows (CUDA, TensorRT) get no percentage: a CPU GEMM is no reference for
 them, and no GPU peak is measured. With the [export] extra, torch eager rows run in the same process
-for reference.
+for reference. With the [openvino] extra, OpenVINO rows for every device and precision hint (CPU rows
+``openvino-f32``/``openvino-bf16`` get a percentage: bf16 rows of OpenVINO's own bf16 GEMM peak,
+measured in the same run), and ``auto_cpu``: the CPU engine ``--backend auto``
+measured fastest here.
 """
 
 from __future__ import annotations
@@ -72,7 +75,7 @@ def _pct(gflop_per_image: float | None, row: BenchRow, peak: float) -> float | N
 
 def _on_cpu(row: BenchRow) -> bool:
     """Rows measured on the CPU, the only ones the numpy GEMM peak is a fair reference for."""
-    return row.backend.startswith(("ort-cpu", "torch-eager", "pil+numpy", "numpy"))
+    return row.backend.startswith(("ort-cpu", "torch-eager", "pil+numpy", "numpy", "openvino-"))
 
 
 def _images(tmp: Path, n: int) -> list[Path]:
@@ -87,8 +90,11 @@ def _images(tmp: Path, n: int) -> list[Path]:
 
 
 def run_bench(artifact_dir, batches=(1, 8, 32), repeats: int = 20, backends=("cpu", "cuda", "tensorrt"),
-              with_torch: bool = True, report=lambda msg: None, bank_name: str | None = None) -> dict:
-    """Every row; ``bank_name`` picks the bank for the head rows (default: the only one, if exactly one)."""
+              with_torch: bool = True, report=lambda msg: None, bank_name: str | None = None,
+              openvino: bool = True) -> dict:
+    """Every row; ``bank_name`` picks the bank for the head rows (default: the only one, if exactly one).
+    ``openvino``: rows for every OpenVINO device and precision hint (:func:`_openvino_candidates`), and
+    ``auto_cpu``: the CPU engine ``--backend auto`` chose for the fp32 encoder here (measured if not cached)."""
     from .runtime.images import load_image
     from .runtime.preprocess import preprocess_batch
 
@@ -104,12 +110,15 @@ def run_bench(artifact_dir, batches=(1, 8, 32), repeats: int = 20, backends=("cp
                              timings_ms(lambda: preprocess_batch([load_image(p) for p in paths[:b]], cfg),
                                         max(3, repeats // 4))))
     bank = _bank_or_none(art, bank_name)
-    for name, load in _candidates(artifact_dir, art, backends, bank):
+    candidates = list(_candidates(artifact_dir, art, backends, bank))
+    candidates += list(_openvino_candidates(artifact_dir, art, bank)) if openvino else []
+    for name, load in candidates:
         try:
             enc = load()
         except (BackendError, ArtifactError, StaleEngineError) as e:
-            skipped[name] = str(e)
+            skipped[name.format(ran="openvino")] = str(e)
             continue
+        name = name.format(ran=enc.backend)  # OpenVINO rows: the precision the compiled model reports
         report(f"benchmarking {name}")
         try:
             rows += _encoder_rows(name, enc, bank, batches, repeats, cfg.size)
@@ -124,10 +133,85 @@ def run_bench(artifact_dir, batches=(1, 8, 32), repeats: int = 20, backends=("cp
     # The GEMM peak is measured LAST: OpenBLAS threads keep spinning after it and slowed the
     # ONNX Runtime int8 encoder by 25 % when it ran first.
     peak = matmul_peak_gflops()
-    rows = [replace(r, pct_of_matmul_peak=_pct(flops, r, peak)) if r.stage == "encoder" and _on_cpu(r) else r
-            for r in rows]
+    peaks = {"f32": peak, **_reduced_peaks(rows)}
+    rows = [replace(r, pct_of_matmul_peak=_pct(flops, r, peaks[_peak_kind(r)])) if r.stage == "encoder" and _on_cpu(r)
+            and _peak_kind(r) in peaks else r for r in rows]
     return {"architecture": art.architecture, "matmul_peak_gflops": peak, "image_gflop": flops,
-            "rows": [asdict(r) for r in rows], "skipped": skipped}
+            "matmul_peak_gflops_by_precision": peaks, "rows": [asdict(r) for r in rows], "skipped": skipped,
+            "auto_cpu": _auto_cpu(artifact_dir, art, skipped) if openvino else None}
+
+
+def _peak_kind(row: BenchRow) -> str:
+    """The arithmetic a CPU row ran: ``"bf16"`` for ``openvino-bf16 ...`` rows, else ``"f32"``."""
+    return "bf16" if row.backend.startswith("openvino-bf16") else "f32"
+
+
+def _reduced_peaks(rows: list[BenchRow]) -> dict[str, float]:
+    """``{"bf16": GFLOPS}`` when bf16 rows ran: an fp32 GEMM is no reference for bf16 arithmetic."""
+    if not any(_peak_kind(r) == "bf16" for r in rows):
+        return {}
+    return {"bf16": openvino_matmul_peak_gflops("bf16")}
+
+
+def openvino_matmul_peak_gflops(hint: str, n: int = 2048, repeats: int = 10) -> float:
+    """Best-of GEMM throughput of OpenVINO's CPU plugin at precision ``hint`` (the bf16 rows' peak)."""
+    import openvino.opset13 as ops
+
+    from .engines.openvino import core, import_ov
+
+    a = ops.parameter([n, n], np.float32, name="a")
+    b = ops.constant(np.random.default_rng(1).random((n, n), dtype=np.float32))
+    model = import_ov().Model([ops.matmul(a, b, False, False)], [a], "gemm")
+    request = core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": hint,
+                                                  "PERFORMANCE_HINT": "LATENCY"}).create_infer_request()
+    x = np.random.default_rng(0).random((n, n), dtype=np.float32)
+    best = min(timings_ms(lambda: request.infer({0: x}), repeats, warmup=1)) / 1e3
+    return 2 * n**3 / best / 1e9
+
+
+def _auto_cpu(artifact_dir, art, skipped) -> dict | None:
+    """The CPU engine ``--backend auto`` runs for the fp32 encoder here (cached, else measured now)."""
+    from .runtime.cpu_choice import choose_cpu_engine
+    from .runtime.encoder import ImageEncoder
+
+    try:
+        choice = choose_cpu_engine(art, "fp32", None, partial(ImageEncoder.load, artifact_dir, "fp32"))
+    except (BackendError, ArtifactError) as e:
+        skipped["auto cpu"] = str(e)
+        return None
+    return {**asdict(choice), "describe": choice.describe()}
+
+
+def _openvino_candidates(artifact_dir, art, bank):
+    """OpenVINO rows: each device OpenVINO reports x each precision hint it runs (``f32``, and ``bf16`` on a
+    CPU with BF16 / ``f16`` on a GPU) for the fp32 encoder, the gated default with the bank's head, and the
+    other exported precisions at ``f32``. Without OpenVINO: one skipped row saying how to install it."""
+    from .engines import openvino as ov
+    from .runtime.encoder import ImageEncoder
+
+    if not ov.installed():
+        yield "openvino", partial(ov.import_ov)
+        return
+    devices = [b for b in ov.BACKENDS if ov.device_of(b) in ov.core().available_devices]
+    for backend in devices:
+        dev = ov.device_of(backend)
+        for precision in art.variants("image"):
+            hints = ["f32", *([ov.reduced_hint(dev)] if precision == "fp32" and ov.reduced_hint(dev) else [])]
+            for hint in hints:
+                yield "{ran} " + precision, partial(_openvino_encoder, art, precision, backend, hint)
+        if bank is not None and "fp32" in art.variants("image"):
+            yield ("{ran} fp32 fused head",
+                   partial(ImageEncoder.load_fused, artifact_dir, bank, bank.k, "fp32", backend))
+
+
+def _openvino_encoder(art, precision: str, backend: str, hint: str):
+    """An OpenVINO encoder at exactly ``hint`` (bench rows measure every precision, gated or not)."""
+    from .engines.openvino import load_openvino
+    from .runtime.encoder import ImageEncoder
+
+    path = art.encoder("image", precision)
+    engine = load_openvino(path, backend, hint, None, art.manifest["files"][path.name]["sha256"])
+    return ImageEncoder(art, engine, precision, int(art.manifest["exporter"]["max_batch"]))
 
 
 def _bank_or_none(art, name: str | None = None):

@@ -13,7 +13,8 @@ from typing import Any
 from . import __version__
 from .errors import one_line
 
-_PACKAGES = ("numpy", "onnxruntime", "onnxruntime-gpu", "pillow", "onnx", "torch", "open_clip_torch", "tensorrt")
+_PACKAGES = ("numpy", "onnxruntime", "onnxruntime-gpu", "pillow", "onnx", "torch", "open_clip_torch", "tensorrt",
+             "openvino")
 
 
 def _version(dist: str) -> str:
@@ -99,11 +100,26 @@ def jetson_status(root: str | None = None) -> dict[str, str] | None:
     return out
 
 
-def collect() -> dict[str, Any]:
+def auto_cpu_status(artifacts) -> list[dict]:
+    """The CPU engine ``--backend auto`` measured for ``artifacts`` (per precision, this machine or another)."""
+    from .manifest import load_artifact
+    from .runtime.cpu_choice import cached_choices
+
+    return cached_choices(load_artifact(artifacts))
+
+
+def collect(artifacts=None) -> dict[str, Any]:
+    """Versions, backends that load (ONNX Runtime providers, OpenVINO devices), GPU, TensorRT, Jetson;
+    with ``artifacts``, also ``auto_cpu``: the cached ``--backend auto`` CPU choices of that artifact."""
+    from .engines.openvino import installed, probe_openvino
     from .engines.ort import probe_providers
 
     versions = {"python": platform.python_version(), "coder": __version__}
     versions.update({p: _version(p) for p in _PACKAGES})
-    return {"versions": versions, "backends": {f"ort-{k}": v for k, v in probe_providers().items()},
-            "gpu": gpu_status(), "tensorrt": tensorrt_status(), "machine": platform.machine(),
-            "jetson": jetson_status()}
+    backends = {f"ort-{k}": v for k, v in probe_providers().items()}
+    backends.update(probe_openvino() if installed() else {"openvino": "not installed (pip install 'coder[openvino]')"})
+    report = {"versions": versions, "backends": backends, "gpu": gpu_status(), "tensorrt": tensorrt_status(),
+              "machine": platform.machine(), "jetson": jetson_status()}
+    if artifacts is not None:
+        report["auto_cpu"] = auto_cpu_status(artifacts)
+    return report

@@ -181,3 +181,10 @@ def quiet_cpu_fallback(monkeypatch):
 
     monkeypatch.setattr(ort, "get_available_providers", lambda: list(BACKENDS.values()))
     monkeypatch.setattr(ort, "InferenceSession", Quiet)
+
+
+@pytest.fixture(autouse=True)
+def _onnx_runtime_is_the_auto_cpu_engine(monkeypatch):
+    """``--backend auto`` measures the installed CPU engines (coder.runtime.cpu_choice); a test must not depend on
+    which one is faster on the machine running it. Tests of that choice inject timings (tests/test_cpu_choice.py)."""
+    monkeypatch.setenv("CODER_CPU_ENGINES", "cpu")

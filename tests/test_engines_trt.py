@@ -241,12 +241,15 @@ def test_fused_validation_checks_every_output(gpu, fused_art, tmp_path, output, 
     assert _loadable(tmp_path / "e") == []
 
 
-def test_ctrl_c_during_build_or_validation_leaves_nothing_loadable(gpu, fused_art, tmp_path):
+@pytest.mark.parametrize("signum, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_signal_during_build_or_validation_leaves_nothing_loadable(gpu, fused_art, tmp_path, signum, code):
     from coder.runtime.classifier import Classifier, EngineOptions
 
-    gpu.trt.build_step_hook = lambda step: step == 1 and os.kill(os.getpid(), signal.SIGINT)
+    steps = []
+    gpu.trt.build_step_hook = lambda step: steps.append(step) or (step == 1 and os.kill(os.getpid(), signum))
     res = _build(fused_art, tmp_path / "e")
-    assert res.exit_code == 130 and _loadable(tmp_path / "e") == []
+    assert res.exit_code == code and _loadable(tmp_path / "e") == []
+    assert max(steps) < 3  # the held signal made the progress monitor cancel the build at the next step
     gpu.trt.build_step_hook, gpu.trt.interrupt_execution_at = None, 2  # Ctrl-C while validating
     res = _build(fused_art, tmp_path / "e")
     assert res.exit_code == 130 and _loadable(tmp_path / "e") == []

@@ -110,3 +110,17 @@ def test_batch_labeling_modules_are_torch_free(tiny_artifact, sample_images, tmp
             f"from coder.deploy.sources import expand_sources\n"
             f"run_local(ClassifyJob(ClassifierOptions({str(art)!r})), list(expand_sources([{str(sample_images[0])!r}])), print)")
     assert _loaded_after(code) == []
+
+
+def test_openvino_backend_is_torch_free(tiny_artifact, sample_images):
+    import importlib.util
+
+    import pytest
+
+    if importlib.util.find_spec("openvino") is None:
+        pytest.skip("the [openvino] extra is not installed")
+    code = (f"from coder.runtime import ImageEncoder\n"
+            f"enc = ImageEncoder.load({str(tiny_artifact)!r}, 'fp32', 'openvino')\n"
+            f"enc.encode([{str(sample_images[0])!r}])\n"
+            f"import coder.doctor; coder.doctor.collect()")
+    assert _loaded_after(code) == []

@@ -176,7 +176,8 @@ def embed(
     texts_file: Optional[Path] = typer.Option(None, "--texts-file",
                                               help="Embed every line of this UTF-8 file (empty lines too)."),
     precision: str = typer.Option("fp32", help="fp32 | fp16 | int8 (must have been exported; texts: fp32 | fp16)."),
-    backend: str = typer.Option("cpu", help="cpu | cuda | tensorrt (ONNX Runtime providers)."),
+    backend: str = typer.Option("cpu", help="cpu | cuda | tensorrt (ONNX Runtime providers) | openvino | "
+                                 "openvino:GPU | openvino:NPU (OpenVINO; images only)."),
     allow_fallback: bool = ALLOW_FALLBACK,
     out_file: Optional[Path] = typer.Option(None, "--out", help="Save embeddings as .npy (rows of files that loaded)."),
     batch_size: int = typer.Option(16, min=1, help="Images (or texts) per encoder call."),
@@ -293,11 +294,14 @@ def _print_embed_table(res, out_file) -> None:
 
 
 @app.command()
-def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+           artifacts: Optional[Path] = typer.Option(None, "--artifacts", "-a",
+                                                    help="Also show the CPU engine `--backend auto` measured for it.")
+           ) -> None:
     """Versions, which backends actually load here, GPU and TensorRT presence."""
     from ..doctor import collect
 
-    report = collect()
+    report = collect(artifacts)
     if as_json:
         print_json(report)
         return
@@ -313,6 +317,18 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
     jetson = report.get("jetson")
     rows.append(("jetson", "no" if jetson is None else
                  f"{jetson['model']}, L4T {jetson['l4t']}, JetPack {jetson['jetpack']}"))
+    for c in report.get("auto_cpu", []):
+        where = "this machine" if c["this_machine"] else f"another CPU ({c['cpu']['model']})"
+        rows.append((f"auto cpu {c['precision']}", f"{_describe_choice(c['choice'])}, measured {c['measured_at']} "
+                                                   f"on {where}"))
+    if "auto_cpu" in report and not report["auto_cpu"]:
+        rows.append(("auto cpu", "not measured yet (the first `--backend auto` load measures it)"))
     for k, v in rows:
         t.add_row(k, escape(v))
     out.print(t)
+
+
+def _describe_choice(choice: dict) -> str:
+    from ..runtime.cpu_choice import CpuChoice
+
+    return CpuChoice(**choice).describe()

@@ -52,7 +52,8 @@ def bag(
     top_k: int = typer.Option(5, "--top-k", min=1, help="Hypotheses per frame."),
     no_rerank: bool = typer.Option(False, "--no-rerank", help="Stage 1 only."),
     tau: Optional[float] = typer.Option(None, help="Rerank gate (default: the bank preset's published value)."),
-    backend: str = typer.Option("auto", help="auto | cpu | cuda | tensorrt | tensorrt-native."),
+    backend: str = typer.Option("auto", help="auto | cpu | cuda | tensorrt | tensorrt-native | openvino | "
+                                 "openvino:GPU | openvino:NPU (auto: the CPU engine measured fastest here)."),
     precision: str = typer.Option("fp32", help="Image encoder: fp32 | fp16 | int8 (as exported)."),
     engine_dir: Optional[Path] = typer.Option(None, help="Native TensorRT engines (default $CODER_ENGINE_DIR, "
                                                          "else <artifacts>/engines)."),

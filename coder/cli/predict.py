@@ -25,7 +25,8 @@ def classify(
     no_rerank: bool = typer.Option(False, "--no-rerank", help="Stage 1 only."),
     tau: Optional[float] = typer.Option(None, help="Rerank gate (default: the bank preset's published value)."),
     explain: bool = typer.Option(False, "--explain", help="Show the texts that matched best."),
-    backend: str = typer.Option("auto", help="auto | cpu | cuda | tensorrt | tensorrt-native."),
+    backend: str = typer.Option("auto", help="auto | cpu | cuda | tensorrt | tensorrt-native | openvino | "
+                                 "openvino:GPU | openvino:NPU (auto: the CPU engine measured fastest here)."),
     precision: str = typer.Option("fp32", help="Image encoder: fp32 | fp16 | int8 (as exported)."),
     engine_dir: Optional[Path] = typer.Option(None, help="Native TensorRT engines (default $CODER_ENGINE_DIR, "
                                                          "else <artifacts>/engines)."),
@@ -149,7 +150,8 @@ def eval_cmd(
     limit: Optional[int] = typer.Option(None, min=1, help="Evaluate a reproducible random subset of this many images."),
     seed: int = typer.Option(0, help="Seed of the --limit subset."),
     tau: Optional[float] = typer.Option(None, help="Rerank gate (default: the bank preset)."),
-    backend: str = typer.Option("auto", help="auto | cpu | cuda | tensorrt | tensorrt-native."),
+    backend: str = typer.Option("auto", help="auto | cpu | cuda | tensorrt | tensorrt-native | openvino | "
+                                 "openvino:GPU | openvino:NPU (auto: the CPU engine measured fastest here)."),
     confusions_out: Optional[Path] = typer.Option(None, help="Write stage-1 confusion pairs (JSON) here."),
     adapter: Optional[Path] = typer.Option(None, help="Also report this few-shot adapter (`coder fit`)."),
     allow_fallback: bool = ALLOW_FALLBACK,
@@ -275,6 +277,11 @@ def bench(
     _print_bench(result)
     for name, why in result["skipped"].items():
         info(f"skipped {name}: {why}")
+    if "bf16" in result.get("matmul_peak_gflops_by_precision", {}):
+        info(f"%CPU of openvino-bf16 rows: of OpenVINO's bf16 matmul peak, "
+             f"{result['matmul_peak_gflops_by_precision']['bf16']:.0f} GFLOPS")
+    if result.get("auto_cpu"):
+        info(f"--backend auto on this CPU (fp32): {result['auto_cpu']['describe']}")
 
 
 def _ms(x: float) -> str:

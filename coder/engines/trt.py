@@ -12,10 +12,7 @@ Needs a CUDA GPU; every entry point raises :class:`~coder.errors.BackendError` w
 
 from __future__ import annotations
 
-import contextlib
 import os
-import signal
-import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -23,7 +20,7 @@ from typing import Callable
 import numpy as np
 
 from ..errors import BackendError, StaleEngineError, one_line
-from ..store import atomic_path, read_json, sha256_file
+from ..store import atomic_path, critical, read_json, requested, sha256_file
 from .trt_key import check_key, check_validated, engine_key, sidecar
 
 SHA_CHARS = 12  # sha256 prefix in engine file names: enough to tell artifacts apart, short to read
@@ -133,20 +130,6 @@ def _progress_monitor(trt, report: Callable[[str], bool]):
     return Monitor()
 
 
-@contextlib.contextmanager
-def _cancel_on_sigint():
-    """While building, Ctrl-C sets a flag the progress monitor returns, so TensorRT stops between steps."""
-    flag = threading.Event()
-    if threading.current_thread() is not threading.main_thread():
-        yield flag.is_set
-        return
-    previous = signal.signal(signal.SIGINT, lambda *_: flag.set())
-    try:
-        yield flag.is_set
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
 def build_engine_trt(onnx_path: Path, out_path: Path, opts: BuildOptions,
                      report: Callable[[str], bool] = lambda msg: True) -> dict:
     """Parse ``onnx_path`` as a strongly typed network, write the plan to ``out_path``; returns its key.
@@ -175,13 +158,14 @@ def build_engine_trt(onnx_path: Path, out_path: Path, opts: BuildOptions,
     cache = config.create_timing_cache(cache_bytes)
     if not config.set_timing_cache(cache, ignore_mismatch=False):
         raise BackendError(f"timing cache {opts.timing_cache} is from another TensorRT/GPU: delete it and rebuild")
-    with _cancel_on_sigint() as cancelled:
+    # The one signal policy (coder.store.signals): SIGINT/SIGTERM during the build are held, the progress
+    # monitor sees them and returns False so TensorRT stops between steps, and the end of the block raises
+    # Interrupted (exit 130/143) with nothing written.
+    with critical():
         # Held in a local while building: TensorRT keeps only a reference the Python side must keep alive.
-        monitor = _progress_monitor(trt, lambda msg: report(msg) is not False and not cancelled())
+        monitor = _progress_monitor(trt, lambda msg: report(msg) is not False and requested() is None)
         config.progress_monitor = monitor
         plan = builder.build_serialized_network(network, config)
-    if cancelled():
-        raise KeyboardInterrupt  # nothing was written; the CLI exits 130
     if plan is None:
         raise BackendError(f"TensorRT build of {onnx_path} failed (see the TensorRT log above)")
     with atomic_path(out_path) as tmp:

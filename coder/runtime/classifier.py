@@ -6,7 +6,7 @@
 ('tabby cat', False, 'cpu', 41.2)
 
 Stages, each its own function: :func:`preprocess` (PIL/numpy) -> encoder
-(ONNX Runtime or a native TensorRT engine) -> :func:`~coder.runtime.head.stage1_scores`
+(ONNX Runtime, OpenVINO or a native TensorRT engine) -> :func:`~coder.runtime.head.stage1_scores`
 -> gated :func:`~coder.runtime.head.rerank`. By default the head runs as its own small
 ONNX graph right after the encoder (:mod:`coder.runtime.fused`; fused into the engine for
 ``tensorrt-native``) and only the gate (:func:`~coder.runtime.head.gate`) runs here. One ONNX Runtime ``Classifier`` is safe to share between threads: it holds no
@@ -24,12 +24,14 @@ from typing import Sequence
 
 import numpy as np
 
+from ..engines.openvino import BACKENDS as OV_BACKENDS
 from ..engines.ort import BACKENDS
 from ..errors import ArtifactError, BackendError, ConfigError, StaleEngineError
 from ..manifest import PRECISIONS, load_artifact
 from ..text_bank.bank import Bank, load_bank
 from ..text_bank.rows import KIND_IDS
 from .adapter import Adapter, load_adapter
+from .cpu_choice import choose_cpu_engine
 from .encoder import ImageEncoder
 from .head import gate, rerank, stage1_scores
 from .images import to_pil
@@ -101,7 +103,8 @@ def open_image_encoder(artifact_dir, backend: str, precision: str, threads: int 
                        allow_fallback: bool = False, fused_bank: Bank | None = None, k: int = 5,
                        engines: EngineOptions = EngineOptions()) -> ImageEncoder:
     """``backend="auto"``: a native TensorRT engine if one was built (a stale one raises, naming
-    the fix), else ONNX Runtime tensorrt, cuda, cpu: the first that really loads.
+    the fix), else ONNX Runtime tensorrt, cuda, then the CPU engine measured fastest here (ONNX
+    Runtime or OpenVINO, :mod:`coder.runtime.cpu_choice`): the first that really loads.
 
     With ``fused_bank`` the encoder graph carries that bank's CODER head (top-``k``).
     """
@@ -121,6 +124,9 @@ def open_image_encoder(artifact_dir, backend: str, precision: str, threads: int 
             if name == NATIVE and not _native_engine_exists(artifact_dir, precision, engines, fused_bank, k):
                 reasons.append(f"{NATIVE}: no engine built for {precision} (coder build-engine)")
                 continue
+            if name == "cpu":  # the faster installed CPU engine, measured once per machine (cpu_choice)
+                name = choose_cpu_engine(load_artifact(artifact_dir), precision, threads, lambda e: ImageEncoder.load(
+                    artifact_dir, precision, e, allow_fallback, threads)).backend
             return load(name)
         except StaleEngineError:
             raise  # an engine was built for this artifact but cannot be used as is: say so, name the fix
@@ -168,8 +174,9 @@ class ClassifierOptions:
     def __post_init__(self) -> None:
         from ..store import resolved
 
-        if self.backend != "auto" and self.backend not in (*BACKENDS, NATIVE):
-            raise ConfigError(f"backend {self.backend!r}: choose auto, {', '.join(BACKENDS)}, {NATIVE}")
+        if self.backend != "auto" and self.backend not in (*BACKENDS, NATIVE, *OV_BACKENDS):
+            raise ConfigError(f"backend {self.backend!r}: choose auto, {', '.join(BACKENDS)}, {NATIVE}, "
+                              f"{', '.join(OV_BACKENDS)}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision {self.precision!r}: choose {', '.join(PRECISIONS)}")
         if (self.tau is not None and not float(self.tau) >= 0) or (self.k is not None and int(self.k) < 1):

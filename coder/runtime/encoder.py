@@ -15,6 +15,7 @@ import numpy as np
 from PIL import Image
 
 from ..engines.head_graph import clamp_k
+from ..engines.openvino import is_openvino
 from ..engines.ort import TrtProfile, load_ort
 from ..errors import ArtifactError, InputError
 from ..vectors import l2_normalize  # noqa: F401  (re-exported: the runtime's normaliser)
@@ -58,6 +59,11 @@ class ImageEncoder:
              allow_fallback: bool = False, threads: int | None = None) -> "ImageEncoder":
         art = load_artifact(artifact_dir)
         name = art.encoder("image", precision)
+        if is_openvino(backend):  # OpenVINO's own runtime; precision hint gated (openvino_precision)
+            from .openvino_precision import load_openvino_encoder
+
+            engine = load_openvino_encoder(art, precision, backend, threads)
+            return cls(art, engine, precision, int(art.manifest["exporter"]["max_batch"]))
         engine = load_ort(name, backend, precision, allow_fallback, threads, trt_profile(art),
                           art.manifest["files"][name.name]["sha256"])
         return cls(art, engine, precision, int(art.manifest["exporter"]["max_batch"]))

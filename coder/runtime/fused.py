@@ -25,6 +25,7 @@ the engine builder and the engine key check.
 
 from __future__ import annotations
 
+import importlib.util
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,8 +67,12 @@ def head_backend(backend: str) -> str:
     new bank; CUDA runs it at once, on the same GPU. ``backend`` may be what an encoder reported
     after an allowed partial placement (``"tensorrt+cuda+cpu"``): its first provider decides.
     ``head_backend("tensorrt") == head_backend("tensorrt+cuda") == "cuda"``.
+    After an OpenVINO encoder (``openvino``, ``openvino-bf16``, ``openvino:GPU``) the head runs on
+    ONNX Runtime's CPU provider, or on OpenVINO at ``f32`` where ONNX Runtime is not installed.
     """
     first = backend.split("+", 1)[0]
+    if first.startswith("openvino"):  # after an OpenVINO encoder: ORT on the CPU (README "OpenVINO")
+        return "cpu"
     return "cuda" if first == "tensorrt" else first
 
 
@@ -80,6 +85,10 @@ def load_head(bank, k: int, backend: str = "cpu", allow_fallback: bool = False):
     from ..engines.ort import load_ort
 
     model = head_model(bank, clamp_k(k, len(bank.class_names)))
+    if backend.startswith("openvino") and importlib.util.find_spec("onnxruntime") is None:
+        from ..engines.openvino import load_openvino
+
+        return load_openvino(model.SerializeToString(), "openvino", "f32", HEAD_THREADS)
     return load_ort(model.SerializeToString(), head_backend(backend), "fp32", allow_fallback, HEAD_THREADS)
 
 

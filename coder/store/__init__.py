@@ -21,8 +21,8 @@ from .files import (atomic_path, atomic_write_bytes, atomic_write_json, fsync_di
                     sha256_file, storage_error)
 from .locks import output_lock
 from .paths import is_within, resolved, same_or_nested
-from .signals import Interrupted, critical, reinstall, stop_on_signals
+from .signals import Interrupted, critical, reinstall, requested, stop_on_signals
 
 __all__ = ["DAMAGED", "Interrupted", "atomic_path", "atomic_write_bytes", "atomic_write_json", "cached", "critical",
-           "fsync_dir", "is_within", "output_lock", "read_json", "reinstall", "remove_stale_temps", "resolved",
+           "fsync_dir", "is_within", "output_lock", "read_json", "reinstall", "requested", "remove_stale_temps", "resolved",
            "same_or_nested", "sha256_file", "stop_on_signals", "storage_error", "warn_damaged", "warn_unwritable"]

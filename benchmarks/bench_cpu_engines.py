@@ -1,0 +1,139 @@
+"""CPU engines side by side on one image encoder, in one run, engines interleaved round by round.
+
+    python benchmarks/bench_cpu_engines.py --artifacts coder-artifacts/ViT-B-32__none [--rounds 10] [--json]
+
+Engines: ONNX Runtime fp32 (the reference), ONNX Runtime int8 (if the artifact has an int8 file),
+OpenVINO at the f32 hint, OpenVINO at its reduced hint (bf16 on a CPU with BF16) and OpenVINO's
+default (no hint: what a plain ``compile_model`` runs). Each round times one call of every engine at
+batch 1 and then at batch 8, so a load spike on a shared machine hits every engine alike; medians
+per engine and batch, and ratios to ONNX Runtime fp32. ``cosine`` is each engine's minimum per-image
+cosine to ONNX Runtime fp32 on the 16 validation scenes; ``batch_dependent`` is the largest change
+of an image's embedding between batch 1 and batch 8. With a bank, the CODER head graph after the
+OpenVINO encoder is timed on ONNX Runtime (one thread, what coder runs) and on OpenVINO f32.
+Also reports the choice ``--backend auto`` makes here (measured if not cached).
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from common import script  # also puts the repository on sys.path
+
+from coder.bench import matmul_peak_gflops  # noqa: E402
+
+
+def _engines(art) -> dict:
+    """name -> engine (``run(x)``), every CPU engine that loads here."""
+    from coder.engines import openvino as ov
+    from coder.engines.ort import load_ort
+
+    def sha(p):
+        return art.manifest["files"][p.name]["sha256"]
+
+    fp32 = art.encoder("image", "fp32")
+    out = {"ORT fp32": load_ort(fp32, "cpu")}
+    if "int8" in art.variants("image"):
+        p = art.encoder("image", "int8")
+        out["ORT int8"] = load_ort(p, "cpu", "int8")
+    out["OpenVINO f32"] = ov.load_openvino(fp32, "openvino", "f32", None, sha(fp32))
+    reduced = ov.reduced_hint("CPU")
+    if reduced:
+        out[f"OpenVINO {reduced}"] = ov.load_openvino(fp32, "openvino", reduced, None, sha(fp32))
+    default = ov.core().compile_model(ov.core().read_model(str(fp32)), "CPU", {"PERFORMANCE_HINT": "LATENCY"})
+    ran = default.get_property("INFERENCE_PRECISION_HINT").get_type_name()
+    out["OpenVINO default"] = ov.OvEncoder(fp32, f"openvino-{ran}", ["openvino:CPU"], default, ran)
+    return out
+
+
+def _cosines(engines: dict, pixels: np.ndarray, ref: np.ndarray) -> dict:
+    from coder.vectors import l2_normalize
+
+    out = {}
+    for name, eng in engines.items():
+        b8 = l2_normalize(np.concatenate([eng.run(pixels[i:i + 8]) for i in range(0, len(pixels), 8)]))
+        b1 = l2_normalize(np.concatenate([eng.run(pixels[i:i + 1]) for i in range(len(pixels))]))
+        out[name] = {"cosine": float(np.sum(b8 * ref, 1).min()), "batch_dependent": float(np.abs(b8 - b1).max())}
+    return out
+
+
+def _interleaved(engines: dict, xs: dict, rounds: int) -> dict:
+    times = {(n, b): [] for n in engines for b in xs}
+    for _ in range(2):  # warm-up
+        for eng in engines.values():
+            for x in xs.values():
+                eng.run(x)
+    for _ in range(rounds):
+        for b, x in xs.items():
+            for name, eng in engines.items():
+                t0 = time.perf_counter()
+                eng.run(x)
+                times[(name, b)].append((time.perf_counter() - t0) * 1e3)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def _head_rows(art, engines: dict, xs: dict, rounds: int) -> list[dict]:
+    """The bank's head graph after the OpenVINO encoder: ONNX Runtime (1 thread) vs OpenVINO f32."""
+    from coder.bench import _bank_or_none
+    from coder.engines import openvino as ov
+    from coder.engines.head_graph import head_model
+    from coder.runtime.fused import HEAD_THREADS, load_head
+
+    bank = _bank_or_none(art)
+    if bank is None:
+        return []
+    heads = {"ORT cpu (1 thread)": load_head(bank, bank.k, "openvino"),
+             "OpenVINO f32": ov.load_openvino(head_model(bank, bank.k).SerializeToString(), "openvino", "f32",
+                                              HEAD_THREADS)}
+    enc = engines.get("OpenVINO bf16", engines["OpenVINO f32"])
+    feats = {b: enc.run(x) for b, x in xs.items()}
+    t = _interleaved(heads, feats, rounds * 5)
+    return [{"head": h, "batch": b, "ms": t[(h, b)]} for h in heads for b in xs]
+
+
+def run(artifacts: str, rounds: int) -> dict:
+    from coder.engines import openvino as ov
+    from coder.manifest import load_artifact
+    from coder.runtime.engine_build import reference_pixels
+    from coder.vectors import l2_normalize
+
+    art = load_artifact(artifacts)
+    engines = _engines(art)
+    pixels = reference_pixels(art, 16)
+    ref = l2_normalize(np.concatenate([engines["ORT fp32"].run(pixels[i:i + 8]) for i in range(0, 16, 8)]))
+    quality = _cosines(engines, pixels, ref)
+    size = art.preprocess.size
+    xs = {b: np.random.default_rng(b).standard_normal((b, 3, *size)).astype(np.float32) for b in (1, 8)}
+    ms = _interleaved(engines, xs, rounds)
+    heads = _head_rows(art, engines, xs, rounds)
+    peak = matmul_peak_gflops()  # last: BLAS threads spin after a GEMM
+    rows = [{"engine": n, "backend": e.backend, **quality[n],
+             **{f"b{b}_ms": ms[(n, b)] for b in xs},
+             **{f"b{b}_vs_ort_fp32": ms[("ORT fp32", b)] / ms[(n, b)] for b in xs}} for n, e in engines.items()]
+    from coder.runtime.cpu_choice import choose_cpu_engine
+    from coder.runtime.encoder import ImageEncoder
+    from coder.runtime.openvino_precision import cpu_identity
+
+    choice = choose_cpu_engine(art, "fp32", None, lambda e: ImageEncoder.load(artifacts, "fp32", e))
+    return {"architecture": art.architecture, "openvino": ov.version(), "rounds": rounds,
+            "cpu": cpu_identity(),
+            "matmul_peak_gflops": peak, "rows": rows, "heads": heads, "auto": choice.describe()}
+
+
+def render(res: dict) -> None:
+    print(f"{res['architecture']}  OpenVINO {res['openvino']}  {res['cpu']['model']} ({res['cpu']['cores']} cores)  "
+          f"{res['rounds']} rounds, engines interleaved")
+    print(f"{'engine':<18} {'backend':<16} {'b1 ms':>8} {'b8 ms':>8} {'b1 x':>6} {'b8 x':>6} {'cosine':>8} "
+          f"{'b1 vs b8':>9}")
+    for r in res["rows"]:
+        print(f"{r['engine']:<18} {r['backend']:<16} {r['b1_ms']:>8.1f} {r['b8_ms']:>8.1f} "
+              f"{r['b1_vs_ort_fp32']:>5.2f}x {r['b8_vs_ort_fp32']:>5.2f}x {r['cosine']:>8.5f} "
+              f"{r['batch_dependent']:>9.1e}")
+    for h in res["heads"]:
+        print(f"head after the OpenVINO encoder on {h['head']}: batch {h['batch']} {h['ms']:.3f} ms")
+    print(f"--backend auto here: {res['auto']}")
+
+
+if __name__ == "__main__":
+    script(__doc__, run, render, rounds=10)

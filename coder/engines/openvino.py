@@ -1,0 +1,227 @@
+"""OpenVINO backends: ``openvino`` (the CPU), ``openvino:GPU``, ``openvino:NPU`` (OpenVINO's own runtime).
+
+The ``openvino`` wheel (the ``[openvino]`` extra) is torch-free and reads the artifact's ONNX files
+directly. Its own runtime is used, not ONNX Runtime's OpenVINO execution provider: the provider ships
+as a separate ``onnxruntime-openvino`` wheel that owns the same ``onnxruntime`` module as the
+``[cpu]``/``[gpu]`` extras, so both could never be installed side by side (README "OpenVINO").
+
+The precision a model runs at is OpenVINO's ``INFERENCE_PRECISION_HINT``: ``f32`` or a reduced one
+(``bf16`` on a CPU that reports ``BF16`` in ``OPTIMIZATION_CAPABILITIES``; ``f16`` on a GPU). The
+hint is what the caller asks for; ``backend`` names what the compiled model reports it runs
+(``openvino-bf16``, ``openvino-f32``, ``openvino:GPU-f16``), never what was merely requested.
+
+Compiled models are cached (OpenVINO ``CACHE_DIR``) in a directory keyed like the TensorRT caches
+(model sha256, OpenVINO version, device): ``<model dir>/engines/openvino/<stem>-<sha16>-ov<version>-<DEVICE>/``,
+created before use; where the artifact is read-only, the same key under the user cache
+(``$XDG_CACHE_HOME/coder/openvino/`` or ``~/.cache/coder/openvino/``).
+
+>>> enc = load_openvino("art/image_encoder.fp32.onnx", "openvino", hint="bf16")   # doctest: +SKIP
+>>> enc.backend, enc.run(x).shape                                                 # ('openvino-bf16', (1, 512))
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..errors import BackendError
+from ..store import sha256_file
+
+PREFIX = "openvino"
+DEVICES = ("CPU", "GPU", "NPU")
+BACKENDS = (PREFIX, *(f"{PREFIX}:{d}" for d in DEVICES[1:]))
+HINTS = ("f32", "bf16", "f16")
+REDUCED = {"CPU": ("bf16", "BF16"), "GPU": ("f16", "FP16")}  # device -> (hint, capability it needs)
+NO_OV = "no OpenVINO installed: pip install 'coder[openvino]'"
+
+
+def import_ov():
+    """The ``openvino`` module, or BackendError naming the install line."""
+    try:
+        import openvino
+    except ImportError:
+        raise BackendError(NO_OV) from None
+    return openvino
+
+
+def installed() -> bool:
+    """True if the ``openvino`` wheel can be imported here (without importing it twice)."""
+    import importlib.util
+
+    return importlib.util.find_spec("openvino") is not None
+
+
+def is_openvino(backend: str) -> bool:
+    """``is_openvino("openvino:GPU") is True``; also true for reported names such as ``openvino-bf16``."""
+    return backend == PREFIX or backend.startswith((PREFIX + ":", PREFIX + "-"))
+
+
+def device_of(backend: str) -> str:
+    """``device_of("openvino") == "CPU"``, ``device_of("openvino:gpu") == "GPU"``; BackendError otherwise."""
+    name, _, dev = backend.partition(":")
+    dev = (dev or "CPU").upper()
+    if name != PREFIX or dev not in DEVICES:
+        raise BackendError(f"unknown OpenVINO backend {backend!r}; choose one of {', '.join(BACKENDS)}")
+    return dev
+
+
+def version() -> str:
+    """The OpenVINO version without its build suffix: ``"2026.4.1"``."""
+    return import_ov().__version__.split("-")[0]
+
+
+_CORE = None
+_CORE_LOCK = threading.Lock()
+
+
+def core():
+    """One ``openvino.Core`` per process (creating one loads every device plugin)."""
+    global _CORE
+    with _CORE_LOCK:
+        if _CORE is None:
+            _CORE = import_ov().Core()
+        return _CORE
+
+
+def reduced_hint(device: str = "CPU") -> str | None:
+    """The reduced precision ``device`` runs natively (``"bf16"`` on a CPU with BF16), else None."""
+    hint, capability = REDUCED.get(device, (None, None))
+    if hint is None:
+        return None
+    try:
+        caps = core().get_property(device, "OPTIMIZATION_CAPABILITIES")
+    except Exception:  # the device is not there: OpenVINO raises its own RuntimeError types
+        return None
+    return hint if capability in caps else None
+
+
+def cache_key(path: Path, sha: str, device: str) -> str:
+    """``image_encoder.fp32-<sha16>-ov2026.4.1-CPU``: model bytes, OpenVINO version and device."""
+    return f"{path.stem}-{sha[:16]}-ov{version()}-{device}"
+
+
+def user_cache_root() -> Path:
+    """``$XDG_CACHE_HOME/coder`` (else ``~/.cache/coder``): where caches of read-only artifacts go."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "coder"
+
+
+def writable_dir(primary: Path, fallback: Path) -> Path | None:
+    """``primary`` created (parents too) if a file can be written in it, else ``fallback``; None if neither.
+
+    ``os.access`` is not trusted (read-only mounts, root): a probe file is created and removed.
+    """
+    for d in (primary, fallback):
+        try:
+            d.mkdir(parents=True, exist_ok=True)
+            probe = d / f".probe-{uuid.uuid4().hex}"
+            probe.write_bytes(b"")
+            probe.unlink()
+            return d
+        except OSError:
+            continue
+    return None
+
+
+def compile_cache_dir(path: Path, sha: str, device: str) -> Path | None:
+    """``<model dir>/engines/openvino/<key>/``, else ``<user cache>/openvino/<key>/``; None: no caching."""
+    key = cache_key(path, sha, device)
+    return writable_dir(path.parent / "engines" / PREFIX / key, user_cache_root() / PREFIX / key)
+
+
+@dataclass
+class OvEncoder:
+    """One ONNX model compiled by OpenVINO for one device; ``run`` takes and returns numpy.
+
+    Thread-safe: each thread gets its own infer request (a compiled model is shared).
+    """
+
+    path: Path
+    backend: str
+    providers: list[str]
+    compiled: object = field(repr=False)
+    precision_hint: str = "f32"
+    cache_dir: Path | None = None
+    _local: threading.local = field(default_factory=threading.local, repr=False)
+
+    def _request(self):
+        req = getattr(self._local, "request", None)
+        if req is None:
+            req = self._local.request = self.compiled.create_infer_request()
+        return req
+
+    def close(self) -> None:
+        """Nothing to free by hand: OpenVINO releases the compiled model with the object."""
+
+    def run_all(self, x: np.ndarray) -> list[np.ndarray]:
+        res = self._request().infer({0: np.ascontiguousarray(x)})
+        return [np.array(res[o]) for o in self.compiled.outputs]  # copies: the request reuses its buffers
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        """The first output (the embedding)."""
+        return self.run_all(x)[0]
+
+
+def load_openvino(path: str | os.PathLike | bytes, backend: str = PREFIX, hint: str = "f32",
+                  threads: int | None = None, model_sha256: str | None = None) -> OvEncoder:
+    """Compile ``path`` (or serialized ONNX bytes) for ``backend``'s device at precision ``hint``.
+
+    ``backend`` reads e.g. ``openvino-bf16``: the precision the compiled model reports. Raises
+    BackendError if OpenVINO is missing, the device is not there, or the model does not compile.
+    """
+    dev = device_of(backend)
+    if hint not in HINTS:
+        raise BackendError(f"OpenVINO precision hint {hint!r}: choose one of {', '.join(HINTS)}")
+    c = core()
+    if dev not in c.available_devices:
+        raise BackendError(f"backend {backend!r}: OpenVINO {version()} reports no {dev} device here "
+                           f"(has: {', '.join(c.available_devices) or 'none'}; `coder doctor` shows what loads)")
+    config = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
+    if threads and dev == "CPU":
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    cache = None
+    if not isinstance(path, bytes):
+        path = Path(path)
+        cache = compile_cache_dir(path, model_sha256 or sha256_file(path), dev)
+        if cache is not None:
+            config["CACHE_DIR"] = str(cache)
+    name = "<in-memory model>" if isinstance(path, bytes) else path.name
+    try:
+        # A path (not a read model) lets a CACHE_DIR hit skip reading the ONNX file at all.
+        compiled = c.compile_model(c.read_model(path) if isinstance(path, bytes) else str(path), dev, config)
+        ran = compiled.get_property("INFERENCE_PRECISION_HINT")
+    except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own
+        raise BackendError(f"backend {backend!r} could not load {name}: {str(e).splitlines()[0][:200]}") from None
+    ran_hint = ran.get_type_name() if hasattr(ran, "get_type_name") else str(ran)
+    label = PREFIX if dev == "CPU" else f"{PREFIX}:{dev}"
+    return OvEncoder(Path(name) if isinstance(path, bytes) else path, f"{label}-{ran_hint}", [f"{PREFIX}:{dev}"],
+                     compiled, ran_hint, cache)
+
+
+def probe_openvino() -> dict[str, str]:
+    """``{"openvino": "ok (bf16)", "openvino:GPU": "<why not>", ...}`` from compiling a 1-node model."""
+    try:
+        c = core()
+    except BackendError as e:
+        return {b: str(e) for b in BACKENDS}
+    from .ort import _identity_model
+
+    model = _identity_model()
+    out = {}
+    for backend in BACKENDS:
+        dev = device_of(backend)
+        if dev not in c.available_devices:
+            out[backend] = f"OpenVINO {version()} reports no {dev} device"
+            continue
+        try:
+            c.compile_model(c.read_model(model), dev)
+            reduced = reduced_hint(dev)
+            out[backend] = "ok" + (f" ({reduced} capable)" if reduced else "")
+        except Exception as e:
+            out[backend] = str(e).splitlines()[0][:160]
+    return out

@@ -1,0 +1,249 @@
+"""OpenVINO backend: parity with ONNX Runtime fp32, the backend string says what ran, the compiled-model
+cache folder (and its fallback for a read-only artifact), the gated bf16 hint and its cached verdict."""
+
+import shutil
+import warnings
+
+import numpy as np
+import pytest
+
+ov_module = pytest.importorskip("openvino")
+
+from coder.engines import openvino as ov  # noqa: E402
+from coder.errors import BackendError, ConfigError  # noqa: E402
+from coder.manifest import load_artifact  # noqa: E402
+from coder.runtime import openvino_precision as gate_mod  # noqa: E402
+from coder.runtime.openvino_precision import PrecisionGate, choose_hint  # noqa: E402
+
+
+@pytest.fixture
+def art(tiny_fp32_artifact, tmp_path, monkeypatch):
+    """A private copy (caches are written into it) and a private user cache."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    dst = tmp_path / "art"
+    shutil.copytree(tiny_fp32_artifact, dst, ignore=shutil.ignore_patterns("engines", ".coder-cpu-choice"))
+    return dst
+
+
+def _x(art_dir, n=3):
+    a = load_artifact(art_dir)
+    return np.random.default_rng(0).standard_normal((n, 3, *a.preprocess.size)).astype(np.float32)
+
+
+def test_f32_matches_onnx_runtime_fp32(art):
+    from coder.engines.ort import load_ort
+
+    path = load_artifact(art).encoder("image", "fp32")
+    x = _x(art)
+    want = load_ort(path, "cpu").run(x)
+    enc = ov.load_openvino(path, "openvino", "f32")
+    got = enc.run(x)
+    assert enc.backend == "openvino-f32" and enc.providers == ["openvino:CPU"]
+    assert got.shape == want.shape and got.dtype == np.float32
+    assert np.abs(got - want).max() <= 1e-4 * max(1.0, float(np.abs(want).max()))
+    assert np.allclose(enc.run(x[:1]), got[:1], atol=1e-5)  # batch-independent
+
+
+@pytest.mark.skipif(ov.reduced_hint("CPU") != "bf16", reason="this CPU has no BF16")
+def test_bf16_hint_is_reported_and_close(art):
+    path = load_artifact(art).encoder("image", "fp32")
+    x = _x(art)
+    ref, enc = ov.load_openvino(path, "openvino", "f32").run(x), ov.load_openvino(path, "openvino", "bf16")
+    got = enc.run(x)
+    assert enc.backend == "openvino-bf16"
+    cos = np.sum(got * ref, 1) / np.linalg.norm(got, axis=1) / np.linalg.norm(ref, axis=1)
+    assert cos.min() > 0.99 and not np.array_equal(got, ref)  # really ran in bf16
+
+
+def test_cache_folder_under_the_artifact_keyed_by_model_version_device(art):
+    a = load_artifact(art)
+    path = a.encoder("image", "fp32")
+    sha = a.manifest["files"][path.name]["sha256"]
+    assert not (art / "engines").exists()
+    enc = ov.load_openvino(path, "openvino", "f32")
+    want = art / "engines" / "openvino" / f"image_encoder.fp32-{sha[:16]}-ov{ov.version()}-CPU"
+    assert enc.cache_dir == want and want.is_dir()
+    assert any(want.iterdir())  # OpenVINO wrote the compiled model there
+    again = ov.load_openvino(path, "openvino", "f32")
+    assert np.array_equal(again.run(_x(art, 1)), enc.run(_x(art, 1)))
+
+
+def test_read_only_artifact_falls_back_to_the_user_cache(art, tmp_path):
+    (art / "engines").write_text("not a directory")  # nothing can be created under it, even as root
+    path = load_artifact(art).encoder("image", "fp32")
+    enc = ov.load_openvino(path, "openvino", "f32")
+    assert enc.cache_dir is not None and enc.cache_dir.is_relative_to(tmp_path / "xdg" / "coder" / "openvino")
+    assert enc.cache_dir.name.endswith("-CPU") and enc.cache_dir.is_dir()
+
+
+def test_nothing_writable_runs_uncached(art, monkeypatch):
+    (art / "engines").write_text("x")
+    (art / "xdg-file").write_text("x")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(art / "xdg-file"))
+    enc = ov.load_openvino(load_artifact(art).encoder("image", "fp32"), "openvino", "f32")
+    assert enc.cache_dir is None and enc.run(_x(art, 1)).shape[0] == 1
+
+
+def test_device_names_and_missing_devices(art):
+    assert ov.device_of("openvino") == "CPU" and ov.device_of("openvino:GPU") == "GPU"
+    with pytest.raises(BackendError, match="choose one of"):
+        ov.device_of("openvino:TPU")
+    path = load_artifact(art).encoder("image", "fp32")
+    for dev in ("GPU", "NPU"):
+        if dev not in ov.core().available_devices:
+            with pytest.raises(BackendError, match=f"no {dev} device"):
+                ov.load_openvino(path, f"openvino:{dev}", "f32")
+
+
+def test_classifier_options_accept_openvino_backends():
+    from coder.runtime.classifier import ClassifierOptions
+
+    for b in ("openvino", "openvino:GPU", "openvino:NPU"):
+        assert ClassifierOptions("a", backend=b).backend == b
+    with pytest.raises(ConfigError, match="openvino:GPU"):
+        ClassifierOptions("a", backend="openvino:TPU")
+
+
+def _counting_gate(passed: bool, calls: list):
+    def gate(art, path, hint, device, threads):
+        calls.append(hint)
+        return PrecisionGate(hint, device, 16, 0.9999 if passed else 0.98, 1.0, passed)
+    return gate
+
+
+def test_reduced_hint_only_after_the_gate_and_the_verdict_is_cached(art, monkeypatch):
+    monkeypatch.setattr(ov, "reduced_hint", lambda device="CPU": "bf16")
+    a, calls = load_artifact(art), []
+    assert choose_hint(a, "fp32", "openvino", gate=_counting_gate(True, calls))[0] == "bf16"
+    assert choose_hint(a, "fp32", "openvino", gate=_counting_gate(False, calls))[0] == "bf16"  # cached verdict
+    assert calls == ["bf16"]
+    files = list((art / "engines" / "openvino").glob("*/gate-bf16-*.json"))
+    assert len(files) == 1
+    d = __import__("json").loads(files[0].read_text())
+    assert d["format"] == "coder.openvino-precision-gate" and d["format_version"] == 1 and d["gate"]["passed"]
+    files[0].unlink()
+    hint, verdict = choose_hint(a, "fp32", "openvino", gate=_counting_gate(False, calls))
+    assert (hint, verdict.passed, calls) == ("f32", False, ["bf16", "bf16"])
+
+
+def test_no_gate_without_a_reduced_precision_or_for_exported_reduced_files(art, monkeypatch):
+    calls = []
+    monkeypatch.setattr(ov, "reduced_hint", lambda device="CPU": None)
+    assert choose_hint(load_artifact(art), "fp32", "openvino", gate=_counting_gate(True, calls)) == ("f32", None)
+    monkeypatch.setattr(ov, "reduced_hint", lambda device="CPU": "bf16")
+    assert choose_hint(load_artifact(art), "fp16", "openvino", gate=_counting_gate(True, calls)) == ("f32", None)
+    assert calls == []
+
+
+def test_gate_on_a_read_only_artifact_is_kept_per_call(art, monkeypatch):
+    monkeypatch.setattr(ov, "reduced_hint", lambda device="CPU": "bf16")
+    (art / "engines").write_text("x")
+    (art / "xdg-file").write_text("x")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(art / "xdg-file"))
+    calls = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no write is attempted, so no warning either
+        assert choose_hint(load_artifact(art), "fp32", "openvino", gate=_counting_gate(True, calls))[0] == "bf16"
+
+
+def test_gate_falls_back_to_the_user_cache(art, tmp_path, monkeypatch):
+    monkeypatch.setattr(ov, "reduced_hint", lambda device="CPU": "bf16")
+    (art / "engines").write_text("x")
+    calls = []
+    for _ in range(2):
+        choose_hint(load_artifact(art), "fp32", "openvino", gate=_counting_gate(True, calls))
+    assert calls == ["bf16"] and list((tmp_path / "xdg").rglob("gate-bf16-*.json"))
+
+
+def test_real_gate_measures_cosine_and_top1(art):
+    a = load_artifact(art)
+    v = gate_mod.run_gate(a, a.encoder("image", "fp32"), "f32", "CPU")  # f32 vs f32: must pass exactly
+    assert v.images == gate_mod.GATE_SCENES and v.min_cosine > 0.99999 and v.top1_agreement == 1.0 and v.passed
+
+
+def test_backend_string_through_the_encoder_and_classifier(art, monkeypatch):
+    from coder.runtime.classifier import Classifier
+    from coder.runtime.encoder import ImageEncoder
+
+    monkeypatch.setattr(gate_mod, "run_gate", _counting_gate(False, []))  # this machine: bf16 refused
+    monkeypatch.setattr(ov, "reduced_hint", lambda device="CPU": "bf16")
+    enc = ImageEncoder.load(art, "fp32", "openvino")
+    assert enc.backend == "openvino-f32"
+    ref = Classifier.load(art, backend="cpu")
+    clf = Classifier.load(art, backend="openvino")
+    assert clf.backend == "openvino-f32" and clf.encoder.head.backend == "cpu"  # head: ONNX Runtime, 1 thread
+    x = _x(art, 4)
+    got, want = clf.classify_pixels(x), ref.classify_pixels(x)
+    assert [p.label for p in got] == [p.label for p in want] and {p.backend for p in got} == {"openvino-f32"}
+    assert np.allclose([p.stage1_scores for p in got], [p.stage1_scores for p in want], atol=1e-3)
+    plain = Classifier.load(art, backend="openvino", fused_head=False)
+    assert [p.label for p in plain.classify_pixels(x)] == [p.label for p in want]
+
+
+def test_probe_reports_cpu():
+    assert ov.probe_openvino()["openvino"].startswith("ok")
+
+
+def test_the_extra_pulls_neither_torch_nor_an_onnx_runtime():
+    import importlib.metadata as md
+    import re
+
+    below = {re.match(r"[A-Za-z0-9_.\-]+", r).group(0).lower() for r in md.requires("openvino") or []
+             if "extra ==" not in r}
+    assert not below & {"torch", "onnxruntime", "onnxruntime-gpu", "onnxruntime-openvino"}, below
+
+
+def test_cli_classify_and_embed_with_openvino(art, sample_images, monkeypatch):
+    import json
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from coder.cli import app
+    from coder.cli.common import EXIT_CODES
+
+    monkeypatch.setattr(gate_mod, "run_gate", _counting_gate(True, []))
+    res = CliRunner().invoke(app, ["classify", str(sample_images[0]), "-a", str(art), "--backend", "openvino",
+                                   "--json"])
+    assert res.exit_code == 0, res.output
+    want = "openvino-" + (ov.reduced_hint("CPU") or "f32")  # the (injected) gate passed: the reduced hint ran
+    assert json.loads(res.stdout.splitlines()[0])["backend"] == want
+    res = CliRunner().invoke(app, ["embed", str(sample_images[0]), "-a", str(art), "--backend", "openvino", "--json"])
+    assert res.exit_code == 0 and json.loads(res.stdout)["backend"] == want
+    if "NPU" not in ov.core().available_devices:  # a subprocess: one line, exit 6
+        proc = subprocess.run([sys.executable, "-m", "coder", "classify", str(sample_images[0]), "-a", str(art),
+                               "--backend", "openvino:NPU"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == next(c for cls, c, _ in EXIT_CODES if cls is BackendError), proc.stderr
+        assert "no NPU device" in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_bench_rows_for_every_openvino_precision(art):
+    from coder.bench import run_bench
+
+    res = run_bench(art, batches=(1,), repeats=2, backends=("cpu",), with_torch=False)
+    enc = {r["backend"]: r for r in res["rows"] if r["stage"] == "encoder"}
+    assert enc["openvino-f32 fp32"]["pct_of_matmul_peak"] > 0
+    reduced = ov.reduced_hint("CPU")
+    if reduced == "bf16":  # its percentage is of OpenVINO's bf16 GEMM peak, measured in the same run
+        row, peak = enc["openvino-bf16 fp32"], res["matmul_peak_gflops_by_precision"]["bf16"]
+        assert abs(row["pct_of_matmul_peak"] - 100 * res["image_gflop"] * row["images_per_s"] / peak) < 1e-6
+    assert any(r["backend"].startswith("openvino-") and r["backend"].endswith("fused head") for r in res["rows"])
+    assert res["auto_cpu"]["backend"] == "cpu" and not res["auto_cpu"]["measured"]  # conftest pins ONNX Runtime
+
+
+def test_head_runs_on_openvino_where_onnx_runtime_is_missing(art, monkeypatch):
+    from coder.runtime import fused
+    from coder.runtime.classifier import find_bank
+    from coder.text_bank.bank import load_bank
+
+    a = load_artifact(art)
+    bank = load_bank(find_bank(a.root, None), a)
+    feats = np.random.default_rng(3).standard_normal((4, a.embed_dim)).astype(np.float32)
+    want = fused.load_head(bank, 5, "openvino").run_all(feats)
+    real = fused.importlib.util.find_spec
+    monkeypatch.setattr(fused.importlib.util, "find_spec", lambda n, *a: None if n == "onnxruntime" else real(n, *a))
+    head = fused.load_head(bank, 5, "openvino")
+    assert head.backend == "openvino-f32"
+    got = head.run_all(feats)
+    assert np.array_equal(got[2], want[2]) and all(np.allclose(g, w, atol=1e-4) for g, w in zip(got, want))
