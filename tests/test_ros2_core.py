@@ -155,3 +155,10 @@ def test_node_without_ros_is_one_clear_error():
                          capture_output=True, text=True)
     assert res.returncode == code and res.stderr.startswith("error: the ROS 2 node needs a sourced ROS 2")
     assert res.stderr.count("\n") == 1
+
+
+def test_backend_parameter_accepts_what_every_entry_point_accepts():
+    """The node checks backend/precision through ClassifierOptions: a backend the CLI takes (openvino) is valid."""
+    assert NodeConfig.from_params({"backend": "openvino"}).backend == "openvino"
+    with pytest.raises(ConfigError, match="^parameter backend 'tpu'"):
+        NodeConfig.from_params({"backend": "tpu"})

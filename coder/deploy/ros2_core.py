@@ -18,8 +18,6 @@ from ..errors import ConfigError, FrameError
 from .ros_msgs import COMPRESSED_TYPE, IMAGE_TYPE, MsgTypes, classification_msg, frame_meta, frame_record, \
     hypotheses, msg_to_pil
 
-BACKEND_CHOICES = ("auto", "cpu", "cuda", "tensorrt", "tensorrt-native")
-PRECISION_CHOICES = ("fp32", "fp16", "int8")
 
 
 @dataclass(frozen=True)
@@ -64,10 +62,10 @@ class NodeConfig:
     def check(self) -> None:
         if not math.isfinite(self.tau):
             raise ConfigError(f"parameter tau: a finite number (< 0: the bank preset), got {self.tau}")
-        if self.backend not in BACKEND_CHOICES:
-            raise ConfigError(f"parameter backend {self.backend!r}: choose {', '.join(BACKEND_CHOICES)}")
-        if self.precision not in PRECISION_CHOICES:
-            raise ConfigError(f"parameter precision {self.precision!r}: choose {', '.join(PRECISION_CHOICES)}")
+        try:  # backend, precision and tau are checked where every entry point checks them
+            self.classifier_options()
+        except ConfigError as e:
+            raise ConfigError(f"parameter {e}") from None
         if self.top_k < 1 or self.threads < 0:
             raise ConfigError("parameters top_k >= 1 and threads >= 0")
         if self.input_type not in ("auto", "raw", "compressed"):
