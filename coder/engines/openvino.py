@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import BackendError
+from ..errors import BackendError, one_line
 from ..store import sha256_file
 
 PREFIX = "openvino"
@@ -196,7 +196,7 @@ def load_openvino(path: str | os.PathLike | bytes, backend: str = PREFIX, hint: 
         compiled = c.compile_model(c.read_model(path) if isinstance(path, bytes) else str(path), dev, config)
         ran = compiled.get_property("INFERENCE_PRECISION_HINT")
     except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own
-        raise BackendError(f"backend {backend!r} could not load {name}: {str(e).splitlines()[0][:200]}") from None
+        raise BackendError(f"backend {backend!r} could not load {name}: {one_line(e, 200)}") from None
     ran_hint = ran.get_type_name() if hasattr(ran, "get_type_name") else str(ran)
     label = PREFIX if dev == "CPU" else f"{PREFIX}:{dev}"
     return OvEncoder(Path(name) if isinstance(path, bytes) else path, f"{label}-{ran_hint}", [f"{PREFIX}:{dev}"],
@@ -223,5 +223,5 @@ def probe_openvino() -> dict[str, str]:
             reduced = reduced_hint(dev)
             out[backend] = "ok" + (f" ({reduced} capable)" if reduced else "")
         except Exception as e:
-            out[backend] = str(e).splitlines()[0][:160]
+            out[backend] = one_line(e, 160)
     return out

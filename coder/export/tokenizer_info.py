@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import ExportError
+from ..errors import ExportError, one_line
 from ..store import atomic_path
 
 HF_FILE = "tokenizer.json"
@@ -51,7 +51,7 @@ def tokenizer_for(architecture: str, context_length: int):
     except Exception as e:  # transformers/hub raise OSError, ValueError, HTTP errors alike
         text_cfg = (open_clip.get_model_config(architecture) or {}).get("text_cfg", {})
         name = text_cfg.get("hf_tokenizer_name", "")
-        why = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        why = one_line(e, 200)
         if not name and "siglip" not in architecture.lower():  # open_clip's own CLIP BPE tokenizer
             raise ExportError(f"{architecture}: open_clip cannot build its tokenizer with text_cfg.tokenizer_kwargs "
                               f"{text_cfg.get('tokenizer_kwargs')} ({why}); fix them in the model config") from None

@@ -10,7 +10,7 @@ import logging
 import os
 from typing import Any
 
-from ..errors import WeightsError
+from ..errors import WeightsError, one_line
 from ..store import sha256_file
 from .registry import PretrainedSpec
 
@@ -65,7 +65,7 @@ def _from_file(architecture: str, path: str):
     try:
         return open_clip.create_model(architecture, pretrained=path, weights_only=True)
     except Exception as e:  # open_clip raises RuntimeError/KeyError/pickle errors alike
-        msg = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+        msg = one_line(e, 200)
         raise WeightsError(f"cannot load checkpoint {path} into {architecture}: {msg}") from None
 
 
@@ -79,7 +79,7 @@ def _from_tag(architecture: str, tag: str):
         local = oc_pretrained.download_pretrained(cfg)
         model = open_clip.create_model(architecture, pretrained=tag)
     except Exception as e:
-        why = "HF_HUB_OFFLINE=1 and the weights are not in the local cache" if offline else str(e).splitlines()[0][:200]
+        why = "HF_HUB_OFFLINE=1 and the weights are not in the local cache" if offline else one_line(e, 200)
         raise WeightsError(
             f"weights {architecture}/{tag} unavailable: {why}; pass a local checkpoint path or `--pretrained none`"
         ) from None

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from ..errors import InputError
+from ..errors import InputError, one_line
 
 # Pillow's own default (~89 Mpx); above it an image is treated as a decompression bomb.
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS or 89_478_485
@@ -119,7 +119,7 @@ def _decode(source, name, max_pixels: int, formats: tuple[str, ...] | None = Non
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
         raise InputError(f"{name}: decompression bomb rejected ({e})") from None
     except (OSError, SyntaxError, ValueError) as e:
-        raise InputError(f"{name}: cannot decode image ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise InputError(f"{name}: cannot decode image ({one_line(e)})") from None
 
 
 def array_to_pil(arr: np.ndarray, bgr: bool = False) -> Image.Image:
