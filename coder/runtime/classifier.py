@@ -309,7 +309,7 @@ class Classifier:
     def _finish(self, f: np.ndarray, s1: np.ndarray, rr, top_k: int, t_pre: float, t_enc: float,
                 t0: float) -> list[Prediction]:
         """Adapter (if any), displayed top-k and timings; ``t0`` is when the head started."""
-        rr, shown = finish(s1, rr, top_k, self.adapter, f, self.bank.clip_w)
+        rr, shown = finish(s1, rr, top_k, self.adapter, f, self.bank.clip_w if self.adapter is not None else None)
         t_head = (time.perf_counter() - t0) * 1e3
         n = len(f)
         timings = Timings(t_pre / n, t_enc / n, t_head / n)
