@@ -81,6 +81,8 @@ def plain_clip_weights(bank, artifact_root: str | Path | None = None,
     sums = np.zeros((len(bank.class_names), emb.shape[1]), np.float64)
     np.add.at(sums, rows.cls, emb.astype(np.float64))
     w = _normalize(sums)
+    if bank.meta.get("in_memory"):
+        return w  # a bank changed in memory (Classifier.with_classes): its directory holds another bank
     try:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as f:
