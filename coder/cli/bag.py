@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import ALLOW_FALLBACK, err, exit_code_for, info, out, say
+from .common import ALLOW_FALLBACK, CLASSES, CLASSES_FILE, class_list, err, exit_code_for, info, out, say
 from ..errors import InputError
 
 app = typer.Typer()
@@ -39,6 +39,8 @@ def bag(
     artifacts: Optional[Path] = typer.Option(None, "--artifacts", "-a",
                                              help="Default: $CODER_ARTIFACTS, else the newest ./coder-artifacts/*."),
     bank: Optional[str] = typer.Option(None, help="Bank name under <artifacts>/banks (default: the only one)."),
+    classes: Optional[str] = CLASSES,
+    classes_file: Optional[Path] = CLASSES_FILE,
     every: int = typer.Option(1, help="Classify every Nth frame of each topic."),
     start: Optional[float] = typer.Option(None, help="Skip frames logged earlier than this many seconds after the "
                                                      "bag's first message."),
@@ -64,6 +66,7 @@ def bag(
 
     opts = BagOptions(every, start, end, batch_size, top_k, not no_rerank)
     opts.check()
+    names = class_list(classes, classes_file)
     plans, failed, warnings = plan_bags(bags, topic)
     for w in warnings:
         say("warning", w)
@@ -72,7 +75,7 @@ def bag(
     if not plans:
         raise typer.Exit(exit_code_for(InputError()))
     clf = Classifier.load(artifacts or default_artifact_dir(), bank, backend, precision, tau,
-                          allow_fallback=allow_fallback)
+                          allow_fallback=allow_fallback, classes=names)
     tally = _Tally(errors=len(failed))
     writer = ClassificationBag(out_bag, out_topic, vision_info(clf.bank), force) if out_bag else None
     with (writer or _Null()) as sink, _bag_progress() as bar:

@@ -40,12 +40,14 @@ class ClassifySpec:
     allow_fallback: bool = False
     top_k: int = 5
     rerank: bool = True
+    classes: Optional[tuple] = None  # --classes: the names + synonyms bank of these classes, cached by content
 
     def load(self, threads: Optional[int] = None):
         from ..runtime.classifier import Classifier
 
         return Classifier.load(self.artifacts, self.bank, self.backend, self.precision, self.tau, threads=threads,
-                               adapter=self.adapter, allow_fallback=self.allow_fallback, fused_head=self.fused_head)
+                               adapter=self.adapter, allow_fallback=self.allow_fallback, fused_head=self.fused_head,
+                               classes=self.classes)
 
 
 def job_settings(spec: ClassifySpec) -> dict:
@@ -56,7 +58,12 @@ def job_settings(spec: ClassifySpec) -> dict:
     from ..text_bank.bank import load_bank
 
     art = load_artifact(spec.artifacts)
-    bank = load_bank(find_bank(art.root, spec.bank), art)
+    if spec.classes is not None:
+        from ..text_bank.live import bank_for_classes
+
+        bank = bank_for_classes(art.root, spec.classes)  # built and cached here once, loaded by every actor
+    else:
+        bank = load_bank(find_bank(art.root, spec.bank), art)
     if spec.fused_head and spec.backend != "tensorrt-native":  # once here, not raced by every actor
         from ..runtime.fused import ensure_fused_onnx
 

@@ -65,6 +65,7 @@ class Prediction:
     backend: str
     timings_ms: Timings
     few_shot: bool = False  # the label comes from a fitted adapter (``coder fit``)
+    bank_sha256: str = ""  # the bank version (content sha256) that made this prediction
 
 
 def find_bank(artifact_root: Path, name: str | None) -> Path:
@@ -210,7 +211,8 @@ class Classifier:
              precision: str = "fp32", tau: float | None = None, k: int | None = None,
              threads: int | None = None, adapter: str | os.PathLike | None = None,
              allow_fallback: bool = False, fused_head: bool = True,
-             engines: EngineOptions = EngineOptions()) -> "Classifier":
+             engines: EngineOptions = EngineOptions(), classes: Sequence[str] | None = None,
+             preset: str = "default") -> "Classifier":
         """Open an artifact + bank: the keyword form of :class:`ClassifierOptions` (same fields, same checks).
         ``tau``/``k`` default to the bank's preset (published values).
 
@@ -218,11 +220,13 @@ class Classifier:
         session; on a 2-core CPU it halved batch-1 latency, as the numpy head's BLAS threads no
         longer contend with ONNX Runtime's: benchmarks/bench_fused.py);
         ``allow_fallback`` turns a provider mismatch into a warning (``backend`` then names
-        what really runs).
+        what really runs). ``classes`` (instead of ``bank``): the bank ``coder texts init`` + ``coder texts
+        synonyms -a`` + ``coder bank build`` give for these names, built once and cached by content.
         """
         return cls.from_options(ClassifierOptions(
             os.fspath(artifact_dir), bank, backend, precision, tau, k, threads,
-            None if adapter is None else os.fspath(adapter), allow_fallback, fused_head, engines))
+            None if adapter is None else os.fspath(adapter), allow_fallback, fused_head, engines,
+            None if classes is None else tuple(classes), preset))
 
     @classmethod
     def from_options(cls, o: ClassifierOptions) -> "Classifier":
@@ -357,7 +361,7 @@ class Classifier:
             gap=float(rr.gap[i]), reranked=bool(rr.fired[i]),
             rerank_candidates=tuple(int(c) for c in rr.top[i]),
             rerank_scores=tuple(float(x) for x in rr.scores[i]), backend=self.backend, timings_ms=timings,
-            few_shot=self.adapter is not None)
+            few_shot=self.adapter is not None, bank_sha256=self.bank_sha256)
 
     def explain(self, image, n: int = 3, bgr: bool = False) -> dict[str, list[tuple[str, float]]]:
         """For the final label and the runner-up: the raw texts most similar to the image."""
