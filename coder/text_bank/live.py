@@ -389,10 +389,12 @@ def classes_key(artifact, names: Sequence[str], preset: str, precision: str) -> 
     return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()
 
 
-def bank_for_classes(artifact_dir, names: Sequence[str], preset: str = "default", precision: str = "fp32") -> Bank:
+def bank_for_classes(artifact_dir, names: Sequence[str], preset: str = "default", precision: str = "fp32",
+                     text_encoder=None) -> Bank:
     """The bank ``coder texts init --classes FILE`` + ``coder texts synonyms -a ARTIFACTS`` + ``coder bank build``
     give for ``names`` (FILE: one name per line), cached under ``banks/.classes/<content key>/``: a repeat call
-    only loads it. Unwritable artifact: built and kept in memory with a warning.
+    only loads it. Unwritable artifact: built and kept in memory with a warning. ``text_encoder``: a loaded
+    :class:`~.text_encoder.TextEncoder` of ``precision`` to reuse (a server building many lists).
     """
     from ..manifest import load_artifact
     from ..store import atomic_path, cached
@@ -415,7 +417,7 @@ def bank_for_classes(artifact_dir, names: Sequence[str], preset: str = "default"
         from .wordnet import WordNet, add_synonyms
 
         texts = names_texts(names, f"classes-{key[:12]}", preset)
-        encoder = TextEncoder.load(art.root, precision)
+        encoder = text_encoder or TextEncoder.load(art.root, precision)
         try:
             texts = add_synonyms(texts, WordNet(), encoder)[0]
         except ConfigError:
