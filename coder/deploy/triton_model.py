@@ -131,7 +131,18 @@ class ClassifierCache:
             self._items[key] = clf
             while len(self._items) > 1 and sum(self._size(c) for c in self._items.values()) > self.limit:
                 self._items.popitem(last=False)
+            self.log(f"coder: class-list banks {self.stats()}")
             return clf
+
+    @staticmethod
+    def log(message: str) -> None:
+        """Into the server log (``coder serve`` prints its path) when running inside Triton."""
+        try:
+            import triton_python_backend_utils as pb
+
+            pb.Logger.log_info(message)
+        except (ImportError, AttributeError):
+            pass
 
 
 def run_batched(pb, requests, decode, infer, encode) -> list:
