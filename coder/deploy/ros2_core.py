@@ -99,16 +99,9 @@ class NodeConfig:
 def parse_classes(value: Any) -> tuple[str, ...]:
     """The ``classes`` parameter: a string array, or one comma-separated string (``"cat,dog"``); ConfigError
     for anything else, or for empty or repeated names. ``parse_classes([]) == ()`` (no list: the bank's)."""
-    from ..text_bank.live import check_change
+    from ..text_bank.live import parse_names
 
-    if isinstance(value, str):
-        value = [n for n in value.split(",")] if value.strip() else []
-    if not isinstance(value, (list, tuple)) or any(not isinstance(n, str) for n in value):
-        raise ConfigError(f"parameter classes: expected a string array, got {value!r}")
-    names = tuple(n.strip() for n in value)
-    if names:
-        check_change([], list(names), [])
-    return names
+    return parse_names(value, "parameter classes")
 
 
 class Vocabulary:

@@ -64,7 +64,7 @@ def request_classes(request) -> tuple[str, ...] | None:
     ConfigError (HTTP 400) for a list with an empty or repeated name."""
     import json
 
-    from ..deploy.ros2_core import parse_classes
+    from ..text_bank.live import parse_names
 
     raw = request.parameters() if hasattr(request, "parameters") else "{}"
     params = json.loads(raw) if isinstance(raw, str) and raw else (raw or {})
@@ -73,7 +73,7 @@ def request_classes(request) -> tuple[str, ...] | None:
         return None
     if not isinstance(value, str):
         raise ConfigError(f"request parameter {CLASSES_PARAM!r}: a comma-separated string, got {value!r}")
-    names = parse_classes(value)
+    names = parse_names(value, f"request parameter {CLASSES_PARAM!r}")
     if not names:
         raise ConfigError(f"request parameter {CLASSES_PARAM!r}: no class names")
     return names

@@ -106,6 +106,23 @@ def clean_name(name: Any) -> str:
     return " ".join(name.strip().replace("_", " ").split())
 
 
+def parse_names(value: Any, what: str = "classes") -> tuple[str, ...]:
+    """A class list given as a string array or one comma-separated string -> names (stripped); ConfigError
+    naming ``what`` for anything else or for empty or repeated names. ``parse_names("cat, dog") == ("cat", "dog")``,
+    ``parse_names([]) == ()``."""
+    if isinstance(value, str):
+        value = value.split(",") if value.strip() else []
+    if not isinstance(value, (list, tuple)) or any(not isinstance(n, str) for n in value):
+        raise ConfigError(f"{what}: expected a list of class names, got {value!r}")
+    names = tuple(n.strip() for n in value)
+    try:
+        if names:
+            check_change([], list(names), [])
+    except ConfigError as e:
+        raise ConfigError(f"{what}: {e}") from None
+    return names
+
+
 def check_change(names: Sequence[str], add: Sequence[str], remove: Sequence[str]) -> tuple[list[str], list[int]]:
     """Validated (names to add, indices to remove) or ConfigError: empty or repeated names, a new name that
     normalises to an existing class (case, spaces, ``_``), an unknown class to remove, or no class left."""
