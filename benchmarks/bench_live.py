@@ -71,7 +71,7 @@ def _api(artifacts: str, image, repeats: int, fused: bool, names: list[str]) -> 
 
 def _cli(artifacts: str, image: str, names: str) -> dict:
     from coder.manifest import load_artifact
-    from coder.text_bank.live import classes_key
+    from coder.text_bank.class_lists import classes_key
 
     art = load_artifact(artifacts)
     shutil.rmtree(art.root / "banks" / ".classes" / classes_key(art, names.split(","), "default", "fp32")[:24],

@@ -120,7 +120,6 @@ def _inject(monkeypatch, at: int) -> list:
 
 
 def test_a_failure_at_every_write_step_leaves_the_previous_version_current(base, tmp_path, monkeypatch):
-    from coder.errors import ConfigError  # noqa: F401  (CLI maps errors; here the exception propagates)
     from coder.text_bank.live import CachingEncoder, change_bank
     from coder.text_bank.text_encoder import TextEncoder
 

@@ -59,7 +59,7 @@ def job_settings(spec: ClassifySpec) -> dict:
 
     art = load_artifact(spec.artifacts)
     if spec.classes is not None:
-        from ..text_bank.live import bank_for_classes
+        from ..text_bank.class_lists import bank_for_classes
 
         bank = bank_for_classes(art.root, spec.classes)  # built and cached here once, loaded by every actor
     else:

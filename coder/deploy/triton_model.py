@@ -113,7 +113,8 @@ class ClassifierCache:
     def get(self, names: tuple[str, ...]):
         from dataclasses import replace
 
-        from ..text_bank.live import _name_key, bank_for_classes
+        from ..text_bank.class_lists import bank_for_classes
+        from ..text_bank.live import _name_key
         from ..text_bank.text_encoder import TextEncoder
 
         key = tuple(_name_key(n) for n in names)

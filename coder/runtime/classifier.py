@@ -233,7 +233,7 @@ class Classifier:
         art = load_artifact(o.artifacts)
         art.encoder("image", o.precision)  # not exported: ArtifactError naming the re-export, before any backend
         if o.classes is not None:
-            from ..text_bank.live import bank_for_classes
+            from ..text_bank.class_lists import bank_for_classes
 
             b = bank_for_classes(art.root, o.classes, o.preset)
         else:
