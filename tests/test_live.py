@@ -115,17 +115,20 @@ def test_analogous_object_rule_drops_and_refolds(tiny_artifact, tmp_path):
     assert meta["content_sha256"] == new.bank_sha256
 
 
-def test_caller_texts_with_pairs_follow_the_reference(clf, images):
+def test_caller_texts_with_pairs_follow_the_reference(clf, images, tiny_artifact):
     given = {"zebra": {"att": ["black and white stripes"], "ana": ["okapi"],
                        "pairs": {"horse": ["stripes"]}, "pairs_other": {"horse": ["a plain coat"]}},
              "horse": {"att": ["ignored: horse is not added"]}}
-    new = clf.with_classes(add=["zebra"], texts=given).with_classes(add=["donkey"], remove=["cat"])
+    new = clf.with_classes(add=["zebra"], texts=given).with_classes(
+        add=["donkey"], remove=["cat"], texts={"donkey": {"pairs_other": {"horse": ["a flowing mane"]}}})
     b = new.bank
     t = bank_texts(b)
     assert t.class_names == ["dog", "horse", "truck", "ship", "zebra", "donkey"]
     assert t.classes[4].att == ("black and white stripes",) and t.classes[1].att == ()
-    assert t.pairs == {(4, 1): ("stripes",), (1, 4): ("a plain coat",)}
-    assert b.pair_from.tolist() == [1, 4] and b.pair_to.tolist() == [4, 1]
+    assert t.pairs == {(4, 1): ("stripes",), (1, 4): ("a plain coat",), (1, 5): ("a flowing mane",)}
+    assert b.pair_from.tolist() == [1, 1, 4] and b.pair_to.tolist() == [4, 5, 1]  # sorted as a full build
+    _, meta = build_bank(tiny_artifact, t, out=clf.bank.root.parent / "pairs-scratch")  # same embedding cache
+    assert meta["content_sha256"] == new.bank_sha256
     f = unit_rows(25, b.n_emb.shape[1], 2)
     s1 = stage1_scores(f, b)
     out = rerank(f, s1, b, tau=10.0, k=5)
