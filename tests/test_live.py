@@ -221,3 +221,17 @@ def test_embedding_cache_unwritable_and_damaged(tiny_artifact, tmp_path):
         assert c.missing(["x"]) == []
     finally:
         ro.chmod(0o700)
+
+
+def test_class_list_classifier_changes_too_and_shares_the_artifact_cache(tiny_artifact, tmp_path, images):
+    import shutil
+
+    art = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art, ignore=shutil.ignore_patterns("banks"))
+    clf = Classifier.load(art, backend="cpu", classes=["cat", "dog"])
+    assert clf.class_names == ("cat", "dog") and clf.options.classes == ("cat", "dog")
+    new = clf.with_classes(add=["zebra"])
+    assert new.class_names == ("cat", "dog", "zebra") and new.classify(images[:1])[0].name in new.class_names
+    assert list((art / "banks").glob(".embed-cache-*")) and not list((art / "banks" / ".classes").glob(".embed-*"))
+    with pytest.raises(ConfigError, match="choose one"):
+        Classifier.load(art, bank="x", classes=["cat"])

@@ -242,7 +242,11 @@ class Classifier:
         k = b.k if o.k is None else int(o.k)
         enc = open_image_encoder(o.artifacts, o.backend, o.precision, o.threads, o.allow_fallback,
                                  b if o.fused_head else None, k, o.engines)
-        texts = LiveTexts(art.root, b.meta["encoder"].get("precision", "fp32"), Path(b.root).parent)
+        from ..store import is_within
+
+        banks = art.root / "banks"  # the embedding cache the artifact's banks share (also for class-list banks)
+        cache_dir = banks if is_within(b.root, banks) else Path(b.root).parent
+        texts = LiveTexts(art.root, b.meta["encoder"].get("precision", "fp32"), cache_dir)
         return cls(enc, b, tau, k, load_adapter(o.adapter, b) if o.adapter is not None else None, o, None, texts)
 
     @property
