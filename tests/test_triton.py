@@ -509,3 +509,19 @@ def test_per_request_classes_lru_and_http_400(served_art, images, tmp_path):
     assert res.exit_code == 0, res.output
     model.execute([_Req(img(1))])
     assert model.clf.class_names[-1] == "zebra" and len(model.clf.class_names) == 11
+
+
+def test_ensemble_refuses_per_request_classes(served_art, images, tmp_path):
+    from coder.deploy.triton_ensemble import PreprocessModel
+    from coder.deploy.triton_model import make_model
+    from coder.deploy.triton_repo import RepoOptions, write_repo
+
+    info = write_repo(served_art, None, tmp_path / "ens", RepoOptions(ensemble="python"))
+    settings = {**info.settings, "role": "preprocess"}
+    model = make_model(settings)()
+    assert isinstance(model, PreprocessModel)
+    model.pb = _FakePbCodes
+    model.setup()
+    img = {"image": np.array([[images[0].read_bytes()]], object)}
+    ok, refused = model.execute([_Req(img), _Req(img, {"classes": "cat,dog"})])
+    assert ok.error is None and refused.error.code == 3 and "default layout" in refused.error

@@ -189,3 +189,17 @@ def test_sigkill_during_bank_add_keeps_the_previous_version(art, where):
     assert res.exit_code == 0, res.output
     assert load_bank(_bank(art)).class_names == ["cat", "dog", "horse", "zebra"]
     assert not list((_bank(art) / "versions").glob(".tmp-*"))
+
+
+def test_a_rebuild_after_versions_is_recorded_before_the_next_change(art):
+    assert _cli("bank", "add", "-a", str(art), "--bank", "pets", "zebra").exit_code == 0
+    build_bank(art, names_texts(["cat", "dog", "horse", "lion"], "pets"))  # `coder bank build` over it
+    listing = json.loads(_cli("bank", "versions", "-a", str(art), "--bank", "pets", "--json").stdout)
+    assert listing["current"] is None and [v["version"] for v in listing["versions"]] == [1, 2]
+    rec = json.loads(_cli("bank", "remove", "-a", str(art), "--bank", "pets", "dog", "--json").stdout)
+    assert rec["version"] == 4 and rec["parent"] == 3
+    v3 = versions_mod.list_versions(_bank(art))[2]
+    assert v3["note"].startswith("built") and v3["added"] == ["lion"]  # relative to version 2
+    assert v3["removed"] == ["zebra"]
+    assert _cli("bank", "rollback", "-a", str(art), "--bank", "pets").exit_code == 0  # back to the rebuild
+    assert load_bank(_bank(art)).class_names == ["cat", "dog", "horse", "lion"]
