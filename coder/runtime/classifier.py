@@ -290,6 +290,8 @@ class Classifier:
         ``texts``: a ``Texts`` (``load_texts(...)`` after ``coder texts generate``) or
         ``{"zebra": {"syn": [...], "att": [...], "ana": [...], "pairs": {"horse": [...]}}}``; other new
         classes get names + WordNet synonyms. Bad names raise ConfigError; a few-shot adapter cannot follow.
+        ``options`` still describe how the base classifier was loaded; ``bank_sha256`` names the bank in use
+        (to reload a changed bank elsewhere, write it with ``coder bank add/remove``).
         """
         from ..text_bank.live import change_bank
 
