@@ -418,3 +418,17 @@ def test_several_bags_one_unreadable(art, tmp_path):
         [(str(ros1), S), (str(ros2), 2 * S)]
     [line] = [x for x in res.stderr.splitlines() if x.startswith("error")]
     assert line.startswith(f"error: {broken}: cannot read bag (") and "mcap recover" in line
+
+
+def test_bag_takes_classes_and_records_the_bank_version(art, tmp_path):
+    frames = [Frame("/cam", (i + 1) * S, "cam", "rgb8", _scene(i, 32, 24)) for i in range(3)]
+    bag = write_bag(tmp_path / "b", frames, "mcap")
+    res = runner.invoke(app, ["bag", str(bag), "-t", "/cam", "-a", str(art), "--json", "--classes", "cat,dog,zebra"])
+    assert res.exit_code == 0, res.output
+    records = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(records) == 3 and all(set(r["top_k_names"]) <= {"cat", "dog", "zebra"} for r in records)
+    shas = {r["bank_sha256"] for r in records}
+    assert len(shas) == 1 and len(shas.pop()) == 64
+    plain = runner.invoke(app, ["bag", str(bag), "-t", "/cam", "-a", str(art), "--json"])
+    assert {json.loads(line)["bank_sha256"] for line in plain.stdout.splitlines()} != \
+        {r["bank_sha256"] for r in records}

@@ -22,11 +22,16 @@ def test_params_parse_coerce_and_reject():
     assert NodeConfig.from_params({"bank": 123, "artifacts": None}) == NodeConfig(bank="123")  # YAML-typed ROS values
     assert NodeConfig.from_params({"input_type": "compressed"}).input_msgtype == COMPRESSED_TYPE
     o = cfg.classifier_options()
-    assert (o.bank, o.backend, o.precision, o.tau, o.threads) == (None, "auto", "fp32", 1.0, None)
+    assert (o.bank, o.backend, o.precision, o.tau, o.threads, o.classes) == (None, "auto", "fp32", 1.0, None, None)
     assert o.artifacts == os.path.realpath("art")  # resolved once, in the options object
+    assert NodeConfig.from_params({"classes": ["cat", " dog"]}).classifier_options().classes == ("cat", "dog")
+    assert NodeConfig.from_params({"classes": "cat,dog"}).classes == ("cat", "dog")
+    assert NodeConfig.from_params({"classes": []}).classes == ()
     assert NodeConfig().classifier_options().tau is None  # negative: the bank preset
     for bad in ({"top_k": 0}, {"top_k": 2.5}, {"top_k": True}, {"backend": "tpu"}, {"precision": "int4"},
-                {"tau": "high"}, {"input_type": "raw8"}, {"output_topic": ""}, {"topk": 3}):
+                {"tau": "high"}, {"input_type": "raw8"}, {"output_topic": ""}, {"topk": 3},
+                {"classes": ["cat", "Cat"]}, {"classes": ["cat", ""]}, {"classes": [1, 2]},
+                {"classes": ["cat"], "bank": "cifar10"}):
         with pytest.raises(ConfigError):
             NodeConfig.from_params(bad)
 
@@ -162,3 +167,27 @@ def test_backend_parameter_accepts_what_every_entry_point_accepts():
     assert NodeConfig.from_params({"backend": "openvino"}).backend == "openvino"
     with pytest.raises(ConfigError, match="^parameter backend 'tpu'"):
         NodeConfig.from_params({"backend": "tpu"})
+
+
+def test_vocabulary_swaps_between_frames_and_versions_vision_info(clf):
+    from coder.deploy.ros2_core import Vocabulary
+    from coder.samples import synthetic_scene
+
+    vocab = Vocabulary(clf, "coder CODER (cpu)")
+    first = dict(vocab.info)
+    assert first["database_location"] == f"{clf.bank.root}@{clf.bank_sha256[:16]}"
+    in_flight = vocab.clf  # what a frame being classified holds
+    info = vocab.set_classes(["cat", "dog", "zebra"])
+    assert vocab.clf.class_names == ("cat", "dog", "zebra") and in_flight is clf
+    assert clf.class_names[0] == "airplane"  # the frame in flight finishes with the old classes
+    assert info["database_version"] == first["database_version"] + 1 and info == vocab.info
+    assert info["database_location"].endswith("@" + vocab.clf.bank_sha256[:16]) and info["labels"] == ["cat", "dog",
+                                                                                                       "zebra"]
+    [p] = vocab.clf.classify([np.asarray(synthetic_scene(4, (40, 30)))])
+    assert p.name in ("cat", "dog", "zebra") and p.bank_sha256 == vocab.clf.bank_sha256
+    again = vocab.set_classes("cat,dog,zebra")  # the same list: a new VisionInfo version, same bank
+    assert again["database_version"] == info["database_version"] + 1 and vocab.swaps == 2
+    for bad in (["cat", "CAT"], [], ["", "dog"]):
+        with pytest.raises(ConfigError):
+            vocab.set_classes(bad)
+    assert vocab.info == again and vocab.clf.class_names == ("cat", "dog", "zebra")

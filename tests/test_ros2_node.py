@@ -50,6 +50,9 @@ class _Node:
     def create_subscription(self, cls, topic, callback, qos):
         self.subs[topic] = NS(cls=cls, callback=callback, qos=qos)
 
+    def add_on_set_parameters_callback(self, callback):
+        self.param_callback = callback
+
     def create_timer(self, period, callback):
         self.timers.append((period, callback))
 
@@ -73,7 +76,7 @@ def fake_ros(monkeypatch):
     rclpy.qos.DurabilityPolicy = NS(TRANSIENT_LOCAL="TRANSIENT_LOCAL")
     rclpy.qos.QoSProfile = lambda depth, durability: ("QoS", depth, durability)
     rcl_interfaces = types.ModuleType("rcl_interfaces")
-    rcl_interfaces.msg = _msg_module("rcl_interfaces.msg", "ParameterDescriptor")
+    rcl_interfaces.msg = _msg_module("rcl_interfaces.msg", "ParameterDescriptor", "SetParametersResult")
     mods = {"rclpy": rclpy, "rclpy.node": rclpy.node, "rclpy.qos": rclpy.qos, "rcl_interfaces": rcl_interfaces,
             "rcl_interfaces.msg": rcl_interfaces.msg}
     for pkg, classes in {"builtin_interfaces": ["Time"], "std_msgs": ["Header", "String"],
@@ -133,6 +136,20 @@ def test_node_wiring(fake_ros, art, monkeypatch):
         assert sent[-1].results[0].class_id in node.params["class_labels"][0]
         assert node.errors[0].startswith("/cam/image_raw @ 2.000000000: unsupported encoding 'nv12'")
         assert '"stamp_ns": 3000000000' in node.pubs["coder/json"].sent[-1].data
+        # Live classes: a parameter change, then a String on coder/set_classes; bad lists are refused.
+        ok = node.param_callback([NS(name="classes", value=["cat", "dog", "zebra"])])
+        assert ok.successful
+        infos = node.pubs["coder/vision_info"].sent
+        assert len(infos) == 2 and infos[1].database_version == infos[0].database_version + 1
+        assert infos[1].database_location.endswith("@" + node.clf.bank_sha256[:16])
+        sub.callback(frame(4))
+        wait(lambda: len(sent) == 3)
+        assert sent[-1].results[0].class_id in ("cat", "dog", "zebra")
+        assert not node.param_callback([NS(name="classes", value=["cat", "Cat"])]).successful
+        node.subs["coder/set_classes"].callback(fake_ros["std_msgs.msg"].String(data="cat,dog"))
+        assert node.clf.class_names == ("cat", "dog") and len(infos) == 3
+        node.subs["coder/set_classes"].callback(fake_ros["std_msgs.msg"].String(data=""))
+        assert "set_classes refused" in node.errors[-1] and node.clf.class_names == ("cat", "dog")
     finally:
         node.destroy_node()
         assert not node.worker._thread.is_alive()

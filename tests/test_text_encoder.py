@@ -79,7 +79,8 @@ def test_cache_of_an_older_encoding_is_not_served(tiny_artifact, tmp_path):
     assert meta["encoder"]["text_encoding"] == TEXT_ENCODING_VERSION
     assert not legacy.exists()
     np.testing.assert_allclose(load_bank(tmp_path / "b").raw_emb, enc.encode(meta["raw_texts"]), atol=1e-6)
-    assert (tmp_path / f".embed-cache-{enc.encoder_sha256[:16]}-t{TEXT_ENCODING_VERSION}.npz").is_file()
+    name = f".embed-cache-{enc.encoder_sha256[:16]}-k{enc.tokenizer_key[:12]}-t{TEXT_ENCODING_VERSION}.npz"
+    assert (tmp_path / name).is_file()  # keyed by text encoder, tokenizer and encoding version
 
 
 def test_bank_of_the_old_encoding_with_a_bang_text_is_refused(tiny_artifact, tmp_path):

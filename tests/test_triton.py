@@ -547,3 +547,78 @@ def test_request_decoder_applies_the_runtime_image_limits():
         decode_image(buf.getvalue())
     with pytest.raises(InputError, match="empty"):
         decode_image(b"")
+
+
+class _Req(dict):
+    """A request of the fake backend with KServe v2 request parameters."""
+
+    def __init__(self, tensors, params=None):
+        super().__init__(tensors)
+        self.params = params or {}
+
+    def parameters(self):
+        return json.dumps(self.params)
+
+
+class _FakePbCodes(_FakePb):
+    class TritonError(str):
+        INVALID_ARG = 3
+
+        def __new__(cls, msg, code=None):
+            obj = str.__new__(cls, msg)
+            obj.code = code
+            return obj
+
+
+def test_per_request_classes_lru_and_http_400(served_art, images, tmp_path):
+    from coder.deploy.triton_model import make_model
+    from coder.deploy.triton_repo import RepoOptions, write_repo
+    from coder.runtime.classifier import Classifier
+
+    art = tmp_path / "art"
+    shutil.copytree(served_art, art)
+    info = write_repo(art, None, tmp_path / "repo", RepoOptions(top_k=2))
+    model = make_model(info.settings)()
+    model.pb = _FakePbCodes
+    model.setup()
+    img = lambda i: {"image": np.array([[images[i].read_bytes()]], object)}  # noqa: E731
+    reqs = [_Req(img(0), {"classes": "cat,dog,zebra"}), _Req(img(1)), _Req(img(2), {"classes": "cat, dog ,zebra"}),
+            _Req(img(3), {"classes": "cat,Cat"}), _Req(img(4), {"classes": "cat"}), _Req(img(5), {"classes": 7})]
+    out = model.execute(reqs)
+    assert [r.error is None for r in out] == [True, True, True, False, False, False]
+    assert all(r.error.code == 3 for r in out[3:])  # INVALID_ARG: HTTP 400
+    assert "twice" in out[3].error and "top_k=2" in out[4].error
+    want = Classifier.load(art, backend="cpu", classes=["cat", "dog", "zebra"]).classify(
+        [__import__("PIL.Image", fromlist=["Image"]).open(images[0])], 2)[0]
+    assert out[0].outputs["top_k"][0].tolist() == list(want.top_k)
+    assert out[1].outputs["top_k"].max() < 10  # the served cifar10 bank
+    assert model.lists.stats()["class_lists"] == 1 and model.lists.stats()["misses"] == 1  # one build, then a hit
+    assert model.lists.stats()["hits"] == 1 and model.lists.stats()["bank_cache_mb"] > 0
+    model.lists.limit = 1  # bytes: only the newest list stays
+    model.execute([_Req(img(0), {"classes": "lion,tiger"})])
+    assert model.lists.stats()["class_lists"] == 1 and list(model.lists._items)[0] == ("lion", "tiger")
+    # `coder bank add` on the served bank is picked up between batches.
+    from typer.testing import CliRunner
+
+    from coder.cli import app
+
+    res = CliRunner().invoke(app, ["bank", "add", "-a", str(art), "--bank", "cifar10", "zebra"])
+    assert res.exit_code == 0, res.output
+    model.execute([_Req(img(1))])
+    assert model.clf.class_names[-1] == "zebra" and len(model.clf.class_names) == 11
+
+
+def test_ensemble_refuses_per_request_classes(served_art, images, tmp_path):
+    from coder.deploy.triton_ensemble import PreprocessModel
+    from coder.deploy.triton_model import make_model
+    from coder.deploy.triton_repo import RepoOptions, write_repo
+
+    info = write_repo(served_art, None, tmp_path / "ens", RepoOptions(ensemble="python"))
+    settings = {**info.settings, "role": "preprocess"}
+    model = make_model(settings)()
+    assert isinstance(model, PreprocessModel)
+    model.pb = _FakePbCodes
+    model.setup()
+    img = {"image": np.array([[images[0].read_bytes()]], object)}
+    ok, refused = model.execute([_Req(img), _Req(img, {"classes": "cat,dog"})])
+    assert ok.error is None and refused.error.code == 3 and "default layout" in refused.error

@@ -114,3 +114,16 @@ def test_imagenet1k_ships_exact_wordnet_ids(wn):
     # every class's synonyms are exactly its own synset's other lemmas
     for c in new.classes[::97]:
         assert c.syn == wn.synset(c.wnid).synonyms_of(c.name), c.name
+
+
+def test_binary_search_lookup_equals_the_full_index():
+    """`offsets` (a binary search of index.noun, what adding one class uses) = the fully parsed index."""
+    from coder.text_bank.wordnet import DEFAULT_DIR, WordNet
+
+    if not (DEFAULT_DIR / "index.noun").is_file():
+        pytest.skip("WordNet 3.0 not installed")
+    wn = WordNet()
+    items = list(wn._index.items())
+    sample = items[:200] + items[-200:] + items[::211]
+    assert [wn.offsets(k) for k, _ in sample] == [v for _, v in sample]
+    assert wn.offsets("no_such_lemma_here") == [] and wn.offsets("") == []

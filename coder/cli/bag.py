@@ -11,7 +11,7 @@ from typing import List, Optional
 
 import typer
 
-from .common import ALLOW_FALLBACK, err, exit_code_for, info, out, say
+from .common import ALLOW_FALLBACK, CLASSES, CLASSES_FILE, class_list, err, exit_code_for, info, out, say
 from ..errors import InputError
 
 app = typer.Typer()
@@ -39,6 +39,8 @@ def bag(
     artifacts: Optional[Path] = typer.Option(None, "--artifacts", "-a",
                                              help="Default: $CODER_ARTIFACTS, else the newest ./coder-artifacts/*."),
     bank: Optional[str] = typer.Option(None, help="Bank name under <artifacts>/banks (default: the only one)."),
+    classes: Optional[str] = CLASSES,
+    classes_file: Optional[Path] = CLASSES_FILE,
     every: int = typer.Option(1, min=1, help="Classify every Nth frame of each topic."),
     start: Optional[float] = typer.Option(None, help="Skip frames logged earlier than this many seconds after the "
                                                      "bag's first message."),
@@ -75,7 +77,8 @@ def bag(
     options = ClassifierOptions(str(artifacts or default_artifact_dir()), bank, backend, precision, tau,
                                 adapter=str(adapter) if adapter else None, allow_fallback=allow_fallback,
                                 fused_head=fused_head,
-                                engines=EngineOptions(str(engine_dir) if engine_dir else None, rebuild_stale))
+                                engines=EngineOptions(str(engine_dir) if engine_dir else None, rebuild_stale),
+                                classes=class_list(classes, classes_file))
     if out_bag is not None:  # before anything is opened: an --out-bag over an input would delete the recording
         check_out_bag(out_bag, force, bags)
     plans, failed, warnings = plan_bags(bags, topic)

@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
 
 from ..errors import (EXIT_BROKEN_PIPE, EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK,  # noqa: F401 (re-exported)
-                      EXIT_TERMINATED, exit_code_for, one_line)
+                      EXIT_TERMINATED, ConfigError, exit_code_for, one_line)
 
 # emoji=False: a class named "frog" in "att:frog:" must not become an emoji.
 out = Console(emoji=False, highlight=False)
@@ -71,3 +72,31 @@ def some(names: list[str], n: int = 10) -> str:
 
 def print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
+
+
+CLASSES = typer.Option(None, "--classes", help="Comma list of class names: use (and cache) the names + WordNet "
+                                               "synonyms bank of these classes instead of --bank.")
+CLASSES_FILE = typer.Option(None, "--classes-file", help="As --classes, one class name per line.")
+
+
+def class_list(classes: "str | None", classes_file: "Path | None") -> "tuple[str, ...] | None":
+    """``--classes "cat,dog"`` / ``--classes-file FILE`` -> names (None when neither); ConfigError if both,
+    or if a name is empty or repeated."""
+    from ..text_bank.live import check_change
+
+    if classes is None and classes_file is None:
+        return None
+    if classes is not None and classes_file is not None:
+        raise ConfigError("--classes and --classes-file: choose one")
+    if classes is not None:
+        names = [n.strip() for n in classes.split(",")]
+    else:
+        try:
+            text = Path(classes_file).read_text(encoding="utf-8-sig")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"--classes-file {classes_file}: cannot read it ({e})") from None
+        names = [line.strip() for line in text.splitlines() if line.strip()]
+        if not names:
+            raise ConfigError(f"--classes-file {classes_file}: no class names in it")
+    check_change([], names, [])
+    return tuple(names)

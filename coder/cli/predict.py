@@ -9,7 +9,8 @@ from typing import List, Optional
 
 import typer
 
-from .common import ALLOW_FALLBACK, exit_code_for, info, out, print_json, progress_bar, say
+from .common import ALLOW_FALLBACK, CLASSES, CLASSES_FILE, class_list, exit_code_for, info, out, print_json, \
+    progress_bar, say
 from ..errors import ConfigError, InputError
 
 app = typer.Typer()
@@ -21,6 +22,8 @@ def classify(
     artifacts: Optional[Path] = typer.Option(None, "--artifacts", "-a",
                                              help="Default: $CODER_ARTIFACTS, else the newest ./coder-artifacts/*."),
     bank: Optional[str] = typer.Option(None, help="Bank name under <artifacts>/banks (default: the only one)."),
+    classes: Optional[str] = CLASSES,
+    classes_file: Optional[Path] = CLASSES_FILE,
     top_k: int = typer.Option(5, "--top-k", min=1, help="Classes shown per image."),
     no_rerank: bool = typer.Option(False, "--no-rerank", help="Stage 1 only."),
     tau: Optional[float] = typer.Option(None, help="Rerank gate (default: the bank preset's published value)."),
@@ -54,10 +57,12 @@ def classify(
     from ..manifest import default_artifact_dir
     from ..runtime.classifier import ClassifierOptions, EngineOptions
 
+    names = class_list(classes, classes_file)
     options = ClassifierOptions(str(artifacts or default_artifact_dir()), bank, backend, precision, tau,
                                 adapter=str(adapter) if adapter else None, allow_fallback=allow_fallback,
                                 fused_head=fused_head,
-                                engines=EngineOptions(str(engine_dir) if engine_dir else None, rebuild_stale))
+                                engines=EngineOptions(str(engine_dir) if engine_dir else None, rebuild_stale),
+                                classes=names)
     if out_dir is not None or ray:
         from .batch import RayArgs, classify_to_parquet
         from ..deploy.batch import ClassifyJob
@@ -147,6 +152,8 @@ def eval_cmd(
     data: str = typer.Argument(..., help="ImageFolder directory, or fashion-mnist[:train|test] (Debian package)."),
     artifacts: Optional[Path] = typer.Option(None, "--artifacts", "-a", help="Default as in `coder classify`."),
     bank: Optional[str] = typer.Option(None, help="Bank name under <artifacts>/banks."),
+    classes: Optional[str] = CLASSES,
+    classes_file: Optional[Path] = CLASSES_FILE,
     limit: Optional[int] = typer.Option(None, min=1, help="Evaluate a reproducible random subset of this many images."),
     seed: int = typer.Option(0, help="Seed of the --limit subset."),
     tau: Optional[float] = typer.Option(None, help="Rerank gate (default: the bank preset)."),
@@ -168,7 +175,7 @@ def eval_cmd(
 
     # eval needs the embeddings for the plain-CLIP row, so the numpy head runs on them.
     clf = Classifier.load(artifacts or default_artifact_dir(), bank, backend, "fp32", tau, adapter=adapter,
-                          allow_fallback=allow_fallback, fused_head=False)
+                          allow_fallback=allow_fallback, fused_head=False, classes=class_list(classes, classes_file))
     ds = open_dataset(data)
     ds = replace(ds, items=subset(ds.items, limit, seed))
     _clip_weights_with_progress(clf.bank)

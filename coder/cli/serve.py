@@ -23,16 +23,19 @@ TOP_K = typer.Option(5, "--top-k", help="Classes returned per image (top_k, stag
 THREADS = typer.Option(None, "--threads", help="ONNX Runtime threads per instance (default: cores / instances).")
 QUEUE_DELAY = typer.Option(0, "--max-queue-delay-us", help="How long Triton may hold a request to grow a batch "
                                                             "(microseconds; 0: batch what queued while busy).")
+BANK_CACHE = typer.Option(256.0, "--bank-cache-mb", help="Memory for the banks of per-request `classes` lists "
+                          "(least recently used dropped; sizes logged to the server log).")
 ENSEMBLE = typer.Option(None, "--ensemble", help="Write the ensemble layout with the fused head on onnxruntime | "
                                                  "tensorrt (Triton's native backends) | python.")
 
 
-def _options(max_batch, instances, backend, precision, top_k, threads, queue_delay, ensemble, engine_dir=None):
+def _options(max_batch, instances, backend, precision, top_k, threads, queue_delay, ensemble, engine_dir=None,
+             bank_cache_mb=256.0):
     from ..deploy.triton_repo import RepoOptions
 
     return RepoOptions(max_batch=max_batch, instances=instances, backend=backend, precision=precision, top_k=top_k,
                        threads=threads, max_queue_delay_us=queue_delay, ensemble=ensemble,
-                       engine_dir=str(engine_dir) if engine_dir else None)
+                       bank_cache_mb=bank_cache_mb, engine_dir=str(engine_dir) if engine_dir else None)
 
 
 @app.command("triton-repo")
@@ -73,6 +76,7 @@ def serve(
     ensemble: Optional[str] = typer.Option(None, "--ensemble", help="python (the bundled server has no native "
                                                                     "backends) | onnxruntime | tensorrt."),
     ready_timeout: float = typer.Option(180.0, "--ready-timeout", help="Seconds to wait for /v2/health/ready."),
+    bank_cache_mb: float = BANK_CACHE,
 ) -> None:
     """Start a real tritonserver (HTTP + gRPC, KServe v2) serving CODER; Ctrl-C stops it."""
     import shutil
@@ -83,7 +87,8 @@ def serve(
 
     # Everything that can be checked is checked before a server starts: options, backend, artifact + bank
     # (write_repo loads and verifies them first), free ports, then the server binary.
-    opts = _options(max_batch, instances, backend, precision, top_k, threads, queue_delay, ensemble)
+    opts = _options(max_batch, instances, backend, precision, top_k, threads, queue_delay, ensemble,
+                    bank_cache_mb=bank_cache_mb)
     check_options(opts)
     _check_backend(backend, ensemble)
     ports = Ports(http_port, grpc_port, metrics_port)

@@ -214,3 +214,125 @@ def _build_with_bar(artifacts, texts, precision, out_dir, clip_weights, texts_pa
         return build_bank(artifacts, texts, precision, out_dir,
                           lambda done, total: bar.update(task, completed=done, total=total),
                           clip_weights=clip_weights, texts_file=texts_path)
+
+
+ARTIFACTS = typer.Option(None, "--artifacts", "-a", help="Default: $CODER_ARTIFACTS, else the newest ./coder-artifacts/*.")
+BANK = typer.Option(..., "--bank", help="Bank name under <artifacts>/banks.")
+
+
+def _bank_dir(artifacts: Optional[Path], bank: str):
+    from ..manifest import default_artifact_dir, load_artifact
+    from ..runtime.classifier import find_bank
+
+    art = load_artifact(artifacts or default_artifact_dir())
+    return art, find_bank(art.root, bank)
+
+
+def _change(artifacts: Optional[Path], bank: str, add: list, remove: list, texts: Optional[Path],
+            as_json: bool) -> None:
+    """Load the current version, change it (refused before any write if bad), commit the next version."""
+    from ..store import output_lock
+    from ..text_bank.bank import load_bank
+    from ..text_bank.live import CachingEncoder, change_bank
+    from ..text_bank.text_encoder import TextEncoder
+    from ..text_bank.texts import load_texts
+    from ..text_bank.versions import commit_change
+
+    art, root = _bank_dir(artifacts, bank)
+    given = load_texts(texts) if texts is not None else None
+    with output_lock(root):
+        old = load_bank(root, art)
+        encoder = CachingEncoder.open(TextEncoder.load(art.root, old.meta["encoder"].get("precision", "fp32")),
+                                      root.parent)
+        new, change = change_bank(old, encoder, add, remove, given)
+        record = commit_change(root, old, new, change)
+    summary = {**record, "bank": str(root), "texts_encoded": change.texts_encoded,
+               "without_synonyms": list(change.without_synonyms)}
+    if as_json:
+        print_json(summary)
+        return
+    info(f"bank {root.name}: version {record['version']} ({record['content_sha256'][:12]}), "
+         f"{len(record['classes'])} classes; added {', '.join(record['added']) or 'none'}; removed "
+         f"{', '.join(record['removed']) or 'none'}; {change.texts_encoded} texts encoded")
+    for c, words in change.refolded:
+        say("warning", f"{c}: analogous objects too close to a new class dropped ({', '.join(words)}); refolded")
+    if change.without_synonyms:
+        say("warning", f"no WordNet synonyms for {some(list(change.without_synonyms))}")
+
+
+@bank_app.command("add")
+def bank_add(
+    classes: list[str] = typer.Argument(..., help="Class names to add (after the existing ones, in this order)."),
+    artifacts: Optional[Path] = ARTIFACTS,
+    bank: str = BANK,
+    texts: Optional[Path] = typer.Option(None, "--texts", help="Texts file with these classes' texts (e.g. after "
+                                                                 "`coder texts generate`); else names + synonyms."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Add classes to a bank as a new version (only new texts are encoded; atomic; `bank rollback` undoes it)."""
+    _change(artifacts, bank, classes, [], texts, as_json)
+
+
+@bank_app.command("remove")
+def bank_remove(
+    classes: list[str] = typer.Argument(..., help="Class names to remove."),
+    artifacts: Optional[Path] = ARTIFACTS,
+    bank: str = BANK,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Remove classes from a bank as a new version (atomic; `bank rollback` undoes it)."""
+    _change(artifacts, bank, [], classes, None, as_json)
+
+
+@bank_app.command("versions")
+def bank_versions(
+    artifacts: Optional[Path] = ARTIFACTS,
+    bank: str = BANK,
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """The versions of a bank: number, content sha256, classes added/removed, when; * marks the current one."""
+    from ..text_bank.bank import load_bank
+    from ..text_bank.versions import current_version, list_versions
+
+    art, root = _bank_dir(artifacts, bank)
+    versions, current = list_versions(root), current_version(root)
+    sha = load_bank(root, art).content_sha256
+    if as_json:
+        print_json({"bank": str(root), "current": current, "content_sha256": sha,
+                    "versions": [{k: v for k, v in r.items() if k not in ("format", "format_version")}
+                                 for r in versions]})
+        return
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title=escape(f"bank {root.name}: current "
+                           + (f"version {current}" if current is not None else f"unversioned build {sha[:12]}")))
+    for col in ("", "version", "sha256", "classes", "added", "removed", "when"):
+        t.add_column(col, overflow="fold")
+    for r in versions:
+        t.add_row("*" if r["version"] == current else "", str(r["version"]), r["content_sha256"][:12],
+                  str(len(r.get("classes", []))), escape(some(r["added"], 5) if r["added"] else ""),
+                  escape(some(r["removed"], 5) if r["removed"] else ""),
+                  escape(r["when"].replace("T", " ").replace("+00:00", "Z")))
+    out.print(t)
+
+
+@bank_app.command("rollback")
+def bank_rollback(
+    artifacts: Optional[Path] = ARTIFACTS,
+    bank: str = BANK,
+    to: Optional[int] = typer.Option(None, "--to", help="Version to restore (default: the current one's parent)."),
+    as_json: bool = typer.Option(False, "--json"),
+) -> None:
+    """Make an earlier version current again (its own files: byte-identical predictions)."""
+    from ..store import output_lock
+    from ..text_bank.versions import rollback
+
+    _, root = _bank_dir(artifacts, bank)
+    with output_lock(root):
+        record = rollback(root, to)
+    if as_json:
+        print_json({"bank": str(root), "current": record["version"], "content_sha256": record["content_sha256"]})
+        return
+    info(f"bank {root.name}: version {record['version']} ({record['content_sha256'][:12]}) is current, "
+         f"{len(record.get('classes', []))} classes")

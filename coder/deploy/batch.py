@@ -51,7 +51,12 @@ def job_settings(job: ClassifyJob) -> dict:
 
     o = job.options
     art = load_artifact(o.artifacts)
-    bank = load_bank(find_bank(art.root, o.bank), art)
+    if o.classes is not None:
+        from ..text_bank.class_lists import bank_for_classes
+
+        bank = bank_for_classes(art.root, o.classes, o.preset)  # built and cached here once, loaded by every actor
+    else:
+        bank = load_bank(find_bank(art.root, o.bank), art)
     k = bank.k if o.k is None else int(o.k)
     if o.fused_head and o.backend != "tensorrt-native":  # once here, not raced by every actor
         from ..runtime.fused import ensure_fused_onnx

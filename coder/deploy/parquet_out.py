@@ -33,7 +33,7 @@ from ..store import atomic_path, atomic_write_json, read_json, remove_stale_temp
 from .sources import Source
 
 FORMAT = "coder.labels"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: rows carry bank_sha256
 META_FILE = "_coder.json"
 PART_GLOB = "part-*.parquet"
 
@@ -50,6 +50,7 @@ SCHEMA = pa.schema([
     pa.field("rerank_candidates", pa.list_(pa.int32())),
     pa.field("rerank_scores", pa.list_(_F32)),
     pa.field("few_shot", pa.bool_()),
+    pa.field("bank_sha256", pa.string()),  # the bank version (content sha256) of this row's prediction
     pa.field("backend", pa.string()),
     pa.field("error", pa.string()),  # null, or the one-line reason this input has no prediction
     pa.field("file_size", pa.int64()),  # resume key, as listed when the job planned it (-1: unlisted)

@@ -42,6 +42,8 @@ class NodeConfig:
     output_topic: str = "coder/classification"
     json_topic: str = ""
     vision_info_topic: str = "coder/vision_info"
+    classes: tuple = ()  # string array: classify among these names (names + synonyms bank) instead of ``bank``
+    set_classes_topic: str = "coder/set_classes"  # std_msgs/String "cat,dog,zebra": swap the classes live
 
     @classmethod
     def from_params(cls, values: dict[str, Any]) -> "NodeConfig":
@@ -54,7 +56,11 @@ class NodeConfig:
         for name, value in values.items():
             if value is None:  # `-p name:=` (empty) gives a null: keep the default
                 continue
-            typed[name] = _coerce(name, type(known[name].default), value)
+            kind = type(known[name].default)
+            if kind is tuple:
+                typed[name] = parse_classes(value)
+                continue
+            typed[name] = _coerce(name, kind, value)
         cfg = cls(**typed)
         cfg.check()
         return cfg
@@ -72,6 +78,8 @@ class NodeConfig:
             raise ConfigError(f"parameter input_type {self.input_type!r}: choose auto, raw, compressed")
         if not self.input_topic or not self.output_topic:
             raise ConfigError("parameters input_topic and output_topic must not be empty")
+        if self.classes and self.bank:
+            raise ConfigError("parameters bank and classes: choose one")
 
     @property
     def input_msgtype(self) -> str:
@@ -84,7 +92,8 @@ class NodeConfig:
         from ..runtime.classifier import ClassifierOptions
 
         return ClassifierOptions(self.artifacts or default_artifacts, self.bank or None, self.backend,
-                                 self.precision, None if self.tau < 0 else self.tau, threads=self.threads or None)
+                                 self.precision, None if self.tau < 0 else self.tau, threads=self.threads or None,
+                                 classes=self.classes or None)
 
 
 def _coerce(name: str, kind: type, value: Any) -> Any:
@@ -101,6 +110,61 @@ def _coerce(name: str, kind: type, value: Any) -> Any:
     except (TypeError, ValueError, OverflowError):
         what = {int: "a finite whole number", float: "a finite number"}.get(kind, kind.__name__)
         raise ConfigError(f"parameter {name}: expected {what}, got {value!r}") from None
+
+
+def parse_classes(value: Any) -> tuple[str, ...]:
+    """The ``classes`` parameter: a string array, or one comma-separated string (``"cat,dog"``); ConfigError
+    for anything else, or for empty or repeated names. ``parse_classes([]) == ()`` (no list: the bank's)."""
+    from ..text_bank.live import parse_names
+
+    return parse_names(value, "parameter classes")
+
+
+class Vocabulary:
+    """The node's current classifier and its VisionInfo, swapped whole between frames.
+
+    A frame reads :attr:`clf` once and uses that classifier throughout, so a swap never lands within a
+    frame. :meth:`set_classes` builds the new classifier first (only new texts are encoded, the image
+    encoder is shared) and then swaps one reference; ``info`` (VisionInfo) then has ``database_version``
+    incremented and ``database_location`` naming the new bank version (``<bank dir>@<content sha256[:16]>``).
+    A bad list raises ConfigError and changes nothing.
+
+    >>> v = Vocabulary(clf, "coder CODER (cpu)")        # doctest: +SKIP
+    >>> v.set_classes(["cat", "dog", "zebra"])["database_version"] == v.info["database_version"]
+    True
+    """
+
+    def __init__(self, clf, method: str):
+        from .ros_msgs import vision_info
+
+        self._lock = threading.Lock()
+        self.clf = clf
+        self.swaps = 0
+        self.info = {**vision_info(clf.bank, method), "database_location": _location(clf)}
+
+    def set_classes(self, names) -> dict:
+        """Classify among exactly ``names`` from the next frame on; returns the new VisionInfo dict."""
+        names = parse_classes(names)
+        if not names:
+            raise ConfigError("parameter classes: give at least one class name")
+        with self._lock:  # one change at a time; frames keep using the current classifier meanwhile
+            from ..text_bank.live import _name_key
+
+            current = self.clf
+            wanted = {_name_key(n) for n in names}
+            have = {_name_key(n): n for n in current.class_names}
+            remove = [n for k, n in have.items() if k not in wanted]
+            add = [n for n in names if _name_key(n) not in have]
+            new = current.with_classes(add=add, remove=remove) if add or remove else current
+            info = {**self.info, "database_version": (int(self.info["database_version"]) + 1) & 0x7FFFFFFF,
+                    "database_location": _location(new), "database_sha256": new.bank_sha256,
+                    "labels": list(new.class_names)}
+            self.clf, self.info, self.swaps = new, info, self.swaps + 1  # the swap: reference assignments
+            return info
+
+
+def _location(clf) -> str:
+    return f"{clf.bank.root}@{clf.bank_sha256[:16]}"
 
 
 class LatestSlot:
@@ -200,4 +264,5 @@ def process_frame(clf, msg: Any, msgtype: str, topic: str, top_k: int, types: Ms
                        frame_record(topic, meta, pred, top_k, n))
 
 
-__all__ = ["FrameError", "FrameOutput", "LatestSlot", "LatestWorker", "NodeConfig", "process_frame"]
+__all__ = ["FrameError", "FrameOutput", "LatestSlot", "LatestWorker", "NodeConfig", "Vocabulary", "parse_classes",
+           "process_frame"]

@@ -17,9 +17,9 @@ import json
 import sys
 from dataclasses import fields
 
-from ..errors import BackendError, FrameError
-from .ros2_core import FrameOutput, LatestWorker, NodeConfig, process_frame
-from .ros_msgs import COMPRESSED_TYPE, MsgTypes, vision_info, vision_info_msg
+from ..errors import BackendError, CoderError, FrameError
+from .ros2_core import FrameOutput, LatestWorker, NodeConfig, Vocabulary, process_frame
+from .ros_msgs import COMPRESSED_TYPE, MsgTypes, vision_info_msg
 
 
 def _import_ros():
@@ -34,7 +34,7 @@ def _import_ros():
 def build_node():
     """Create the node (after ``rclpy.init``)."""
     from builtin_interfaces.msg import Time
-    from rcl_interfaces.msg import ParameterDescriptor
+    from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
     from rclpy.node import Node
     from rclpy.qos import DurabilityPolicy, QoSProfile, qos_profile_sensor_data
     from sensor_msgs.msg import CompressedImage, Image
@@ -50,26 +50,55 @@ def build_node():
             for f in fields(NodeConfig):  # dynamic typing: `-p tau:=1` (an int) is coerced and checked by NodeConfig
                 self.declare_parameter(f.name, f.default, ParameterDescriptor(dynamic_typing=True))
             self.cfg = NodeConfig.from_params({f.name: self.get_parameter(f.name).value for f in fields(NodeConfig)})
-            # once: texts are never re-encoded
             # the default artifact is looked up only without an `artifacts` parameter (none may exist)
             default = "" if self.cfg.artifacts else str(default_artifact_dir())
-            self.clf = self.cfg.classifier_options(default).load()
-            db = vision_info(self.clf.bank, f"coder CODER ({self.clf.backend})")
+            clf = self.cfg.classifier_options(default).load()  # once: texts are never re-encoded
+            self.vocab = Vocabulary(clf, f"coder CODER ({clf.backend})")  # swapped whole between frames
+            db = self.vocab.info
             self.declare_parameter("class_labels", db["labels"])  # the VisionInfo database: class_id values
             self.pub = self.create_publisher(Classification, self.cfg.output_topic, 10)
             self.json_pub = self.create_publisher(String, self.cfg.json_topic, 10) if self.cfg.json_topic else None
             latched = QoSProfile(depth=1, durability=DurabilityPolicy.TRANSIENT_LOCAL)
             self.info_pub = self.create_publisher(VisionInfo, self.cfg.vision_info_topic, latched)
             self.info_pub.publish(vision_info_msg(types, db, self.get_clock().now().nanoseconds))
+            # Live classes: `ros2 param set /coder classes "['cat','dog']"` or a String "cat,dog" on set_classes_topic.
+            self.add_on_set_parameters_callback(self._on_params)
+            if self.cfg.set_classes_topic:
+                self.create_subscription(String, self.cfg.set_classes_topic, self._on_set_classes, 10)
             msg_cls = CompressedImage if self.cfg.input_msgtype == COMPRESSED_TYPE else Image
             self.worker = LatestWorker(self._handle, self._failed).start()
             self.create_subscription(msg_cls, self.cfg.input_topic, self.worker.submit, qos_profile_sensor_data)
             self.create_timer(10.0, self._report)
             self.get_logger().info(f"classifying {self.cfg.input_topic} ({msg_cls.__name__}) with backend "
-                                   f"{self.clf.backend}, {len(self.clf.class_names)} classes -> {self.cfg.output_topic}")
+                                   f"{clf.backend}, {len(clf.class_names)} classes -> {self.cfg.output_topic}")
+
+        @property
+        def clf(self):
+            return self.vocab.clf
+
+        def _swap(self, names) -> None:
+            info = self.vocab.set_classes(names)  # ConfigError: nothing changed
+            self.info_pub.publish(vision_info_msg(types, info, self.get_clock().now().nanoseconds))
+            self.get_logger().info(f"classes now {len(info['labels'])} ({info['database_location']}, "
+                                   f"database_version {info['database_version']})")
+
+        def _on_params(self, params):
+            for p in params:
+                if p.name == "classes":
+                    try:
+                        self._swap(p.value)
+                    except CoderError as e:
+                        return SetParametersResult(successful=False, reason=str(e))
+            return SetParametersResult(successful=True)
+
+        def _on_set_classes(self, msg) -> None:
+            try:
+                self._swap(msg.data)
+            except CoderError as e:
+                self.get_logger().error(f"set_classes refused: {e}")
 
         def _handle(self, msg) -> None:
-            out: FrameOutput = process_frame(self.clf, msg, self.cfg.input_msgtype, self.cfg.input_topic,
+            out: FrameOutput = process_frame(self.vocab.clf, msg, self.cfg.input_msgtype, self.cfg.input_topic,
                                              self.cfg.top_k, types)
             self.pub.publish(out.classification)
             if self.json_pub is not None:

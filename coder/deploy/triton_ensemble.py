@@ -24,7 +24,7 @@ import numpy as np
 
 from ..errors import ArtifactError
 from ..store import atomic_write_bytes
-from .triton_model import _Base, request_images, run_batched
+from .triton_model import _Base, request_classes, request_images, run_batched
 from .triton_repo import (IMAGE_INPUT, MODEL, _config, _tensor, _write_python_model, client_outputs)
 
 PRE, HEAD, GATE = "coder_preprocess", "coder_head", "coder_gate"
@@ -140,9 +140,18 @@ class PreprocessModel(_Base):
     def execute(self, requests):
         from ..runtime.preprocess import preprocess_batch
 
-        return run_batched(self.pb, requests, lambda r: request_images(self.pb, r),
+        return run_batched(self.pb, requests, lambda r: _no_classes(r) or request_images(self.pb, r),
                            lambda ims: preprocess_batch(ims, self.cfg),
                            lambda x, a, b: [self.pb.Tensor("pixel_values", x[a:b])])
+
+
+def _no_classes(request) -> None:
+    """The ensemble serves the bank it was written with: a per-request ``classes`` list is refused (HTTP 400),
+    never silently ignored."""
+    from ..errors import ConfigError
+
+    if request_classes(request) is not None:
+        raise ConfigError("request parameter 'classes' needs the default layout (coder serve without --ensemble)")
 
 
 def _inputs(pb, request, names) -> list[np.ndarray]:

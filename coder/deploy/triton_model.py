@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import CoderError, InputError
+from ..errors import ConfigError, CoderError, InputError
 from ..runtime.images import decode_image as _decode_bytes
 
 IMAGE = "image"
@@ -53,9 +53,99 @@ def _error(pb, exc: Exception):
     client's fault, ``INVALID_ARG`` (HTTP 400, gRPC INVALID_ARGUMENT), so clients and proxies do not retry it;
     anything else is ``INTERNAL`` (HTTP 500)."""
     msg = str(exc) if isinstance(exc, CoderError) else f"{type(exc).__name__}: {exc}"
-    kind = "INVALID_ARG" if isinstance(exc, InputError) else "INTERNAL"
+    kind = "INVALID_ARG" if isinstance(exc, (ConfigError, InputError)) else "INTERNAL"
     code = getattr(pb.TritonError, kind, None)  # error codes: Python backend r23.06 and later
     return pb.InferenceResponse(error=pb.TritonError(msg) if code is None else pb.TritonError(msg, code))
+
+
+CLASSES_PARAM = "classes"
+
+
+def request_classes(request) -> tuple[str, ...] | None:
+    """The KServe v2 request parameter ``classes`` ("cat,dog,zebra") of a request; None when absent.
+    ConfigError (HTTP 400) for a list with an empty or repeated name."""
+    import json
+
+    from ..text_bank.live import parse_names
+
+    raw = request.parameters() if hasattr(request, "parameters") else "{}"
+    params = json.loads(raw) if isinstance(raw, str) and raw else (raw or {})
+    value = params.get(CLASSES_PARAM)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise ConfigError(f"request parameter {CLASSES_PARAM!r}: a comma-separated string, got {value!r}")
+    names = parse_names(value, f"request parameter {CLASSES_PARAM!r}")
+    if not names:
+        raise ConfigError(f"request parameter {CLASSES_PARAM!r}: no class names")
+    return names
+
+
+class ClassifierCache:
+    """Classifiers for per-request class lists, keyed by content (the cleaned names, in order), sharing the
+    served classifier's image encoder; least recently used dropped first once their banks exceed
+    ``limit_mb``. Banks are those of ``coder classify --classes`` (cached on disk too).
+
+    >>> cache = ClassifierCache(clf, limit_mb=256); cache.get(("cat", "dog")).class_names   # doctest: +SKIP
+    ('cat', 'dog')
+    """
+
+    def __init__(self, base, limit_mb: float = 256.0):
+        import threading
+        from collections import OrderedDict
+
+        self.base, self.limit = base, float(limit_mb) * 2**20
+        self._items: OrderedDict = OrderedDict()
+        self._lock = threading.Lock()
+        self._text_encoder = None
+        self.hits = self.misses = 0
+
+    @staticmethod
+    def _size(clf) -> int:
+        return sum(a.nbytes for a in clf.bank.arrays.values())
+
+    @property
+    def megabytes(self) -> float:
+        return sum(self._size(c) for c in self._items.values()) / 2**20
+
+    def stats(self) -> dict:
+        return {"class_lists": len(self._items), "bank_cache_mb": round(self.megabytes, 3), "hits": self.hits,
+                "misses": self.misses, "limit_mb": self.limit / 2**20}
+
+    def get(self, names: tuple[str, ...]):
+        from dataclasses import replace
+
+        from ..text_bank.class_lists import bank_for_classes
+        from ..text_bank.live import _name_key
+        from ..text_bank.text_encoder import TextEncoder
+
+        key = tuple(_name_key(n) for n in names)
+        with self._lock:
+            if key in self._items:
+                self.hits += 1
+                self._items.move_to_end(key)
+                return self._items[key]
+            self.misses += 1
+            base = self.base
+            if self._text_encoder is None:
+                self._text_encoder = TextEncoder.load(base.options.artifacts)
+            bank = bank_for_classes(base.options.artifacts, names, text_encoder=self._text_encoder)
+            clf = replace(base, bank=bank, encoder=base.encoder.with_head(bank, base.k), change=None)
+            self._items[key] = clf
+            while len(self._items) > 1 and sum(self._size(c) for c in self._items.values()) > self.limit:
+                self._items.popitem(last=False)
+            self.log(f"coder: class-list banks {self.stats()}")
+            return clf
+
+    @staticmethod
+    def log(message: str) -> None:
+        """Into the server log (``coder serve`` prints its path) when running inside Triton."""
+        try:
+            import triton_python_backend_utils as pb
+
+            pb.Logger.log_info(message)
+        except (ImportError, AttributeError):
+            pass
 
 
 def run_batched(pb, requests, decode, infer, encode) -> list:
@@ -114,13 +204,63 @@ class _Base:
 
 class ClassifyModel(_Base):
     def setup(self) -> None:
+        s = self.settings
         self.clf = self.options().load()
-        self.top_k = int(self.settings["top_k"])
+        self.top_k = int(s["top_k"])
+        self.lists = ClassifierCache(self.clf, float(s.get("bank_cache_mb") or 256))
+        self._bank_stamp = self._stamp()
+
+    def _stamp(self):
+        import os
+
+        root = getattr(getattr(self.clf, "bank", None), "root", None)
+        if root is None:
+            return None
+        try:
+            st = os.stat(root / "bank.json")
+            return st.st_mtime_ns, st.st_ino, st.st_size
+        except OSError:
+            return None
+
+    def _served(self):
+        """The served classifier; a bank changed on disk (``coder bank add/rollback``) is swapped in between
+        batches (batches in flight finish with the one they started with)."""
+        stamp = self._stamp()
+        if stamp is not None and stamp != self._bank_stamp:
+            from dataclasses import replace
+
+            from ..text_bank.bank import load_bank
+
+            bank = load_bank(self.clf.bank.root, self.clf.encoder.artifact)
+            if bank.content_sha256 != self.clf.bank_sha256:
+                self.clf = replace(self.clf, bank=bank, encoder=self.clf.encoder.with_head(bank, self.clf.k))
+                self.lists = ClassifierCache(self.clf, self.lists.limit / 2**20)
+            self._bank_stamp = stamp
+        return self.clf
 
     def execute(self, requests):
-        return run_batched(self.pb, requests, lambda r: request_images(self.pb, r),
-                           lambda ims: self.clf.classify(ims, self.top_k),
-                           lambda preds, a, b: prediction_tensors(self.pb, preds[a:b]))
+        """Requests grouped by their ``classes`` parameter (none: the served bank); one classify per group."""
+        served = self._served()
+        groups: dict = {}
+        responses: list = [None] * len(requests)
+        for i, r in enumerate(requests):
+            try:
+                names = request_classes(r)
+                if names is not None and len(names) < self.top_k:
+                    raise ConfigError(f"request parameter {CLASSES_PARAM!r}: {len(names)} classes, this model "
+                                      f"returns top_k={self.top_k}: give at least {self.top_k}")
+                clf = served if names is None else self.lists.get(names)
+            except Exception as e:  # noqa: BLE001 - a bad class list answers its own request only (HTTP 400)
+                responses[i] = _error(self.pb, e)
+                continue
+            groups.setdefault(id(clf), (clf, []))[1].append(i)
+        for clf, idx in groups.values():
+            out = run_batched(self.pb, [requests[i] for i in idx], lambda r: request_images(self.pb, r),
+                              lambda ims, c=clf: c.classify(ims, self.top_k),
+                              lambda preds, a, b: prediction_tensors(self.pb, preds[a:b]))
+            for i, resp in zip(idx, out):
+                responses[i] = resp
+        return responses
 
 
 def make_model(settings: dict):

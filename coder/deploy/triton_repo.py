@@ -73,6 +73,7 @@ class RepoOptions:
     max_queue_delay_us: int = 0  # 0: batch what queued while the instance was busy (no added latency)
     ensemble: str | None = None  # None: one Python model; else the head's backend
     engine_dir: str | None = None  # ensemble=tensorrt: where `coder build-engine` wrote the plan
+    bank_cache_mb: float = 256.0  # banks of per-request `classes` lists kept in memory (least recently used out)
 
 
 @dataclass(frozen=True)
@@ -145,7 +146,7 @@ def _settings(art_root: Path, bank_root: Path, opts: RepoOptions, role: str, k: 
             "options": options.to_dict(),
             "artifacts": str(art_root), "bank": str(bank_root), "backend": opts.backend,
             "precision": opts.precision, "tau": opts.tau, "k": k, "top_k": opts.top_k, "threads": opts.threads,
-            "instances": opts.instances,
+            "instances": opts.instances, "bank_cache_mb": opts.bank_cache_mb,
             "python": f"{sys.version_info[0]}.{sys.version_info[1]}", "sys_path": coder_sys_path()}
 
 

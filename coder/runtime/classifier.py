@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import os
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -29,6 +29,7 @@ from ..engines.ort import BACKENDS
 from ..errors import ArtifactError, BackendError, ConfigError, StaleEngineError
 from ..manifest import PRECISIONS, load_artifact
 from ..text_bank.bank import Bank, load_bank
+from ..text_bank.live import ClassChange, LiveTexts
 from ..text_bank.rows import KIND_IDS
 from .adapter import Adapter, load_adapter
 from .cpu_choice import choose_cpu_engine
@@ -66,6 +67,7 @@ class Prediction:
     backend: str
     timings_ms: Timings
     few_shot: bool = False  # the label comes from a fitted adapter (``coder fit``)
+    bank_sha256: str = ""  # the bank version (content sha256) that made this prediction
 
 
 def find_bank(artifact_root: Path, name: str | None) -> Path:
@@ -170,9 +172,12 @@ class ClassifierOptions:
     allow_fallback: bool = False
     fused_head: bool = True
     engines: EngineOptions = EngineOptions()
+    classes: tuple[str, ...] | None = None  # use the names+synonyms bank of these classes instead of ``bank``
+    preset: str = "default"  # template preset of that bank
 
     def __post_init__(self) -> None:
         from ..store import resolved
+        from ..text_bank.live import check_change
 
         if self.backend != "auto" and self.backend not in (*BACKENDS, NATIVE, *OV_BACKENDS):
             raise ConfigError(f"backend {self.backend!r}: choose auto, {', '.join(BACKENDS)}, {NATIVE}, "
@@ -184,6 +189,11 @@ class ClassifierOptions:
         if self.threads is not None and int(self.threads) < 1:
             raise ConfigError(f"threads must be >= 1 (got {self.threads})")
         fix = object.__setattr__  # frozen: normalise once, at construction
+        if self.classes is not None:
+            if self.bank is not None:
+                raise ConfigError("--bank and --classes: choose one")
+            check_change([], list(self.classes), [])  # ConfigError for empty or repeated names
+            fix(self, "classes", tuple(self.classes))
         fix(self, "artifacts", str(resolved(self.artifacts)))
         if self.adapter is not None:
             fix(self, "adapter", str(resolved(self.adapter)))
@@ -213,13 +223,16 @@ class Classifier:
     k: int
     adapter: Adapter | None = None
     options: ClassifierOptions | None = None
+    change: ClassChange | None = None  # set on a classifier made by :meth:`with_classes`
+    texts: LiveTexts | None = field(default=None, compare=False, repr=False)  # shared text side (lazy)
 
     @classmethod
     def load(cls, artifact_dir: str | os.PathLike, bank: str | None = None, backend: str = "auto",
              precision: str = "fp32", tau: float | None = None, k: int | None = None,
              threads: int | None = None, adapter: str | os.PathLike | None = None,
              allow_fallback: bool = False, fused_head: bool = True,
-             engines: EngineOptions = EngineOptions()) -> "Classifier":
+             engines: EngineOptions = EngineOptions(), classes: Sequence[str] | None = None,
+             preset: str = "default") -> "Classifier":
         """Open an artifact + bank: the keyword form of :class:`ClassifierOptions` (same fields, same checks).
         ``tau``/``k`` default to the bank's preset (published values).
 
@@ -227,22 +240,34 @@ class Classifier:
         session; on a 2-core CPU it halved batch-1 latency, as the numpy head's BLAS threads no
         longer contend with ONNX Runtime's: benchmarks/bench_fused.py);
         ``allow_fallback`` turns a provider mismatch into a warning (``backend`` then names
-        what really runs).
+        what really runs). ``classes`` (instead of ``bank``): the bank ``coder texts init`` + ``coder texts
+        synonyms -a`` + ``coder bank build`` give for these names, built once and cached by content.
         """
         return cls.from_options(ClassifierOptions(
             os.fspath(artifact_dir), bank, backend, precision, tau, k, threads,
-            None if adapter is None else os.fspath(adapter), allow_fallback, fused_head, engines))
+            None if adapter is None else os.fspath(adapter), allow_fallback, fused_head, engines,
+            None if classes is None else tuple(classes), preset))
 
     @classmethod
     def from_options(cls, o: ClassifierOptions) -> "Classifier":
         art = load_artifact(o.artifacts)
         art.encoder("image", o.precision)  # not exported: ArtifactError naming the re-export, before any backend
-        b = load_bank(find_bank(art.root, o.bank), art)
+        if o.classes is not None:
+            from ..text_bank.class_lists import bank_for_classes
+
+            b = bank_for_classes(art.root, o.classes, o.preset)
+        else:
+            b = load_bank(find_bank(art.root, o.bank), art)
         tau = b.tau if o.tau is None else float(o.tau)
         k = b.k if o.k is None else int(o.k)
         enc = open_image_encoder(o.artifacts, o.backend, o.precision, o.threads, o.allow_fallback,
                                  b if o.fused_head else None, k, o.engines)
-        return cls(enc, b, tau, k, load_adapter(o.adapter, b) if o.adapter is not None else None, o)
+        from ..store import is_within
+
+        banks = art.root / "banks"  # the embedding cache the artifact's banks share (also for class-list banks)
+        cache_dir = banks if is_within(b.root, banks) else Path(b.root).parent
+        texts = LiveTexts(art.root, b.meta["encoder"].get("precision", "fp32"), cache_dir)
+        return cls(enc, b, tau, k, load_adapter(o.adapter, b) if o.adapter is not None else None, o, None, texts)
 
     @property
     def backend(self) -> str:
@@ -259,8 +284,44 @@ class Classifier:
         self.close()
 
     @property
-    def class_names(self) -> list[str]:
-        return self.bank.class_names
+    def class_names(self) -> tuple[str, ...]:
+        """The class names in label order (``Prediction.label`` indexes this)."""
+        return tuple(self.bank.class_names)
+
+    @property
+    def bank_sha256(self) -> str:
+        """The bank version this classifier predicts with (:func:`~coder.text_bank.bank.content_sha256`)."""
+        return self.bank.content_sha256
+
+    @property
+    def head(self) -> str:
+        """Where the CODER head runs: ``onnx`` (its own graph), ``fused`` (inside a TensorRT engine), ``numpy``."""
+        return "numpy" if not self.encoder.fused else "onnx" if self.encoder.head is not None else "fused"
+
+    def with_classes(self, add: Sequence[str] = (), remove: Sequence[str] = (), texts=None) -> "Classifier":
+        """A NEW classifier with classes added (after the ones that stay, in order) and/or removed; this one
+        keeps working unchanged. The image encoder is shared; only texts not in the embedding cache are
+        encoded (the text encoder loads on the first change and is shared too); the head is rebuilt in memory.
+        ``.change`` reports what changed (:class:`~coder.text_bank.live.ClassChange`, e.g. classes whose
+        analogous-object texts METHOD.md's rule dropped). Swapping is one reference assignment::
+
+            clf = clf.with_classes(add=["zebra"], remove=["truck"])
+
+        ``texts``: a ``Texts`` (``load_texts(...)`` after ``coder texts generate``) or
+        ``{"zebra": {"syn": [...], "att": [...], "ana": [...], "pairs": {"horse": [...]}}}``; other new
+        classes get names + WordNet synonyms. Bad names raise ConfigError; a few-shot adapter cannot follow.
+        ``options`` still describe how the base classifier was loaded; ``bank_sha256`` names the bank in use
+        (to reload a changed bank elsewhere, write it with ``coder bank add/remove``).
+        """
+        from ..text_bank.live import change_bank
+
+        if self.adapter is not None:
+            raise ConfigError("this classifier has a few-shot adapter, fitted to its classes: load one without "
+                              "--adapter to change classes, then fit a new adapter (coder fit)")
+        if self.texts is None:
+            raise ConfigError("this classifier was not loaded from an artifact (Classifier.load): no text encoder")
+        bank, change = change_bank(self.bank, self.texts.encoder(), add, remove, texts)
+        return replace(self, encoder=self.encoder.with_head(bank, self.k), bank=bank, change=change)
 
     def _pixels(self, images: Sequence, bgr: bool) -> np.ndarray:
         return preprocess_batch([to_pil(im, bgr) for im in images], self.encoder.preprocess_config)
@@ -324,7 +385,7 @@ class Classifier:
             gap=float(rr.gap[i]), reranked=bool(rr.fired[i]),
             rerank_candidates=tuple(int(c) for c in rr.top[i]),
             rerank_scores=tuple(float(x) for x in rr.scores[i]), backend=self.backend, timings_ms=timings,
-            few_shot=self.adapter is not None)
+            few_shot=self.adapter is not None, bank_sha256=self.bank_sha256)
 
     def explain(self, image, n: int = 3, bgr: bool = False) -> dict[str, list[tuple[str, float]]]:
         """For the final label and the runner-up: the raw texts most similar to the image."""

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -119,6 +119,17 @@ class ImageEncoder:
             engine = load_engine_trt(path, onnx, precision)
         max_batch = min(int(art.manifest["exporter"]["max_batch"]), engine.max_batch)
         return cls(art, engine, precision, max_batch, head_k=head_k)
+
+    def with_head(self, bank, k: int) -> "ImageEncoder":
+        """The same encoder (shared, not reloaded) with ``bank``'s head: a new head session built in memory
+        when this one runs a head (a TensorRT engine with a head fused in gets its new head on CUDA); an
+        encoder without a head is returned as is (the numpy head reads the bank)."""
+        from .fused import load_head
+
+        if not self.fused:
+            return self
+        backend = "cuda" if self.head is None else self.engine.backend
+        return replace(self, head_k=clamp_k(k, len(bank.class_names)), head=load_head(bank, k, backend))
 
     def close(self) -> None:
         """Release the engine's device resources (native TensorRT: stream and buffers); idempotent."""

@@ -17,7 +17,10 @@ from .classifier import Prediction
 
 def prediction_record(file, pred: Prediction) -> dict:
     """``{"file", "label", "name", "top_k", "top_k_names", "stage1_scores", "gap", "reranked",
-    "rerank_candidates", "rerank_scores", "backend", "timings_ms", "few_shot", "error": None}``."""
+    "rerank_candidates", "rerank_scores", "backend", "timings_ms", "few_shot", "bank_sha256", "error": None}``.
+
+    ``bank_sha256`` is the version of the bank that made the prediction (its content sha256, as
+    ``coder bank versions`` lists it), so rows of runs with different classes can be told apart."""
     return {"file": str(file), **asdict(pred), "error": None}
 
 

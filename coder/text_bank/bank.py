@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -33,6 +34,7 @@ from .texts import Texts, to_json
 FORMAT = "coder.bank"
 FORMAT_VERSION = 1
 RAW_KEYS = ("raw_emb", "raw_kind", "raw_class", "raw_other")
+HEAD_KEYS = ("g_sum", "g_count", "n_emb", "n_class", "pair_vec", "pair_from", "pair_to")
 
 
 @dataclass(frozen=True)
@@ -63,6 +65,13 @@ class Bank:
         return self.meta["classes"]
 
     @property
+    def content_sha256(self) -> str:
+        """The version id of this bank's content (:func:`content_sha256`); computed once for older banks."""
+        if "content_sha256" not in self.meta:
+            self.meta["content_sha256"] = content_sha256(self.arrays, self.class_names, self.meta["settings"])
+        return self.meta["content_sha256"]
+
+    @property
     def tau(self) -> float:
         return float(self.meta["settings"]["tau"])
 
@@ -86,55 +95,94 @@ def default_bank_dir(artifact: Artifact, name: str) -> Path:
 
 
 class EmbeddingCache:
-    """(encoder sha256, text-encoding version, text) -> embedding, one ``.npz`` per encoder and version.
+    """(text encoder sha256, tokenizer, text-encoding version, text) -> embedding, beside the banks.
 
-    The version is in the file name, so rows another encoding computed (for
-    example version 1, which cut texts holding "!" one token short) are never served.
-    Example: ``EmbeddingCache(Path("banks"), sha, 2).path.name == f".embed-cache-{sha[:16]}-t2.npz"``.
+    One main ``.npz`` per encoder, tokenizer and encoding version, plus small ``.part-*`` files that
+    :meth:`save_new` appends (so adding one class does not rewrite a large cache); :meth:`save` merges
+    them into the main file. The key is in the file name, so rows of another encoder, tokenizer or encoding
+    (for example version 1, which cut texts holding "!" one token short) are never served. A damaged file is
+    a warning and is skipped; an unwritable directory is a warning and the rows stay in memory.
+    Example: ``EmbeddingCache(Path("banks"), sha, 2, tok).path.name == f".embed-cache-{sha[:16]}-k{tok[:12]}-t2.npz"``.
     """
 
-    def __init__(self, directory: Path, encoder_sha: str, encoding_version: int):
-        self.path = directory / f".embed-cache-{encoder_sha[:16]}-t{int(encoding_version)}.npz"
-        # Version 1 had no suffix; its rows can be wrong, so it is dropped on the next save.
-        self.legacy = directory / f".embed-cache-{encoder_sha[:16]}.npz"
+    MAX_PARTS = 32  # more part files than this: the next save_new merges them
+
+    def __init__(self, directory: Path, encoder_sha: str, encoding_version: int, tokenizer_key: str = ""):
+        self.dir = Path(directory)
+        stem = f".embed-cache-{encoder_sha[:16]}" + (f"-k{tokenizer_key[:12]}" if tokenizer_key else "") \
+            + f"-t{int(encoding_version)}"
+        self.path = self.dir / f"{stem}.npz"
+        self._part_glob = f"{stem}.part-*.npz"
+        # Older names (no encoding version, no tokenizer key): never read, dropped on the next save.
+        self.legacy = [self.dir / f".embed-cache-{encoder_sha[:16]}.npz"]
+        if tokenizer_key:
+            self.legacy.append(self.dir / f".embed-cache-{encoder_sha[:16]}-t{int(encoding_version)}.npz")
         self.table: dict[str, np.ndarray] = {}
-        self.writable = True
-        if self.path.is_file():
-            try:
-                with np.load(self.path, allow_pickle=False) as z:
-                    self.table = dict(zip(z["texts"].tolist(), z["emb"]))
-            except DAMAGED as e:  # a damaged cache is only a slower rebuild
-                warn_damaged("text-embedding cache", self.path, e)
-                self.table = {}
+        self._unsaved: list[str] = []
+        for path in [self.path, *self._parts()]:
+            self._read(path)
+
+    def _parts(self) -> list[Path]:
+        return sorted(self.dir.glob(self._part_glob)) if self.dir.is_dir() else []
+
+    def _read(self, path: Path) -> None:
+        if not path.is_file():
+            return
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                self.table.update(zip(z["texts"].tolist(), z["emb"]))
+        except DAMAGED as e:  # a damaged cache is only a slower rebuild: its texts are encoded again
+            warn_damaged("text-embedding cache", path, e)
 
     def missing(self, texts: list[str]) -> list[str]:
         return sorted({t for t in texts if t not in self.table})
 
     def add(self, texts: list[str], emb: np.ndarray) -> None:
+        new = [t for t in texts if t not in self.table]
         self.table.update(zip(texts, emb))
+        self._unsaved.extend(new)
 
     def lookup(self, texts: list[str]) -> np.ndarray:
         return np.stack([self.table[t] for t in texts]).astype(np.float32)
 
-    def save(self) -> None:
-        """Commit the table; on a read-only or full medium warn once and keep it in memory."""
-        if not self.writable or not self.table:
-            return
-        keys = list(self.table)
+    def _write(self, path: Path, keys: list[str]) -> bool:
         try:
-            with atomic_path(self.path) as tmp:
+            with atomic_path(path) as tmp:
                 with open(tmp, "wb") as f:
                     np.savez(f, texts=np.array(keys, dtype=str), emb=np.stack([self.table[k] for k in keys]))
-            self.legacy.unlink(missing_ok=True)
+            return True
         except (StorageError, OSError) as e:
-            self.writable = False
-            warn_unwritable("text-embedding cache", self.path, e)
+            warn_unwritable("text-embedding cache", path, e)
+            return False
+
+    def save(self) -> None:
+        """Write every row into the main file and drop the part files and legacy names."""
+        if not self.table or not self._write(self.path, list(self.table)):
+            return
+        self._unsaved = []
+        for p in [*self._parts(), *self.legacy]:
+            p.unlink(missing_ok=True)
+
+    def save_new(self) -> None:
+        """Write only the rows added since the last save, as one small part file (cheap for a large cache)."""
+        if not self._unsaved:
+            return
+        if len(self._parts()) >= self.MAX_PARTS:
+            return self.save()
+        part = self.dir / self._part_glob.replace("*", f"{os.getpid()}-{time.time_ns()}")
+        if self._write(part, list(dict.fromkeys(self._unsaved))):
+            self._unsaved = []
+
+
+def embedding_cache(encoder, directory: Path) -> EmbeddingCache:
+    """The cache of ``encoder`` (a :class:`~.text_encoder.TextEncoder`) in ``directory``."""
+    return EmbeddingCache(directory, encoder.encoder_sha256, encoder.encoding_version, encoder.tokenizer_key)
 
 
 def encode_rows(rows: Rows, encoder, cache_dir: Path, on_progress: Callable[[int, int], None] = lambda d, t: None,
                 batch_size: int = 64) -> tuple[np.ndarray, int]:
     """Embeddings of every row (cache first); returns (emb, number newly encoded)."""
-    cache = EmbeddingCache(cache_dir, encoder.encoder_sha256, encoder.encoding_version)
+    cache = embedding_cache(encoder, cache_dir)
     todo = cache.missing(rows.texts)
     done = 0
     on_progress(0, len(todo))
@@ -153,6 +201,59 @@ def _without_clip(rows: Rows) -> Rows:
                 rows.group[keep])
 
 
+def texts_arrays(texts: Texts, encoder, cache_dir: Path, clip_weights: bool = False,
+                 on_progress: Callable[[int, int], None] = lambda d, t: None) -> tuple[dict[str, np.ndarray], Rows, int]:
+    """Encode (cache first) and fold every text: (bank arrays incl. raw rows, rows, number newly encoded)."""
+    rows = expand(texts) if clip_weights else _without_clip(expand(texts))
+    emb, n_new = encode_rows(rows, encoder, cache_dir, on_progress)
+    arrays = fold(rows, emb, len(texts.classes))
+    if not clip_weights:
+        del arrays["clip_w"]  # zeros here: no ensemble rows were encoded
+    arrays.update(raw_emb=emb, raw_kind=rows.kind, raw_class=rows.cls, raw_other=rows.other)
+    return arrays, rows, n_new
+
+
+def content_sha256(arrays: dict[str, np.ndarray], classes: list[str], settings: dict[str, Any]) -> str:
+    """The bank's version id: sha256 over the class names, tau/k and the folded head arrays (not the npz
+    file's bytes, which carry zip timestamps). Equal ids predict identically."""
+    h = hashlib.sha256(json.dumps({"classes": list(classes), "settings": settings}, sort_keys=True).encode())
+    for key in HEAD_KEYS:
+        a = np.ascontiguousarray(arrays[key])
+        h.update(f"|{key}:{a.dtype.str}:{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def bank_meta(texts: Texts, encoder, precision: str, rows: Rows, arrays: dict[str, np.ndarray], n_new: int,
+              clip_weights: bool = False, texts_file: str | os.PathLike | None = None) -> dict[str, Any]:
+    """bank.json contents (without ``npz_sha256``, which :func:`write_bank` adds)."""
+    settings = {"tau": texts.templates["tau"], "k": texts.templates["k"]}
+    return {
+        "format": FORMAT, "format_version": FORMAT_VERSION, "name": texts.name,
+        "encoder": {"file": encoder.engine.path.name, "sha256": encoder.encoder_sha256, "precision": precision,
+                    "text_encoding": encoder.encoding_version, "tokenizer_key": encoder.tokenizer_key},
+        "texts_sha256": texts_sha256(texts), "texts_file": str(Path(texts_file).resolve()) if texts_file else None,
+        "content_sha256": content_sha256(arrays, texts.class_names, settings),
+        "classes": texts.class_names, "preset": texts.preset, "settings": settings,
+        "counts": {"texts": len(rows.texts), "newly_encoded": n_new, "pairs": int(len(arrays["pair_vec"]))},
+        "raw_texts": rows.texts, "clip_templates": list(texts.templates["clip"]),
+        "clip_weights": "stored" if clip_weights else "on first use",
+        "texts": to_json(texts),  # the words per class: what `coder bank add/remove` and with_classes start from
+    }
+
+
+def write_bank(out: Path, arrays: dict[str, np.ndarray], meta: dict[str, Any]) -> dict[str, Any]:
+    """Write ``bank.npz`` then ``bank.json`` (each atomically) into ``out``; returns the meta written."""
+    out.mkdir(parents=True, exist_ok=True)
+    with atomic_path(out / "bank.npz") as tmp:
+        with open(tmp, "wb") as f:
+            np.savez(f, **arrays)
+    meta = {**meta, "npz_sha256": sha256_file(out / "bank.npz")}
+    meta.pop("npz_file", None)
+    atomic_write_json(out / "bank.json", meta)
+    return meta
+
+
 def build_bank(artifact_dir: str | os.PathLike, texts: Texts, precision: str = "fp32", out: Path | None = None,
                on_progress: Callable[[int, int], None] = lambda d, t: None,
                clip_weights: bool = False, texts_file: str | os.PathLike | None = None) -> tuple[Path, dict[str, Any]]:
@@ -165,30 +266,10 @@ def build_bank(artifact_dir: str | os.PathLike, texts: Texts, precision: str = "
 
     encoder = TextEncoder.load(artifact_dir, precision)
     out = out or default_bank_dir(encoder.artifact, texts.name)
-    rows = expand(texts) if clip_weights else _without_clip(expand(texts))
-    emb, n_new = encode_rows(rows, encoder, out.parent, on_progress)
-    arrays = fold(rows, emb, len(texts.classes))
-    if not clip_weights:
-        del arrays["clip_w"]  # zeros here: no ensemble rows were encoded
-    arrays.update(raw_emb=emb, raw_kind=rows.kind, raw_class=rows.cls, raw_other=rows.other)
-    out.mkdir(parents=True, exist_ok=True)
-    with atomic_path(out / "bank.npz") as tmp:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-    meta = {
-        "format": FORMAT, "format_version": FORMAT_VERSION, "name": texts.name,
-        "encoder": {"file": encoder.engine.path.name, "sha256": encoder.encoder_sha256, "precision": precision,
-                    "text_encoding": encoder.encoding_version},
-        "texts_sha256": texts_sha256(texts), "texts_file": _recorded_texts_file(out, texts_file),
-        "npz_sha256": sha256_file(out / "bank.npz"),
-        "classes": texts.class_names, "preset": texts.preset,
-        "settings": {"tau": texts.templates["tau"], "k": texts.templates["k"]},
-        "counts": {"texts": len(rows.texts), "newly_encoded": n_new, "pairs": int(len(arrays["pair_vec"]))},
-        "raw_texts": rows.texts, "clip_templates": list(texts.templates["clip"]),
-        "clip_weights": "stored" if clip_weights else "on first use",
-    }
-    atomic_write_json(out / "bank.json", meta)
-    return out, meta
+    arrays, rows, n_new = texts_arrays(texts, encoder, out.parent, clip_weights, on_progress)
+    meta = bank_meta(texts, encoder, precision, rows, arrays, n_new, clip_weights, texts_file)
+    meta["texts_file"] = _recorded_texts_file(out, texts_file)
+    return out, write_bank(out, arrays, meta)
 
 
 def _recorded_texts_file(bank_dir: Path, texts_file: str | os.PathLike | None) -> str | None:
@@ -251,12 +332,13 @@ def load_bank(bank_dir: str | os.PathLike, artifact: Artifact | str | os.PathLik
     if meta.get("format") != FORMAT or meta.get("format_version") != FORMAT_VERSION:
         raise ArtifactError(f"{root}: bank format {meta.get('format')!r} v{meta.get('format_version')!r}, "
                             f"this coder reads {FORMAT} v{FORMAT_VERSION}; rebuild with `coder bank build`")
+    npz = str(meta.get("npz_file", "bank.npz"))  # a versioned bank's bank.json names its version's npz
     try:
-        verify_file(root, "bank.npz", str(meta.get("npz_sha256")))
+        verify_file(root, npz, str(meta.get("npz_sha256")))
     except ArtifactError:
-        raise ArtifactError(f"{root}/bank.npz does not match bank.json (corrupt or replaced); rebuild the bank") from None
+        raise ArtifactError(f"{root}/{npz} does not match bank.json (corrupt or replaced); rebuild the bank") from None
     except FileNotFoundError:
-        raise ArtifactError(f"{root}/bank.npz is missing; rebuild the bank") from None
+        raise ArtifactError(f"{root}/{npz} is missing; rebuild the bank") from None
     if artifact is not None:
         art = artifact if isinstance(artifact, Artifact) else load_artifact(artifact)
         file_entry = art.manifest["files"].get(meta["encoder"]["file"])
@@ -264,7 +346,7 @@ def load_bank(bank_dir: str | os.PathLike, artifact: Artifact | str | os.PathLik
             raise ArtifactError(f"{root} was built with another text encoder than {art.root}; "
                                 f"rebuild it: coder bank build --artifacts {art.root} --texts TEXTS.json")
         _refuse_old_text_encoding(root, meta, art)
-    with np.load(root / "bank.npz", allow_pickle=False) as z:
+    with np.load(root / npz, allow_pickle=False) as z:
         arrays = {k: z[k] for k in z.files}
     art_root = art.root if artifact is not None else None
     return Bank(root, meta, arrays, art_root)

@@ -69,6 +69,8 @@ def plain_clip_weights(bank, artifact_root: str | Path | None = None,
         raise ArtifactError(f"{bank.root}: this bank has no plain-CLIP templates; rebuild it with `coder bank build`")
     key, path = cache_key(bank), Path(bank.root) / FILE
     root = Path(artifact_root) if artifact_root is not None else Path(bank.root).parent.parent
+    if bank.meta.get("in_memory"):  # a bank changed in memory (Classifier.with_classes): its folder holds another
+        return _compute(bank, root, templates, on_progress)
     return cached(path, lambda p: _read(p, key, len(bank.class_names)),
                   lambda: _compute(bank, root, templates, on_progress), lambda p, w: _write(p, w, key),
                   what="plain-CLIP weights cache")

@@ -35,8 +35,13 @@ def _fill(template: str, **slots: str) -> str:
     return out
 
 
-def expand(t: Texts) -> Rows:
-    """All sentences of a texts file, templates applied (names with ``_`` already spaced)."""
+def expand(t: Texts, classes=None, pairs=None, clip: bool = True) -> Rows:
+    """All sentences of a texts file, templates applied (names with ``_`` already spaced).
+
+    ``classes`` / ``pairs`` (ids / ordered pairs of ``t``) restrict the rows to those, keeping the
+    ids and the order a full expansion gives them (``group`` then counts only the pairs asked for);
+    ``clip=False`` leaves out the plain-CLIP prompt ensemble.
+    """
     tpl = t.templates
     texts: list[str] = []
     meta: list[tuple[int, int, int, int]] = []
@@ -45,7 +50,8 @@ def expand(t: Texts) -> Rows:
         texts.append(sentence)
         meta.append((KIND_IDS[kind], c, other, group))
 
-    for c, ct in enumerate(t.classes):
+    for c in (range(len(t.classes)) if classes is None else classes):
+        ct = t.classes[c]
         add(_fill(tpl["name"], c=ct.name), "name", c)
         for s in ct.syn:  # a synonym goes into the NAME template in place of the class
             add(_fill(tpl["name"], c=s), "syn", c)
@@ -53,10 +59,11 @@ def expand(t: Texts) -> Rows:
             add(_fill(tpl["att"], c=ct.name, a=a), "att", c)
         for g in ct.ana:
             add(_fill(tpl["ana"], c=ct.name, g=g), "ana", c)
-        for template in tpl["clip"]:
+        for template in (tpl["clip"] if clip else ()):
             add(_fill(template, c=ct.name), "clip", c)
     names = t.class_names
-    for g, ((i, j), attrs) in enumerate(sorted(t.pairs.items())):
+    chosen = sorted(t.pairs.items()) if pairs is None else [(p, t.pairs[p]) for p in sorted(pairs)]
+    for g, ((i, j), attrs) in enumerate(chosen):
         for a in attrs:
             for template in tpl["pair"]:
                 add(_fill(template, a=a, c=names[i], o=names[j]), "pair", i, j, g)

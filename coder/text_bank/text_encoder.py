@@ -29,6 +29,15 @@ from .tokenizer import ClipTokenizer, HFTokenizer, eos_lengths, load_tokenizer
 TEXT_ENCODING_VERSION = 2
 
 
+def tokenizer_key(artifact: Artifact) -> str:
+    """``sha256`` of ``manifest.text.tokenizer`` (canonical JSON); equal records tokenize equally."""
+    import hashlib
+    import json
+
+    record = json.dumps(artifact.manifest["text"]["tokenizer"], sort_keys=True)
+    return hashlib.sha256(record.encode()).hexdigest()
+
+
 @dataclass(frozen=True)
 class TextEncoder:
     artifact: Artifact
@@ -51,6 +60,12 @@ class TextEncoder:
     @property
     def backend(self) -> str:
         return self.engine.backend
+
+    @property
+    def tokenizer_key(self) -> str:
+        """sha256 of the manifest's tokenizer record (kind, vocabulary sha256, context length, ids):
+        part of every text-embedding cache key."""
+        return tokenizer_key(self.artifact)
 
     def encode(self, texts: Sequence[str], batch_size: int = 64,
                on_batch: Callable[[int], None] = lambda n: None) -> np.ndarray:

@@ -101,8 +101,16 @@ def parse_class_file(path: str | os.PathLike) -> tuple[list[ClassTexts], list[st
         text = Path(path).read_text(encoding="utf-8-sig")  # -sig: Windows editors start files with a BOM
     except UnicodeDecodeError as e:
         raise TextsError(f"{path}: not UTF-8 text ({e})") from None
+    try:
+        return parse_class_lines(text.splitlines())
+    except TextsError as e:
+        raise TextsError(f"{path}: {e}") from None
+
+
+def parse_class_lines(lines: list[str]) -> tuple[list[ClassTexts], list[str]]:
+    """(classes, renames) of class-file lines (what :func:`parse_class_file` reads), e.g. ``["cat", "dog"]``."""
     entries = []  # (line number, wnid, [names on the line])
-    for number, line in enumerate(text.splitlines(), 1):
+    for number, line in enumerate(lines, 1):
         line = line.strip()
         if not line:
             continue
@@ -110,10 +118,7 @@ def parse_class_file(path: str | os.PathLike) -> tuple[list[ClassTexts], list[st
         wnid, names = (m.group(1), m.group(2).split(",")) if m else (None, [line])
         names = [n.strip().replace("_", " ") for n in names if n.strip()] or [line]
         entries.append((number, wnid, names))
-    try:
-        return unique_class_names(entries)
-    except TextsError as e:
-        raise TextsError(f"{path}: {e}") from None
+    return unique_class_names(entries)
 
 
 def _name_key(name: str) -> str:
@@ -187,6 +192,24 @@ def init_texts(classes: str, preset: str | None = None) -> Texts:
     return texts
 
 
+def names_texts(names: list[str], name: str = "classes", preset: str = "default") -> Texts:
+    """The texts ``coder texts init --classes FILE`` writes for a FILE holding ``names``, one per line.
+
+    >>> names_texts(["cat", "dog"]).class_names
+    ['cat', 'dog']
+    """
+    items, renames = parse_class_lines(list(names))
+    if not items:
+        raise TextsError("no class names given")
+    templates = {**preset_settings(preset), "clip": clip_templates()}
+    provenance = {"class_source": "class names", "llm_model": None, "prompt_version": None, "date": None}
+    if renames:
+        provenance["class_renames"] = renames
+    texts = Texts(name, preset, templates, tuple(items), {}, provenance)
+    validate(to_json(texts))
+    return texts
+
+
 def to_json(t: Texts) -> dict[str, Any]:
     names = t.class_names
     return {
@@ -212,14 +235,19 @@ def load_texts(path: str | os.PathLike) -> Texts:
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise TextsError(f"{path}: not valid JSON ({e})") from None
     try:
-        validate(data)
+        return from_json(data, Path(path).stem)
     except TextsError as e:
         raise TextsError(f"{path}: {e}") from None
+
+
+def from_json(data: Any, default_name: str = "texts") -> Texts:
+    """A texts document (as :func:`to_json` writes it) -> :class:`Texts`, validated."""
+    validate(data)
     classes = tuple(ClassTexts(c["name"], c.get("wnid"), *(tuple(c.get(k, ())) for k in KINDS))
                     for c in data["classes"])
     index = {c.name: i for i, c in enumerate(classes)}
     pairs = {(index[p["from"]], index[p["to"]]): tuple(p["texts"]) for p in data.get("pairs", [])}
-    return Texts(data.get("name", Path(path).stem), data["preset"], data["templates"], classes, pairs,
+    return Texts(data.get("name", default_name), data["preset"], data["templates"], classes, pairs,
                  data.get("provenance", {}))
 
 

@@ -64,6 +64,30 @@ class WordNet:
             return {}
         return {p[0]: p[1] for p in (line.split() for line in path.read_text(encoding="utf-8").splitlines()) if len(p) > 1}
 
+    def offsets(self, lemma: str) -> list[str]:
+        """Synset offsets of ``lemma`` (``_`` for spaces, lower case) by binary search of the sorted
+        ``index.noun``, without reading the whole index (WordNet's own lookup; ~1 ms instead of a full parse)."""
+        import mmap
+
+        key = lemma.encode("utf-8")
+        with open(self.dir / "index.noun", "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as m:
+            lo, hi = 0, len(m)
+            while lo < hi:
+                start = m.rfind(b"\n", 0, (lo + hi) // 2) + 1
+                end = m.find(b"\n", start)
+                end = len(m) if end < 0 else end
+                line = m[start:end]
+                word = line.split(b" ", 1)[0]
+                if line.startswith(b" ") or word < key:
+                    lo = end + 1
+                elif word > key:
+                    hi = start
+                else:
+                    parts = line.decode("utf-8").split()
+                    n_synsets, n_ptrs = int(parts[2]), int(parts[3])
+                    return parts[6 + n_ptrs:6 + n_ptrs + n_synsets]
+        return []
+
     def synset(self, wnid: str) -> Synset:
         if not (len(wnid) == 9 and wnid[0] == "n" and wnid[1:].isdigit()):
             raise TextsError(f"{wnid!r} is not a WordNet noun id like n01440764")
@@ -77,9 +101,9 @@ class WordNet:
     def noun_synsets(self, name: str) -> list[Synset]:
         """Noun synsets of a name, most frequent sense first; tries the plural->singular exceptions."""
         key = "_".join(name.strip().lower().split())
-        offsets = self._index.get(key) or self._index.get(self._exceptions.get(key, ""), [])
+        offsets = self.offsets(key) or (self.offsets(self._exceptions[key]) if key in self._exceptions else [])
         if not offsets and key.endswith("s"):
-            offsets = self._index.get(key[:-1], [])
+            offsets = self.offsets(key[:-1])
         return [self.synset("n" + o) for o in offsets]
 
 
