@@ -80,15 +80,18 @@ def input_digest(root: Path) -> dict[str, str]:
 # --hold-after-rows N: once N rows reached the writer, write MARKER (the count) and wait for a signal there.
 # --kill-at K: SIGKILL this process at the K-th commit point of the dataset (a part or _coder.json written to its
 #   temporary name, or renamed into place), after writing MARKER; exits normally when there are fewer points.
-# --rows-per-part R: flush a part every R rows (many commit points from few images).
+# --rows-per-part R: flush a part every R rows and never by time (many commit points from few images; or none
+#   before the end with a large R).
+# --remove-before-run FILE: delete FILE after the driver listed the inputs, before Ray reads them (a file the
+#   workers cannot see).
 
 def hook_command(marker: Path, *cli: str, hold_after_rows: int | None = None, kill_at: int | None = None,
-                 rows_per_part: int | None = None) -> list[str]:
+                 rows_per_part: int | None = None, remove_before_run: Path | None = None) -> list[str]:
     import sys
 
     cmd = [sys.executable, "-m", "tests.batch_data", "--marker", str(marker)]
     for flag, value in (("--hold-after-rows", hold_after_rows), ("--kill-at", kill_at),
-                        ("--rows-per-part", rows_per_part)):
+                        ("--rows-per-part", rows_per_part), ("--remove-before-run", remove_before_run)):
         if value is not None:
             cmd += [flag, str(value)]
     return [*cmd, "--", *map(str, cli)]
@@ -119,7 +122,7 @@ def wait_for(marker: Path, proc, timeout_s: float = 240.0) -> str:
     return marker.read_text()
 
 
-def _install_hooks(marker: Path, hold_after_rows, kill_at, rows_per_part) -> None:
+def _install_hooks(marker: Path, hold_after_rows, kill_at, rows_per_part, remove_before_run) -> None:
     import contextlib
     import os
     import signal
@@ -153,7 +156,9 @@ def _install_hooks(marker: Path, hold_after_rows, kill_at, rows_per_part) -> Non
     real_init, real_add = parquet_out.ParquetOutput.__init__, parquet_out.ParquetOutput.add
 
     def init(self, root, meta, **kw):
-        real_init(self, root, meta, **({**kw, "rows_per_part": rows_per_part} if rows_per_part else kw))
+        if rows_per_part:  # parts by row count only, never by time (a loaded machine must not change the points)
+            kw = {**kw, "rows_per_part": rows_per_part, "seconds_per_part": float("inf")}
+        real_init(self, root, meta, **kw)
 
     def add(self, table):
         real_add(self, table)
@@ -164,6 +169,16 @@ def _install_hooks(marker: Path, hold_after_rows, kill_at, rows_per_part) -> Non
                 signal.pause()
 
     parquet_out.ParquetOutput.__init__, parquet_out.ParquetOutput.add = init, add
+    if remove_before_run is not None:
+        from coder.deploy import ray_batch
+
+        real_run = ray_batch.run_ray
+
+        def run_ray(*args, **kwargs):
+            remove_before_run.unlink()
+            return real_run(*args, **kwargs)
+
+        ray_batch.run_ray = run_ray
 
 
 if __name__ == "__main__":
@@ -174,9 +189,10 @@ if __name__ == "__main__":
     ap.add_argument("--hold-after-rows", type=int)
     ap.add_argument("--kill-at", type=int)
     ap.add_argument("--rows-per-part", type=int)
+    ap.add_argument("--remove-before-run", type=Path)
     ap.add_argument("cli", nargs=argparse.REMAINDER)
     a = ap.parse_args()
-    _install_hooks(a.marker, a.hold_after_rows, a.kill_at, a.rows_per_part)
+    _install_hooks(a.marker, a.hold_after_rows, a.kill_at, a.rows_per_part, a.remove_before_run)
     from coder.cli import main
 
     raise SystemExit(main(a.cli[1:] if a.cli[:1] == ["--"] else a.cli))

@@ -205,7 +205,8 @@ def test_sigterm_keeps_finished_rows_and_resume_completes(art, tmp_path):
 
     make_images(tmp_path / "in", 8, bad=False)
     out, marker = tmp_path / "o.parquet", tmp_path / "held"
-    proc = _hooked(marker, tmp_path / "in", "-a", art, "--out", out, "--batch-size", "1", hold_after_rows=3)
+    proc = _hooked(marker, tmp_path / "in", "-a", art, "--out", out, "--batch-size", "1", hold_after_rows=3,
+                   rows_per_part=1000)
     assert wait_for(marker, proc) == "3"
     assert not list(out.glob("part-*"))  # still buffered: only the signal path can write them
     proc.send_signal(signal.SIGTERM)
@@ -226,7 +227,8 @@ def test_two_runs_at_once_never_write_a_row_twice(art, tmp_path):
 
     make_images(tmp_path / "in", 6, bad=False)
     out, marker = tmp_path / "o.parquet", tmp_path / "held"
-    first = _hooked(marker, tmp_path / "in", "-a", art, "--out", out, "--batch-size", "2", hold_after_rows=2)
+    first = _hooked(marker, tmp_path / "in", "-a", art, "--out", out, "--batch-size", "2", hold_after_rows=2,
+                    rows_per_part=1000)
     wait_for(marker, first)
     second = subprocess.run(hook_command(tmp_path / "unused", "classify", tmp_path / "in", "-a", art, "--out",
                                          f"{tmp_path}/x/../o.parquet/"),

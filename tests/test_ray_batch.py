@@ -1,11 +1,12 @@
-"""``coder classify --ray`` on a local Ray (2 CPUs, started once for this module): rows equal
-``classify --json``, bad files are error rows, resume, text lists, and the same table as the
-single-process ``--out``."""
+"""``coder classify --ray`` on a local Ray (started once for this module by ``connect``, as the CLI
+starts it): rows equal ``classify --json``, bad files are error rows, resume, text lists, the same
+table as the single-process ``--out``; SIGTERM while Ray runs; ``connect`` beside a stale cluster file."""
 
 from __future__ import annotations
 
 import shutil
 import signal
+from pathlib import Path
 
 import onnxruntime as ort
 import pytest
@@ -16,8 +17,9 @@ from typer.testing import CliRunner
 from coder.cli import app
 from coder.cli.common import EXIT_CODES
 from coder.errors import ConfigError, InputError
-from coder.deploy.ray_batch import prepare_env
-from tests.batch_data import BAD, artifact_with_bank, assert_rows_match, json_records, make_images, parquet_rows
+from coder.deploy.ray_batch import connect, prepare_env
+from tests.batch_data import (BAD, artifact_with_bank, assert_rows_match, hook_command, hook_env, json_records,
+                              make_images, parquet_rows, wait_for)
 
 prepare_env(None)  # before Ray is imported: a loopback-only local Ray
 ray = pytest.importorskip("ray")
@@ -39,10 +41,10 @@ def _alarm(seconds: int, what: str):
 def local_ray():
     _alarm(RAY_START_TIMEOUT_S, "starting a local Ray")
     try:
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-                 object_store_memory=200 * 2**20)
+        started, _ = connect(None)  # what `classify --ray` does: a new local instance, loopback only
     finally:
         signal.alarm(0)
+    assert started
     yield
     ray.shutdown()
 
@@ -92,8 +94,7 @@ def test_ray_and_single_process_write_the_same_table(art, tmp_path):
     assert _label(lst, "-a", art, "--out", a, "--ray", "--actors", "1").exit_code == CODE[InputError]
     assert _label(lst, "-a", art, "--out", b).exit_code == CODE[InputError]
     ta, tb = (pq.read_table(p).sort_by("file") for p in (a, b))
-    assert ta.column("file").to_pylist() == sorted([*map(str, good[:4]), f"file://{good[4]}",
-                                                    str(tmp_path / "in" / "bad.jpg")])
+    assert ta.column("file").to_pylist() == sorted([*map(str, good[:5]), str(tmp_path / "in" / "bad.jpg")])
     assert ta.schema.equals(tb.schema, check_metadata=False)
     for col in ta.column_names:
         if col not in ("stage1_scores", "gap", "rerank_scores"):
@@ -102,9 +103,12 @@ def test_ray_and_single_process_write_the_same_table(art, tmp_path):
 
 
 def test_ray_pool_that_cannot_fit_is_a_config_error(art, tmp_path):
+    from coder.deploy.ray_batch import DECODE_CPUS
+
+    fits = int(ray.cluster_resources()["CPU"] - DECODE_CPUS)
     make_images(tmp_path / "in", 1, bad=False)
-    res = _label(tmp_path / "in", "-a", art, "--out", tmp_path / "o.parquet", "--ray", "--actors", "2")
-    assert res.exit_code == CODE[ConfigError] and "at most 1" in res.output
+    res = _label(tmp_path / "in", "-a", art, "--out", tmp_path / "o.parquet", "--ray", "--actors", fits + 1)
+    assert res.exit_code == CODE[ConfigError] and f"at most {fits}" in res.output
     res = _label(tmp_path / "in", "-a", art, "--out", tmp_path / "o.parquet", "--ray", "--actors", "3,2")
     assert res.exit_code == CODE[ConfigError]
 
@@ -165,3 +169,47 @@ def test_unreachable_cluster_fails_fast(art, tmp_path):
     res = _label(tmp_path / "in", "-a", art, "--out", tmp_path / "o.parquet", "--ray", "--ray-address",
                  f"127.0.0.1:{port}")
     assert res.exit_code == CODE[BackendError] and "cannot reach the Ray cluster" in res.output
+
+
+def test_sigterm_while_ray_runs_writes_every_finished_row_and_resume_completes(art, tmp_path):
+    """The CLI starts its own Ray (ray.init replaces SIGTERM's handler); held after the first rows reached the
+    writer, SIGTERM: exit 143, those rows committed, no temporary left; the re-run labels exactly the rest."""
+    import subprocess
+
+    make_images(tmp_path / "in", 10, bad=False)
+    out, marker = tmp_path / "o.parquet", tmp_path / "held"
+    proc = subprocess.Popen(hook_command(marker, "classify", tmp_path / "in", "-a", art, "--out", out, "--ray",
+                                         "--actors", "1", "--batch-size", "2", hold_after_rows=2,
+                                         rows_per_part=1000),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=hook_env())
+    held = int(wait_for(marker, proc))
+    assert held < 10 and not list(out.glob("part-*"))
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert "terminated" in stderr and not list(out.glob(".tmp-*"))
+    assert len(parquet_rows(out)) == held
+    res = _label(tmp_path / "in", "-a", art, "--out", out, "--ray")
+    assert f"labeled {10 - held} images" in res.stdout and f"{held} already in" in res.stdout, res.output
+    assert len(parquet_rows(out)) == 10
+
+
+def test_connect_starts_its_own_ray_beside_a_stale_cluster_file(tmp_path):
+    """A `ray start` killed long ago leaves RAY_TMPDIR/ray/ray_current_cluster; the embedded default must
+    not try to join it (it once failed with exit 6) but start its own instance."""
+    import subprocess
+    import sys
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="r", dir="/tmp") as tmp:  # short: Ray's socket paths have a limit
+        (Path(tmp) / "ray").mkdir()
+        (Path(tmp) / "ray" / "ray_current_cluster").write_text("127.0.0.1:1\n")  # nobody listens there
+        code = ("import ray; from coder.deploy.ray_batch import connect; started, cpus = connect(None); "
+                "print(started, cpus > 0, ray.get_runtime_context().gcs_address != '127.0.0.1:1', "
+                "ray.util.get_node_ip_address()); ray.shutdown()")
+        env = {**hook_env(), "RAY_TMPDIR": tmp}
+        env.pop("RAY_ADDRESS", None)
+        res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                             timeout=RAY_START_TIMEOUT_S)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["True", "True", "True", "127.0.0.1"], res.stdout

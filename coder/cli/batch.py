@@ -73,7 +73,7 @@ def classify_to_parquet(paths: list[str], job, out: Path, batch_size: int, ray_a
         raise InputError(f"no images found in {', '.join(paths)}")
     settings = job_settings(job)
     t0 = time.perf_counter()
-    where, actors, backends, startup = "this process", 1, set(), 0.0
+    where, actors, backends, startup, unseen = "this process", 1, set(), 0.0, []
     # the dataset's lock is held from here to the last part; closing commits every finished row,
     # also on Ctrl-C, SIGTERM (exit 130 / 143) or a failure
     with writing(out, settings, overwrite) as output, _rate_bar() as bar:
@@ -85,12 +85,16 @@ def classify_to_parquet(paths: list[str], job, out: Path, batch_size: int, ray_a
             bar.advance(task, table.num_rows)
 
         if ray_args.enabled:
-            where, actors, backends, startup = _run_ray(job, plan.todo, batch_size, ray_args, on_table)
+            where, actors, backends, startup, unseen = _run_ray(job, plan.todo, batch_size, ray_args, on_table)
         elif plan.todo:
             backends = {run_local(job, plan.todo, lambda pairs: on_table(to_table([row(r, s) for r, s in pairs])),
                                   batch_size)}
     _summary(output, plan, time.perf_counter() - t0, startup, where, actors, backends, out, as_json)
-    if output.errors_written or empty:
+    if unseen:
+        from ..deploy.ray_batch import unseen_message
+
+        say("error", unseen_message(unseen))
+    if output.errors_written or empty or unseen:
         raise typer.Exit(exit_code_for(InputError()))
 
 
@@ -104,7 +108,7 @@ def _run_ray(job, todo, batch_size, a: RayArgs, on_table):
     where = (f"Ray cluster {a.address}" if a.address else "local Ray") + \
         f" ({stats.cluster_cpus:g} CPUs, pool {lo}{'' if lo == hi else f'-{hi}'} actors, " \
         f"started in {stats.startup_s:.1f} s)"
-    return where, stats.actors, stats.backends, stats.startup_s
+    return where, stats.actors, stats.backends, stats.startup_s, stats.unseen
 
 
 def _summary(output, plan, seconds: float, startup: float, where: str, actors: int, backends: set, out: Path,

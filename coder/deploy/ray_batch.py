@@ -11,8 +11,12 @@ and appends result parts)::
       -> iter_batches -> ParquetOutput  driver          whole parts, atomically (resumable)
 
 Between stages only Arrow binary/numbers travel (no PIL objects: Ray's memory estimates
-cannot see them). A bad image is an error row, never a failed task. Uses the actor-pool
-API of Ray >= 2.51 (``compute=ray.data.ActorPoolStrategy``; ``concurrency=`` is deprecated).
+cannot see them). A bad image is an error row, never a failed task. Local inputs reach the
+workers as absolute paths (:func:`~coder.deploy.sources.file_key`); on a cluster, a file the
+driver listed that a worker cannot find gets no error row (that would block a resume): it is
+counted in :attr:`RayStats.unseen` (the CLI reports one line, exit 1) and left for a re-run.
+Uses the actor-pool API of Ray >= 2.51 (``compute=ray.data.ActorPoolStrategy``; ``concurrency=``
+is deprecated).
 
 >>> opts = RayOptions(actors=(1, 2), cpus_per_actor=1)                          # doctest: +SKIP
 >>> stats = run_ray(job, sources, opts, on_table=output.add)
@@ -29,13 +33,14 @@ from typing import Callable, Optional
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ..errors import BackendError, ConfigError, one_line
 from ..store import reinstall
 from ..runtime.records import error_record
 from .batch import ClassifyJob, classify_crops, decode_or_error, read_or_error
 from .parquet_out import SCHEMA, row, to_table
-from .sources import Source
+from .sources import Source, is_uri
 
 GPU_BACKENDS = ("cuda", "tensorrt", "tensorrt-native")
 DECODE_CPUS = 0.25  # logical CPUs per read/decode task (see RayOptions.decode_cpus)
@@ -80,6 +85,14 @@ class RayStats:
     started_local: bool = False
     startup_s: float = 0.0
     pool: tuple = (0, 0)  # (min, max) actors after fitting the cluster
+    unseen: list = field(default_factory=list)  # local inputs listed here that the workers could not find
+
+
+def unseen_message(unseen: list[str]) -> str:
+    """The one line for inputs the driver listed but the cluster's workers cannot see."""
+    return (f"{len(unseen)} input(s) listed on this machine cannot be read on the Ray workers (first: {unseen[0]}): "
+            f"put them on storage every node mounts at the same path, or pass URIs (s3://...); no row was "
+            f"written for them, a re-run labels them")
 
 
 def prepare_env(address: Optional[str]) -> None:
@@ -149,15 +162,17 @@ def fit_pool(opts: RayOptions, cluster_cpus: float, cluster_gpus: float, backend
     return replace(opts, actors=(lo, fits if hi is None else min(hi, fits)))
 
 
-def read_stage(batch: pa.Table) -> pa.Table:
-    """``file`` column -> adds ``data`` (bytes; empty on failure) and ``error`` (null or why)."""
-    data, errors = [], []
-    for f in batch.column("file").to_pylist():
+def read_stage(batch: pa.Table, cluster: bool = False) -> pa.Table:
+    """``file`` column -> adds ``data`` (bytes; empty on failure), ``error`` (null or why) and
+    ``_unseen``: on a ``cluster``, a local file the driver listed (size >= 0) that is not here."""
+    data, errors, unseen = [], [], []
+    for f, size in zip(batch.column("file").to_pylist(), batch.column("file_size").to_pylist()):
         got, why = read_or_error(f)
         data.append(got or b"")
         errors.append(why)
+        unseen.append(bool(cluster and why is not None and size >= 0 and not is_uri(f) and not os.path.exists(f)))
     return batch.append_column("data", pa.array(data, pa.large_binary())) \
-        .append_column("error", pa.array(errors, pa.string()))
+        .append_column("error", pa.array(errors, pa.string())).append_column("_unseen", pa.array(unseen, pa.bool_()))
 
 
 def decode_stage(batch: pa.Table, cfg) -> pa.Table:
@@ -192,7 +207,8 @@ class ClassifierActor:
         recs = dict(zip(ok, classify_crops(self.clf, self.job, [cols["file"][i] for i in ok], crops))) if ok else {}
         rows = [row(recs[i] if i in recs else error_record(f, cols["error"][i]), Source(f, s, m))
                 for i, (f, s, m) in enumerate(zip(cols["file"], cols["file_size"], cols["file_mtime_ns"]))]
-        return to_table(rows).append_column("_actor", pa.array([self.actor_id] * len(rows), pa.string()))
+        return to_table(rows).append_column("_actor", pa.array([self.actor_id] * len(rows), pa.string())) \
+            .append_column("_unseen", batch.column("_unseen"))
 
 
 def _coder_error_in(exc: BaseException):
@@ -235,7 +251,8 @@ def build_dataset(job: ClassifyJob, sources: list[Source], opts: RayOptions, bac
     items = [{"file": s.file, "file_size": s.size, "file_mtime_ns": s.mtime_ns} for s in sources]
     blocks = max(1, min(len(items) // opts.batch_size, 2000))
     ds = ray.data.from_items(items, override_num_blocks=blocks)
-    ds = ds.map_batches(read_stage, batch_format="pyarrow", batch_size=opts.batch_size, num_cpus=opts.decode_cpus)
+    ds = ds.map_batches(read_stage, fn_kwargs={"cluster": opts.address is not None}, batch_format="pyarrow",
+                        batch_size=opts.batch_size, num_cpus=opts.decode_cpus)
     ds = ds.map_batches(decode_stage, fn_kwargs={"cfg": cfg}, batch_format="pyarrow", batch_size=opts.batch_size,
                         num_cpus=opts.decode_cpus)
     lo, hi = opts.actors
@@ -273,7 +290,9 @@ def run_ray(job: ClassifyJob, sources: list[Source], opts: RayOptions, on_table:
                     batch_size=None, batch_format="pyarrow") if sources else ():
                 actors.update(batch.column("_actor").to_pylist())
                 stats.backends.update(b for b in batch.column("backend").to_pylist() if b)
-                on_table(batch.drop_columns(["_actor"]).cast(SCHEMA))
+                mask = batch.column("_unseen")
+                stats.unseen += batch.filter(mask).column("file").to_pylist()
+                on_table(batch.filter(pc.invert(mask)).drop_columns(["_actor", "_unseen"]).cast(SCHEMA))
         except Exception as e:  # a worker's CoderError (bad artifact, backend) arrives wrapped by Ray
             raise _coder_error_in(e) or e
         finally:
