@@ -1,5 +1,5 @@
 """``coder classify --ray --ray-address`` against a two-node Ray cluster on this machine
-(``ray.cluster_utils.Cluster``, 127.0.0.1, one CPU per node), the driver a separate process whose
+(``ray.cluster_utils.Cluster``, 127.0.0.1, 1 + 2 CPUs), the driver a separate process whose
 working directory differs from the workers': relative paths are labeled (the driver makes them
 absolute), and a file the workers cannot see is one error line, not an error row that blocks a resume.
 Skipped cleanly when Ray cannot start here in time."""
@@ -40,7 +40,7 @@ def cluster(tmp_path_factory):
     try:
         c = Cluster(initialize_head=True, connect=False,
                     head_node_args={"num_cpus": 1, "include_dashboard": False, "object_store_memory": 100 * 2**20})
-        c.add_node(num_cpus=1, object_store_memory=100 * 2**20)
+        c.add_node(num_cpus=2, object_store_memory=100 * 2**20)  # 3 CPUs in all: 2 actors + read/decode
         c.wait_for_nodes()
     except Exception as e:  # noqa: BLE001 -- a machine where Ray cannot start skips, never hangs
         if c is not None:
@@ -64,7 +64,7 @@ def _classify(cluster, cwd, marker, *args, **hooks):
                           cwd=cwd, capture_output=True, text=True, env=hook_env(), timeout=RUN_TIMEOUT_S)
 
 
-def test_relative_paths_from_another_cwd_are_labeled_by_both_nodes(cluster, art, tmp_path):
+def test_relative_paths_from_another_cwd_are_labeled(cluster, art, tmp_path):
     driver = tmp_path / "driver"
     good = make_images(driver / "in", 6, bad=False)
     res = _classify(cluster, driver, tmp_path / "m", "in", "-a", art, "--out", "o.parquet", "--json")
