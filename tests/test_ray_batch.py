@@ -12,6 +12,7 @@ import onnxruntime as ort
 import pytest
 
 pq = pytest.importorskip("pyarrow.parquet")  # the [ray] extra
+import pyarrow as pa  # noqa: E402
 from typer.testing import CliRunner
 
 from coder.cli import app
@@ -103,9 +104,7 @@ def test_ray_and_single_process_write_the_same_table(art, tmp_path):
 
 
 def test_ray_pool_that_cannot_fit_is_a_config_error(art, tmp_path):
-    from coder.deploy.ray_batch import DECODE_CPUS
-
-    fits = int(ray.cluster_resources()["CPU"] - DECODE_CPUS)
+    fits = int(ray.cluster_resources()["CPU"])  # CPU actors decode their own inputs: every CPU can hold one
     make_images(tmp_path / "in", 1, bad=False)
     res = _label(tmp_path / "in", "-a", art, "--out", tmp_path / "o.parquet", "--ray", "--actors", fits + 1)
     assert res.exit_code == CODE[ConfigError] and f"at most {fits}" in res.output
@@ -133,10 +132,14 @@ def test_pool_fits_cpus_and_gpus():
 
     assert parse_actors(None) == (1, None) and parse_actors("3") == (3, 3) and parse_actors("1,4") == (1, 4)
     cpu = RayOptions(actors=(1, None), cpus_per_actor=2)
-    assert fit_pool(cpu, 16, 0, "cpu").actors == (1, 7)  # 0.25 CPU stays for read/decode tasks
+    assert fit_pool(cpu, 16, 0, "cpu").actors == (1, 8)  # CPU actors read and decode themselves
+    staged = RayOptions(actors=(1, None), cpus_per_actor=2, decode_in_actor=False)
+    assert fit_pool(staged, 16, 0, "cpu").actors == (1, 7)  # 0.25 CPU stays for read/decode tasks
     assert fit_pool(RayOptions(actors=(1, None)), 16, 2, "cuda").actors == (1, 2)  # one GPU each
     assert fit_pool(RayOptions(actors=(2, 8), gpus_per_actor=0.5), 16, 2, "cuda").actors == (2, 4)
-    assert fit_pool(RayOptions(actors=(1, None), gpus_per_actor=0), 4, 0, "cuda").actors == (1, 3)
+    assert fit_pool(RayOptions(actors=(1, None), gpus_per_actor=0), 4, 0, "cuda").actors == (1, 4)
+    assert RayOptions().in_actor("cpu") and not RayOptions().in_actor("cuda")
+    assert not RayOptions(gpus_per_actor=0.5).in_actor("cpu") and RayOptions(gpus_per_actor=0).in_actor("cuda")
     with pytest.raises(ConfigError, match="at most 0"):
         fit_pool(RayOptions(actors=(1, 1)), 16, 0, "tensorrt")
 
@@ -213,3 +216,26 @@ def test_connect_starts_its_own_ray_beside_a_stale_cluster_file(tmp_path):
                              timeout=RAY_START_TIMEOUT_S)
     assert res.returncode == 0, res.stderr
     assert res.stdout.split() == ["True", "True", "True", "127.0.0.1"], res.stdout
+
+
+def test_decode_tasks_and_decoding_actors_write_the_same_rows(art, tmp_path):
+    """The two pipelines (separate read/decode tasks, as GPU actors use; actors decoding themselves, as CPU
+    actors do) give the same rows, error rows included."""
+    from coder.deploy.batch import ClassifyJob
+    from coder.deploy.ray_batch import RayOptions, run_ray
+    from coder.deploy.sources import expand_sources
+    from coder.runtime.classifier import ClassifierOptions
+
+    make_images(tmp_path / "in", 5)
+    sources = list(expand_sources([tmp_path / "in"]))
+    job = ClassifyJob(ClassifierOptions(str(art), backend="cpu"))
+    tables = {}
+    for in_actor in (False, True):
+        got = []
+        stats = run_ray(job, sources, RayOptions(actors=(1, 1), batch_size=3, decode_in_actor=in_actor), got.append)
+        assert stats.backends == {"cpu"} and not stats.unseen
+        tables[in_actor] = pa.concat_tables(got).sort_by("file").to_pylist()
+    assert len(tables[True]) == len(sources) and sum(r["error"] is not None for r in tables[True]) == len(BAD)
+    for a, b in zip(tables[False], tables[True]):
+        assert {k: v for k, v in a.items() if "score" not in k and k != "gap"} == \
+            {k: v for k, v in b.items() if "score" not in k and k != "gap"}
