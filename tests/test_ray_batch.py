@@ -239,3 +239,21 @@ def test_decode_tasks_and_decoding_actors_write_the_same_rows(art, tmp_path):
     for a, b in zip(tables[False], tables[True]):
         assert {k: v for k, v in a.items() if "score" not in k and k != "gap"} == \
             {k: v for k, v in b.items() if "score" not in k and k != "gap"}
+
+
+@pytest.mark.parametrize("point", [3, 4])  # the first part written to its temporary name; renamed
+def test_sigkill_of_a_ray_driver_then_resume_gives_one_row_per_file(art, tmp_path, point):
+    """A --ray driver SIGKILLed at a commit point (its Ray dies with it) loses no committed part; the re-run
+    starts its own Ray and completes: one row per file, no temporary left, never exit 70."""
+    import subprocess
+
+    make_images(tmp_path / "in", 4, bad=False)
+    out, marker = tmp_path / "o.parquet", tmp_path / "killed"
+    res = subprocess.run(hook_command(marker, "classify", tmp_path / "in", "-a", art, "--out", out, "--ray",
+                                      "--actors", "1", "--batch-size", "2", kill_at=point, rows_per_part=2),
+                         capture_output=True, text=True, env=hook_env(), timeout=300)
+    assert res.returncode == -9 and marker.exists(), res.stderr
+    res = _label(tmp_path / "in", "-a", art, "--out", out, "--ray")
+    assert res.exit_code == 0, res.output
+    assert f"{2 if point == 4 else 0} already in" in res.stdout  # the committed part is kept, the rest redone
+    assert len(parquet_rows(out)) == 4 and not list(out.glob(".tmp-*"))

@@ -15,7 +15,7 @@ so a killed job leaves only whole parts; a re-run reads the ``(file, file_size, 
 of every row and classifies only the rest. A run holds the dataset's lock
 (:func:`coder.store.output_lock`, ``OUT.parquet/.coder.lock``) from opening to closing, so two runs
 never write one dataset at once (the second exits 3 naming the first). A part that cannot be read
-(empty, truncated, damaged) is set aside as ``.damaged-<name>`` with a warning and its rows redone.
+(empty, truncated, damaged) is set aside as ``.damaged-<name>.bad`` with a warning and its rows redone.
 
 >>> with writing(Path("out.parquet"), settings) as w:                  # doctest: +SKIP
 ...     todo = w.plan(sources).todo; w.add(rows)
@@ -129,9 +129,9 @@ class ParquetOutput:
         return out, twice
 
     def _set_aside(self, part: Path, e: BaseException) -> None:
-        """Rename an unreadable part to a hidden ``.damaged-*`` name (readers skip it; nothing is
+        """Rename an unreadable part to a hidden ``.damaged-*.bad`` name (readers skip it; nothing is
         deleted) and warn; its rows are no longer in the dataset, so this run redoes them."""
-        aside = part.with_name(DAMAGED_PREFIX + part.name)
+        aside = part.with_name(f"{DAMAGED_PREFIX}{part.name}.bad")  # hidden, and no *.parquet glob takes it
         with critical(), storage_errors(self.root):
             os.replace(part, aside)
             fsync_dir(self.root)

@@ -190,8 +190,8 @@ def _glob_match(path: str, pattern: str) -> bool:
     locally: ``*``, ``?`` and ``[...]`` stay within one ``/`` level, a ``**`` component is zero or more
     directories (``a/**/*.jpg`` takes ``a/x.jpg`` too), and wildcards do not match names starting with ``.``.
 
-    >>> _glob_match("b/a/x.jpg", "b/**/*.jpg"), _glob_match("b/x.jpg", "b/**/*.jpg"), _glob_match("b/a/x.jpg", "b/*.jpg")
-    (True, True, False)
+    >>> [_glob_match(p, q) for p, q in [("b/a/x.jpg", "b/**/*.jpg"), ("b/x.jpg", "b/**/*.jpg"), ("b/a/x", "b/*")]]
+    [True, True, False]
     """
     return _glob_regex(pattern.strip("/")).match(path.strip("/")) is not None
 
