@@ -17,7 +17,8 @@ from coder.cli.common import EXIT_CODES
 from coder.deploy.parquet_out import FORMAT, FORMAT_VERSION, SCHEMA
 from coder.deploy.sources import expand_sources, is_uri, read_bytes
 from coder.errors import ArtifactError, ConfigError, InputError
-from tests.batch_data import BAD, artifact_with_bank, assert_rows_match, json_records, make_images, parquet_rows
+from tests.batch_data import (BAD, artifact_with_bank, assert_rows_match, hook_command, hook_env, input_digest,
+                              json_records, make_images, parquet_rows, wait_for)
 
 runner = CliRunner()
 CODE = {cls: code for cls, code, _ in EXIT_CODES}
@@ -142,7 +143,7 @@ def test_text_file_of_paths_and_file_uri(art, tmp_path):
     lst.write_text(f"# frames to label\n{good[0].name}\n\n{good[1]}\nfile://{good[2]}\n")
     out = tmp_path / "o.parquet"
     assert _label(lst, "-a", art, "--out", out).exit_code == 0
-    assert set(parquet_rows(out)) == {str(good[0]), str(good[1]), f"file://{good[2]}"}
+    assert set(parquet_rows(out)) == {str(good[0]), str(good[1]), str(good[2])}  # file:// is a local path
 
 
 def test_sources_fsspec_uri_listing_and_reading(tmp_path):
@@ -194,30 +195,183 @@ def test_classify_pixels_equals_classify(art, tmp_path):
     np.testing.assert_allclose([g["stage1_scores"] for g in got], [w.stage1_scores for w in want], atol=1e-5)
 
 
+def _hooked(marker, *cli, **hooks):
+    import subprocess
+
+    return subprocess.Popen(hook_command(marker, "classify", *cli, **hooks), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=hook_env())
+
+
 def test_sigterm_keeps_finished_rows_and_resume_completes(art, tmp_path):
+    """Held after 3 rows reached the writer (none flushed yet), SIGTERM: exit 143, those 3 rows committed,
+    no temp left; the re-run labels exactly the rest."""
+    import signal
+
+    make_images(tmp_path / "in", 8, bad=False)
+    out, marker = tmp_path / "o.parquet", tmp_path / "held"
+    proc = _hooked(marker, tmp_path / "in", "-a", art, "--out", out, "--batch-size", "1", hold_after_rows=3,
+                   rows_per_part=1000)
+    assert wait_for(marker, proc) == "3"
+    assert not list(out.glob("part-*"))  # still buffered: only the signal path can write them
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr
+    assert "terminated" in stderr and not list(out.glob(".tmp-*"))
+    assert len(parquet_rows(out)) == 3
+    res = _label(tmp_path / "in", "-a", art, "--out", out)
+    assert "labeled 5 images" in res.stdout and "3 already in" in res.stdout
+    assert len(parquet_rows(out)) == 8
+
+
+def test_two_runs_at_once_never_write_a_row_twice(art, tmp_path):
+    """A second run on a dataset being written (spelled another way) exits 3 naming the first; nothing
+    is written twice, and after the first is stopped a re-run completes with one row per file."""
     import signal
     import subprocess
-    import sys
-    import time
 
-    make_images(tmp_path / "in", 60, bad=False)
+    make_images(tmp_path / "in", 6, bad=False)
+    out, marker = tmp_path / "o.parquet", tmp_path / "held"
+    first = _hooked(marker, tmp_path / "in", "-a", art, "--out", out, "--batch-size", "2", hold_after_rows=2,
+                    rows_per_part=1000)
+    wait_for(marker, first)
+    second = subprocess.run(hook_command(tmp_path / "unused", "classify", tmp_path / "in", "-a", art, "--out",
+                                         f"{tmp_path}/x/../o.parquet/"),
+                            capture_output=True, text=True, env=hook_env(), timeout=240)
+    assert second.returncode == CODE[ArtifactError], second.stderr  # StorageError: exit 3
+    assert f"being written by pid {first.pid}" in second.stderr and len(second.stderr.strip().splitlines()) == 1
+    assert not list(out.glob("part-*"))
+    first.send_signal(signal.SIGINT)
+    assert first.wait(timeout=120) == 130
+    assert _label(tmp_path / "in", "-a", art, "--out", out).exit_code == 0
+    assert len(parquet_rows(out)) == 6
+
+
+def test_one_file_spelled_three_ways_is_one_row(art, tmp_path, monkeypatch):
+    good = make_images(tmp_path / "in", 3, bad=False)
+    monkeypatch.chdir(tmp_path)
     out = tmp_path / "o.parquet"
-    cmd = [sys.executable, "-m", "coder", "classify", str(tmp_path / "in"), "-a", str(art), "--out", str(out),
-           "--batch-size", "1"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not (out / "_coder.json").exists() and time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.05)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode in (143, 0), stderr  # 0: it finished before the signal on a fast machine
-    kept = parquet_rows(out) if list(out.glob("part-*")) else {}
-    if proc.returncode == 143:
-        assert "terminated" in stderr and not list(out.glob(".tmp-*"))
+    res = _label("in", tmp_path / "in", "in/../in", f"file://{tmp_path}/in/sub/", "-a", art, "--out", out)
+    assert res.exit_code == 0 and "labeled 3 images" in res.stdout, res.output
+    assert set(parquet_rows(out)) == {str(p) for p in good}
+    (tmp_path / "link").symlink_to(tmp_path / "in")
+    res = _label("link/", "./in/sub/../", "-a", art, "--out", out)
+    assert "labeled 0 images" in res.stdout and "3 already in" in res.stdout
+    assert len(parquet_rows(out)) == 3
+
+
+def test_damaged_part_is_set_aside_with_a_warning_and_its_rows_redone(art, tmp_path):
+    make_images(tmp_path / "in", 2, bad=False)
+    out = tmp_path / "o.parquet"
+    assert _label(tmp_path / "in", "-a", art, "--out", out).exit_code == 0
+    make_images(tmp_path / "in", 2, start=2, bad=False)
+    assert _label(tmp_path / "in", "-a", art, "--out", out).exit_code == 0
+    make_images(tmp_path / "in", 1, start=4, bad=False)
+    assert _label(tmp_path / "in", "-a", art, "--out", out).exit_code == 0
+    empty, corrupt, good = sorted(out.glob("part-*"))
+    empty.write_bytes(b"")  # e.g. a copy cut short, a full disk outside coder
+    corrupt.write_bytes(b"PAR1" + os.urandom(64) + b"PAR1")
+    for _ in range(2):  # the first run sets them aside and redoes 4 rows; the next finds nothing to do
+        res = _label(tmp_path / "in", "-a", art, "--out", out)
+        assert res.exit_code == 0, res.output
+    assert "labeled 0 images" in res.stdout and "5 already in" in res.stdout
+    assert len(parquet_rows(out)) == 5  # readers see whole parts only
+    aside = [f".damaged-{p.name}.bad" for p in (empty, corrupt)]
+    assert sorted(p.name for p in out.glob(".damaged-*")) == aside
+    assert not [p for p in out.glob("*.parquet") if p.name.startswith(".")]  # DuckDB's *.parquet skips them too
+    assert (out / aside[1]).read_bytes().startswith(b"PAR1")  # set aside, not deleted
+
+
+def test_damaged_part_warning_names_it(art, tmp_path):
+    make_images(tmp_path / "in", 1, bad=False)
+    out = tmp_path / "o.parquet"
+    assert _label(tmp_path / "in", "-a", art, "--out", out).exit_code == 0
+    [part] = out.glob("part-*")
+    part.write_bytes(b"")
     res = _label(tmp_path / "in", "-a", art, "--out", out)
-    assert f"labeled {60 - len(kept)} images" in res.stdout
-    assert len(parquet_rows(out)) == 60
+    assert res.exit_code == 0 and "labeled 1 images" in res.stdout
+    assert f"warning: {part}: damaged part" in " ".join(res.output.split())
+
+
+def test_rows_found_twice_are_redone_once(art, tmp_path):
+    """A dataset that holds a file twice (parts copied in by hand, an older coder) is repaired on resume."""
+    import shutil
+
+    make_images(tmp_path / "in", 2, bad=False)
+    out = tmp_path / "o.parquet"
+    assert _label(tmp_path / "in", "-a", art, "--out", out).exit_code == 0
+    [part] = out.glob("part-*")
+    shutil.copy(part, out / "part-09999-copy.parquet")
+    res = _label(tmp_path / "in", "-a", art, "--out", out)
+    assert "labeled 2 images" in res.stdout and "2 redone" in res.stdout
+    assert len(parquet_rows(out)) == 2
+
+
+def test_damaged_metadata_is_taken_from_the_parts(art, tmp_path):
+    make_images(tmp_path / "in", 2, bad=False)
+    out = tmp_path / "o.parquet"
+    assert _label(tmp_path / "in", "-a", art, "--out", out).exit_code == 0
+    (out / "_coder.json").write_text("{trunc")
+    res = _label(tmp_path / "in", "-a", art, "--out", out)
+    assert res.exit_code == 0 and "2 already in" in res.stdout and "damaged" in res.output
+    res = _label(tmp_path / "in", "-a", art, "--out", out, "--top-k", "2")  # still refuses other settings
+    assert res.exit_code == CODE[ConfigError]
+
+
+def test_uri_globs_follow_local_glob_rules(tmp_path):
+    """`**` is zero or more directories (top-level files included), `*` one level, hidden names skipped:
+    the same files as the shell-less local glob, for file:// and fsspec (memory://) URIs."""
+    import glob
+
+    fsspec = pytest.importorskip("fsspec")
+    names = ["x.jpg", "a/y.jpg", "a/b/z.jpg", "a/q.png", ".h.jpg", "a/.h/w.jpg", "c1.jpg", "c2.jpg"]
+    mem = fsspec.filesystem("memory")
+    for n in names:
+        (tmp_path / n).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / n).write_bytes(b"x")
+        mem.pipe(f"/globs/{n}", b"x")
+    for pattern in ["**/*.jpg", "*.jpg", "a/**/*.jpg", "a/*", "**/b/*.jpg", "c[!1].jpg", "a/**"]:
+        local = sorted(p for p in glob.glob(f"{tmp_path}/{pattern}", recursive=True) if os.path.isfile(p))
+        assert local, pattern
+        assert [s.file for s in expand_sources([f"{tmp_path}/{pattern}"])] == local, pattern
+        assert [s.file for s in expand_sources([f"file://{tmp_path}/{pattern}"])] == local, pattern
+        want = sorted(f"memory://globs/{os.path.relpath(p, tmp_path)}" for p in local)
+        assert [s.file for s in expand_sources([f"memory://globs/{pattern}"])] == want, pattern
+
+
+def test_fault_injection_every_commit_point(art, tmp_path):
+    """SIGKILL at every commit point of a resuming run (_coder.json, a dropped stale row, each part: written
+    to its temporary name, renamed), then a plain re-run: exactly one row per file, every file labeled,
+    inputs unchanged, no temporary left, never exit 70."""
+    import shutil
+    import subprocess
+
+    make_images(tmp_path / "in", 3, bad=False)
+    base = tmp_path / "base.parquet"
+    assert _label(tmp_path / "in", "-a", art, "--out", base).exit_code == 0
+    os.utime(tmp_path / "in" / "img000.jpg", ns=(1, 1))  # changed since: its row is dropped, then redone
+    make_images(tmp_path / "in", 2, start=3, bad=False)
+    files = {str(p) for p in (tmp_path / "in").rglob("img*")}
+    digest = input_digest(tmp_path / "in")
+    killed = []
+    for k in range(1, 40):
+        out, marker = tmp_path / f"o{k}.parquet", tmp_path / f"killed{k}"
+        shutil.copytree(base, out)
+        res = subprocess.run(hook_command(marker, "classify", tmp_path / "in", "-a", art, "--out", out,
+                                          "--batch-size", "1", kill_at=k, rows_per_part=1),
+                             capture_output=True, text=True, env=hook_env(), timeout=240)
+        if res.returncode != -9:
+            assert res.returncode == 0 and not marker.exists(), res.stderr
+            break
+        killed.append(marker.read_text())
+        again = _label(tmp_path / "in", "-a", art, "--out", out)
+        assert again.exit_code == 0, (killed[-1], again.output)
+        rows = parquet_rows(out)  # asserts one row per file
+        assert set(rows) == files and all(r["error"] is None for r in rows.values()), killed[-1]
+        assert rows[str(tmp_path / "in" / "img000.jpg")]["file_mtime_ns"] == 1, killed[-1]
+        assert not list(out.glob(".tmp-*")) and input_digest(tmp_path / "in") == digest
+        shutil.rmtree(out)
+    # _coder.json (2 points), the part holding the stale row rewritten (2), 3 new parts (2 each)
+    assert len(killed) == 10, killed
 
 
 def test_any_decoder_or_storage_failure_is_an_error_row_not_a_crash(monkeypatch, tmp_path):
@@ -227,7 +381,7 @@ def test_any_decoder_or_storage_failure_is_an_error_row_not_a_crash(monkeypatch,
         raise TypeError("bad tile\nsecond line")
 
     monkeypatch.setattr(batch, "decode_crop", broken)
-    assert batch.decode_or_error(b"x", "a.tif", None) == (None, "a.tif: decode failed (TypeError: bad tile")
+    assert batch.decode_or_error(b"x", "a.tif", None) == (None, "a.tif: decode failed (TypeError: bad tile)")
     monkeypatch.setattr(batch, "read_bytes", lambda f: (_ for _ in ()).throw(RuntimeError("throttled")))
     assert batch.read_or_error("s3://b/k.jpg") == (None, "s3://b/k.jpg: read failed (RuntimeError: throttled)")
 

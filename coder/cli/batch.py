@@ -60,7 +60,7 @@ def classify_to_parquet(paths: list[str], job, out: Path, batch_size: int, ray_a
     import pyarrow as pa
 
     from ..deploy.batch import job_settings, run_local
-    from ..deploy.parquet_out import open_output, row, to_table
+    from ..deploy.parquet_out import row, to_table, writing
     from ..deploy.sources import expand_sources
 
     if batch_size < 1 or ray_args.cpus_per_actor < 1 or (ray_args.gpus_per_actor or 0) < 0:
@@ -71,27 +71,30 @@ def classify_to_parquet(paths: list[str], job, out: Path, batch_size: int, ray_a
         say("error", message)
     if not sources:
         raise InputError(f"no images found in {', '.join(paths)}")
-    output = open_output(out, job_settings(job), overwrite)
-    plan = output.plan(sources, retry_errors)
+    settings = job_settings(job)
     t0 = time.perf_counter()
-    where, actors, backends, startup = "this process", 1, set(), 0.0
-    with _rate_bar() as bar:
+    where, actors, backends, startup, unseen = "this process", 1, set(), 0.0, []
+    # the dataset's lock is held from here to the last part; closing commits every finished row,
+    # also on Ctrl-C, SIGTERM (exit 130 / 143) or a failure
+    with writing(out, settings, overwrite) as output, _rate_bar() as bar:
+        plan = output.plan(sources, retry_errors)
         task = bar.add_task("labeling" + (" (ray)" if ray_args.enabled else ""), total=len(plan.todo))
 
         def on_table(table: pa.Table) -> None:
             output.add(table)
             bar.advance(task, table.num_rows)
 
-        try:
-            if ray_args.enabled:
-                where, actors, backends, startup = _run_ray(job, plan.todo, batch_size, ray_args, on_table)
-            elif plan.todo:
-                backends = {run_local(job, plan.todo, lambda pairs: on_table(to_table([row(r, s) for r, s in pairs])),
-                                      batch_size)}
-        finally:
-            output.close()  # a Ctrl-C, SIGTERM or a failure keeps every finished row
+        if ray_args.enabled:
+            where, actors, backends, startup, unseen = _run_ray(job, plan.todo, batch_size, ray_args, on_table)
+        elif plan.todo:
+            backends = {run_local(job, plan.todo, lambda pairs: on_table(to_table([row(r, s) for r, s in pairs])),
+                                  batch_size)}
     _summary(output, plan, time.perf_counter() - t0, startup, where, actors, backends, out, as_json)
-    if output.errors_written or empty:
+    if unseen:
+        from ..deploy.ray_batch import unseen_message
+
+        say("error", unseen_message(unseen))
+    if output.errors_written or empty or unseen:
         raise typer.Exit(exit_code_for(InputError()))
 
 
@@ -105,7 +108,7 @@ def _run_ray(job, todo, batch_size, a: RayArgs, on_table):
     where = (f"Ray cluster {a.address}" if a.address else "local Ray") + \
         f" ({stats.cluster_cpus:g} CPUs, pool {lo}{'' if lo == hi else f'-{hi}'} actors, " \
         f"started in {stats.startup_s:.1f} s)"
-    return where, stats.actors, stats.backends, stats.startup_s
+    return where, stats.actors, stats.backends, stats.startup_s, stats.unseen
 
 
 def _summary(output, plan, seconds: float, startup: float, where: str, actors: int, backends: set, out: Path,

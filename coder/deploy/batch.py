@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Optional
 
 import numpy as np
 
-from ..errors import InputError
+from ..errors import InputError, one_line
 from ..manifest import PreprocessConfig, load_artifact
 from ..runtime.classifier import ClassifierOptions
 from ..runtime.images import decode_image
@@ -88,7 +88,7 @@ def classify_crops(clf, job: ClassifyJob, files: list[str], crops: np.ndarray) -
 def _reason(e: Exception, file: str, what: str) -> str:
     """One line for any failure; a non-InputError (a decoder bug on a malformed file, a storage
     client's own exception) still becomes an error row, naming its type, never a failed job."""
-    return str(e) if isinstance(e, InputError) else f"{file}: {what} failed ({type(e).__name__}: {e})".splitlines()[0]
+    return str(e) if isinstance(e, InputError) else f"{file}: {what} failed ({type(e).__name__}: {one_line(e)})"
 
 
 def read_or_error(file: str) -> tuple[Optional[bytes], Optional[str]]:

@@ -8,15 +8,21 @@ lines are relative to the list file), and URIs of any pyarrow or fsspec filesyst
 each file's size and mtime (the resume key) and never reads the bytes; whoever
 classifies a file calls :func:`read_bytes` on it (on a cluster: the Ray workers).
 
+Every input is named by its key (:func:`file_key`): a local file by its absolute path with
+the directories resolved (``imgs/a.jpg``, ``/abs/imgs/a.jpg`` and ``imgs/../imgs/a.jpg`` are
+one input; ``file://`` URIs are local paths), a URI as its filesystem lists it. So one file is
+one row however it was spelled, and a Ray worker never resolves a relative path in its own cwd.
+Globs follow the local rules everywhere: ``*`` stays within a directory, ``**`` is zero or more
+directories, hidden names only when the pattern names them.
+
 >>> [s.file for s in expand_sources(["photos/"])]          # doctest: +SKIP
-['photos/a.jpg', 'photos/sub/b.png']
+['/home/me/photos/a.jpg', '/home/me/photos/sub/b.png']
 >>> read_bytes("s3://bucket/frames/0001.jpg")[:2]          # doctest: +SKIP
 b'\\xff\\xd8'
 """
 
 from __future__ import annotations
 
-import fnmatch
 import functools
 import os
 import re
@@ -24,8 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
-from ..errors import ConfigError, InputError
+from ..errors import ConfigError, InputError, one_line
 from ..runtime.inputs import IMAGE_SUFFIXES, iter_image_paths
+from ..store import resolved
 
 LIST_SUFFIXES = (".txt", ".lst")
 _WILDCARDS = "*?["
@@ -40,6 +47,19 @@ class Source:
     file: str
     size: int
     mtime_ns: int
+
+
+def file_key(path: str | os.PathLike) -> str:
+    """A local path's key: absolute, ``.``/``..`` and symlinked directories resolved
+    (:func:`coder.store.resolved`), the file's own name kept (a symlinked file keeps its name).
+
+    >>> file_key("/data/imgs/../imgs/./a.jpg")
+    '/data/imgs/a.jpg'
+    """
+    p = Path(os.path.expanduser(os.fspath(path)))
+    if p.name in ("", ".", ".."):
+        return str(resolved(p))
+    return str(resolved(p.parent) / p.name)
 
 
 def is_uri(item: str) -> bool:
@@ -69,11 +89,12 @@ def expand_sources(items: Iterable[str | os.PathLike],
 
 
 def _stat_local(path: Path) -> Source:
+    key = file_key(path)
     try:
-        st = path.stat()
-        return Source(str(path), st.st_size, st.st_mtime_ns)
+        st = os.stat(key)
+        return Source(key, st.st_size, st.st_mtime_ns)
     except OSError:
-        return Source(str(path), -1, 0)
+        return Source(key, -1, 0)
 
 
 def _expand_list(list_file: Path) -> Iterator[Source]:
@@ -135,18 +156,23 @@ def _expand_uri(uri: str) -> Iterator[Source]:
     from pyarrow import fs as pafs
 
     scheme, rest = uri.split("://", 1)
+    if scheme.lower() == "file":  # a local path: listed and keyed as one, so file:///x/a.jpg and /x/a.jpg are one
+        local = rest[len("localhost"):] if rest.startswith("localhost/") else rest
+        yield from (_stat_local(p) for p in iter_image_paths([local]))
+        return
+    scheme = scheme.lower()
     netloc = rest.partition("/")[0]
     native = _filesystem_for(scheme, netloc)[1]
     fs, path = filesystem(uri)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.File:
-        yield Source(uri, int(info.size), int(info.mtime_ns or 0))
+        yield Source(_uri(scheme, netloc, info.path, native), int(info.size), int(info.mtime_ns or 0))
         return
     pattern = None
     if info.type == pafs.FileType.NotFound and any(c in path for c in _WILDCARDS):
         pattern, path = path, path[:min(path.find(c) for c in _WILDCARDS if c in path)].rsplit("/", 1)[0]
     elif info.type != pafs.FileType.Directory:
-        yield Source(uri, -1, 0)  # missing: its read becomes the error row
+        yield Source(f"{scheme}://{rest}", -1, 0)  # missing: its read becomes the error row
         return
     found = fs.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
     for f in sorted(found, key=lambda f: f.path):
@@ -160,11 +186,49 @@ def _expand_uri(uri: str) -> Iterator[Source]:
 
 
 def _glob_match(path: str, pattern: str) -> bool:
-    """Shell-style, as a local glob: ``*`` stays within one ``/`` level unless the pattern has ``**``."""
-    path, pattern = path.lstrip("/"), pattern.lstrip("/")
-    if "**" not in pattern and path.count("/") != pattern.count("/"):
-        return False
-    return fnmatch.fnmatchcase(path, pattern)
+    """True when ``path`` matches ``pattern`` as :func:`glob.glob` (``recursive=True``) would match it
+    locally: ``*``, ``?`` and ``[...]`` stay within one ``/`` level, a ``**`` component is zero or more
+    directories (``a/**/*.jpg`` takes ``a/x.jpg`` too), and wildcards do not match names starting with ``.``.
+
+    >>> [_glob_match(p, q) for p, q in [("b/a/x.jpg", "b/**/*.jpg"), ("b/x.jpg", "b/**/*.jpg"), ("b/a/x", "b/*")]]
+    [True, True, False]
+    """
+    return _glob_regex(pattern.strip("/")).match(path.strip("/")) is not None
+
+
+@functools.lru_cache(maxsize=64)
+def _glob_regex(pattern: str) -> re.Pattern:
+    parts = pattern.split("/")
+    out = []
+    for i, part in enumerate(parts):
+        last = i == len(parts) - 1
+        if part == "**":
+            out.append(r"(?:(?!\.)[^/]+/)*" + (r"(?!\.)[^/]+" if last else ""))
+        else:
+            out.append(_segment_regex(part) + ("" if last else "/"))
+    return re.compile("".join(out) + r"\Z")
+
+
+def _segment_regex(part: str) -> str:
+    """One path component of a glob: ``*`` -> ``[^/]*``, ``?`` -> ``[^/]``, ``[!a]`` -> ``[^a]``."""
+    out = [r"(?!\.)"] if part[:1] in ("*", "?", "[") else []
+    i = 0
+    while i < len(part):
+        c = part[i]
+        j = part.find("]", i + 2) if c == "[" else -1
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "[" and j != -1:
+            body = part[i + 1:j].replace("\\", "\\\\")
+            body = "^" + body[1:] if body.startswith("!") else ("\\" + body if body.startswith("^") else body)
+            out.append(f"[{body}]")
+            i = j
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
 
 
 def read_bytes(file: str) -> bytes:
@@ -180,4 +244,4 @@ def read_bytes(file: str) -> bytes:
     except IsADirectoryError:
         raise InputError(f"{file}: is a directory") from None
     except (OSError, ValueError) as e:  # pyarrow raises OSError subclasses for remote failures
-        raise InputError(f"{file}: cannot read ({str(e).splitlines()[0] if str(e) else type(e).__name__})") from None
+        raise InputError(f"{file}: cannot read ({one_line(e)})") from None
