@@ -301,7 +301,7 @@ def test_signal_leaves_a_readable_partial_bag(art, small_bag, tmp_path, sig, cod
     assert word in err and "did not finish; wrote the 3 results" in err
     assert len(rest.splitlines()) == 2  # frames 1, 2 printed; the 3rd was written to the bag, then the signal
     assert _stamps(out) == [1, 2, 3] and not _complete(out)
-    assert sorted(p.name for p in tmp_path.iterdir()) == [".partial.lock", "partial"]  # no staging left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["partial"]  # no staging left
     res = runner.invoke(app, ["bag", *args, "--force"])
     assert res.exit_code == 0, res.output
     assert _stamps(out) == list(range(1, 9)) and _complete(out)
@@ -402,7 +402,7 @@ def test_killed_at_every_commit_point_loses_nothing(art, small_bag, tmp_path, pr
         res = runner.invoke(app, ["bag", *args])
         assert res.exit_code == 0, (point, res.output)
         assert _complete(out) and _stamps(out) == list(range(1, 9)), point
-        assert sorted(p.name for p in case.iterdir()) == [".labels.lock", "labels"], point
+        assert sorted(p.name for p in case.iterdir()) == ["labels"], point
     assert _tree_sha(small_bag) == src
 
 

@@ -11,24 +11,10 @@ from typing import List, Optional
 
 import typer
 
-from .common import ALLOW_FALLBACK, CLASSES, CLASSES_FILE, class_list, err, exit_code_for, info, out, say
+from .common import ALLOW_FALLBACK, CLASSES, CLASSES_FILE, class_list, err, exit_code_for, info, out, progress_bar, say
 from ..errors import InputError
 
 app = typer.Typer()
-
-
-def _bag_progress():
-    """Frames, frames/s and ETA on stderr (stdout stays clean for ``--json``)."""
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-    from rich.text import Text
-
-    class Rate(ProgressColumn):
-        def render(self, task):
-            return Text(f"{task.speed:.1f} frames/s" if task.speed else "- frames/s")
-
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err, transient=False)
 
 
 @app.command()
@@ -91,7 +77,7 @@ def bag(
     clf = options.load()
     tally = _Tally(errors=len(failed))
     writer = ClassificationBag(out_bag, out_topic, vision_info(clf.bank), force, bags) if out_bag else None
-    with clf, (writer or _Null()) as sink, _bag_progress() as bar:
+    with clf, (writer or _Null()) as sink, progress_bar("frames") as bar:
         task = bar.add_task(f"labeling ({clf.backend})", total=sum(opts.expected_frames(p) for p in plans) or None)
         for r in classify_bags(clf, plans, opts, tally.bag_error):
             record = tally.add(r, len(clf.class_names), top_k)

@@ -11,7 +11,7 @@ from typing import Optional
 
 import typer
 
-from .common import err, exit_code_for, info, print_json, say
+from .common import exit_code_for, info, print_json, progress_bar, say
 from ..errors import BackendError, ConfigError, InputError
 
 
@@ -24,19 +24,6 @@ class RayArgs:
     actors: Optional[str] = None
     gpus_per_actor: Optional[float] = None
     cpus_per_actor: int = 1
-
-
-def _rate_bar():
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn,
-                               TimeElapsedColumn, TimeRemainingColumn)
-    from rich.text import Text
-
-    class Rate(ProgressColumn):
-        def render(self, task):
-            return Text(f"{task.speed:.1f} img/s" if task.speed else "- img/s")
-
-    return Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), Rate(),
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=err)
 
 
 def _require(module: str, why: str) -> None:
@@ -76,7 +63,7 @@ def classify_to_parquet(paths: list[str], job, out: Path, batch_size: int, ray_a
     where, actors, backends, startup, unseen = "this process", 1, set(), 0.0, []
     # the dataset's lock is held from here to the last part; closing commits every finished row,
     # also on Ctrl-C, SIGTERM (exit 130 / 143) or a failure
-    with writing(out, settings, overwrite) as output, _rate_bar() as bar:
+    with writing(out, settings, overwrite) as output, progress_bar("img") as bar:
         plan = output.plan(sources, retry_errors)
         task = bar.add_task("labeling" + (" (ray)" if ray_args.enabled else ""), total=len(plan.todo))
 

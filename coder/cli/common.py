@@ -37,15 +37,24 @@ def info(msg: str) -> None:
     out.print(escape(str(msg)), soft_wrap=True)
 
 
-def progress_bar():
-    """A Rich progress bar on stderr (stdout stays clean for ``--json``).
+def progress_bar(unit: str | None = None):
+    """The one Rich progress bar, on stderr (stdout stays clean for ``--json``).
 
+    With ``unit`` (``"img"``, ``"frames"``) it also shows the rate (``12.3 img/s``) and the time left.
     Task descriptions are plain text, never markup (``export ViT-B-16 [x]`` shows as given): do not escape them.
+    Example: ``with progress_bar("img") as bar: task = bar.add_task("labeling", total=n)``.
     """
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, SpinnerColumn, TextColumn,
+                               TimeElapsedColumn, TimeRemainingColumn)
+    from rich.text import Text
 
+    class Rate(ProgressColumn):
+        def render(self, task):
+            return Text(f"{task.speed:.1f} {unit}/s" if task.speed else f"- {unit}/s")
+
+    rate = [Rate(), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()] if unit else [TimeElapsedColumn()]
     return Progress(SpinnerColumn(), TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), console=err, transient=False)
+                    *rate, console=err, transient=False)
 
 
 def escape_help(command) -> None:

@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
 
 if __name__ == "__main__":
     # An entry point like `coder ros2`: an expected failure is one line and its documented exit code.
-    from coder.errors import CoderError, exit_code_for
+    from coder.errors import exit_code_for
 
     try:
         main()
