@@ -305,7 +305,8 @@ def _print_bench(result: dict) -> None:
 @app.command("build-engine")
 def build_engine(
     artifacts: Path = typer.Argument(..., help="Artifact directory from `coder export`."),
-    precision: str = typer.Option("fp16", help="fp16 | fp32 (taken from that ONNX graph; strongly typed)."),
+    precision: str = typer.Option("fp16", help="fp16 | fp32 | int8 (taken from that ONNX graph; strongly typed; "
+                                               "int8: the export's TensorRT QDQ file, `coder export --int8`)."),
     max_batch: int = typer.Option(32, help="Largest batch of the optimization profile."),
     opt_batch: int = typer.Option(8, help="Batch TensorRT tunes for."),
     workspace: int = typer.Option(4096, help="Workspace limit in MB."),
@@ -320,8 +321,8 @@ def build_engine(
     """Build a native TensorRT engine (needs a CUDA GPU and the [trt] extra), validate it, record it."""
     from ..engines.trt import BuildOptions
 
-    if precision not in ("fp16", "fp32") or not 1 <= opt_batch <= max_batch:
-        raise ConfigError("--precision fp16|fp32 and 1 <= --opt-batch <= --max-batch")
+    if precision not in ("fp16", "fp32", "int8") or not 1 <= opt_batch <= max_batch:
+        raise ConfigError("--precision fp16|fp32|int8 and 1 <= --opt-batch <= --max-batch")
     opts = BuildOptions(precision, 1, opt_batch, max_batch, workspace, timing_cache)
     build_engine_with_progress(artifacts, opts, engine_dir, bank, k, as_json)
 

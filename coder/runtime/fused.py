@@ -94,7 +94,7 @@ def fused_model(art: Artifact, bank, precision: str, k: int):
     """
     import onnx
 
-    encoder = onnx.load(str(art.encoder("image", precision)))
+    encoder = onnx.load(str(art.encoder("image", precision, "tensorrt")))
     opset = next(o.version for o in encoder.opset_import if o.domain in ("", "ai.onnx"))
     return fuse_head(encoder, head_model(bank, clamp_k(k, len(bank.class_names)), opset=opset))
 
@@ -107,8 +107,8 @@ def fused_path(art: Artifact, bank, precision: str, k: int) -> Path:
 
 
 def fused_key(art: Artifact, bank, precision: str, k: int) -> dict:
-    art.encoder("image", precision)  # ArtifactError naming the fix when that precision was not exported
-    encoder = f"image_encoder.{precision}.onnx"
+    art.encoder("image", precision, "tensorrt")  # ArtifactError naming the fix when that precision was not exported
+    encoder = art.encoder_name("image", precision, "tensorrt")
     return {"format": KEY_FORMAT, "head_format_version": HEAD_FORMAT_VERSION, "precision": precision, "k": k,
             "encoder_sha256": art.manifest["files"][encoder]["sha256"], "bank_npz_sha256": bank.meta["npz_sha256"]}
 
@@ -141,7 +141,7 @@ def ensure_fused_onnx(art: Artifact, bank, precision: str, k: int) -> Path | byt
     import onnx
 
     # An encoder over 2 GB keeps its weights in external data; so must the fused graph (protobuf limit).
-    external = bool(art.manifest["files"][art.encoder("image", precision).name].get("external_data"))
+    external = bool(art.manifest["files"][art.encoder("image", precision, "tensorrt").name].get("external_data"))
     fused = fused_model(art, bank, precision, k)
     try:
         with atomic_path(path) as tmp:
