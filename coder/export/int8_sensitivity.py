@@ -20,6 +20,7 @@ import numpy as np
 from ..errors import ExportError
 
 QUANTIZED_SUFFIX = "_quantized"
+FLOAT_SUFFIX = ".fp32"
 
 
 def _producers(model) -> dict[str, Any]:
@@ -54,10 +55,14 @@ def with_float_nodes(qdq, fp32_inits: dict[str, Any], names) -> Any:
                 node.input[j] = q.input[0]  # the activation before quantization
             elif dq.input[0].endswith(QUANTIZED_SUFFIX) and dq.input[0][:-len(QUANTIZED_SUFFIX)] in fp32_inits:
                 original = dq.input[0][:-len(QUANTIZED_SUFFIX)]
-                if original not in have:
-                    model.graph.initializer.append(fp32_inits[original])
-                    have.add(original)
-                node.input[j] = original  # the fp32 weight / bias
+                name_ = f"{original}{FLOAT_SUFFIX}"  # its own name: the DQ output may carry the original one
+                if name_ not in have:
+                    tensor = onnx.TensorProto()
+                    tensor.CopyFrom(fp32_inits[original])
+                    tensor.name = name_
+                    model.graph.initializer.append(tensor)
+                    have.add(name_)
+                node.input[j] = name_  # the fp32 weight / bias
     return model
 
 
