@@ -288,8 +288,10 @@ def _print_bench(result: dict) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    int8_peak = result.get("int8_matmul_peak_gops")
     t = Table(title=escape(f"coder bench {result['architecture']}: CPU matmul peak "
-                           f"{result['matmul_peak_gflops']:.0f} GFLOPS"), box=box.SIMPLE_HEAD, pad_edge=False,
+                           f"{result['matmul_peak_gflops']:.0f} GFLOPS fp32"
+                           + (f", {int8_peak:.0f} GOPS int8 (int8 rows: % of that)" if int8_peak else "")), box=box.SIMPLE_HEAD, pad_edge=False,
               padding=(0, 1), collapse_padding=True)
     t.add_column("backend", overflow="fold", ratio=1, min_width=12)
     t.add_column("stage", overflow="fold", min_width=12)
