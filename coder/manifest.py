@@ -8,6 +8,8 @@ One directory holds everything the runtime needs for one backbone + weights:
         image_encoder.fp16.onnx       same I/O types, fp16 inside, LayerNorm/Softmax in fp32
         text_encoder.fp32.onnx        (B,L) int32 token ids -> (B,D) float32, L <= context length
         text_encoder.fp16.onnx
+        image_encoder.int8.onnx       --int8: static QDQ for ONNX Runtime's CPU (uint8 activations)
+        image_encoder.int8.trt.onnx   --int8: the same calibration for TensorRT (symmetric int8)
         bpe_simple_vocab_16e6.txt.gz  tokenizer vocabulary (CLIP BPE), or tokenizer.json (HF tokenizers)
         *.onnx.data                   ONNX external data of encoders over 2 GB (listed per file)
 

@@ -137,14 +137,18 @@ class _Reader:
         self.i = 0
 
 
-def quantize_file(src: Path, dst: Path, consumer: str, method: str, cache: Path, pixels: np.ndarray | None,
+def quantize_file(src: Path, dst: Path, consumer: str, method: str, cache: Path, pixels: np.ndarray,
                   exclude: tuple[str, ...] = (), external: bool = False) -> None:
-    """Write the QDQ file of ``consumer`` with ``method``'s ranges (from ``cache``, else calibrated on ``pixels``)."""
+    """Write the QDQ file of ``consumer`` with ``method``'s ranges: calibrated on ``pixels`` once, then read
+    from ``cache`` (where quantize_static has a calibration cache; without one every call calibrates)."""
+    import inspect
+
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
     from .onnx_export import IMAGE_INPUT
 
-    reader = None if cache.is_file() else _Reader(pixels, IMAGE_INPUT)
+    cached = "calibration_cache_path" in inspect.signature(quantize_static).parameters
+    reader = None if cached and cache.is_file() else _Reader(pixels, IMAGE_INPUT)
     with staged(dst) as tmp, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
@@ -154,11 +158,11 @@ def quantize_file(src: Path, dst: Path, consumer: str, method: str, cache: Path,
                 activation_type=QuantType.QInt8 if consumer == "tensorrt" else QuantType.QUInt8,
                 nodes_to_exclude=list(exclude), calibrate_method=getattr(CalibrationMethod, method),
                 use_external_data_format=external, calibration_providers=["CPUExecutionProvider"],
-                calibration_cache_path=str(cache),
                 extra_options={"ActivationSymmetric": consumer == "tensorrt", "WeightSymmetric": True,
                                "OpTypesToExcludeOutputQuantization": list(INT8_OPS),
                                # TensorRT dequantizes INT8 only: its biases stay float (fused by the builder)
-                               "QuantizeBias": consumer != "tensorrt"})
+                               "QuantizeBias": consumer != "tensorrt"},
+                **({"calibration_cache_path": str(cache)} if cached else {}))
         except Exception as e:  # onnx / onnxruntime.quantization raise many types
             raise ExportError(f"int8 quantization of {src.name} ({method}, {consumer}) failed: "
                               f"{_first_line(e)}; export without --int8") from None
@@ -256,14 +260,14 @@ def quantize_static_int8(src: Path, out: Path, opts: Int8Options, cfg: Preproces
         method, scores = choose_method(prepared, work, opts, pixels, probe, want, text, external, report)
         cache = work / f"ranges.{method}.json"
         cpu = out / CONSUMERS["cpu"]["file"]
-        quantize_file(prepared, cpu, "cpu", method, cache, None, external=external)
+        quantize_file(prepared, cpu, "cpu", method, cache, pixels, external=external)
         excluded, sensitivity = (), {}
         if not passes(agreement(embed(cpu, probe), want, text), opts.min_cosine):
             report("int8 misses the gate: measuring each quantized node's effect")
             excluded, sensitivity = exclude_until_pass(cpu, prepared, probe, want, text, opts.min_cosine, report)
-            quantize_file(prepared, cpu, "cpu", method, cache, None, excluded, external)
+            quantize_file(prepared, cpu, "cpu", method, cache, pixels, excluded, external)
         report("writing the TensorRT int8 file (symmetric, zero point 0)")
-        quantize_file(prepared, out / CONSUMERS["tensorrt"]["file"], "tensorrt", method, cache, None, excluded,
+        quantize_file(prepared, out / CONSUMERS["tensorrt"]["file"], "tensorrt", method, cache, pixels, excluded,
                       external)
     got = embed(cpu, probe)
     return {
