@@ -227,6 +227,17 @@ def test_build_engine_int8_uses_the_tensorrt_qdq_file(gpu, tiny_artifact, tmp_pa
     with ImageEncoder.load_trt(art, "int8") as enc:
         x = _scenes(art, 3)
         assert enc.encode_pixels(x).shape == (3, 64)
+    # With a bank: the head is fused onto the TensorRT file, validated output by output.
+    from coder.engines.trt import BuildOptions as Opts
+    from coder.runtime.engine_build import build_image_engine
+    from coder.text_bank.bank import build_bank, load_bank
+    from coder.text_bank.texts import init_texts
+
+    bank_dir = build_bank(art, init_texts("cifar10"))[0]
+    bank = load_bank(bank_dir, load_artifact(art))
+    fused = build_image_engine(art, Opts("int8", 1, 4, 8), bank=bank, k=3)
+    assert fused.validation.passed and "image_head.cifar10" in fused.path.name and ".int8." in fused.path.name
+    assert (art / "engines" / "fused" / "cifar10" / "image_head.int8.trt.k3.onnx").is_file()
     # The CPU file (uint8, asymmetric) is what TensorRT's parser rejects.
     with pytest.raises(BackendError, match="TensorRT cannot parse .*INT8"):
         build_engine_trt(art / "image_encoder.int8.onnx", tmp_path / "x.engine", BuildOptions("int8", 1, 4, 8))

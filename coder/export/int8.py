@@ -28,7 +28,9 @@ nodes are left in float (:mod:`.int8_sensitivity`). Everything measured goes to
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import tempfile
 import warnings
 from dataclasses import dataclass
@@ -149,7 +151,8 @@ def quantize_file(src: Path, dst: Path, consumer: str, method: str, cache: Path,
 
     cached = "calibration_cache_path" in inspect.signature(quantize_static).parameters
     reader = None if cached and cache.is_file() else _Reader(pixels, IMAGE_INPUT)
-    with staged(dst) as tmp, warnings.catch_warnings():
+    # The calibrators print progress to stdout: kept out of `coder export --json`'s one document.
+    with staged(dst) as tmp, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
         warnings.simplefilter("ignore")
         try:
             quantize_static(

@@ -104,7 +104,7 @@ class ImageEncoder:
             raise StaleEngineError(f"no engine at {path}; build it: coder build-engine {art.root} --precision "
                                    f"{precision}" + (f" --bank {fused_bank.root.name}" if fused_bank else ""))
         onnx = art.encoder("image", precision, "tensorrt") if fused_bank is None else \
-            ensure_fused_onnx(art, fused_bank, precision, head_k)
+            ensure_fused_onnx(art, fused_bank, precision, head_k, "tensorrt")
         if isinstance(onnx, bytes):
             raise ArtifactError(f"{fused_bank.root} is read-only: fuse and build the engine where it is writable")
         try:

@@ -193,7 +193,8 @@ def build_image_engine(artifact_dir, opts: BuildOptions, engine_dir: Path | None
     from .fused import ensure_fused_onnx
 
     art = load_artifact(artifact_dir)
-    onnx = art.encoder("image", opts.precision, "tensorrt") if bank is None else ensure_fused_onnx(art, bank, opts.precision, k)
+    onnx = art.encoder("image", opts.precision, "tensorrt") if bank is None else \
+        ensure_fused_onnx(art, bank, opts.precision, k, "tensorrt")
     if isinstance(onnx, bytes):
         raise ArtifactError(f"{bank.root} is read-only: fuse and build the engine where it is writable")
     path = engine_path(art, opts.precision, engine_dir, bank, k)
