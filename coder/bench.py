@@ -6,8 +6,8 @@ the encoder + the numpy head, and the encoder + the head graph (:mod:`coder.runt
 where ``coder build-engine`` built them. Latencies are p50/p90/p99 over repeats at batch 1, 8 and 32; the
 achieved GFLOPS of CPU encoder rows is compared with this machine's matmul peak measured in the
 same run: fp32 rows with numpy's fp32 GEMM, int8 rows with ONNX Runtime's uint8 x int8 GEMM
-(``MatMulInteger``, the kernel family the int8 encoder's ``MatMulIntegerToFloat`` runs on). GPU rows (CUDA, TensorRT) get no percentage: a CPU GEMM is no reference for
-them, and no GPU peak is measured. With the [export] extra, torch eager rows run in the same process
+(``MatMulInteger``, the kernel family the int8 encoder's ``MatMulIntegerToFloat`` runs on). GPU rows
+(CUDA, TensorRT) get no percentage: a CPU GEMM is no reference for them, and no GPU peak is measured. With the [export] extra, torch eager rows run in the same process
 for reference.
 """
 

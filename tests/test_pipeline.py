@@ -23,7 +23,8 @@ def test_manifest_fields(tiny_artifact):
     assert m["text"]["tokenizer"]["kind"] == "clip_bpe" and len(m["text"]["tokenizer"]["sha256"]) == 64
     assert set(m["versions"]) >= {"open_clip", "torch", "onnx", "onnxruntime", "coder"}
     assert set(m["files"]) == {"image_encoder.fp32.onnx", "image_encoder.fp16.onnx", "image_encoder.int8.onnx",
-                               "image_encoder.int8.trt.onnx", "text_encoder.fp32.onnx", "text_encoder.fp16.onnx", "bpe_simple_vocab_16e6.txt.gz"}
+                               "image_encoder.int8.trt.onnx", "text_encoder.fp32.onnx", "text_encoder.fp16.onnx",
+                               "bpe_simple_vocab_16e6.txt.gz"}
     assert m["encoders"] == {"image": ["fp32", "fp16", "int8"], "text": ["fp32", "fp16"]}
     v = m["validation"]
     assert v["image_encoder.fp32.onnx"]["max_abs_diff"] <= 1e-4
