@@ -5,7 +5,7 @@ float tensors (the activation before its QuantizeLinear, the original fp32 weigh
 the held-out cosine to fp32 is measured with only that node in float. Nodes are then left in float
 worst first until the gate passes; the export re-quantizes with them excluded (same ranges).
 
->>> excluded, effect = exclude_until_pass(qdq, prepared, pixels, want, text, 0.99)  # doctest: +SKIP
+>>> excluded, effect = exclude_until_pass(qdq, prepared, pixels, judge, 0.99)  # doctest: +SKIP
 >>> excluded
 ('/visual/proj/MatMul',)
 """
@@ -66,15 +66,15 @@ def with_float_nodes(qdq, fp32_inits: dict[str, Any], names) -> Any:
     return model
 
 
-def exclude_until_pass(qdq_path: Path, fp32_path: Path, pixels: np.ndarray, want: np.ndarray,
-                       text: np.ndarray | None, min_cosine: float,
+def exclude_until_pass(qdq_path: Path, fp32_path: Path, pixels: np.ndarray, judge: Callable, min_cosine: float,
                        report: Callable[[str], None] = lambda s: None) -> tuple[tuple[str, ...], dict[str, float]]:
-    """Rank the quantized nodes by the held-out min cosine with that node alone in float, then leave them
-    in float worst first until the gate passes. Returns (excluded nodes, {node: min cosine when float}).
+    """Rank the quantized nodes by the probe min cosine with that node alone in float, then leave them in
+    float worst first until ``judge`` (:func:`coder.export.int8.gate_judge`) passes. Returns (excluded
+    nodes, {node: min cosine with it in float} for the excluded ones and at least the 10 worst).
     """
     import onnx
 
-    from .int8 import agreement, embed, passes
+    from .int8 import embed, passes
 
     qdq = onnx.load(str(qdq_path))
     fp32_inits = {t.name: t for t in onnx.load(str(fp32_path)).graph.initializer}
@@ -83,12 +83,11 @@ def exclude_until_pass(qdq_path: Path, fp32_path: Path, pixels: np.ndarray, want
     for i, name in enumerate(nodes):
         report(f"int8 sensitivity: node {i + 1}/{len(nodes)}")
         got = embed(with_float_nodes(qdq, fp32_inits, [name]).SerializeToString(), pixels)
-        effect[name] = agreement(got, want, text)["min_cosine"]
+        effect[name] = judge(got)["min_cosine"]
     ranked = sorted(nodes, key=lambda n: -effect[n])
     for count in range(1, len(ranked) + 1):
         excluded = tuple(ranked[:count])
-        result = agreement(embed(with_float_nodes(qdq, fp32_inits, excluded).SerializeToString(), pixels),
-                           want, text)
+        result = judge(embed(with_float_nodes(qdq, fp32_inits, excluded).SerializeToString(), pixels))
         report(f"int8: {count} node(s) in float, min cosine {result['min_cosine']:.5f}")
         if passes(result, min_cosine):
             return excluded, {n: effect[n] for n in ranked[:max(count, 10)]}
