@@ -241,3 +241,27 @@ def test_build_engine_int8_uses_the_tensorrt_qdq_file(gpu, tiny_artifact, tmp_pa
     # The CPU file (uint8, asymmetric) is what TensorRT's parser rejects.
     with pytest.raises(BackendError, match="TensorRT cannot parse .*INT8"):
         build_engine_trt(art / "image_encoder.int8.onnx", tmp_path / "x.engine", BuildOptions("int8", 1, 4, 8))
+
+
+def test_one_excluded_set_passes_the_gate_for_both_files(monkeypatch, tmp_path):
+    """TensorRT's symmetric file can flip a near-tie the CPU file kept: its sensitive nodes are left in
+    float in BOTH files (one calibration, one excluded set)."""
+    from coder.export import int8, int8_sensitivity
+
+    written = []
+
+    def fake_quantize(prepared, path, consumer, method, cache, pixels, excluded=(), external=False):
+        written.append((consumer, tuple(excluded)))
+        path.write_text(",".join(excluded))
+
+    monkeypatch.setattr(int8, "quantize_file", fake_quantize)
+    monkeypatch.setattr(int8, "embed", lambda path, probe: path)  # the judge below reads the file itself
+    flips = lambda p: p.name.endswith(".trt.onnx") and not p.read_text()  # noqa: E731
+    judge = lambda p: {"min_cosine": 0.999, "median_cosine": 0.999, "top1_agreement": 0.0 if flips(p) else 1.0}  # noqa: E731,E501
+    monkeypatch.setattr(int8_sensitivity, "exclude_until_pass", lambda path, *a, **k: (
+        ("/visual/proj",), {"/visual/proj": 0.9995}) if path.name.endswith(".trt.onnx") else pytest.fail(path.name))
+    files = {c: tmp_path / v["file"] for c, v in CONSUMERS.items()}
+    excluded, effect = int8.write_consumers(tmp_path / "p.onnx", files, "MinMax", tmp_path / "c.json", None, None,
+                                            judge, 0.99, False, lambda s: None)
+    assert excluded == ("/visual/proj",) and effect == {"/visual/proj": 0.9995}
+    assert written == [("cpu", ()), ("tensorrt", ()), ("cpu", ("/visual/proj",)), ("tensorrt", ("/visual/proj",))]

@@ -258,6 +258,35 @@ def choose_method(src: Path, work: Path, opts: Int8Options, pixels: np.ndarray, 
     return best, scores
 
 
+def write_consumers(prepared: Path, files: dict[str, Path], method: str, cache: Path, pixels: np.ndarray,
+                    probe: np.ndarray, judge: Callable, min_cosine: float, external: bool,
+                    report: Reporter) -> tuple[tuple[str, ...], dict[str, float]]:
+    """Write every consumer's file with ONE excluded-node set that passes the gate for all of them.
+
+    TensorRT's symmetric activations can flip a near-tie the CPU file kept: a failing file adds its
+    own most sensitive nodes (:func:`~coder.export.int8_sensitivity.exclude_until_pass`) and every
+    file is written again with the union. Returns (excluded nodes, {node: min cosine with it in float}).
+    """
+    from .int8_sensitivity import exclude_until_pass
+
+    excluded: tuple[str, ...] = ()
+    sensitivity: dict[str, float] = {}
+    while True:
+        failing = None
+        for consumer, path in files.items():
+            report(f"writing the int8 file for {consumer}")
+            quantize_file(prepared, path, consumer, method, cache, pixels, excluded, external)
+            if not passes(judge(embed(path, probe)), min_cosine):
+                failing = (consumer, path)
+                break
+        if failing is None:
+            return excluded, sensitivity
+        report(f"int8 ({failing[0]}) misses the gate: measuring each quantized node's effect")
+        more, effect = exclude_until_pass(failing[1], prepared, probe, judge, min_cosine, report)
+        excluded = tuple(dict.fromkeys(excluded + more))
+        sensitivity.update(effect)
+
+
 def quantize_static_int8(src: Path, out: Path, opts: Int8Options, cfg: PreprocessConfig,
                          gate_pixels: np.ndarray | None = None, text: np.ndarray | None = None,
                          external: bool = False, report: Reporter = lambda s: None) -> dict[str, Any]:
@@ -266,8 +295,6 @@ def quantize_static_int8(src: Path, out: Path, opts: Int8Options, cfg: Preproces
     ``gate_pixels`` (the export's validation scenes) join the held-out scenes in the gate; ``text``
     (class prompt embeddings) adds the top-1 check. Returns the ``manifest["int8"]`` record.
     """
-    from .int8_sensitivity import exclude_until_pass
-
     pixels, calibration = calibration_pixels(opts, cfg)
     held = held_out_pixels(cfg, opts.held_out)
     probe = held if gate_pixels is None else np.concatenate([held, gate_pixels])
@@ -277,17 +304,10 @@ def quantize_static_int8(src: Path, out: Path, opts: Int8Options, cfg: Preproces
         want = embed(src, probe)
         judge = gate_judge(want, text, 0 if gate_pixels is None else len(gate_pixels))
         method, scores = choose_method(prepared, work, opts, pixels, probe, judge, external, report)
-        cache = work / f"ranges.{method}.json"
-        cpu = out / CONSUMERS["cpu"]["file"]
-        quantize_file(prepared, cpu, "cpu", method, cache, pixels, external=external)
-        excluded, sensitivity = (), {}
-        if not passes(judge(embed(cpu, probe)), opts.min_cosine):
-            report("int8 misses the gate: measuring each quantized node's effect")
-            excluded, sensitivity = exclude_until_pass(cpu, prepared, probe, judge, opts.min_cosine, report)
-            quantize_file(prepared, cpu, "cpu", method, cache, pixels, excluded, external)
-        report("writing the TensorRT int8 file (symmetric, zero point 0)")
-        quantize_file(prepared, out / CONSUMERS["tensorrt"]["file"], "tensorrt", method, cache, pixels, excluded,
-                      external)
+        files = {c: out / v["file"] for c, v in CONSUMERS.items()}
+        excluded, sensitivity = write_consumers(prepared, files, method, work / f"ranges.{method}.json", pixels,
+                                                probe, judge, opts.min_cosine, external, report)
+    cpu = files["cpu"]
     got = embed(cpu, probe)
     return {
         "scheme": SCHEME,
@@ -299,6 +319,7 @@ def quantize_static_int8(src: Path, out: Path, opts: Int8Options, cfg: Preproces
         "sensitivity": sensitivity,
         "held_out": {**agreement(got[:len(held)], want[:len(held)], text), "source": "synthetic",
                      "seed": HELD_OUT_SEED},
+        "held_out_tensorrt_file": agreement(embed(files["tensorrt"], held), want[:len(held)], text),
         "gate": {"min_cosine": opts.min_cosine, "same_top1": text is not None,
                  "passed": passes(judge(got), opts.min_cosine)},
     }
