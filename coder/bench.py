@@ -4,9 +4,10 @@ Stages: ``decode+pre`` (640x480 JPEG file -> pixels), ``encoder``, the CODER hea
 ``rerank`` (forced on, the worst case), and with a bank ``encoder+head`` (pixels -> labels) both ways:
 the encoder + the numpy head, and the encoder + the head graph (:mod:`coder.runtime.fused`). Native TensorRT engines get rows
 where ``coder build-engine`` built them. Latencies are p50/p90/p99 over repeats at batch 1, 8 and 32; the
-achieved GFLOPS of CPU encoder rows is compared with this machine's fp32 matmul peak measured in the
-same run (numpy GEMM). GPU rows (CUDA, TensorRT) get no percentage: a CPU GEMM is no reference for
-them, and no GPU peak is measured. With the [export] extra, torch eager rows run in the same process
+achieved GFLOPS of CPU encoder rows is compared with this machine's matmul peak measured in the
+same run: fp32 rows with numpy's fp32 GEMM, int8 rows with ONNX Runtime's uint8 x int8 GEMM
+(``MatMulInteger``, the kernel family the int8 encoder's ``MatMulIntegerToFloat`` runs on). GPU rows
+(CUDA, TensorRT) get no percentage: a CPU GEMM is no reference for them, and no GPU peak is measured. With the [export] extra, torch eager rows run in the same process
 for reference. With the [openvino] extra, OpenVINO rows for every device and precision hint (CPU rows
 ``openvino-f32``/``openvino-bf16`` get a percentage: bf16 rows of OpenVINO's own bf16 GEMM peak,
 measured in the same run), and ``auto_cpu``: the CPU engine ``--backend auto``
@@ -63,14 +64,38 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
     return 2 * n**3 / best / 1e9
 
 
+def int8_matmul_peak_gops(n: int = 1024, repeats: int = 10) -> float | None:
+    """Best-of uint8 x int8 -> int32 GEMM throughput (GOPS) of ONNX Runtime's CPU ``MatMulInteger``;
+    None without ONNX Runtime. Example: ``int8_matmul_peak_gops()`` -> 410.0 on a 2-core VNNI CPU."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        return None
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    b = numpy_helper.from_array(rng.integers(-127, 128, (n, n), dtype=np.int8), "b")
+    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "int8_peak",
+                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n])],
+                              [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])], [b])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    so = ort.SessionOptions()
+    so.log_severity_level = 3
+    sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+    a = rng.integers(0, 256, (n, n), dtype=np.uint8)
+    best = min(timings_ms(lambda: sess.run(None, {"a": a}), repeats, warmup=2)) / 1e3
+    return 2 * n**3 / best / 1e9
+
+
 def _row(backend: str, stage: str, batch: int, t: np.ndarray) -> BenchRow:
     p50, p90, p99 = np.percentile(t, [50, 90, 99])
     return BenchRow(backend, stage, batch, float(p50), float(p90), float(p99), 1e3 * batch / float(p50))
 
 
-def _pct(gflop_per_image: float | None, row: BenchRow, peak: float) -> float | None:
+def _pct(gflop_per_image: float | None, row: BenchRow, peak: float | None) -> float | None:
     """Achieved GFLOPS (GFLOP/image x images/s) as a percentage of the GEMM peak."""
-    return 100 * gflop_per_image * row.images_per_s / peak if gflop_per_image else None
+    return 100 * gflop_per_image * row.images_per_s / peak if gflop_per_image and peak else None
 
 
 def _on_cpu(row: BenchRow) -> bool:
@@ -134,16 +159,22 @@ def run_bench(artifact_dir, batches=(1, 8, 32), repeats: int = 20, backends=("cp
     # ONNX Runtime int8 encoder by 25 % when it ran first.
     peak = matmul_peak_gflops()
     peaks = {"f32": peak, **_reduced_peaks(rows)}
+    if any(_peak_kind(r) == "int8" for r in rows) and (int8_peak := int8_matmul_peak_gops()):
+        peaks["int8"] = int8_peak
     rows = [replace(r, pct_of_matmul_peak=_pct(flops, r, peaks[_peak_kind(r)])) if r.stage == "encoder" and _on_cpu(r)
             and _peak_kind(r) in peaks else r for r in rows]
-    return {"architecture": art.architecture, "matmul_peak_gflops": peak, "image_gflop": flops,
+    return {"architecture": art.architecture, "matmul_peak_gflops": peak, "int8_matmul_peak_gops": peaks.get("int8"),
+            "image_gflop": flops,
             "matmul_peak_gflops_by_precision": peaks, "rows": [asdict(r) for r in rows], "skipped": skipped,
             "auto_cpu": _auto_cpu(artifact_dir, art, skipped) if openvino else None}
 
 
 def _peak_kind(row: BenchRow) -> str:
-    """The arithmetic a CPU row ran: ``"bf16"`` for ``openvino-bf16 ...`` rows, else ``"f32"``."""
-    return "bf16" if row.backend.startswith("openvino-bf16") else "f32"
+    """The arithmetic a CPU row ran: ``"bf16"`` for ``openvino-bf16 ...`` rows, ``"int8"`` for int8 encoders
+    (compared with the int8 GEMM peak, not the fp32 one), else ``"f32"``."""
+    if row.backend.startswith("openvino-bf16"):
+        return "bf16"
+    return "int8" if " int8" in row.backend else "f32"
 
 
 def _reduced_peaks(rows: list[BenchRow]) -> dict[str, float]:

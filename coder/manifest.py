@@ -8,6 +8,8 @@ One directory holds everything the runtime needs for one backbone + weights:
         image_encoder.fp16.onnx       same I/O types, fp16 inside, LayerNorm/Softmax in fp32
         text_encoder.fp32.onnx        (B,L) int32 token ids -> (B,D) float32, L <= context length
         text_encoder.fp16.onnx
+        image_encoder.int8.onnx       --int8: static QDQ for ONNX Runtime's CPU (uint8 activations)
+        image_encoder.int8.trt.onnx   --int8: the same calibration for TensorRT (symmetric int8)
         bpe_simple_vocab_16e6.txt.gz  tokenizer vocabulary (CLIP BPE), or tokenizer.json (HF tokenizers)
         *.onnx.data                   ONNX external data of encoders over 2 GB (listed per file)
 
@@ -15,7 +17,10 @@ Fields added without a format bump (older manifests load with these defaults):
 ``preprocess.source`` (where the transform came from; absent: the model),
 ``reparameterization`` (absent: none applied), ``files[*].external_data``
 (absent: weights inline), ``text.tokenizer.kind`` ``hf_tokenizers`` (older
-manifests only hold ``clip_bpe``).
+manifests only hold ``clip_bpe``), ``int8`` (the static int8 record: ``files`` per consumer,
+``cpu`` -> ``image_encoder.int8.onnx``, ``tensorrt`` -> ``image_encoder.int8.trt.onnx``, calibration,
+excluded nodes, accuracy; absent: no int8 encoder, or the dynamically quantized one of earlier
+versions, which loads for no consumer and names the re-export).
 
 The manifest is versioned (``format`` / ``format_version``) and records the
 sha256 of every file; :func:`load_artifact` checks both before anything is used.
@@ -39,6 +44,7 @@ _VERIFY_CACHE = ".coder-verified.json"
 
 TOWERS = ("image", "text")
 PRECISIONS = ("fp32", "fp16", "int8")
+INT8_SCHEME = "static-qdq"  # manifest["int8"]["scheme"] of statically calibrated QDQ int8 files
 
 
 def encoder_filename(tower: str, precision: str) -> str:
@@ -124,14 +130,29 @@ class Artifact:
             self.file(extra)
         return path
 
-    def encoder(self, tower: str, precision: str) -> Path:
+    def encoder(self, tower: str, precision: str, consumer: str = "cpu") -> Path:
+        """The checked encoder file; ``consumer`` (``cpu`` | ``tensorrt``) picks between the two int8 files."""
+        return self.file(self.encoder_name(tower, precision, consumer))
+
+    def encoder_name(self, tower: str, precision: str, consumer: str = "cpu") -> str:
+        """``encoder_name("image", "int8", "tensorrt") == "image_encoder.int8.trt.onnx"`` (others: one file)."""
         if precision not in self.variants(tower):
             hint = "--int8" if precision == "int8" else f"--precision {precision}"
             raise ArtifactError(
                 f"{self.root} has no {precision} {tower} encoder (exported: {', '.join(self.variants(tower))}); "
                 f"re-export with {hint}"
             )
-        return self.file(encoder_filename(tower, precision))
+        if precision != "int8":
+            return encoder_filename(tower, precision)
+        record = self.manifest.get("int8") or {}
+        if record.get("scheme") != INT8_SCHEME:
+            raise ArtifactError(
+                f"{self.root}: its int8 image encoder is dynamically quantized by an earlier coder (an image's "
+                "embedding depends on the other images of its batch; no TensorRT file); re-export it with "
+                "`coder export --int8 --force`")
+        if consumer not in record["files"]:
+            raise ArtifactError(f"{self.root}: no int8 file for {consumer!r} (have: {', '.join(record['files'])})")
+        return record["files"][consumer]
 
 
 def load_artifact(root: str | os.PathLike) -> Artifact:

@@ -124,3 +124,15 @@ def test_bench_without_onnx_runtime_is_exit_6(tiny_fp32_artifact, monkeypatch):
                                    "--no-torch"])
     assert res.exit_code == next(c for cls, c, _ in EXIT_CODES if cls is BackendError), res.output
     assert "no backend could run the image encoder" in res.output
+
+
+def test_int8_rows_are_a_share_of_the_int8_peak(tiny_artifact):
+    from coder.bench import int8_matmul_peak_gops
+
+    assert int8_matmul_peak_gops(n=256, repeats=2) > 0
+    res = run_bench(tiny_artifact, batches=(1,), repeats=2, backends=("cpu",), with_torch=False)
+    assert res["int8_matmul_peak_gops"] > 0
+    rows = {r["backend"]: r for r in res["rows"] if r["stage"] == "encoder"}
+    for name, peak in (("ort-cpu int8", res["int8_matmul_peak_gops"]), ("ort-cpu fp32", res["matmul_peak_gflops"])):
+        r = rows[name]
+        assert abs(r["pct_of_matmul_peak"] - 100 * res["image_gflop"] * r["images_per_s"] / peak) < 1e-6

@@ -46,3 +46,18 @@ def test_fewshot_memory_benchmark_runs(tiny_artifact, tmp_path):
     r = json.loads(res.stdout)
     assert r["adapter_identical"] is True and r["full"]["n_support"] == 6 and r["check_streaming"]["n_support"] == 4
     assert r["full"]["peak_rss_mb"] > 0 and r["check_all_in_memory"]["peak_rss_mb"] > 0
+
+
+def test_int8_benchmark_runs(tiny_artifact):
+    """fp32, static and dynamic int8 in one interleaved run: static is batch-independent, dynamic is not."""
+    import json
+
+    script = next(p for p in SCRIPTS if p.name == "bench_int8.py")
+    res = subprocess.run([sys.executable, str(script), "--artifacts", str(tiny_artifact), "--repeats", "2", "--json"],
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    rows = {(r["encoder"], r["batch"]): r for r in out["rows"]}
+    assert set(rows) == {(e, b) for e in ("fp32", "int8 static", "int8 dynamic") for b in (1, 8)}
+    assert rows["int8 static", 8]["batch1_vs_batch8_max_abs"] <= 1e-5 < rows["int8 dynamic", 8]["batch1_vs_batch8_max_abs"]
+    assert rows["int8 static", 1]["min_cosine_vs_fp32"] >= 0.99 and out["int8_matmul_peak_gops"] > 0

@@ -134,14 +134,14 @@ def test_tensorrt_provider_list_profile_and_cache_keyed_by_weights(tiny_artifact
 
 def test_cuda_provider_list_and_cpu_placement_is_an_error(tiny_artifact, captured):
     path = load_artifact(tiny_artifact).encoder("image", "int8")
-    with pytest.raises(BackendError, match=r"compute nodes on the CPU \(.*MatMul.*--allow-fallback"):
+    with pytest.raises(BackendError, match=r"compute nodes on the CPU \(.*(Add|MatMul).*--allow-fallback"):
         load_ort(path, "cuda", "int8")
     assert captured[-1]["providers"] == ["CUDAExecutionProvider", "CPUExecutionProvider"]
     so = captured[-1]["options"]
     assert so.enable_profiling  # placement measured; disable_cpu_ep_fallback is incompatible with CPU listed
     with pytest.warns(RuntimeWarning, match="compute nodes on the CPU"):
         enc = load_ort(path, "cuda", "int8", allow_fallback=True)
-    assert enc.backend == "cpu" and "DynamicQuantizeMatMul" in enc.placement["cpu"]
+    assert enc.backend == "cpu" and "MatMulIntegerToFloat" in enc.placement["cpu"]  # the static int8 kernel
     np.testing.assert_equal(enc.run(np.zeros((2, 3, 64, 64), np.float32)).shape, (2, 64))
 
 

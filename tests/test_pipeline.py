@@ -23,7 +23,8 @@ def test_manifest_fields(tiny_artifact):
     assert m["text"]["tokenizer"]["kind"] == "clip_bpe" and len(m["text"]["tokenizer"]["sha256"]) == 64
     assert set(m["versions"]) >= {"open_clip", "torch", "onnx", "onnxruntime", "coder"}
     assert set(m["files"]) == {"image_encoder.fp32.onnx", "image_encoder.fp16.onnx", "image_encoder.int8.onnx",
-                               "text_encoder.fp32.onnx", "text_encoder.fp16.onnx", "bpe_simple_vocab_16e6.txt.gz"}
+                               "image_encoder.int8.trt.onnx", "text_encoder.fp32.onnx", "text_encoder.fp16.onnx",
+                               "bpe_simple_vocab_16e6.txt.gz"}
     assert m["encoders"] == {"image": ["fp32", "fp16", "int8"], "text": ["fp32", "fp16"]}
     v = m["validation"]
     assert v["image_encoder.fp32.onnx"]["max_abs_diff"] <= 1e-4
@@ -195,24 +196,30 @@ def test_non_causal_text_tower_falls_back_to_full_context(tmp_path, tiny_arch, m
     assert "sliced_vs_full_max_abs" not in m["validation"]["text_encoder.fp32.onnx"]
 
 
-def test_int8_falls_back_to_per_channel_when_the_gate_fails(tmp_path, tiny_arch, monkeypatch):
+def test_int8_resumes_only_for_the_same_calibration(tmp_path, tiny_arch, monkeypatch):
+    """Interrupted after the int8 files: a re-run reuses (and re-validates) them; another calibration
+    count re-quantizes them."""
+    from coder.export import pipeline
+    from coder.export.int8 import Int8Options
+
     calls = []
-    real = onnx_export.quantize_int8
-
-    def spy(src, dst, per_channel=False):
-        calls.append(per_channel)
-        real(src, dst, per_channel)
-        if not per_channel:  # make the per-tensor result fail validation
-            import onnx
-            from onnx import numpy_helper
-            m = onnx.load(str(dst))
-            for init in m.graph.initializer:
-                if init.data_type == onnx.TensorProto.FLOAT and init.dims and len(init.dims) >= 2:
-                    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init) * 0 + 0.5, init.name))
-            onnx.save(m, str(dst))
-
-    monkeypatch.setattr(onnx_export, "quantize_int8", spy)
+    real = pipeline.quantize_static_int8
+    monkeypatch.setattr(pipeline, "quantize_static_int8", lambda *a, **k: calls.append(a[2].images) or real(*a, **k))
+    monkeypatch.setattr(onnx_export, "export_text_encoder", _dies(1))
     out = tmp_path / "q"
-    export_artifacts(ExportOptions(tiny_arch, SPEC, out, ("fp32",), int8=True))
-    assert calls == [False, True]
-    assert load_artifact(out).manifest["validation"]["image_encoder.int8.onnx"]["per_channel"] is True
+    few = Int8Options(images=3, held_out=3, methods=("MinMax",))
+    with pytest.raises(KeyboardInterrupt):
+        export_artifacts(ExportOptions(tiny_arch, SPEC, out, ("fp32",), int8=True, int8_options=few))
+    assert calls == [3]
+    monkeypatch.undo()
+    monkeypatch.setattr(pipeline, "quantize_static_int8", lambda *a, **k: calls.append(a[2].images) or real(*a, **k))
+    validated = []
+    real_check = validate.check_image
+    monkeypatch.setattr(validate, "check_image", lambda p, *a: validated.append(p.name) or real_check(p, *a))
+    res = export_artifacts(ExportOptions(tiny_arch, SPEC, out, ("fp32",), int8=True, int8_options=few))
+    assert calls == [3]  # not quantized again
+    assert {"image_encoder.int8.onnx", "image_encoder.int8.trt.onnx"} <= set(res.resumed_files) <= set(validated)
+    assert res.manifest["int8"]["calibration"]["images"] == 3
+    res = export_artifacts(ExportOptions(tiny_arch, SPEC, out, ("fp32",), force=True, int8=True,
+                                         int8_options=Int8Options(images=2, held_out=3, methods=("MinMax",))))
+    assert calls == [3, 2] and res.manifest["int8"]["calibration"]["images"] == 2

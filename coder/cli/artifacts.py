@@ -35,7 +35,15 @@ def export(
     model_config: Optional[Path] = typer.Option(None, help="Extra open_clip model config .json (custom arch)."),
     no_validate: bool = typer.Option(False, "--no-validate", help="Skip the torch parity gates (not advised)."),
     force: bool = typer.Option(False, help="Replace an existing artifact."),
-    int8: bool = typer.Option(False, "--int8", help="Also an int8 (dynamic quantization) image encoder for CPUs."),
+    int8: bool = typer.Option(False, "--int8", help="Also statically calibrated int8 image encoders (QDQ: one file "
+                                                    "for ONNX Runtime CPU, one for TensorRT)."),
+    calibration: str = typer.Option("synthetic", "--calibration",
+                                    help="--int8 calibration images: 'synthetic' scenes, or a directory of your "
+                                         "own (frames from your camera)."),
+    calibration_images: int = typer.Option(32, "--calibration-images", help="How many calibration images."),
+    eval_set: Optional[Path] = typer.Option(None, "--eval-set", help="--int8: also measure top-1 of the CODER "
+                                                                     "classifier fp32 vs int8 on this ImageFolder "
+                                                                     "(the bank's classes must name its folders)."),
     classes: str = typer.Option("imagenet1k", help="Built-in class list or class file for the bank ('none': skip)."),
     texts: Optional[Path] = typer.Option(None, "--texts", help="Build the bank from this texts file instead."),
     engine: str = typer.Option("none", help="none | tensorrt: also build a validated fp16 TensorRT engine "
@@ -65,13 +73,16 @@ def export(
 
         require_trt()  # fail now, not after minutes of export
         precisions = ("fp32", "fp16")  # the engine is built from the fp16 graph (strongly typed)
+    _check_int8_options(int8, calibration, calibration_images, eval_set, texts is None and classes == "none")
     if opset < 17:
         raise ConfigError(f"--opset {opset}: needs >= 17 (LayerNormalization; decomposed LN overflows in fp16)")
     arch = normalize_backbone(backbone)
     spec = parse_pretrained(pretrained, arch, seed)
+    from ..export.int8 import Int8Options
+
     opts = ExportOptions(arch, spec, out_dir or default_out_dir(arch, spec), precisions, opset, max_batch,
-                         force, not no_validate, int8)
-    steps = 3 + (2 * len(precisions) + int8) * (2 if opts.validate else 1)
+                         force, not no_validate, int8, int8_options=Int8Options(calibration, calibration_images))
+    steps = 3 + (2 * len(precisions) + 2 * int8) * (2 if opts.validate else 1)
     with progress_bar() as bar:
         task = bar.add_task(f"export {arch}", total=steps)
 
@@ -88,6 +99,8 @@ def export(
         from .texts import build_bank_with_progress
 
         build_bank_with_progress(result.out_dir, texts, "fp32", None, False, quiet=as_json)
+    if eval_set is not None:
+        result = _int8_eval_with_progress(result, eval_set, as_json)
     document = dict(result.manifest)
     if engine == "tensorrt":
         from .predict import build_engine_with_progress
@@ -99,6 +112,38 @@ def export(
             None if texts is not None else "none", None, quiet=as_json)
     if as_json:  # one document: the manifest, plus the engine record when one was built
         print_json(document)
+
+
+def _check_int8_options(int8: bool, calibration: str, images: int, eval_set: Optional[Path], no_bank: bool) -> None:
+    """Fail before minutes of export: int8 options without --int8, a missing calibration folder, no bank."""
+    if not int8 and (calibration != "synthetic" or images != 32 or eval_set is not None):
+        raise ConfigError("--calibration, --calibration-images and --eval-set need --int8")
+    if images < 1:
+        raise ConfigError(f"--calibration-images {images}: must be at least 1")
+    if calibration != "synthetic" and not Path(calibration).is_dir():
+        raise ConfigError(f"--calibration {calibration}: not a directory (give a folder of images, or 'synthetic')")
+    if eval_set is not None and not eval_set.is_dir():
+        raise ConfigError(f"--eval-set {eval_set}: not a directory (ImageFolder layout: ROOT/<class>/<images>)")
+    if eval_set is not None and no_bank:
+        raise ConfigError("--eval-set needs a bank: drop --classes none (or give --classes/--texts naming its classes)")
+
+
+def _int8_eval_with_progress(result, eval_set: Path, quiet: bool):
+    """Run ``--eval-set`` (fp32 vs int8 top-1) and return the result with the updated manifest."""
+    from dataclasses import replace
+
+    from rich.markup import escape
+
+    from ..export.int8_eval import record_eval_set
+    from ..manifest import load_artifact
+
+    with progress_bar() as bar:
+        task = bar.add_task("eval set: fp32 vs int8", total=None)
+        record = record_eval_set(result.out_dir, eval_set, on_batch=lambda n: bar.advance(task, n))
+    if not quiet:
+        out.print(f"eval set {escape(record['dir'])}: {record['images']} images, CODER top-1 fp32 "
+                  f"{100 * record['top1_fp32']:.2f}% vs int8 {100 * record['top1_int8']:.2f}%", soft_wrap=True)
+    return replace(result, manifest=load_artifact(result.out_dir).manifest)
 
 
 def _print_backbones(as_json: bool) -> None:
@@ -158,6 +203,31 @@ def _print_export_summary(result) -> None:
         t.add_row(escape(name), f"{entry['bytes'] / 1e6:.1f}",
                   escape(_validation_text(v) + (" (resumed)" if name in result.resumed_files else "")))
     out.print(t)
+    if result.manifest.get("int8"):
+        for line in int8_report_lines(result.manifest["int8"]):
+            out.print(escape(line), soft_wrap=True)
+
+
+def int8_report_lines(rec: dict) -> list[str]:
+    """The int8 record of a manifest as the lines `coder export` prints.
+
+    Example: ``["int8 calibration: synthetic, 32 images, method MinMax (...)", "int8 excluded nodes: none", ...]``.
+    """
+    cal, held = rec["calibration"], rec["held_out"]
+    tried = ", ".join(f"{m} {v['min_cosine']:.5f}" for m, v in cal["methods_tried"].items())
+    lines = [f"int8 calibration: {cal['source']}, {cal['images']} images, method {cal['method']} "
+             f"(min cosine on held-out scenes: {tried})",
+             f"int8 excluded nodes (left in float): {', '.join(rec['excluded_nodes']) or 'none'}",
+             f"int8 vs fp32 on {held['images']} held-out scenes: cosine min {held['min_cosine']:.5f} / median "
+             f"{held['median_cosine']:.5f}" + ("" if held["top1_agreement"] is None else
+                                             f", top-1 agreement {100 * held['top1_agreement']:.1f}%")]
+    lines += [f"int8 file {name}: {c['runs_on']}; activations {c['activations']}, weights {c['weights']}"
+              for name, c in rec["consumers"].items()]
+    ev = rec.get("eval_set")
+    if ev:
+        lines.append(f"int8 eval set {ev['dir']}: {ev['images']} images, CODER top-1 fp32 "
+                     f"{100 * ev['top1_fp32']:.2f}% vs int8 {100 * ev['top1_int8']:.2f}%")
+    return lines
 
 
 def _validation_text(v) -> str:

@@ -302,8 +302,10 @@ def _print_bench(result: dict) -> None:
     from rich.markup import escape
     from rich.table import Table
 
+    int8_peak = result.get("int8_matmul_peak_gops")
     t = Table(title=escape(f"coder bench {result['architecture']}: CPU matmul peak "
-                           f"{result['matmul_peak_gflops']:.0f} GFLOPS"), box=box.SIMPLE_HEAD, pad_edge=False,
+                           f"{result['matmul_peak_gflops']:.0f} GFLOPS fp32"
+                           + (f", {int8_peak:.0f} GOPS int8 (int8 rows: % of that)" if int8_peak else "")), box=box.SIMPLE_HEAD, pad_edge=False,
               padding=(0, 1), collapse_padding=True)
     t.add_column("backend", overflow="fold", ratio=1, min_width=12)
     t.add_column("stage", overflow="fold", min_width=12)
@@ -319,7 +321,8 @@ def _print_bench(result: dict) -> None:
 @app.command("build-engine")
 def build_engine(
     artifacts: Path = typer.Argument(..., help="Artifact directory from `coder export`."),
-    precision: str = typer.Option("fp16", help="fp16 | fp32 (taken from that ONNX graph; strongly typed)."),
+    precision: str = typer.Option("fp16", help="fp16 | fp32 | int8 (taken from that ONNX graph; strongly typed; "
+                                               "int8: the export's TensorRT QDQ file, `coder export --int8`)."),
     max_batch: int = typer.Option(32, min=1, help="Largest batch of the optimization profile."),
     opt_batch: int = typer.Option(8, min=1, help="Batch TensorRT tunes for."),
     workspace: int = typer.Option(4096, min=1, help="Workspace limit in MB."),
@@ -334,8 +337,8 @@ def build_engine(
     """Build a native TensorRT engine (needs a CUDA GPU and the [trt] extra), validate it, record it."""
     from ..engines.trt import BuildOptions
 
-    if precision not in ("fp16", "fp32") or not 1 <= opt_batch <= max_batch:
-        raise ConfigError("--precision fp16|fp32 and 1 <= --opt-batch <= --max-batch")
+    if precision not in ("fp16", "fp32", "int8") or not 1 <= opt_batch <= max_batch:
+        raise ConfigError("--precision fp16|fp32|int8 and 1 <= --opt-batch <= --max-batch")
     opts = BuildOptions(precision, 1, opt_batch, max_batch, workspace, timing_cache)
     build_engine_with_progress(artifacts, opts, engine_dir, bank, k, as_json)
 

@@ -321,7 +321,10 @@ def engine_stem(art, precision: str, bank=None, k: int = 5) -> str:
     from ..manifest import encoder_filename
     from .head_graph import clamp_k
 
-    enc = art.manifest["files"][encoder_filename("image", precision)]["sha256"][:SHA_CHARS]
+    # int8: the export's TensorRT QDQ file (symmetric), not the CPU one
+    name = art.encoder_name("image", precision, "tensorrt") if precision == "int8" else \
+        encoder_filename("image", precision)
+    enc = art.manifest["files"][name]["sha256"][:SHA_CHARS]
     if bank is None:
         return f"image_encoder.{precision}.e{enc}"
     bank_sha = bank.meta["npz_sha256"][:SHA_CHARS]

@@ -23,7 +23,7 @@ EXPORT_BATCH = 2
 IMAGE_INPUT, IMAGE_OUTPUT = "pixel_values", "image_embeds"
 TEXT_INPUT, TEXT_OUTPUT = "input_ids", "text_embeds"
 # Kept in fp32 inside fp16 graphs: their reductions overflow or lose too much in fp16.
-# Dynamic int8 only where ONNX Runtime's CPU kernels are fast (see quantize_int8).
+# Dynamic int8 (the benchmark's reference) only where ONNX Runtime's CPU kernels are fast (see quantize_int8).
 INT8_OPS = ["MatMul", "Gemm"]
 FP16_KEEP_FP32 = ["LayerNormalization", "Softmax", "ReduceMean", "Pow", "Sqrt", "ArgMax"]
 
@@ -120,6 +120,10 @@ def export_text_encoder(model, path: Path, context_length: int, opset: int, dyna
 
 def quantize_int8(src: Path, dst: Path, per_channel: bool = False, external: bool = False) -> None:
     """Dynamic int8 quantization for CPUs (QInt8 weights, activations quantized at run time).
+
+    No longer what ``coder export --int8`` writes (that is the static QDQ of :mod:`.int8`: dynamic
+    scales come from each batch, so an image's embedding depends on its batch); kept as the
+    reference ``benchmarks/bench_int8.py`` compares the static files with.
 
     Per-tensor weight scales are the fast default (ViT-B/32 here: 21 ms vs 25 ms per channel at
     batch 1, both cosine 0.9998 on random weights). Real weights have outlier channels, so the

@@ -24,6 +24,7 @@ from ..errors import ConfigError, WeightsError
 from ..store import atomic_write_json, output_lock, resolved, sha256_file
 from ..manifest import FORMAT, FORMAT_VERSION, PreprocessConfig, encoder_filename, file_entry, write_manifest
 from . import onnx_export, validate, workdir
+from .int8 import CONSUMERS, Int8Options, quantize_static_int8
 from .registry import PretrainedSpec
 from .workdir import STATE_NAME
 
@@ -45,8 +46,9 @@ class ExportOptions:
     max_batch: int = 64
     force: bool = False
     validate: bool = True
-    int8: bool = False  # also a dynamically quantized (QInt8 weights) image encoder for CPUs
+    int8: bool = False  # also statically calibrated QDQ int8 image encoders (CPU and TensorRT files)
     external_data: bool = False  # force the ONNX external-data format (automatic above 2 GB)
+    int8_options: Int8Options = field(default_factory=Int8Options)  # calibration source and count
 
     def variants(self, tower: str) -> tuple[str, ...]:
         return self.precisions + (("int8",) if self.int8 and tower == "image" else ())
@@ -105,10 +107,11 @@ def write_encoders(opts: ExportOptions, model, state: dict[str, Any], info: dict
     out, resumed = opts.out_dir, []
     if state.get("text_dynamic_seq") is False:  # an earlier run of this export fell back to full context
         info["text"]["dynamic_seq"] = False
-    if state.get("int8_per_channel"):
-        info["int8_per_channel"] = True
     for tower in ("image", "text"):
         for precision in opts.variants(tower):
+            if precision == "int8":
+                resumed += write_int8(opts, state, info, ref, report)
+                continue
             name = encoder_filename(tower, precision)
             if _done(state, out, name):
                 resumed.append(name)
@@ -123,14 +126,55 @@ def write_encoders(opts: ExportOptions, model, state: dict[str, Any], info: dict
                 report("text tower output depends on padding: re-exporting at full context")
                 info["text"]["dynamic_seq"] = state["text_dynamic_seq"] = False
                 result = _export_and_validate(opts, model, tower, precision, info, ref, report)
-            if precision == "int8" and result is not None and not result["passed"]:
-                report("per-tensor int8 misses the gate: re-quantizing per channel")
-                info["int8_per_channel"] = state["int8_per_channel"] = True
-                result = _export_and_validate(opts, model, tower, precision, info, ref, report)
             if result is not None:
                 validate.require(name, result)
             _record(state, out, name, result)
     return resumed
+
+
+def int8_key(opts: ExportOptions, info: dict[str, Any]) -> dict[str, Any]:
+    """What decides the int8 files beyond :func:`resume_key`: the calibration inputs."""
+    from .int8 import calibration_pixels
+
+    o = opts.int8_options
+    _, record = calibration_pixels(o, PreprocessConfig.from_dict(info["preprocess"]))
+    return {"calibration": record, "held_out": o.held_out, "methods": list(o.methods), "min_cosine": o.min_cosine}
+
+
+def write_int8(opts: ExportOptions, state: dict[str, Any], info: dict[str, Any], ref: dict[str, Any] | None,
+               report: Reporter) -> list[str]:
+    """Both static int8 files (:mod:`.int8`), validated like any encoder; returns the names resumed.
+
+    Resumed only when the calibration inputs (the pixels' sha256 included) are the same.
+    """
+    out = opts.out_dir
+    names = [v["file"] for v in CONSUMERS.values()]
+    key = int8_key(opts, info)
+    done = (state.get("int8") or {}).get("key") == key and all(_done(state, out, n) for n in names)
+    if not done:
+        report("quantizing the image encoder to int8 (static calibration)")
+        external = opts.external_data or bool(state["files"].get(encoder_filename("image", "fp32"), {})
+                                              .get("external_data"))
+        state["int8"] = {"key": key, "record": quantize_static_int8(
+            out / encoder_filename("image", "fp32"), out, opts.int8_options, PreprocessConfig.from_dict(
+                info["preprocess"]), None if ref is None else ref["pixels"], None if ref is None else ref["text"],
+            external or _over_limit(out / encoder_filename("image", "fp32")), report)}
+    for name in names:
+        result = None
+        if ref is not None:
+            report(f"validating {name}" + (" (resumed)" if done else ""))
+            result = _validate_one(out / name, "image", "int8", ref, info)
+            validate.require(name, result)
+        _record(state, out, name, result)
+    return names if done else []
+
+
+def _over_limit(fp32: Path) -> bool:
+    """int8 weights are a quarter of fp32: external data only when even that passes the 2 GB limit."""
+    from .onnx_files import EXTERNAL_THRESHOLD_BYTES, data_name
+
+    data = fp32.parent / data_name(fp32.name)
+    return (fp32.stat().st_size + (data.stat().st_size if data.exists() else 0)) // 4 > EXTERNAL_THRESHOLD_BYTES
 
 
 def _needs_full_context(tower: str, precision: str, info: dict[str, Any], result) -> bool:
@@ -157,9 +201,6 @@ def _write_one(opts: ExportOptions, model, tower: str, precision: str, info: dic
     ext = {"external": True} if opts.external_data else {}
     if precision == "fp16":
         onnx_export.convert_fp16(opts.out_dir / encoder_filename(tower, "fp32"), path, **ext)
-    elif precision == "int8":
-        onnx_export.quantize_int8(opts.out_dir / encoder_filename(tower, "fp32"), path,
-                                  per_channel=info.get("int8_per_channel", False), **ext)
     elif tower == "image":
         onnx_export.export_image_encoder(export_visual(model), path, tuple(info["preprocess"]["size"]), opts.opset,
                                          **ext)
@@ -170,10 +211,7 @@ def _write_one(opts: ExportOptions, model, tower: str, precision: str, info: dic
 
 def _validate_one(path: Path, tower: str, precision: str, ref: dict[str, Any], info: dict[str, Any]):
     if tower == "image":
-        result = validate.check_image(path, precision, ref)
-        if precision == "int8":
-            result["per_channel"] = info.get("int8_per_channel", False)
-        return result
+        return validate.check_image(path, precision, ref)
     return validate.check_text(path, precision, ref, info["text"]["dynamic_seq"])
 
 
@@ -249,6 +287,7 @@ def build_manifest(opts: ExportOptions, pretrained: dict[str, Any], info: dict[s
                "text": [onnx_export.TEXT_INPUT, onnx_export.TEXT_OUTPUT]},
         "files": files,
         "validation": {name: e["validation"] for name, e in state["files"].items()},
+        **({"int8": state["int8"]["record"]} if opts.int8 and state.get("int8") else {}),
     }
 
 

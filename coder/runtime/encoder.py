@@ -31,6 +31,12 @@ def trt_profile(art: Artifact) -> TrtProfile:
     return TrtProfile(name, (3, *art.preprocess.size), 1, min(8, hi), hi)
 
 
+def int8_consumer(backend: str) -> str:
+    """Which int8 file a backend runs: the GPU backends (``cuda``, ``tensorrt``, ``tensorrt-native``) the TensorRT
+    (symmetric) one, CPU engines (ONNX Runtime ``cpu``, OpenVINO) the uint8-activation one."""
+    return "tensorrt" if backend.split("+", 1)[0] in ("cuda", "tensorrt", "tensorrt-native") else "cpu"
+
+
 @dataclass(frozen=True)
 class ImageEncoder:
     """An artifact's image tower on one backend. ``backend`` names what actually runs."""
@@ -58,7 +64,7 @@ class ImageEncoder:
     def load(cls, artifact_dir: str | os.PathLike, precision: str = "fp32", backend: str = "cpu",
              allow_fallback: bool = False, threads: int | None = None) -> "ImageEncoder":
         art = load_artifact(artifact_dir)
-        name = art.encoder("image", precision)
+        name = art.encoder("image", precision, int8_consumer(backend))
         if is_openvino(backend):  # OpenVINO's own runtime; precision hint gated (openvino_precision)
             from .openvino_precision import load_openvino_encoder
 
@@ -99,13 +105,13 @@ class ImageEncoder:
 
         art = load_artifact(artifact_dir)
         head_k = 0 if fused_bank is None else clamp_k(k, len(fused_bank.class_names))
-        art.encoder("image", precision)  # ArtifactError naming the re-export if that precision is missing
+        art.encoder("image", precision, "tensorrt")  # ArtifactError naming the re-export if that precision is missing
         path = engine_path(art, precision, engine_dir, fused_bank, head_k)  # BackendError without TensorRT/GPU
         if not path.is_file() and not rebuild_stale:  # before a fused graph is written for nothing
             raise StaleEngineError(f"no engine at {path}; build it: coder build-engine {art.root} --precision "
                                    f"{precision}" + (f" --bank {fused_bank.root.name}" if fused_bank else ""))
-        onnx = art.encoder("image", precision) if fused_bank is None else \
-            ensure_fused_onnx(art, fused_bank, precision, head_k)
+        onnx = art.encoder("image", precision, "tensorrt") if fused_bank is None else \
+            ensure_fused_onnx(art, fused_bank, precision, head_k, "tensorrt")
         if isinstance(onnx, bytes):
             raise ArtifactError(f"{fused_bank.root} is read-only: fuse and build the engine where it is writable")
         try:

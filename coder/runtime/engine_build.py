@@ -35,6 +35,7 @@ from ..manifest import load_artifact, write_manifest
 from .head import gate, rerank, softmax_gap, stage1_scores
 
 MIN_COSINE = 0.999
+INT8_MIN_COSINE = 0.99  # an int8 engine is held to the int8 export gate (coder.export.validate.INT8_MIN_COS)
 ATOL = 1e-3  # float32 head arithmetic on top of the embedding error (x100 score scale)
 RERANK_TAUS = (None, 1.01)  # the bank's tau, and the rerank forced on for every image
 # The most a stage-1 score (x100) moves under an embedding error validation accepts: |df| <= sqrt(2 (1 - cos)).
@@ -212,7 +213,7 @@ def compare_labels(ref_rows: list[dict], rows: list[dict], tau: float) -> LabelC
 
 
 def validate_engine(engine, art, bank=None, k: int = 5, max_batch: int = 8, n_images: int = 16,
-                    tau: float | None = None) -> EngineValidation:
+                    tau: float | None = None, min_cosine: float = MIN_COSINE) -> EngineValidation:
     """Compare ``engine`` (``run``, and ``run_all`` for fused graphs) with the ONNX Runtime CPU path.
 
     The reference is the fp32 encoder on ONNX Runtime's CPU provider + the numpy head (the
@@ -230,7 +231,7 @@ def validate_engine(engine, art, bank=None, k: int = 5, max_batch: int = 8, n_im
     f = got["embedding"] / np.maximum(np.linalg.norm(got["embedding"], axis=1, keepdims=True), 1e-12)
     cos = (f * f_ref).sum(axis=1)
     outputs = {"embedding": {"max_abs_diff": float(1 - cos.min()), "max_over_tolerance": float(
-        (1 - cos.min()) - (1 - MIN_COSINE)), "passed": bool(cos.min() >= MIN_COSINE)}}
+        (1 - cos.min()) - (1 - min_cosine)), "passed": bool(cos.min() >= min_cosine)}}
     top1 = labels = None
     ties = 0
     if bank is not None:
@@ -265,7 +266,8 @@ def build_image_engine(artifact_dir, opts: BuildOptions, engine_dir: Path | None
     from .fused import ensure_fused_onnx
 
     art = load_artifact(artifact_dir)
-    onnx = art.encoder("image", opts.precision) if bank is None else ensure_fused_onnx(art, bank, opts.precision, k)
+    onnx = art.encoder("image", opts.precision, "tensorrt") if bank is None else \
+        ensure_fused_onnx(art, bank, opts.precision, k, "tensorrt")
     if isinstance(onnx, bytes):
         raise ArtifactError(f"{bank.root} is read-only: fuse and build the engine where it is writable")
     path = engine_path(art, opts.precision, engine_dir, bank, k)
@@ -274,7 +276,8 @@ def build_image_engine(artifact_dir, opts: BuildOptions, engine_dir: Path | None
         key = build_engine_trt(onnx, staging, opts, report)
         report("validating against ONNX Runtime on the CPU")
         with open_engine(staging, opts.max_batch) as engine:
-            validation = validate_engine(engine, art, bank, k, engine.max_batch)
+            validation = validate_engine(engine, art, bank, k, engine.max_batch, min_cosine=INT8_MIN_COSINE
+                                         if opts.precision == "int8" else MIN_COSINE)
         if not validation.passed:
             raise BackendError(f"engine {path.name} failed validation on {', '.join(validation.failed)} "
                                f"(min cosine {validation.min_cosine:.5f}); it was not installed")

@@ -97,30 +97,31 @@ def drop_legacy_fused(bank) -> None:
     shutil.rmtree(Path(bank.root) / "fused", ignore_errors=True)
 
 
-def fused_model(art: Artifact, bank, precision: str, k: int):
+def fused_model(art: Artifact, bank, precision: str, k: int, consumer: str = "cpu"):
     """The image encoder of ``precision`` with ``bank``'s head appended, as an in-memory ``onnx.ModelProto``.
 
     Inputs ``pixel_values`` (B,3,H,W) float32; outputs as :class:`FusedOutputs`. For the
     TensorRT engine builder; raises ArtifactError (naming the re-export) if the artifact has
-    no such encoder.
+    no such encoder. ``consumer`` picks the int8 file (``cpu`` | ``tensorrt``, :meth:`Artifact.encoder`).
     """
     import onnx
 
-    encoder = onnx.load(str(art.encoder("image", precision)))
+    encoder = onnx.load(str(art.encoder("image", precision, consumer)))
     opset = next(o.version for o in encoder.opset_import if o.domain in ("", "ai.onnx"))
     return fuse_head(encoder, head_model(bank, clamp_k(k, len(bank.class_names)), opset=opset))
 
 
-def fused_path(art: Artifact, bank, precision: str, k: int) -> Path:
-    """``<engine dir>/fused/<bank>/image_head.fp16.k5.onnx``: beside the engines, outside the bank."""
+def fused_path(art: Artifact, bank, precision: str, k: int, consumer: str = "cpu") -> Path:
+    """``<engine dir>/fused/<bank>/image_head.fp16.k5.onnx``: beside the engines, outside the bank
+    (int8 for TensorRT: ``image_head.int8.trt.k5.onnx``)."""
     from ..engines.trt import default_engine_dir
 
-    return default_engine_dir(art.root) / "fused" / Path(bank.root).name / f"image_head.{precision}.k{k}.onnx"
+    kind = f"{precision}.trt" if precision == "int8" and consumer == "tensorrt" else precision
+    return default_engine_dir(art.root) / "fused" / Path(bank.root).name / f"image_head.{kind}.k{k}.onnx"
 
 
-def fused_key(art: Artifact, bank, precision: str, k: int) -> dict:
-    art.encoder("image", precision)  # ArtifactError naming the fix when that precision was not exported
-    encoder = f"image_encoder.{precision}.onnx"
+def fused_key(art: Artifact, bank, precision: str, k: int, consumer: str = "cpu") -> dict:
+    encoder = art.encoder_name("image", precision, consumer)  # ArtifactError naming the fix when not exported
     return {"format": KEY_FORMAT, "head_format_version": HEAD_FORMAT_VERSION, "precision": precision, "k": k,
             "encoder_sha256": art.manifest["files"][encoder]["sha256"], "bank_npz_sha256": bank.meta["npz_sha256"]}
 
@@ -137,7 +138,7 @@ def _current(path: Path, key: dict) -> bool:
         return False
 
 
-def ensure_fused_onnx(art: Artifact, bank, precision: str, k: int) -> Path | bytes:
+def ensure_fused_onnx(art: Artifact, bank, precision: str, k: int, consumer: str = "cpu") -> Path | bytes:
     """Path of the fused encoder+head ONNX for a TensorRT engine; written if missing or stale.
 
     Lives under the engine directory (:func:`fused_path`), keyed by the encoder and bank
@@ -146,15 +147,15 @@ def ensure_fused_onnx(art: Artifact, bank, precision: str, k: int) -> Path | byt
     returned instead.
     """
     k = clamp_k(k, len(bank.class_names))
-    path = fused_path(art, bank, precision, k)
-    key = fused_key(art, bank, precision, k)
+    path = fused_path(art, bank, precision, k, consumer)
+    key = fused_key(art, bank, precision, k, consumer)
     if _current(path, key):
         return path
     import onnx
 
     # An encoder over 2 GB keeps its weights in external data; so must the fused graph (protobuf limit).
-    external = bool(art.manifest["files"][art.encoder("image", precision).name].get("external_data"))
-    fused = fused_model(art, bank, precision, k)
+    external = bool(art.manifest["files"][art.encoder("image", precision, consumer).name].get("external_data"))
+    fused = fused_model(art, bank, precision, k, consumer)
     try:
         with atomic_path(path) as tmp:
             if external:

@@ -250,6 +250,10 @@ class OnnxParser(_Strict):
         except Exception as e:  # the real parser reports, never raises
             self._errors.append(IParserError(f"ONNX parse failed: {str(e).splitlines()[0]}"))
             return False
+        quant = _quantization_error(proto)
+        if quant:
+            self._errors.append(IParserError(quant))
+            return False
         net = self._network
         net._onnx = data
         net._inputs = [_tensor(v) for v in proto.graph.input]
@@ -266,6 +270,27 @@ class OnnxParser(_Strict):
             self._errors.append(IParserError(f"cannot read {model}: {e}"))
             return False
         return self.parse(data, model)
+
+
+def _quantization_error(proto) -> str | None:
+    """onnx-tensorrt's Q/DQ rules: INT8 quantization is symmetric only (every zero point 0, type int8), and
+    dequantized constants are INT8 (no INT32 bias dequantization)."""
+    from onnx import TensorProto, numpy_helper
+
+    inits = {t.name: t for t in proto.graph.initializer}
+    for node in proto.graph.node:
+        x = inits.get(node.input[0]) if node.op_type == "DequantizeLinear" else None
+        if x is not None and x.data_type != TensorProto.INT8:
+            return f"{node.name}: DequantizeLinear of {TensorProto.DataType.Name(x.data_type)} (TensorRT: INT8 only)"
+        if node.op_type not in ("QuantizeLinear", "DequantizeLinear") or len(node.input) < 3 or not node.input[2]:
+            continue
+        zp = inits.get(node.input[2])
+        if zp is None:
+            return f"{node.name}: the zero point must be an initializer"
+        if zp.data_type != TensorProto.INT8 or numpy_helper.to_array(zp).any():
+            return (f"{node.name}: TensorRT only supports symmetric INT8 quantization; the zero point of "
+                    "QuantizeLinear/DequantizeLinear must be all zeros of type INT8")
+    return None
 
 
 def _tensor(value_info) -> ITensor:
