@@ -113,13 +113,14 @@ def test_bench_bank_option(tiny_fp32_artifact):
 
 
 def test_bench_without_onnx_runtime_is_exit_6(tiny_fp32_artifact, monkeypatch):
-    """With no ONNX Runtime every encoder row is skipped: that is a backend error (exit 6), not exit 0."""
+    """With no engine installed every encoder row is skipped: that is a backend error (exit 6), not exit 0."""
     import sys
 
     from coder.cli.common import EXIT_CODES
     from coder.errors import BackendError
 
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` raises ImportError
+    monkeypatch.setitem(sys.modules, "openvino", None)  # nor the other CPU engine: no row can run
     res = CliRunner().invoke(app, ["bench", str(tiny_fp32_artifact), "--batches", "1", "--repeats", "1",
                                    "--no-torch"])
     assert res.exit_code == next(c for cls, c, _ in EXIT_CODES if cls is BackendError), res.output

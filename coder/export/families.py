@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
-from ..errors import CoderError, ExportError, StorageError
+from ..errors import CoderError, ExportError, StorageError, one_line
 from ..manifest import PreprocessConfig, file_entry
 from ..store import storage_error
 from .registry import PretrainedSpec
@@ -186,6 +186,5 @@ def guarded(architecture: str, stage: str, where: str | os.PathLike | None = Non
         mapped = storage_failure(e, where)
         if mapped is not None:
             raise mapped from None
-        text = str(e).strip()
-        why = f"{type(e).__name__}: {text.splitlines()[0][:240]}" if text else type(e).__name__
+        why = f"{type(e).__name__}: {one_line(e)}" if str(e).strip() else type(e).__name__
         raise ExportError(f"{architecture}: {stage} failed ({why}); {_hint(why)}") from None

@@ -39,7 +39,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import ConfigError, ExportError
+from ..errors import ConfigError, ExportError, one_line
 from ..manifest import INT8_SCHEME, PreprocessConfig
 from .onnx_files import staged
 
@@ -168,12 +168,8 @@ def quantize_file(src: Path, dst: Path, consumer: str, method: str, cache: Path,
                 **({"calibration_cache_path": str(cache)} if cached else {}))
         except Exception as e:  # onnx / onnxruntime.quantization raise many types
             raise ExportError(f"int8 quantization of {src.name} ({method}, {consumer}) failed: "
-                              f"{_first_line(e)}; export without --int8") from None
+                              f"{one_line(e, 300)}; export without --int8") from None
 
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__
 
 
 def prepare_for_quantization(src: Path, work: Path, external: bool) -> Path:

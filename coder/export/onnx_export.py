@@ -16,7 +16,7 @@ import tempfile
 import warnings
 from pathlib import Path
 
-from ..errors import ExportError
+from ..errors import ExportError, one_line
 from .onnx_files import needs_external, save_model, staged
 
 EXPORT_BATCH = 2
@@ -63,7 +63,7 @@ def _export(module, args: tuple, path: Path, opset: int, input_name: str, output
                 )
         except Exception as e:
             _raise_storage_failure(e, path.parent)
-            raise ExportError(f"ONNX export of {path.name} failed: {_first_line(e)}") from None
+            raise ExportError(f"ONNX export of {path.name} failed: {one_line(e, 300)}") from None
         if not external and not [p for p in Path(raw_dir).iterdir() if p != raw]:
             with staged(path) as tmp:  # inline and small: move it, no second copy of the weights in memory
                 os.replace(raw, tmp)
@@ -81,10 +81,6 @@ def _raise_storage_failure(e: Exception, where: Path) -> None:
     if mapped is not None:
         raise mapped from None
 
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return (text.splitlines()[0][:300] if text else type(e).__name__)
 
 
 def export_image_encoder(visual, path: Path, image_size: tuple[int, int], opset: int, external: bool = False) -> None:
@@ -146,7 +142,7 @@ def quantize_int8(src: Path, dst: Path, per_channel: bool = False, external: boo
                              op_types_to_quantize=INT8_OPS, use_external_data_format=external)
         except Exception as e:  # onnx/onnxruntime.quantization raise ValueError/AssertionError/KeyError/DecodeError
             _raise_storage_failure(e, dst.parent)
-            raise ExportError(f"int8 quantization of {src.name} failed: {_first_line(e)}; "
+            raise ExportError(f"int8 quantization of {src.name} failed: {one_line(e, 300)}; "
                               "export without --int8") from None
 
 
