@@ -11,7 +11,8 @@ from typing import List, Optional
 
 import typer
 
-from .common import ALLOW_FALLBACK, CLASSES, CLASSES_FILE, class_list, err, exit_code_for, info, out, progress_bar, say
+from .common import (ADAPTER, ALLOW_FALLBACK, BACKEND, CLASSES, CLASSES_FILE, ENGINE_DIR, FUSED_HEAD, PRECISION,
+                     REBUILD_STALE, classifier_options, err, exit_code_for, info, out, progress_bar, say)
 from ..errors import InputError
 
 app = typer.Typer()
@@ -40,31 +41,21 @@ def bag(
     top_k: int = typer.Option(5, "--top-k", min=1, help="Hypotheses per frame."),
     no_rerank: bool = typer.Option(False, "--no-rerank", help="Stage 1 only."),
     tau: Optional[float] = typer.Option(None, help="Rerank gate (default: the bank preset's published value)."),
-    backend: str = typer.Option("auto", help="auto | cpu | cuda | tensorrt | tensorrt-native | openvino | "
-                                 "openvino:GPU | openvino:NPU (auto: the CPU engine measured fastest here)."),
-    precision: str = typer.Option("fp32", help="Image encoder: fp32 | fp16 | int8 (as exported)."),
-    engine_dir: Optional[Path] = typer.Option(None, help="Native TensorRT engines (default $CODER_ENGINE_DIR, "
-                                                         "else <artifacts>/engines)."),
-    rebuild_stale: bool = typer.Option(False, "--rebuild-stale", help="Rebuild (and validate) a stale native "
-                                                                      "TensorRT engine instead of exiting 10."),
-    adapter: Optional[Path] = typer.Option(None, help="Few-shot adapter from `coder fit`."),
-    fused_head: bool = typer.Option(True, "--fused-head/--no-fused-head",
-                                    help="Run the CODER head as an ONNX graph after the encoder (else numpy)."),
+    backend: str = BACKEND,
+    precision: str = PRECISION,
+    engine_dir: Optional[Path] = ENGINE_DIR,
+    rebuild_stale: bool = REBUILD_STALE,
+    adapter: Optional[Path] = ADAPTER,
+    fused_head: bool = FUSED_HEAD,
     allow_fallback: bool = ALLOW_FALLBACK,
 ) -> None:
     """Classify the image frames of ROS 1 / ROS 2 bags; JSON lines and/or a bag of vision_msgs results."""
     from ..deploy.bag import BagOptions, ClassificationBag, check_out_bag, classify_bags, plan_bags
     from ..deploy.ros_msgs import hypotheses, vision_info
-    from ..manifest import default_artifact_dir
-    from ..runtime.classifier import ClassifierOptions, EngineOptions
-
     opts = BagOptions(every, start, end, batch_size, top_k, not no_rerank)
     opts.check()
-    options = ClassifierOptions(str(artifacts or default_artifact_dir()), bank, backend, precision, tau,
-                                adapter=str(adapter) if adapter else None, allow_fallback=allow_fallback,
-                                fused_head=fused_head,
-                                engines=EngineOptions(str(engine_dir) if engine_dir else None, rebuild_stale),
-                                classes=class_list(classes, classes_file))
+    options = classifier_options(artifacts, bank, backend, precision, tau, adapter, allow_fallback, fused_head,
+                                 engine_dir, rebuild_stale, classes, classes_file)
     if out_bag is not None:  # before anything is opened: an --out-bag over an input would delete the recording
         check_out_bag(out_bag, force, bags)
     plans, failed, warnings = plan_bags(bags, topic)

@@ -83,6 +83,33 @@ def print_json(obj) -> None:
     sys.stdout.write(json.dumps(obj, indent=2) + "\n")
 
 
+# The options every command that loads a Classifier shares (classify, eval, bag), and the one place they become
+# a ClassifierOptions.
+BACKEND = typer.Option("auto", help="auto | cpu | cuda | tensorrt | tensorrt-native | openvino | "
+                                    "openvino:GPU | openvino:NPU (auto: the CPU engine measured fastest here).")
+PRECISION = typer.Option("fp32", help="Image encoder: fp32 | fp16 | int8 (as exported).")
+ENGINE_DIR = typer.Option(None, help="Native TensorRT engines (default $CODER_ENGINE_DIR, else <artifacts>/engines).")
+REBUILD_STALE = typer.Option(False, "--rebuild-stale",
+                             help="Rebuild (and validate) a stale native TensorRT engine instead of exiting 10.")
+ADAPTER = typer.Option(None, help="Few-shot adapter from `coder fit`.")
+FUSED_HEAD = typer.Option(True, "--fused-head/--no-fused-head",
+                          help="Run the CODER head as an ONNX graph after the encoder (else numpy).")
+
+
+def classifier_options(artifacts, bank, backend: str, precision: str, tau, adapter, allow_fallback: bool,
+                       fused_head: bool, engine_dir, rebuild_stale: bool, classes, classes_file):
+    """The :class:`~coder.runtime.classifier.ClassifierOptions` a command's options give (default artifact:
+    :func:`~coder.manifest.default_artifact_dir`), so no command can drop one of them."""
+    from ..manifest import default_artifact_dir
+    from ..runtime.classifier import ClassifierOptions, EngineOptions
+
+    return ClassifierOptions(str(artifacts or default_artifact_dir()), bank, backend, precision, tau,
+                             adapter=str(adapter) if adapter else None, allow_fallback=allow_fallback,
+                             fused_head=fused_head,
+                             engines=EngineOptions(str(engine_dir) if engine_dir else None, rebuild_stale),
+                             classes=class_list(classes, classes_file))
+
+
 CLASSES = typer.Option(None, "--classes", help="Comma list of class names: use (and cache) the names + WordNet "
                                                "synonyms bank of these classes instead of --bank.")
 CLASSES_FILE = typer.Option(None, "--classes-file", help="As --classes, one class name per line.")

@@ -9,8 +9,9 @@ from typing import List, Optional
 
 import typer
 
-from .common import ALLOW_FALLBACK, CLASSES, CLASSES_FILE, class_list, exit_code_for, info, out, print_json, \
-    progress_bar, say
+from .common import (ADAPTER, ALLOW_FALLBACK, BACKEND, CLASSES, CLASSES_FILE, ENGINE_DIR, FUSED_HEAD, PRECISION,
+                     REBUILD_STALE, class_list, classifier_options, exit_code_for, info, out, print_json, progress_bar,
+                     say)
 from ..errors import ConfigError, InputError
 
 app = typer.Typer()
@@ -28,17 +29,13 @@ def classify(
     no_rerank: bool = typer.Option(False, "--no-rerank", help="Stage 1 only."),
     tau: Optional[float] = typer.Option(None, help="Rerank gate (default: the bank preset's published value)."),
     explain: bool = typer.Option(False, "--explain", help="Show the texts that matched best."),
-    backend: str = typer.Option("auto", help="auto | cpu | cuda | tensorrt | tensorrt-native | openvino | "
-                                 "openvino:GPU | openvino:NPU (auto: the CPU engine measured fastest here)."),
-    precision: str = typer.Option("fp32", help="Image encoder: fp32 | fp16 | int8 (as exported)."),
-    engine_dir: Optional[Path] = typer.Option(None, help="Native TensorRT engines (default $CODER_ENGINE_DIR, "
-                                                         "else <artifacts>/engines)."),
-    rebuild_stale: bool = typer.Option(False, "--rebuild-stale", help="Rebuild (and validate) a stale native "
-                                                                      "TensorRT engine instead of exiting 10."),
+    backend: str = BACKEND,
+    precision: str = PRECISION,
+    engine_dir: Optional[Path] = ENGINE_DIR,
+    rebuild_stale: bool = REBUILD_STALE,
     batch_size: int = typer.Option(16, min=1, help="Images per encoder call (bounds memory)."),
-    adapter: Optional[Path] = typer.Option(None, help="Few-shot adapter from `coder fit`."),
-    fused_head: bool = typer.Option(True, "--fused-head/--no-fused-head",
-                                    help="Run the CODER head as an ONNX graph after the encoder (else numpy)."),
+    adapter: Optional[Path] = ADAPTER,
+    fused_head: bool = FUSED_HEAD,
     allow_fallback: bool = ALLOW_FALLBACK,
     as_json: bool = typer.Option(False, "--json", help="One JSON object per image (JSON lines)."),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="Write a Parquet dataset (directory) instead; "
@@ -54,15 +51,8 @@ def classify(
     cpus_per_actor: int = typer.Option(1, "--cpus-per-actor", min=1, help="CPUs per actor = its ONNX Runtime threads."),
 ) -> None:
     """Classify images with CODER (stage 1 + gated one-to-one rerank)."""
-    from ..manifest import default_artifact_dir
-    from ..runtime.classifier import ClassifierOptions, EngineOptions
-
-    names = class_list(classes, classes_file)
-    options = ClassifierOptions(str(artifacts or default_artifact_dir()), bank, backend, precision, tau,
-                                adapter=str(adapter) if adapter else None, allow_fallback=allow_fallback,
-                                fused_head=fused_head,
-                                engines=EngineOptions(str(engine_dir) if engine_dir else None, rebuild_stale),
-                                classes=names)
+    options = classifier_options(artifacts, bank, backend, precision, tau, adapter, allow_fallback, fused_head,
+                                 engine_dir, rebuild_stale, classes, classes_file)
     if out_dir is not None or ray:
         from .batch import RayArgs, classify_to_parquet
         from ..deploy.batch import ClassifyJob
@@ -157,8 +147,7 @@ def eval_cmd(
     limit: Optional[int] = typer.Option(None, min=1, help="Evaluate a reproducible random subset of this many images."),
     seed: int = typer.Option(0, help="Seed of the --limit subset."),
     tau: Optional[float] = typer.Option(None, help="Rerank gate (default: the bank preset)."),
-    backend: str = typer.Option("auto", help="auto | cpu | cuda | tensorrt | tensorrt-native | openvino | "
-                                 "openvino:GPU | openvino:NPU (auto: the CPU engine measured fastest here)."),
+    backend: str = BACKEND,
     confusions_out: Optional[Path] = typer.Option(None, help="Write stage-1 confusion pairs (JSON) here."),
     adapter: Optional[Path] = typer.Option(None, help="Also report this few-shot adapter (`coder fit`)."),
     allow_fallback: bool = ALLOW_FALLBACK,
