@@ -120,6 +120,7 @@ def test_node_wiring(fake_ros, art, monkeypatch):
                                               height=30, width=40, encoding=enc, step=120, is_bigendian=0,
                                               data=px.tobytes())
         sent = node.pubs["coder/classification"].sent
+        jsent = node.pubs["coder/json"].sent  # published last for each frame, so the waits below watch it
 
         def wait(done):
             deadline = time.time() + 10
@@ -127,15 +128,15 @@ def test_node_wiring(fake_ros, art, monkeypatch):
                 time.sleep(0.01)
 
         sub.callback(frame(1))
-        wait(lambda: len(sent) == 1)
+        wait(lambda: len(jsent) == 1)
         sub.callback(frame(2, "nv12"))  # unsupported: logged, the node goes on
         wait(lambda: node.__dict__.get("errors"))
         sub.callback(frame(3))
-        wait(lambda: len(sent) == 2)
+        wait(lambda: len(jsent) == 2)
         assert [m.header.stamp.sec for m in sent] == [1, 3] and len(sent[-1].results) == 2
         assert sent[-1].results[0].class_id in node.params["class_labels"][0]
         assert node.errors[0].startswith("/cam/image_raw @ 2.000000000: unsupported encoding 'nv12'")
-        assert '"stamp_ns": 3000000000' in node.pubs["coder/json"].sent[-1].data
+        assert '"stamp_ns": 3000000000' in jsent[-1].data
         # Live classes: a parameter change, then a String on coder/set_classes; bad lists are refused.
         ok = node.param_callback([NS(name="classes", value=["cat", "dog", "zebra"])])
         assert ok.successful
@@ -143,7 +144,7 @@ def test_node_wiring(fake_ros, art, monkeypatch):
         assert len(infos) == 2 and infos[1].database_version == infos[0].database_version + 1
         assert infos[1].database_location.endswith("@" + node.clf.bank_sha256[:16])
         sub.callback(frame(4))
-        wait(lambda: len(sent) == 3)
+        wait(lambda: len(jsent) == 3)
         assert sent[-1].results[0].class_id in ("cat", "dog", "zebra")
         assert not node.param_callback([NS(name="classes", value=["cat", "Cat"])]).successful
         node.subs["coder/set_classes"].callback(fake_ros["std_msgs.msg"].String(data="cat,dog"))
