@@ -2,8 +2,8 @@
 
     python benchmarks/bench_cpu_engines.py --artifacts coder-artifacts/ViT-B-32__none [--rounds 10] [--json]
 
-Engines: ONNX Runtime fp32 (the reference), ONNX Runtime int8 (if the artifact has an int8 file),
-OpenVINO at the f32 hint, OpenVINO at its reduced hint (bf16 on a CPU with BF16) and OpenVINO's
+Engines: ONNX Runtime fp32 (the reference), ONNX Runtime int8 and OpenVINO int8 (its NNCF IR; if the
+artifact has int8 files), OpenVINO at the f32 hint, OpenVINO at its reduced hint (bf16 on a CPU with BF16) and OpenVINO's
 default (no hint: what a plain ``compile_model`` runs). Each round times one call of every engine at
 batch 1 and then at batch 8, so a load spike on a shared machine hits every engine alike; medians
 per engine and batch, and ratios to ONNX Runtime fp32. ``cosine`` is each engine's minimum per-image
@@ -28,6 +28,7 @@ def _engines(art) -> dict:
     """name -> engine (``run(x)``), every CPU engine that loads here."""
     from coder.engines import openvino as ov
     from coder.engines.ort import load_ort
+    from coder.runtime.openvino_precision import model_sha256 as openvino_model_sha256
 
     def sha(p):
         return art.manifest["files"][p.name]["sha256"]
@@ -37,6 +38,9 @@ def _engines(art) -> dict:
     if "int8" in art.variants("image"):
         p = art.encoder("image", "int8")
         out["ORT int8"] = load_ort(p, "cpu", "int8")
+        ir = art.encoder("image", "int8", "openvino")  # the NNCF IR; the QDQ file where the export wrote none
+        out["OpenVINO int8" + ("" if ir.suffix == ".xml" else " (QDQ file)")] = ov.load_openvino(
+            ir, "openvino", "f32", None, openvino_model_sha256(art, ir.name), int8=True)
     out["OpenVINO f32"] = ov.load_openvino(fp32, "openvino", "f32", None, sha(fp32))
     reduced = ov.reduced_hint("CPU")
     if reduced:

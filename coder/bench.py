@@ -239,9 +239,10 @@ def _openvino_encoder(art, precision: str, backend: str, hint: str):
     """An OpenVINO encoder at exactly ``hint`` (bench rows measure every precision, gated or not)."""
     from .engines.openvino import load_openvino
     from .runtime.encoder import ImageEncoder
+    from .runtime.openvino_precision import model_sha256
 
-    path = art.encoder("image", precision)
-    engine = load_openvino(path, backend, hint, None, art.manifest["files"][path.name]["sha256"])
+    path = art.encoder("image", precision, "openvino")  # int8: the NNCF IR where the export wrote one
+    engine = load_openvino(path, backend, hint, None, model_sha256(art, path.name), int8=precision == "int8")
     return ImageEncoder(art, engine, precision, int(art.manifest["exporter"]["max_batch"]))
 
 

@@ -131,7 +131,7 @@ class Artifact:
         return path
 
     def encoder(self, tower: str, precision: str, consumer: str = "cpu") -> Path:
-        """The checked encoder file; ``consumer`` (``cpu`` | ``tensorrt``) picks between the two int8 files."""
+        """The checked encoder file; ``consumer`` (``cpu`` | ``tensorrt`` | ``openvino``) picks among the int8 files."""
         return self.file(self.encoder_name(tower, precision, consumer))
 
     def encoder_name(self, tower: str, precision: str, consumer: str = "cpu") -> str:
@@ -150,6 +150,8 @@ class Artifact:
                 f"{self.root}: its int8 image encoder is dynamically quantized by an earlier coder (an image's "
                 "embedding depends on the other images of its batch; no TensorRT file); re-export it with "
                 "`coder export --int8 --force`")
+        if consumer == "openvino" and consumer not in record["files"]:
+            consumer = "cpu"  # no OpenVINO IR (exported without nncf, or it missed the gate): OpenVINO runs the QDQ file
         if consumer not in record["files"]:
             raise ArtifactError(f"{self.root}: no int8 file for {consumer!r} (have: {', '.join(record['files'])})")
         return record["files"][consumer]

@@ -74,7 +74,8 @@ def test_two_files_one_per_consumer(tiny_artifact):
     assert ImageEncoder.load(tiny_artifact, "int8", "cpu").engine.path == cpu
     files = art.manifest["files"]
     assert cpu.name in files and trt.name in files
-    assert art.manifest["int8"]["files"] == {"cpu": cpu.name, "tensorrt": trt.name}
+    assert art.manifest["int8"]["files"] == {"cpu": cpu.name, "tensorrt": trt.name,
+                                             "openvino": "image_encoder.int8.openvino.xml"}  # nncf installed here
 
 
 def test_manifest_reports_calibration_method_and_accuracy(tiny_artifact):
@@ -91,6 +92,33 @@ def test_manifest_reports_calibration_method_and_accuracy(tiny_artifact):
     for name in CONSUMERS.values():
         v = m["validation"][name["file"]]
         assert v["passed"] and v["batch1_vs_batch3_max_abs"] <= 1e-5
+
+
+def test_entropy_calibration_is_not_minmax(tiny_artifact, tmp_path):
+    """quantize_static's own Entropy calibrator (128 bins, 128 quantized bins) returned the MinMax ranges: the
+    methods compared in the report were two copies of one. Entropy ranges now clip outliers (2048/128 bins)."""
+    from coder.export.int8 import calibration_pixels, quantize_file
+
+    art = load_artifact(tiny_artifact)
+    pixels, _ = calibration_pixels(Int8Options(images=6), art.preprocess)
+    ranges = {}
+    for method in ("MinMax", "Entropy"):
+        cache = tmp_path / f"{method}.json"
+        quantize_file(art.encoder("image", "fp32"), tmp_path / f"{method}.onnx", "cpu", method, cache, pixels)
+        data = json.loads(cache.read_text())["data"]
+        ranges[method] = {k: (float(np.ravel(_num(v["lowest"]))[0]), float(np.ravel(_num(v["highest"]))[0]))
+                          for k, v in data.items()}
+    shared = ranges["MinMax"].keys() & ranges["Entropy"].keys()
+    assert shared
+    width = {m: {k: r[k][1] - r[k][0] for k in shared} for m, r in ranges.items()}
+    narrower = [k for k in shared if width["Entropy"][k] < (1 - 1e-3) * width["MinMax"][k]]
+    assert all(width["Entropy"][k] <= width["MinMax"][k] * (1 + 1e-6) for k in shared)
+    assert len(narrower) >= len(shared) // 2, (len(narrower), len(shared))
+
+
+def _num(v):
+    """A calibration-cache number: plain, or ``{"data": ..., "dtype": ...}``."""
+    return v["data"] if isinstance(v, dict) else v
 
 
 def test_export_prints_the_int8_report():

@@ -223,6 +223,12 @@ def int8_report_lines(rec: dict) -> list[str]:
                                              f", top-1 agreement {100 * held['top1_agreement']:.1f}%")]
     lines += [f"int8 file {name}: {c['runs_on']}; activations {c['activations']}, weights {c['weights']}"
               for name, c in rec["consumers"].items()]
+    ov = rec.get("openvino") or {}
+    if ov.get("skipped"):
+        lines.append(f"int8 OpenVINO IR: not written ({ov['skipped']}); --backend openvino runs the CPU QDQ file")
+    elif ov:
+        lines.append(f"int8 OpenVINO IR (NNCF {ov['nncf']}, {ov['model_type'] or 'default'} model type): cosine min "
+                     f"{ov['probe']['min_cosine']:.5f} / median {ov['probe']['median_cosine']:.5f} on the gate scenes")
     ev = rec.get("eval_set")
     if ev:
         lines.append(f"int8 eval set {ev['dir']}: {ev['images']} images, CODER top-1 fp32 "

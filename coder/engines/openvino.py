@@ -168,10 +168,11 @@ class OvEncoder:
 
 
 def load_openvino(path: str | os.PathLike | bytes, backend: str = PREFIX, hint: str = "f32",
-                  threads: int | None = None, model_sha256: str | None = None) -> OvEncoder:
-    """Compile ``path`` (or serialized ONNX bytes) for ``backend``'s device at precision ``hint``.
+                  threads: int | None = None, model_sha256: str | None = None, int8: bool = False) -> OvEncoder:
+    """Compile ``path`` (ONNX or OpenVINO IR ``.xml``, or serialized ONNX bytes) for ``backend``'s device at ``hint``.
 
-    ``backend`` reads e.g. ``openvino-bf16``: the precision the compiled model reports. Raises
+    ``backend`` reads e.g. ``openvino-bf16``: the precision the compiled model reports, or ``openvino-int8``
+    for a quantized model (``int8``: its quantized layers run int8, the rest at ``hint``). Raises
     BackendError if OpenVINO is missing, the device is not there, or the model does not compile.
     """
     dev = device_of(backend)
@@ -199,7 +200,8 @@ def load_openvino(path: str | os.PathLike | bytes, backend: str = PREFIX, hint: 
         raise BackendError(f"backend {backend!r} could not load {name}: {one_line(e, 200)}") from None
     ran_hint = ran.get_type_name() if hasattr(ran, "get_type_name") else str(ran)
     label = PREFIX if dev == "CPU" else f"{PREFIX}:{dev}"
-    return OvEncoder(Path(name) if isinstance(path, bytes) else path, f"{label}-{ran_hint}", [f"{PREFIX}:{dev}"],
+    return OvEncoder(Path(name) if isinstance(path, bytes) else path, f"{label}-{'int8' if int8 else ran_hint}",
+                     [f"{PREFIX}:{dev}"],
                      compiled, ran_hint, cache)
 
 

@@ -113,11 +113,12 @@ def prepare_model(model, tokenizer, opts, report) -> tuple[ExportModel, dict[str
 
 
 def add_external_data(out: Path, files: dict[str, dict[str, Any]]) -> None:
-    """List each ONNX file's external-data companions in the manifest (hashed like every file)."""
+    """List each model's companions in the manifest (ONNX external data, an OpenVINO IR's ``.bin``)."""
+    from .int8_openvino import weights_name
     from .onnx_files import companions
 
-    for name in [n for n in files if n.endswith(".onnx")]:
-        extra = companions(out / name)
+    for name in [n for n in files if n.endswith((".onnx", ".xml"))]:
+        extra = companions(out / name) if name.endswith(".onnx") else [weights_name(name)]
         if extra:
             files[name]["external_data"] = extra
             for comp in extra:

@@ -1,4 +1,4 @@
-"""Static int8 image encoders: one calibration, two QDQ files, the accuracy cost measured.
+"""Static int8 image encoders: one calibration, two QDQ files (and an OpenVINO IR), the accuracy cost measured.
 
 ``coder export --int8`` calibrates activation ranges once (ONNX Runtime ``quantize_static``,
 calibration cache reused) on the user's images (``--calibration DIR``, preprocessed by the
@@ -10,6 +10,9 @@ file per consumer, because no single file runs at full speed on both:
 * ``image_encoder.int8.trt.onnx`` (consumer ``tensorrt``): int8 symmetric activations with zero
   point 0 (QInt8) and the same weights: the only form TensorRT explicit quantization accepts
   (``coder build-engine --precision int8``; ONNX Runtime's ``cuda``/``tensorrt`` backends).
+
+With ``openvino`` and ``nncf`` installed, the same calibration also writes OpenVINO's own int8 IR
+(:mod:`.int8_openvino`, consumer ``openvino``), held to the same gate.
 
 MatMul and Gemm inputs are quantized, their outputs stay float (ONNX Runtime fuses DQ + MatMul
 into ``MatMulIntegerToFloat``; TensorRT fuses the same pattern), convolutions stay float. Scales
@@ -41,10 +44,13 @@ import numpy as np
 
 from ..errors import ConfigError, ExportError, one_line
 from ..manifest import INT8_SCHEME, PreprocessConfig
+from .int8_openvino import CONSUMER as OPENVINO
+from .int8_openvino import quantize_openvino
 from .onnx_files import staged
 
 SCHEME = INT8_SCHEME
 METHODS = ("MinMax", "Entropy", "Percentile")
+ENTROPY_BINS = (2048, 128)  # histogram bins, quantized bins (:func:`entropy_ranges`)
 INT8_OPS = ("MatMul", "Gemm")
 CALIBRATION_SEED = 11  # synthetic calibration scenes
 HELD_OUT_SEED = 23  # held-out scenes: never calibrated on
@@ -150,6 +156,8 @@ def quantize_file(src: Path, dst: Path, consumer: str, method: str, cache: Path,
     from .onnx_export import IMAGE_INPUT
 
     cached = "calibration_cache_path" in inspect.signature(quantize_static).parameters
+    if cached and method == "Entropy" and not cache.is_file():
+        entropy_ranges(src, cache, pixels)  # quantize_static's own Entropy run would degenerate to MinMax
     reader = None if cached and cache.is_file() else _Reader(pixels, IMAGE_INPUT)
     # The calibrators print progress to stdout: kept out of `coder export --json`'s one document.
     with staged(dst) as tmp, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
@@ -170,6 +178,42 @@ def quantize_file(src: Path, dst: Path, consumer: str, method: str, cache: Path,
             raise ExportError(f"int8 quantization of {src.name} ({method}, {consumer}) failed: "
                               f"{one_line(e, 300)}; export without --int8") from None
 
+
+
+def entropy_ranges(src: Path, cache: Path, pixels: np.ndarray) -> None:
+    """KL-divergence (entropy) activation ranges of ``src`` on ``pixels``, written as a calibration cache.
+
+    ``quantize_static`` cannot pass histogram sizes to its calibrator, whose defaults (128 histogram bins,
+    128 quantized bins) leave the threshold search a single candidate, the full range: Entropy became
+    MinMax. TensorRT's entropy calibration histograms into 2048 bins and searches thresholds for 128
+    quantized ones (Migacz, "8-bit Inference with TensorRT", GTC 2017); so does this, with ONNX
+    Runtime's histograms and :func:`~coder.export.int8_entropy.entropy_threshold` (its search, vectorized).
+    """
+    from onnxruntime.quantization.calibrate import CalibrationMethod, TensorsData, save_tensors_data
+
+    from .int8_entropy import entropy_threshold
+
+    ranges = {name: (*entropy_threshold(hist, edges, lowest, highest, ENTROPY_BINS[1]), hist, edges)
+              for name, (hist, edges, lowest, highest) in collect_histograms(src, pixels).items()}
+    save_tensors_data(TensorsData(CalibrationMethod.Entropy, ranges), cache)
+
+
+def collect_histograms(src: Path, pixels: np.ndarray) -> dict[str, tuple]:
+    """ONNX Runtime's ``ENTROPY_BINS[0]``-bin histograms of every MatMul/Gemm tensor of ``src`` on ``pixels``:
+    ``{tensor: (hist, edges, lowest, highest)}``."""
+    from onnxruntime.quantization.calibrate import CalibrationMethod, create_calibrator
+
+    from .onnx_export import IMAGE_INPUT
+
+    with tempfile.TemporaryDirectory(prefix=".tmp-entropy-") as tmp, warnings.catch_warnings(), \
+            contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        calibrator = create_calibrator(Path(src), list(INT8_OPS), augmented_model_path=str(Path(tmp) / "aug.onnx"),
+                                       calibrate_method=CalibrationMethod.Entropy, providers=["CPUExecutionProvider"],
+                                       extra_options={"num_bins": ENTROPY_BINS[0],
+                                                      "num_quantized_bins": ENTROPY_BINS[1]})
+        calibrator.collect_data(_Reader(pixels, IMAGE_INPUT))
+        return {name: tuple(h[:4]) for name, h in calibrator.collector.histogram_dict.items()}
 
 
 def prepare_for_quantization(src: Path, work: Path, external: bool) -> Path:
@@ -303,12 +347,13 @@ def quantize_static_int8(src: Path, out: Path, opts: Int8Options, cfg: Preproces
         files = {c: out / v["file"] for c, v in CONSUMERS.items()}
         excluded, sensitivity = write_consumers(prepared, files, method, work / f"ranges.{method}.json", pixels,
                                                 probe, judge, opts.min_cosine, external, report)
-    cpu = files["cpu"]
-    got = embed(cpu, probe)
+        openvino = quantize_openvino(src, out, pixels, probe, judge, opts.min_cosine, report)
+    got = embed(files["cpu"], probe)
+    consumers = {**CONSUMERS, **({"openvino": {"file": openvino["file"], **OPENVINO}} if openvino["file"] else {})}
     return {
         "scheme": SCHEME,
-        "files": {c: v["file"] for c, v in CONSUMERS.items()},
-        "consumers": {v["file"]: {k: x for k, x in v.items() if k != "file"} for v in CONSUMERS.values()},
+        "files": {c: v["file"] for c, v in consumers.items()},
+        "consumers": {v["file"]: {k: x for k, x in v.items() if k != "file"} for v in consumers.values()},
         "quantized_op_types": list(INT8_OPS),
         "calibration": {**calibration, "method": method, "methods_tried": scores},
         "excluded_nodes": list(excluded),
@@ -316,6 +361,7 @@ def quantize_static_int8(src: Path, out: Path, opts: Int8Options, cfg: Preproces
         "held_out": {**agreement(got[:len(held)], want[:len(held)], text), "source": "synthetic",
                      "seed": HELD_OUT_SEED},
         "held_out_tensorrt_file": agreement(embed(files["tensorrt"], held), want[:len(held)], text),
+        "openvino": {k: v for k, v in openvino.items() if k != "file"},
         "gate": {"min_cosine": opts.min_cosine, "same_top1": text is not None,
                  "passed": passes(judge(got), opts.min_cosine)},
     }

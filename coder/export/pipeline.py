@@ -24,6 +24,7 @@ from ..errors import ConfigError, WeightsError
 from ..store import atomic_write_json, output_lock, resolved, sha256_file
 from ..manifest import FORMAT, FORMAT_VERSION, PreprocessConfig, encoder_filename, file_entry, write_manifest
 from . import onnx_export, validate, workdir
+from . import int8_openvino
 from .int8 import CONSUMERS, Int8Options, quantize_static_int8
 from .registry import PretrainedSpec
 from .workdir import STATE_NAME
@@ -138,7 +139,8 @@ def int8_key(opts: ExportOptions, info: dict[str, Any]) -> dict[str, Any]:
 
     o = opts.int8_options
     _, record = calibration_pixels(o, PreprocessConfig.from_dict(info["preprocess"]))
-    return {"calibration": record, "held_out": o.held_out, "methods": list(o.methods), "min_cosine": o.min_cosine}
+    return {"calibration": record, "held_out": o.held_out, "methods": list(o.methods), "min_cosine": o.min_cosine,
+            "openvino_ir": int8_openvino.available() is None}
 
 
 def write_int8(opts: ExportOptions, state: dict[str, Any], info: dict[str, Any], ref: dict[str, Any] | None,
@@ -150,7 +152,7 @@ def write_int8(opts: ExportOptions, state: dict[str, Any], info: dict[str, Any],
     out = opts.out_dir
     names = [v["file"] for v in CONSUMERS.values()]
     key = int8_key(opts, info)
-    done = (state.get("int8") or {}).get("key") == key and all(_done(state, out, n) for n in names)
+    done = (state.get("int8") or {}).get("key") == key and all(_done(state, out, n) for n in names + ir_files(state))
     if not done:
         report("quantizing the image encoder to int8 (static calibration)")
         external = opts.external_data or bool(state["files"].get(encoder_filename("image", "fp32"), {})
@@ -166,7 +168,17 @@ def write_int8(opts: ExportOptions, state: dict[str, Any], info: dict[str, Any],
             result = _validate_one(out / name, "image", "int8", ref, info)
             validate.require(name, result)
         _record(state, out, name, result)
+    probe = ((state.get("int8") or {}).get("record") or {}).get("openvino", {}).get("probe")
+    for name in ir_files(state):  # the OpenVINO IR: gated with OpenVINO inside quantize_static_int8
+        _record(state, out, name, {"min_cosine": probe["min_cosine"], "same_top1": probe["top1_agreement"] in (None, 1.0),
+                                   "engine": "openvino"} if name.endswith(".xml") else None)
     return names if done else []
+
+
+def ir_files(state: dict[str, Any]) -> list[str]:
+    """The OpenVINO int8 IR's two files, if the int8 step wrote one."""
+    xml = ((state.get("int8") or {}).get("record") or {}).get("files", {}).get("openvino")
+    return [] if xml is None else [xml, int8_openvino.weights_name(xml)]
 
 
 def _over_limit(fp32: Path) -> bool:

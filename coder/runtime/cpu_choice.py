@@ -93,9 +93,10 @@ def _versions(engines: list[str]) -> dict:
 
 
 def choice_key(art: Artifact, precision: str, threads: int | None, engines: list[str]) -> dict:
-    path = art.encoder("image", precision)
+    """What the measurement depends on; the models are the files each engine runs (int8: QDQ file and IR)."""
+    files = dict.fromkeys(art.encoder_name("image", precision, c) for c in ("cpu", "openvino"))
     return {"format": CHOICE_FORMAT, "format_version": CHOICE_VERSION,
-            "model_sha256": art.manifest["files"][path.name]["sha256"], "precision": precision,
+            "model_sha256": "+".join(art.manifest["files"][n]["sha256"] for n in files), "precision": precision,
             "threads": threads, "cpu": cpu_identity(), "engines": _versions(engines), "rounds": ROUNDS}
 
 

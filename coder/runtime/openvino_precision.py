@@ -157,6 +157,13 @@ def load_openvino_encoder(art: Artifact, precision: str, backend: str, threads: 
     """
     if not ov.installed():
         raise BackendError(ov.NO_OV)
-    path = art.encoder("image", precision)
+    path = art.encoder("image", precision, "openvino")
     hint, _ = choose_hint(art, precision, backend, threads, gate)
-    return ov.load_openvino(path, backend, hint, threads, art.manifest["files"][path.name]["sha256"])
+    return ov.load_openvino(path, backend, hint, threads, model_sha256(art, path.name), int8=precision == "int8")
+
+
+def model_sha256(art: Artifact, name: str) -> str:
+    """The file's manifest sha256; for an IR (``.xml``) or external-data model, of all its files together."""
+    files = art.manifest["files"]
+    parts = [files[name]["sha256"], *(files[x]["sha256"] for x in files[name].get("external_data", []))]
+    return parts[0] if len(parts) == 1 else hashlib.sha256("".join(parts).encode()).hexdigest()

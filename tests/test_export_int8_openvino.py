@@ -1,0 +1,102 @@
+"""The OpenVINO int8 IR of `coder export --int8`: NNCF on the export's calibration, gated, listed with its
+weights, run as ``openvino-int8``; skipped (with the reason) without nncf or when it misses the gate."""
+
+import copy
+
+import numpy as np
+import pytest
+
+from coder.export import int8_openvino
+from coder.manifest import Artifact, load_artifact
+
+pytest.importorskip("openvino")
+pytest.importorskip("nncf")
+
+
+def _scenes(art, n=6, seed=5):
+    from coder.runtime.preprocess import preprocess_batch
+    from coder.samples import synthetic_batch
+
+    return preprocess_batch(synthetic_batch(n, seed=seed), load_artifact(art).preprocess)
+
+
+def test_ir_is_listed_with_its_weights_and_runs_as_openvino_int8(tiny_artifact):
+    from coder.runtime.encoder import ImageEncoder
+
+    art = load_artifact(tiny_artifact)
+    xml = art.manifest["int8"]["files"]["openvino"]
+    assert xml == int8_openvino.FILE and art.manifest["files"][xml]["external_data"] == [int8_openvino.weights_name(xml)]
+    rec = art.manifest["int8"]["openvino"]
+    assert rec["gate_passed"] and rec["model_type"] == "transformer" and rec["nncf"]
+    assert art.manifest["validation"][xml]["same_top1"] and art.manifest["validation"][xml]["min_cosine"] >= 0.99
+    enc = ImageEncoder.load(tiny_artifact, "int8", "openvino")
+    assert enc.backend == "openvino-int8" and enc.engine.path.name == xml
+    x = _scenes(tiny_artifact)
+    alone = np.concatenate([enc.engine.run(x[i:i + 1]) for i in range(len(x))])
+    assert np.abs(enc.engine.run(x) - alone).max() <= 1e-5  # static scales: the batch does not matter
+    ref = ImageEncoder.load(tiny_artifact, "fp32", "cpu").engine.run(x)
+    unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731
+    assert np.sum(unit(alone) * unit(ref), axis=1).min() >= 0.99
+
+
+def test_damaged_weights_are_refused_before_openvino_reads_them(tiny_artifact, tmp_path):
+    import shutil
+
+    from coder.errors import ArtifactError
+
+    art_dir = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art_dir, ignore=shutil.ignore_patterns("engines", ".coder-*"))
+    bin_path = art_dir / int8_openvino.weights_name(int8_openvino.FILE)
+    data = bytearray(bin_path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bin_path.write_bytes(bytes(data))
+    with pytest.raises(ArtifactError, match="openvino.bin"):
+        load_artifact(art_dir).encoder("image", "int8", "openvino")
+
+
+def test_without_an_ir_openvino_runs_the_cpu_qdq_file(tiny_artifact):
+    art = load_artifact(tiny_artifact)
+    m = copy.deepcopy(art.manifest)
+    del m["int8"]["files"]["openvino"]
+    assert Artifact(art.root, m).encoder_name("image", "int8", "openvino") == "image_encoder.int8.onnx"
+
+
+def test_skipped_without_nncf_and_when_the_gate_fails(tiny_artifact, tmp_path, monkeypatch):
+    src = load_artifact(tiny_artifact).encoder("image", "fp32")
+    x = _scenes(tiny_artifact, 4)
+    failing = lambda got: {"images": len(got), "min_cosine": 0.5, "median_cosine": 0.6, "top1_agreement": None}  # noqa: E731
+    rec = int8_openvino.quantize_openvino(src, tmp_path, x, x, failing, 0.99)
+    assert rec["file"] is None and rec["skipped"] == "missed the gate" and not rec["gate_passed"]
+    assert list(tmp_path.iterdir()) == []  # nothing written, no temporary left
+    monkeypatch.setattr(int8_openvino.importlib.util, "find_spec", lambda name: None)
+    rec = int8_openvino.quantize_openvino(src, tmp_path, x, x, failing, 0.99)
+    assert rec == {"file": None, "skipped": "openvino and nncf not installed (pip install 'coder[export,openvino]')"}
+
+
+def test_export_report_names_the_ir_or_why_not():
+    from coder.cli.artifacts import int8_report_lines
+
+    base = {"calibration": {"source": "synthetic", "images": 32, "method": "MinMax",
+                            "methods_tried": {"MinMax": {"min_cosine": 0.995}}}, "excluded_nodes": [], "consumers": {},
+            "held_out": {"images": 16, "min_cosine": 0.995, "median_cosine": 0.998, "top1_agreement": None}}
+    ok = {**base, "openvino": {"nncf": "3.4.0", "model_type": "transformer", "gate_passed": True,
+                               "probe": {"min_cosine": 0.9988, "median_cosine": 0.9995}}}
+    assert "NNCF 3.4.0, transformer model type): cosine min 0.99880 / median 0.99950" in "\n".join(int8_report_lines(ok))
+    skipped = {**base, "openvino": {"skipped": "missed the gate"}}
+    assert "not written (missed the gate); --backend openvino runs the CPU QDQ file" in \
+        "\n".join(int8_report_lines(skipped))
+
+
+def test_classifier_reports_openvino_int8(tiny_artifact, tmp_path):
+    from coder.runtime.classifier import Classifier
+    from coder.samples import synthetic_scene
+    from coder.text_bank.bank import build_bank
+    from coder.text_bank.texts import names_texts
+
+    build_bank(tiny_artifact, names_texts(["cat", "dog", "ship"]), out=tmp_path / "bank")
+    clf = Classifier.load(tiny_artifact, bank=str(tmp_path / "bank"), backend="openvino", precision="int8")
+    ref = Classifier.load(tiny_artifact, bank=str(tmp_path / "bank"), backend="cpu", precision="fp32")
+    images = [synthetic_scene(40 + i, (224, 224)) for i in range(3)]
+    got, want = clf.classify(images), ref.classify(images)
+    assert {p.backend for p in got} == {"openvino-int8"}
+    assert np.abs(np.array([p.stage1_scores for p in got]) - [p.stage1_scores for p in want]).max() < 2.0
