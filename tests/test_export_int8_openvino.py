@@ -100,3 +100,35 @@ def test_classifier_reports_openvino_int8(tiny_artifact, tmp_path):
     got, want = clf.classify(images), ref.classify(images)
     assert {p.backend for p in got} == {"openvino-int8"}
     assert np.abs(np.array([p.stage1_scores for p in got]) - [p.stage1_scores for p in want]).max() < 2.0
+
+
+def test_int8_ir_runs_its_float_layers_at_the_reduced_hint_only_after_the_gate(tiny_artifact, tmp_path, monkeypatch):
+    import shutil
+
+    from coder.engines import openvino as ov
+    from coder.runtime.openvino_precision import PrecisionGate, choose_hint, load_openvino_encoder
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    art_dir = tmp_path / "art"
+    shutil.copytree(tiny_artifact, art_dir, ignore=shutil.ignore_patterns("engines", ".coder-*"))
+    art = load_artifact(art_dir)
+    monkeypatch.setattr(ov, "reduced_hint", lambda device="CPU": "bf16")
+    failing = lambda art, path, hint, device, threads: PrecisionGate(hint, device, 16, 0.98, 1.0, False)  # noqa: E731
+    assert choose_hint(art, "int8", "openvino", gate=failing)[0] == "f32"
+    enc = load_openvino_encoder(art, "int8", "openvino", gate=failing)
+    assert (enc.backend, enc.precision_hint) == ("openvino-int8", "f32")
+    for f in (art_dir / "engines").rglob("gate-*.json"):
+        f.unlink()
+    passing = lambda art, path, hint, device, threads: PrecisionGate(hint, device, 16, 0.9999, 1.0, True)  # noqa: E731
+    hint, verdict = choose_hint(art, "int8", "openvino", gate=passing)
+    assert hint == "bf16" and verdict.passed
+
+
+@pytest.mark.skipif(__import__("coder.engines.openvino", fromlist=["x"]).reduced_hint("CPU") != "bf16",
+                    reason="this CPU has no BF16")
+def test_the_real_gate_on_the_int8_ir(tiny_artifact):
+    from coder.runtime.openvino_precision import run_gate
+
+    art = load_artifact(tiny_artifact)
+    verdict = run_gate(art, art.encoder("image", "int8", "openvino"), "bf16", "CPU")
+    assert verdict.images == 16 and 0.99 < verdict.min_cosine <= 1.0 + 1e-6

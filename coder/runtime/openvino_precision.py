@@ -4,9 +4,11 @@ A fp32 artifact on a CPU with BF16 (a GPU: FP16) could run with OpenVINO's reduc
 about 2x faster. It does so only after the same gate as an fp16 export: on the validation scenes
 (:func:`coder.runtime.engine_build.reference_pixels`, 16 synthetic 640x480 scenes) every image's
 embedding has cosine >= 0.999 to the fp32 one, and every image keeps its top-1 class among
-:data:`CLASS_PROMPTS` encoded by the artifact's own text tower. Otherwise ``f32``. Other artifact
-precisions (fp16, int8 files) run with the ``f32`` hint: their reduced weights are already the
-exported, gated ones.
+:data:`CLASS_PROMPTS` encoded by the artifact's own text tower. Otherwise ``f32``. The int8 file
+(the NNCF IR) is held to the same gate against itself at ``f32``: its int8 layers stay int8, the
+layers NNCF left in float (softmax, normalisation, the float islands) run at the reduced hint only if
+that changes no embedding by more than the fp16 gate allows. fp16 files run at ``f32``: their reduced
+weights are already the exported, gated ones.
 
 The verdict is measured once per machine and cached as versioned JSON beside the compiled-model
 cache (``<artifact>/engines/openvino/<key>/gate-bf16-<machine>.json``, or the user cache for a
@@ -37,6 +39,7 @@ GATE_FORMAT = "coder.openvino-precision-gate"
 GATE_VERSION = 1
 MIN_COSINE = 0.999  # the fp16 export gate (coder/export/validate.py)
 GATE_SCENES = 16
+GATED = ("fp32", "int8")  # precisions whose file may run at the reduced hint (fp16 weights are already reduced)
 CLASS_PROMPTS = tuple(f"a photo of a {c}." for c in (
     "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
     "apple", "bicycle", "castle", "forest", "mountain", "road", "sea", "sunflower", "tiger", "tulip"))
@@ -88,10 +91,10 @@ def choose_hint(art: Artifact, precision: str, backend: str, threads: int | None
     """
     device = ov.device_of(backend)
     reduced = ov.reduced_hint(device)
-    if precision != "fp32" or reduced is None:
+    if precision not in GATED or reduced is None:
         return "f32", None
-    path = art.encoder("image", "fp32")
-    sha = art.manifest["files"][path.name]["sha256"]
+    path = art.encoder("image", precision, "openvino")
+    sha = model_sha256(art, path.name)
     key = {"format": GATE_FORMAT, "format_version": GATE_VERSION, "model_sha256": sha, "openvino": ov.version(),
            "device": device, "hint": reduced, "cpu": cpu_identity(), "min_cosine": MIN_COSINE,
            "scenes": GATE_SCENES, "prompts": len(CLASS_PROMPTS)}
@@ -118,7 +121,7 @@ def run_gate(art: Artifact, path: Path, hint: str, device: str, threads: int | N
     """Compile the encoder at ``f32`` and at ``hint``; compare embeddings and top-1 classes on the scenes."""
     from .engine_build import reference_pixels
 
-    sha = art.manifest["files"][path.name]["sha256"]
+    sha = model_sha256(art, path.name)
     backend = ov.PREFIX if device == "CPU" else f"{ov.PREFIX}:{device}"
     max_batch = int(art.manifest["exporter"]["max_batch"])
     pixels = reference_pixels(art, GATE_SCENES)
