@@ -77,6 +77,9 @@ def serve(
                                                                     "backends) | onnxruntime | tensorrt."),
     ready_timeout: float = typer.Option(180.0, "--ready-timeout", help="Seconds to wait for /v2/health/ready."),
     bank_cache_mb: float = BANK_CACHE,
+    stats_interval: float = typer.Option(60.0, "--stats-interval", min=0.0,
+                                         help="Seconds between `stats:` lines (requests, batches, class-list bank "
+                                              "cache), printed when they changed; 0: only the last one, on exit."),
 ) -> None:
     """Start a real tritonserver (HTTP + gRPC, KServe v2) serving CODER; Ctrl-C stops it."""
     import shutil
@@ -97,7 +100,7 @@ def serve(
         written = write_repo(artifacts, bank, repo or workdir / "repo", opts)
         check_ports(host, ports)
         server = TritonServer(find_tritonserver(), written.root, ports, host, workdir)
-        _run(server, ready_timeout)
+        _run(server, ready_timeout, stats_interval)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -116,25 +119,42 @@ def _check_backend(backend: str, ensemble: Optional[str]) -> None:
                            "`coder doctor` shows what loads")
 
 
-def _run(server, ready_timeout: float) -> None:
-    """Start, wait until ready (and confirmed ours), print the URLs, then wait; SIGINT/SIGTERM (the CLI's one
-    signal policy raises Interrupted) stop the server and exit 0. A second signal during the shutdown is held
+def _run(server, ready_timeout: float, stats_interval: float = 0.0) -> None:
+    """Start, wait until ready (and confirmed ours), print the URLs, then wait, printing a ``stats:`` line every
+    ``stats_interval`` seconds when the numbers changed; SIGINT/SIGTERM (the CLI's one signal policy raises
+    Interrupted) print the last stats, stop the server and exit 0. A second signal during the shutdown is held
     until the server and its stubs are gone."""
     from ..store import critical
 
-    interrupted = False
+    interrupted, ready, shown = False, False, [None]
     try:
         server.start()
         server.wait_ready(ready_timeout)
+        ready = True
         info(f"ready: model coder at {server.url('http')} (HTTP) and {server.url('grpc')} (gRPC), "
              f"metrics {server.url('metrics')}; server log {server.log_path}; Ctrl-C stops")
-        code = server.wait()
+        while (code := server.wait(stats_interval or None)) is None:
+            _print_stats(server, shown)
         raise ServeError(f"tritonserver exited by itself (code {code}); log tail:\n{server.log_tail()}")
     except KeyboardInterrupt:
         interrupted = True
     finally:
         with critical():
             if interrupted:
+                if ready:
+                    _print_stats(server, shown, final=True)
                 info("stopping tritonserver ...")
             server.stop()
     info("stopped")
+
+
+def _print_stats(server, shown: list, final: bool = False) -> None:
+    """A ``stats:`` line from the server's metrics (:mod:`coder.deploy.serve_stats`) if they changed since the
+    last one shown (``shown[0]``), or always when ``final``; nothing when the metrics cannot be read."""
+    from ..deploy.serve_stats import read_stats, stats_line
+
+    stats = read_stats(server.url("metrics", local=True))
+    if stats is None or (stats == shown[0] and not final):
+        return
+    shown[0] = stats
+    info(stats_line(stats))

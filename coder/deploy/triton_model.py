@@ -96,7 +96,7 @@ class ClassifierCache:
 
         self.base, self.limit = base, float(limit_mb) * 2**20
         self._items: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # stats() is also called while get() holds it
         self._text_encoder = None
         self.hits = self.misses = 0
 
@@ -105,11 +105,18 @@ class ClassifierCache:
         return sum(a.nbytes for a in clf.bank.arrays.values())
 
     @property
+    def nbytes(self) -> int:
+        return sum(self._size(c) for c in self._items.values())
+
+    @property
     def megabytes(self) -> float:
-        return sum(self._size(c) for c in self._items.values()) / 2**20
+        return self.nbytes / 2**20
 
     def stats(self) -> dict:
-        return {"class_lists": len(self._items), "bank_cache_mb": round(self.megabytes, 3), "hits": self.hits,
+        """``{"class_lists": 2, "bank_cache_mb": 0.118, "bytes": 123904, "hits": 5, "misses": 2, "limit_mb": 256.0}``"""
+        with self._lock:
+            n, size = len(self._items), self.nbytes
+        return {"class_lists": n, "bank_cache_mb": round(size / 2**20, 3), "bytes": size, "hits": self.hits,
                 "misses": self.misses, "limit_mb": self.limit / 2**20}
 
     def get(self, names: tuple[str, ...]):
@@ -146,6 +153,50 @@ class ClassifierCache:
             pb.Logger.log_info(message)
         except (ImportError, AttributeError):
             pass
+
+
+class CacheMetrics:
+    """The bank cache of per-request class lists as Prometheus metrics on Triton's metrics port (the Python
+    backend's custom metrics, Triton 23.05 and later), labelled with the model, version and instance; what
+    ``coder serve`` reads for its ``stats:`` lines. A backend without ``MetricFamily`` publishes nothing.
+
+    >>> m = CacheMetrics(pb, {"model": "coder", "version": "1", "instance": "coder_0_0"})   # doctest: +SKIP
+    >>> m.publish(cache.stats())
+    """
+
+    GAUGES = {"entries": ("coder_bank_cache_entries", "class lists (request parameter `classes`) whose banks are "
+                          "cached"),
+              "bytes": ("coder_bank_cache_bytes", "memory of the cached class-list banks, bytes"),
+              "limit": ("coder_bank_cache_limit_bytes", "bound on that memory (--bank-cache-mb), bytes")}
+    COUNTERS = {"hits": ("coder_bank_cache_hits_total", "requests whose class list was cached"),
+                "misses": ("coder_bank_cache_misses_total", "requests whose class list had its bank built")}
+
+    def __init__(self, pb, labels: dict[str, str]):
+        self.metrics: dict = {}
+        self._counted = {"hits": 0, "misses": 0}
+        family = getattr(pb, "MetricFamily", None)
+        if family is None:
+            return
+        self._families = []  # owned here: a family must outlive its metrics
+        for kind, table in (("GAUGE", self.GAUGES), ("COUNTER", self.COUNTERS)):
+            for key, (name, what) in table.items():
+                fam = family(name=name, description=what, kind=getattr(family, kind))
+                self._families.append(fam)
+                self.metrics[key] = fam.Metric(labels=labels)
+
+    def publish(self, stats: dict) -> None:
+        """Set the gauges to ``stats`` (:meth:`ClassifierCache.stats`); counters grow by what was counted since."""
+        if not self.metrics:
+            return
+        self.metrics["entries"].set(float(stats["class_lists"]))
+        self.metrics["bytes"].set(float(stats["bytes"]))
+        self.metrics["limit"].set(float(stats["limit_mb"]) * 2**20)
+        for key in self.COUNTERS:
+            now, before = int(stats[key]), self._counted[key]
+            step = now - before if now >= before else now  # a new cache (served bank swapped) counts from 0
+            if step > 0:
+                self.metrics[key].increment(float(step))
+            self._counted[key] = now
 
 
 def run_batched(pb, requests, decode, infer, encode) -> list:
@@ -195,8 +246,14 @@ class _Base:
     def initialize(self, args) -> None:
         import triton_python_backend_utils as pb  # only importable inside the stub
 
-        self.pb = pb
+        self.pb, self.args = pb, args
         self.setup()
+
+    def metric_labels(self) -> dict[str, str]:
+        """Labels of this instance's custom metrics: model, version and instance name (one stub per instance)."""
+        a = getattr(self, "args", None) or {}
+        return {"model": str(a.get("model_name", "coder")), "version": str(a.get("model_version", "1")),
+                "instance": str(a.get("model_instance_name", ""))}
 
     def finalize(self) -> None:
         pass
@@ -208,6 +265,8 @@ class ClassifyModel(_Base):
         self.clf = self.options().load()
         self.top_k = int(s["top_k"])
         self.lists = ClassifierCache(self.clf, float(s.get("bank_cache_mb") or 256))
+        self.metrics = CacheMetrics(self.pb, self.metric_labels())
+        self.metrics.publish(self.lists.stats())
         self._bank_stamp = self._stamp()
 
     def _stamp(self):
@@ -234,7 +293,7 @@ class ClassifyModel(_Base):
             bank = load_bank(self.clf.bank.root, self.clf.encoder.artifact)
             if bank.content_sha256 != self.clf.bank_sha256:
                 self.clf = replace(self.clf, bank=bank, encoder=self.clf.encoder.with_head(bank, self.clf.k))
-                self.lists = ClassifierCache(self.clf, self.lists.limit / 2**20)
+                self.lists.base = self.clf  # cached class lists do not depend on the served bank: kept
             self._bank_stamp = stamp
         return self.clf
 
@@ -243,9 +302,11 @@ class ClassifyModel(_Base):
         served = self._served()
         groups: dict = {}
         responses: list = [None] * len(requests)
+        listed = False
         for i, r in enumerate(requests):
             try:
                 names = request_classes(r)
+                listed = listed or names is not None
                 if names is not None and len(names) < self.top_k:
                     raise ConfigError(f"request parameter {CLASSES_PARAM!r}: {len(names)} classes, this model "
                                       f"returns top_k={self.top_k}: give at least {self.top_k}")
@@ -254,6 +315,8 @@ class ClassifyModel(_Base):
                 responses[i] = _error(self.pb, e)
                 continue
             groups.setdefault(id(clf), (clf, []))[1].append(i)
+        if listed:  # only class lists move the cache's numbers
+            self.metrics.publish(self.lists.stats())
         for clf, idx in groups.values():
             out = run_batched(self.pb, [requests[i] for i in idx], lambda r: request_images(self.pb, r),
                               lambda ims, c=clf: c.classify(ims, self.top_k),
