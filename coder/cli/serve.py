@@ -24,7 +24,7 @@ THREADS = typer.Option(None, "--threads", help="ONNX Runtime threads per instanc
 QUEUE_DELAY = typer.Option(0, "--max-queue-delay-us", help="How long Triton may hold a request to grow a batch "
                                                             "(microseconds; 0: batch what queued while busy).")
 BANK_CACHE = typer.Option(256.0, "--bank-cache-mb", help="Memory for the banks of per-request `classes` lists "
-                          "(least recently used dropped; sizes logged to the server log).")
+                          "(least recently used dropped; entries, MB and hits in the `stats:` lines).")
 ENSEMBLE = typer.Option(None, "--ensemble", help="Write the ensemble layout with the fused head on onnxruntime | "
                                                  "tensorrt (Triton's native backends) | python.")
 
