@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from coder.deploy.serve_stats import parse_metrics, read_stats, stats_line
+from coder.deploy.serve_stats import backends_line, parse_backends, parse_metrics, read_stats, stats_line
 
 SAMPLE = """\
 # HELP nv_inference_request_success Number of successful inference requests, all batch sizes
@@ -28,6 +28,10 @@ coder_bank_cache_hits_total{instance="coder_0_0",model="coder",version="1"} 5
 coder_bank_cache_misses_total{instance="coder_0_0",model="coder",version="1"} 1
 coder_bank_cache_misses_total{instance="coder_0_1",model="coder",version="1"} 1
 nv_gpu_utilization{gpu_uuid="GPU-1"} 0.5
+# TYPE coder_backend_info gauge
+coder_backend_info{backend="openvino-bf16",instance="coder_0_0",model="coder",version="1"} 1
+coder_backend_info{backend="openvino-bf16",instance="coder_0_1",model="coder",version="1"} 1
+coder_backend_info{backend="cpu",instance="other_0",model="other",version="1"} 1
 """
 
 
@@ -37,6 +41,13 @@ def test_parse_sums_the_coder_series_over_instances():
                  "bank_cache_bytes": 2 * 61952, "limit_bytes": 2 * 2**28, "hits": 5, "misses": 2}
     assert stats_line(s) == ("stats: 12 requests (1 failed), 14 images in 9 batches; class-list banks: 2 lists, "
                              "0.118 MB of 512 MB, 5 hits, 2 misses")
+
+
+def test_backends_each_instance_runs():
+    found = parse_backends(SAMPLE)
+    assert found == {"coder_0_0": "openvino-bf16", "coder_0_1": "openvino-bf16"}
+    assert backends_line(found) == "backend: openvino-bf16 (2 instances)"
+    assert backends_line({"a": "cpu"}) == "backend: cpu (1 instance)" and backends_line({}) is None
 
 
 def test_an_ensemble_has_no_cache_part_and_counts_read_in_the_singular():
@@ -111,6 +122,7 @@ def test_serve_prints_stats_when_they_change_and_on_exit(metrics_url, capsys):
     assert [line.split(",")[0] for line in lines] == ["stats: 12 requests (1 failed)", "stats: 13 requests (1 failed)",
                                                       "stats: 13 requests (1 failed)"]  # changed, changed, on exit
     assert "0.118 MB of 512 MB" in lines[0] and srv.stopped and out.rstrip().endswith("stopped")
+    assert out.splitlines()[1] == "backend: openvino-bf16 (2 instances)"  # right after `ready:`
 
 
 def test_unreadable_metrics_print_nothing(capsys):

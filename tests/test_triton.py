@@ -367,7 +367,65 @@ def test_cuda_backend_serves_the_same(served_art, images, reference, tmp_path):
         _stop(srv)
 
 
+def test_openvino_backend_serves_through_the_real_server(served_art, images, tmp_path):
+    """``--backend openvino``: the Python model's Classifier runs on OpenVINO; `coder serve` names what runs."""
+    pytest.importorskip("openvino")
+    from PIL import Image
+
+    from coder.client import CoderClient
+    from coder.runtime.classifier import Classifier
+
+    srv = _start_serve(served_art, tmp_path / "serve.log", "--backend", "openvino", "--top-k", "3")
+    try:
+        want = Classifier.load(served_art, backend="openvino").classify([Image.open(p) for p in images[:2]], 3)
+        with CoderClient(f"127.0.0.1:{srv.http}", timeout=60) as c:
+            got = [c.classify_file(p) for p in images[:2]]
+        for g, w in zip(got, want):
+            assert (g["label"], g["top_k"]) == (w.label, list(w.top_k)), g
+            np.testing.assert_allclose(g["stage1_scores"], w.stage1_scores, atol=1e-4, rtol=0)
+        [line] = [x for x in srv.log.read_text().splitlines() if x.startswith("backend:")]
+        assert line == f"backend: {want[0].backend} (1 instance)" and want[0].backend.startswith("openvino")
+    finally:
+        _stop(srv)
+
+
 # --- without a server -------------------------------------------------------------------------
+
+
+def test_triton_repo_backends(served_art, tmp_path):
+    """The default layout's Python model takes OpenVINO and auto (its Classifier's options); an ensemble, whose
+    head runs on Triton's own backends, refuses them before writing anything."""
+    for backend in ("openvino", "openvino:GPU", "auto"):
+        res = runner.invoke(app, ["triton-repo", "-a", str(served_art), "--out", str(tmp_path / "r"),
+                                  "--backend", backend])
+        assert res.exit_code == 0, res.output
+        settings = json.loads((tmp_path / "r" / "coder" / "1" / "coder_model.json").read_text())
+        assert settings["options"]["backend"] == settings["backend"] == backend
+    for ensemble in ("python", "onnxruntime"):
+        res = runner.invoke(app, ["triton-repo", "-a", str(served_art), "--out", str(tmp_path / ensemble),
+                                  "--backend", "openvino", "--ensemble", ensemble])
+        assert res.exit_code == 2 and "--ensemble" in res.output and "cpu, cuda, tensorrt" in res.output, res.output
+        assert not (tmp_path / ensemble).exists()
+    res = runner.invoke(app, ["triton-repo", "-a", str(served_art), "--out", str(tmp_path / "x"), "--backend", "ov"])
+    assert res.exit_code == 2 and "openvino:NPU" in res.output
+
+
+def test_serve_checks_the_backend_before_starting(served_art, monkeypatch):
+    """`coder serve --backend openvino*` probes OpenVINO as `coder doctor` does: a device it lacks is exit 6 and an
+    ensemble is exit 2, before any server starts (the server binary is never looked up)."""
+    from coder.deploy import triton_server
+    from coder.engines import openvino as ov
+
+    monkeypatch.setattr(triton_server, "find_tritonserver", lambda: pytest.fail("a server was started"))
+    monkeypatch.setattr(ov, "probe_openvino", lambda: {"openvino": "ok", "openvino:GPU": "no GPU device",
+                                                       "openvino:NPU": "no NPU device"})
+    res = runner.invoke(app, ["serve", "-a", str(served_art), "--backend", "openvino:NPU", "--http-port", "1"])
+    assert res.exit_code == 6 and "OpenVINO cannot use it here (no NPU device)" in res.output, res.output
+    res = runner.invoke(app, ["serve", "-a", str(served_art), "--backend", "openvino", "--ensemble", "python"])
+    assert res.exit_code == 2 and "drop --ensemble" in res.output, res.output
+    monkeypatch.setattr(ov, "installed", lambda: False)
+    res = runner.invoke(app, ["serve", "-a", str(served_art), "--backend", "openvino:GPU"])
+    assert res.exit_code == 6 and "pip install 'coder[openvino]'" in res.output, res.output
 
 
 def test_triton_repo_layout(served_art, tmp_path):
@@ -667,6 +725,7 @@ def test_per_request_classes_lru_and_http_400(served_art, images, tmp_path):
     labels = (("instance", "coder_0_0"), ("model", "coder"), ("version", "1"))
     metric = lambda name: _FakeMetricFamily.values.get((name, labels))  # noqa: E731
     assert metric("coder_bank_cache_entries") == 0 and metric("coder_bank_cache_limit_bytes") == 256 * 2**20
+    assert _FakeMetricFamily.values[("coder_backend_info", tuple(sorted((*labels, ("backend", "cpu")))))] == 1
     img = lambda i: {"image": np.array([[images[i].read_bytes()]], object)}  # noqa: E731
     reqs = [_Req(img(0), {"classes": "cat,dog,zebra"}), _Req(img(1)), _Req(img(2), {"classes": "cat, dog ,zebra"}),
             _Req(img(3), {"classes": "cat,Cat"}), _Req(img(4), {"classes": "cat"}), _Req(img(5), {"classes": 7})]

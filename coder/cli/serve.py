@@ -17,7 +17,9 @@ BANK = typer.Option(None, "--bank", help="Bank name under <artifacts>/banks, or 
                                          "(default: the only one).")
 MAX_BATCH = typer.Option(32, "--max-batch", help="Triton max_batch_size: the largest batch dynamic batching forms.")
 INSTANCES = typer.Option(1, "--instances", help="Model instances (one Classifier each).")
-BACKEND = typer.Option("cpu", "--backend", help="ONNX Runtime provider inside the model: cpu | cuda | tensorrt.")
+BACKEND = typer.Option("cpu", "--backend", help="What runs the encoder inside the model: cpu | cuda | tensorrt "
+                       "(ONNX Runtime) | openvino | openvino:GPU | openvino:NPU | auto (the default layout only; "
+                       "--ensemble: cpu | cuda | tensorrt).")
 PRECISION = typer.Option("fp32", "--precision", help="Image encoder precision: fp32 | fp16 | int8 (as exported).")
 TOP_K = typer.Option(5, "--top-k", help="Classes returned per image (top_k, stage1_scores).")
 THREADS = typer.Option(None, "--threads", help="ONNX Runtime threads per instance (default: cores / instances).")
@@ -106,12 +108,23 @@ def serve(
 
 
 def _check_backend(backend: str, ensemble: Optional[str]) -> None:
-    """A GPU provider that cannot load here cannot load in the server's stubs either: exit 6 before starting.
-    (Native ensemble heads run on Triton's own backends, which only the server can check.)"""
-    if backend == "cpu" or ensemble in ("onnxruntime", "tensorrt"):
+    """A backend that cannot load here cannot load in the server's stubs either (same machine, same Python):
+    exit 6 before starting. ``auto`` loads whatever works (the CPU at least). (Native ensemble heads run on
+    Triton's own backends, which only the server can check.)"""
+    if backend in ("cpu", "auto") or ensemble in ("onnxruntime", "tensorrt"):
+        return
+    from ..engines import openvino as ov
+    from ..errors import BackendError
+
+    if ov.is_openvino(backend):
+        if not ov.installed():
+            raise BackendError(f"--backend {backend}: {ov.NO_OV}")
+        why = ov.probe_openvino().get(backend, f"unknown backend {backend!r}")
+        if not why.startswith("ok"):
+            raise BackendError(f"--backend {backend}: OpenVINO cannot use it here ({why}); "
+                               "`coder doctor` shows what loads")
         return
     from ..engines.ort import probe_providers
-    from ..errors import BackendError
 
     why = probe_providers().get(backend, f"unknown backend {backend!r}")
     if why != "ok":
@@ -133,6 +146,7 @@ def _run(server, ready_timeout: float, stats_interval: float = 0.0) -> None:
         ready = True
         info(f"ready: model coder at {server.url('http')} (HTTP) and {server.url('grpc')} (gRPC), "
              f"metrics {server.url('metrics')}; server log {server.log_path}; Ctrl-C stops")
+        _print_backends(server)
         while (code := server.wait(stats_interval or None)) is None:
             _print_stats(server, shown)
         raise ServeError(f"tritonserver exited by itself (code {code}); log tail:\n{server.log_tail()}")
@@ -146,6 +160,15 @@ def _run(server, ready_timeout: float, stats_interval: float = 0.0) -> None:
                 info("stopping tritonserver ...")
             server.stop()
     info("stopped")
+
+
+def _print_backends(server) -> None:
+    """``backend: openvino-f32 (1 instance)``: what the model's instances really run (no line for an ensemble)."""
+    from ..deploy.serve_stats import backends_line, read_backends
+
+    line = backends_line(read_backends(server.url("metrics", local=True)))
+    if line is not None:
+        info(line)
 
 
 def _print_stats(server, shown: list, final: bool = False) -> None:

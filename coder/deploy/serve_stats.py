@@ -49,13 +49,45 @@ def parse_metrics(text: str, model: str = MODEL) -> dict[str, float]:
     return out
 
 
-def read_stats(url: str, timeout: float = 2.0) -> dict[str, float] | None:
-    """:func:`parse_metrics` of ``url`` (``http://host:port/metrics``); None when it cannot be read."""
+def parse_backends(text: str, model: str = MODEL) -> dict[str, str]:
+    """``{instance: backend}`` from the ``coder_backend_info`` series of ``model`` (the backend each instance
+    really runs), e.g. ``{"coder_0_0": "openvino-f32"}``; empty for a model that publishes none."""
+    out = {}
+    for line in text.splitlines():
+        m = _LINE.match(line)
+        if m is not None and m.group(1) == "coder_backend_info":
+            labels = dict(_LABEL.findall(m.group(3) or ""))
+            if labels.get("model") == model and "backend" in labels:
+                out[labels.get("instance", "")] = labels["backend"]
+    return out
+
+
+def _get(url: str, timeout: float) -> str | None:
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
-            return parse_metrics(r.read().decode("utf-8", "replace"))
+            return r.read().decode("utf-8", "replace")
     except (urllib.error.URLError, OSError, ValueError):
         return None
+
+
+def read_stats(url: str, timeout: float = 2.0) -> dict[str, float] | None:
+    """:func:`parse_metrics` of ``url`` (``http://host:port/metrics``); None when it cannot be read."""
+    text = _get(url, timeout)
+    return None if text is None else parse_metrics(text)
+
+
+def read_backends(url: str, timeout: float = 2.0) -> dict[str, str]:
+    """:func:`parse_backends` of ``url``; empty when it cannot be read."""
+    text = _get(url, timeout)
+    return {} if text is None else parse_backends(text)
+
+
+def backends_line(found: dict[str, str]) -> str | None:
+    """``"backend: openvino-f32 (2 instances)"``; None when no instance reported one."""
+    if not found:
+        return None
+    names = sorted(set(found.values()))
+    return f"backend: {', '.join(names)} ({_n(len(found), 'instance')})"
 
 
 def _n(value: float, one: str, many: str | None = None) -> str:

@@ -199,6 +199,20 @@ class CacheMetrics:
             self._counted[key] = now
 
 
+def backend_info(pb, labels: dict[str, str], backend: str):
+    """``coder_backend_info{model=,version=,instance=,backend="openvino-f32"} 1`` on the metrics port: the backend
+    this instance really runs (what ``auto`` chose, OpenVINO's precision), read by ``coder serve``. Returns the
+    ``(family, metric)`` to keep alive, or None where the Python backend has no custom metrics."""
+    family = getattr(pb, "MetricFamily", None)
+    if family is None:
+        return None
+    fam = family(name="coder_backend_info", description="the backend this model instance runs its encoder on",
+                 kind=family.GAUGE)
+    metric = fam.Metric(labels={**labels, "backend": backend})
+    metric.set(1.0)
+    return fam, metric
+
+
 def run_batched(pb, requests, decode, infer, encode) -> list:
     """Decode every request (a failure answers only that request), run ``infer`` ONCE on all
     decoded items, split the results back per request and ``encode`` them into tensors."""
@@ -267,6 +281,9 @@ class ClassifyModel(_Base):
         self.lists = ClassifierCache(self.clf, float(s.get("bank_cache_mb") or 256))
         self.metrics = CacheMetrics(self.pb, self.metric_labels())
         self.metrics.publish(self.lists.stats())
+        self.backend_metric = backend_info(self.pb, self.metric_labels(), self.clf.backend)
+        ClassifierCache.log(f"coder: {self.metric_labels()['instance'] or 'model'} classifies with backend "
+                            f"{self.clf.backend} (asked: {self.clf.options.backend})")
         self._bank_stamp = self._stamp()
 
     def _stamp(self):
