@@ -113,7 +113,8 @@ class ClassifierCache:
         return self.nbytes / 2**20
 
     def stats(self) -> dict:
-        """``{"class_lists": 2, "bank_cache_mb": 0.118, "bytes": 123904, "hits": 5, "misses": 2, "limit_mb": 256.0}``"""
+        """``{"class_lists": 2, "bank_cache_mb": 0.118, "bytes": 123904, "hits": 5, "misses": 2,
+        "limit_mb": 256.0}``"""
         with self._lock:
             n, size = len(self._items), self.nbytes
         return {"class_lists": n, "bank_cache_mb": round(size / 2**20, 3), "bytes": size, "hits": self.hits,
@@ -192,11 +193,10 @@ class CacheMetrics:
         self.metrics["bytes"].set(float(stats["bytes"]))
         self.metrics["limit"].set(float(stats["limit_mb"]) * 2**20)
         for key in self.COUNTERS:
-            now, before = int(stats[key]), self._counted[key]
-            step = now - before if now >= before else now  # a new cache (served bank swapped) counts from 0
+            step = int(stats[key]) - self._counted[key]
             if step > 0:
                 self.metrics[key].increment(float(step))
-            self._counted[key] = now
+                self._counted[key] += step
 
 
 def backend_info(pb, labels: dict[str, str], backend: str):
