@@ -11,9 +11,15 @@ All in one run, on the artifact's only bank (names + synonyms, no LLM texts), ba
   (nothing to build); ``texts_encoded`` per added class; ``ratio`` = add_ms / classify_b1_ms (goal <= 20);
 * ``first_prediction_ms``: add + the first classify that can return the new class;
 * CLI ``coder classify IMG --classes LIST``: cold (bank built) vs cached vs a plain ``coder classify``
-  (whole processes, so interpreter start-up is included in all three);
+  (whole processes, so interpreter start-up is included in all three; after one discarded plain run, as
+  the first ``classify`` on a machine also measures which CPU engine ``auto`` takes);
 * per-request class lists as the Triton model serves them (:class:`ClassifierCache`, in-process, no
-  HTTP): first request with a list, repeated list vs a plain request, and the cache's megabytes.
+  HTTP): first request with a list, repeated list vs a plain request, and the cache's megabytes;
+* the ROS 2 node's core without rclpy (:class:`~coder.deploy.ros2_core.Vocabulary` +
+  :func:`~coder.deploy.ros2_core.process_frame`, as tests/test_ros2_core.py drives it): one ``bgr8`` frame
+  -> Classification (median), and time to the first frame whose prediction includes a newly added class
+  (``set_classes`` with the class appended, the VisionInfo message re-built, then that frame), the first
+  change of the process (loads the text encoder) and the next ones (median).
 """
 
 from __future__ import annotations
@@ -84,6 +90,7 @@ def _cli(artifacts: str, image: str, names: str) -> dict:
                        check=True, capture_output=True, env=env)
         return (time.perf_counter() - t0) * 1e3
 
+    run()  # warm-up: the first `coder classify` on a machine measures its CPU engines once (cpu_choice)
     plain = run()
     cold = run("--classes", names)
     cached = run("--classes", names)
@@ -109,6 +116,35 @@ def _server(artifacts: str, image, repeats: int) -> dict:
             cache.stats()["class_lists"]}
 
 
+def _ros(artifacts: str, image, repeats: int, names: list[str]) -> dict:
+    from types import SimpleNamespace as NS
+
+    import numpy as np
+    from rosbags.typesys import Stores, get_typestore
+
+    from coder.deploy.ros2_core import NodeConfig, Vocabulary, process_frame
+    from coder.deploy.ros_msgs import IMAGE_TYPE, register_vision_msgs, vision_info_msg
+
+    types = register_vision_msgs(get_typestore(Stores.ROS2_HUMBLE))
+    px = np.asarray(image.convert("RGB"))
+    h, w = px.shape[:2]
+    msg = NS(header=NS(stamp=NS(sec=1, nanosec=0), frame_id="cam"), encoding="bgr8", height=h, width=w,
+             step=3 * w, is_bigendian=0, data=px[..., ::-1].tobytes())
+    vocab = Vocabulary(NodeConfig(artifacts=artifacts, backend="cpu").classifier_options().load(), "coder CODER")
+    frame = median_ms(lambda: process_frame(vocab.clf, msg, IMAGE_TYPE, "/cam", 5, types), repeats)
+    times = []
+    for name in names:  # each: the current classes + one new one, then the next frame
+        t0 = time.perf_counter()
+        info = vocab.set_classes([*vocab.clf.class_names, name])
+        vision_info_msg(types, info)
+        out = process_frame(vocab.clf, msg, IMAGE_TYPE, "/cam", 5, types)
+        times.append((time.perf_counter() - t0) * 1e3)
+        # that frame was classified among the new classes (it can return the added one): its bank version
+        assert vocab.clf.class_names[-1] == name and out.record["bank_sha256"] == vocab.clf.bank_sha256
+    return {"head": vocab.clf.head, "frame_ms": frame, "first_prediction_first_ms": times[0],
+            "first_prediction_ms": _median(times[1:]), "swaps": vocab.swaps}
+
+
 def _fresh_copy(src: Path, dst: Path) -> Path:
     """The artifact with its files linked and its banks copied WITHOUT embedding caches: every new class's
     texts are really encoded, and the class-list bank is really built."""
@@ -131,7 +167,8 @@ def run(artifacts: str, repeats: int = 10, adds: int = 6) -> dict:
                                                                      NEW[adds:2 * adds])]
         return {"artifacts": artifacts, "api": rows, "cli": _cli(str(art), str(work / "img.jpg"),
                                                                  "cat,dog,zebra,okapi,lion"),
-                "server": _server(str(art), image, repeats)}
+                "server": _server(str(art), image, repeats),
+                "ros_core": _ros(str(art), image, repeats, NEW[2 * adds:3 * adds])}
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -149,6 +186,10 @@ def render(r: dict) -> None:
     print(f"per-request lists (Triton model, in-process): first list {s['first_list_ms']:.0f} ms, repeated "
           f"{s['repeated_list_ms']:.1f} ms vs plain {s['plain_ms']:.1f} ms ({s['repeated_over_plain']:.2f}x); "
           f"bank cache {s['bank_cache_mb']:.2f} MB for {s['lists']} lists")
+    ros = r["ros_core"]
+    print(f"ROS core ({ros['head']} head): one frame {ros['frame_ms']:.1f} ms; first frame with a newly added class "
+          f"{ros['first_prediction_first_ms']:.0f} ms (first change: loads the text encoder), then "
+          f"{ros['first_prediction_ms']:.0f} ms ({ros['first_prediction_ms'] / ros['frame_ms']:.1f}x one frame)")
 
 
 if __name__ == "__main__":

@@ -93,7 +93,7 @@ def test_embed_text_command_is_torch_free(tiny_artifact):
 
 def test_triton_modules_are_torch_free():
     assert _loaded_after("import coder.deploy.triton_model, coder.deploy.triton_repo, coder.deploy.triton_server, "
-                         "coder.deploy.triton_ensemble, coder.cli.serve, coder.client") == []
+                         "coder.deploy.triton_ensemble, coder.deploy.serve_stats, coder.cli.serve, coder.client") == []
 
 
 def test_batch_labeling_modules_are_torch_free(tiny_artifact, sample_images, tmp_path):

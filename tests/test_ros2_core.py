@@ -176,6 +176,7 @@ def test_vocabulary_swaps_between_frames_and_versions_vision_info(clf):
     vocab = Vocabulary(clf, "coder CODER (cpu)")
     first = dict(vocab.info)
     assert first["database_location"] == f"{clf.bank.root}@{clf.bank_sha256[:16]}"
+    assert first["database_sha256"] == clf.bank_sha256  # the bank version, as every prediction and swap names it
     in_flight = vocab.clf  # what a frame being classified holds
     info = vocab.set_classes(["cat", "dog", "zebra"])
     assert vocab.clf.class_names == ("cat", "dog", "zebra") and in_flight is clf

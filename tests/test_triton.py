@@ -237,6 +237,59 @@ def _raw_infer_status(port: int, data: bytes) -> int:
         return e.code
 
 
+def _infer(port: int, data: bytes, params: dict | None = None) -> tuple[int, dict]:
+    """(HTTP status, JSON reply) of one binary-data KServe v2 request, with request ``parameters``."""
+    import struct
+    import urllib.error
+
+    head = {"inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES",
+                        "parameters": {"binary_data_size": len(data) + 4}}]}
+    header = json.dumps({**head, **({"parameters": params} if params else {})}).encode()
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/coder/infer",
+                                 data=header + struct.pack("<I", len(data)) + data,
+                                 headers={"Content-Type": "application/octet-stream",
+                                          "Inference-Header-Content-Length": str(len(header))})
+    try:
+        with urllib.request.urlopen(req, timeout=120) as r:
+            return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read() or b"{}")
+
+
+def test_per_request_classes_through_the_real_server(server, served_art, images, reference):
+    """The KServe v2 request parameter ``classes``: labels from that list (as ``classify --classes``), the same
+    list again is a cache hit (the server's metrics say so), a bad list is HTTP 400, no list: the served bank."""
+    from PIL import Image
+
+    from coder.deploy.serve_stats import parse_metrics
+    from coder.runtime.classifier import Classifier
+
+    def metrics():
+        with urllib.request.urlopen(f"http://127.0.0.1:{server.metrics}/metrics", timeout=5) as r:
+            return parse_metrics(r.read().decode())
+
+    names = "zebra,lion,okapi,cat,tabby cat"
+    before = metrics()
+    status, first = _infer(server.http, images[4].read_bytes(), {"classes": names})
+    assert status == 200, first
+    got = {o["name"]: o["data"] for o in first["outputs"]}
+    want = Classifier.load(served_art, backend="cpu", classes=names.split(",")).classify(
+        [Image.open(images[4])], 5)[0]
+    assert got["name"] == [want.name] and got["label"] == [want.label] and got["top_k"] == list(want.top_k)
+    assert max(got["top_k"]) < 5
+    status, second = _infer(server.http, images[4].read_bytes(), {"classes": " zebra, lion,okapi ,cat,tabby cat"})
+    assert status == 200 and second["outputs"] == first["outputs"]
+    after = metrics()
+    assert after["misses"] - before.get("misses", 0) == 1 and after["hits"] - before.get("hits", 0) == 1
+    assert after["class_lists"] >= 1 and after["bank_cache_bytes"] > 0 and after["limit_bytes"] == 256 * 2**20
+    status, bad = _infer(server.http, images[4].read_bytes(), {"classes": "zebra,Zebra,lion,okapi,cat"})
+    assert status == 400 and "twice" in bad["error"], bad
+    status, plain = _infer(server.http, images[4].read_bytes())
+    assert status == 200 and {o["name"]: o["data"] for o in plain["outputs"]}["label"] == \
+        [reference[str(images[4])]["label"]]
+    assert metrics()["misses"] == after["misses"]  # neither the bad list nor the plain request built a bank
+
+
 def test_sigint_stops_everything(server):
     """Runs last in this module: Ctrl-C to ``coder serve`` stops the server and its Python stubs."""
     import psutil
@@ -247,7 +300,11 @@ def test_sigint_stops_everything(server):
     assert server.proc.wait(40) == 0, server.log.read_text()[-2000:]
     gone, alive = psutil.wait_procs(server.tree, timeout=10)
     assert not alive, [p.pid for p in alive]
-    assert "stopped" in server.log.read_text()
+    log = server.log.read_text()
+    assert "stopped" in log
+    # the last stats line, printed before stopping: requests and the class-list bank cache
+    [last] = [line for line in log.splitlines() if line.startswith("stats:")][-1:]
+    assert "requests" in last and "class-list banks:" in last and "MB of 256 MB" in last, last
 
 
 def test_ensemble_layout_serves_the_same(served_art, images, reference, tmp_path):
@@ -310,7 +367,65 @@ def test_cuda_backend_serves_the_same(served_art, images, reference, tmp_path):
         _stop(srv)
 
 
+def test_openvino_backend_serves_through_the_real_server(served_art, images, tmp_path):
+    """``--backend openvino``: the Python model's Classifier runs on OpenVINO; `coder serve` names what runs."""
+    pytest.importorskip("openvino")
+    from PIL import Image
+
+    from coder.client import CoderClient
+    from coder.runtime.classifier import Classifier
+
+    srv = _start_serve(served_art, tmp_path / "serve.log", "--backend", "openvino", "--top-k", "3")
+    try:
+        want = Classifier.load(served_art, backend="openvino").classify([Image.open(p) for p in images[:2]], 3)
+        with CoderClient(f"127.0.0.1:{srv.http}", timeout=60) as c:
+            got = [c.classify_file(p) for p in images[:2]]
+        for g, w in zip(got, want):
+            assert (g["label"], g["top_k"]) == (w.label, list(w.top_k)), g
+            np.testing.assert_allclose(g["stage1_scores"], w.stage1_scores, atol=1e-4, rtol=0)
+        [line] = [x for x in srv.log.read_text().splitlines() if x.startswith("backend:")]
+        assert line == f"backend: {want[0].backend} (1 instance)" and want[0].backend.startswith("openvino")
+    finally:
+        _stop(srv)
+
+
 # --- without a server -------------------------------------------------------------------------
+
+
+def test_triton_repo_backends(served_art, tmp_path):
+    """The default layout's Python model takes OpenVINO and auto (its Classifier's options); an ensemble, whose
+    head runs on Triton's own backends, refuses them before writing anything."""
+    for backend in ("openvino", "openvino:GPU", "auto"):
+        res = runner.invoke(app, ["triton-repo", "-a", str(served_art), "--out", str(tmp_path / "r"),
+                                  "--backend", backend])
+        assert res.exit_code == 0, res.output
+        settings = json.loads((tmp_path / "r" / "coder" / "1" / "coder_model.json").read_text())
+        assert settings["options"]["backend"] == settings["backend"] == backend
+    for ensemble in ("python", "onnxruntime"):
+        res = runner.invoke(app, ["triton-repo", "-a", str(served_art), "--out", str(tmp_path / ensemble),
+                                  "--backend", "openvino", "--ensemble", ensemble])
+        assert res.exit_code == 2 and "--ensemble" in res.output and "cpu, cuda, tensorrt" in res.output, res.output
+        assert not (tmp_path / ensemble).exists()
+    res = runner.invoke(app, ["triton-repo", "-a", str(served_art), "--out", str(tmp_path / "x"), "--backend", "ov"])
+    assert res.exit_code == 2 and "openvino:NPU" in res.output
+
+
+def test_serve_checks_the_backend_before_starting(served_art, monkeypatch):
+    """`coder serve --backend openvino*` probes OpenVINO as `coder doctor` does: a device it lacks is exit 6 and an
+    ensemble is exit 2, before any server starts (the server binary is never looked up)."""
+    from coder.deploy import triton_server
+    from coder.engines import openvino as ov
+
+    monkeypatch.setattr(triton_server, "find_tritonserver", lambda: pytest.fail("a server was started"))
+    monkeypatch.setattr(ov, "probe_openvino", lambda: {"openvino": "ok", "openvino:GPU": "no GPU device",
+                                                       "openvino:NPU": "no NPU device"})
+    res = runner.invoke(app, ["serve", "-a", str(served_art), "--backend", "openvino:NPU", "--http-port", "1"])
+    assert res.exit_code == 6 and "OpenVINO cannot use it here (no NPU device)" in res.output, res.output
+    res = runner.invoke(app, ["serve", "-a", str(served_art), "--backend", "openvino", "--ensemble", "python"])
+    assert res.exit_code == 2 and "drop --ensemble" in res.output, res.output
+    monkeypatch.setattr(ov, "installed", lambda: False)
+    res = runner.invoke(app, ["serve", "-a", str(served_art), "--backend", "openvino:GPU"])
+    assert res.exit_code == 6 and "pip install 'coder[openvino]'" in res.output, res.output
 
 
 def test_triton_repo_layout(served_art, tmp_path):
@@ -570,6 +685,30 @@ class _FakePbCodes(_FakePb):
             return obj
 
 
+class _FakeMetricFamily:
+    """The Python backend's custom metrics API (``pb_utils.MetricFamily``), recording values per label set."""
+
+    GAUGE, COUNTER = "GAUGE", "COUNTER"
+    values: dict = {}
+
+    def __init__(self, name, description, kind):
+        self.name, self.kind = name, kind
+
+    def Metric(self, labels=None):  # noqa: N802 - the backend's spelling
+        fam, key = self, (self.name, tuple(sorted((labels or {}).items())))
+
+        class _Metric:
+            def set(self, v):
+                assert fam.kind == "GAUGE"
+                _FakeMetricFamily.values[key] = v
+
+            def increment(self, v):
+                assert fam.kind == "COUNTER" and v > 0
+                _FakeMetricFamily.values[key] = _FakeMetricFamily.values.get(key, 0) + v
+
+        return _Metric()
+
+
 def test_per_request_classes_lru_and_http_400(served_art, images, tmp_path):
     from coder.deploy.triton_model import make_model
     from coder.deploy.triton_repo import RepoOptions, write_repo
@@ -579,8 +718,14 @@ def test_per_request_classes_lru_and_http_400(served_art, images, tmp_path):
     shutil.copytree(served_art, art)
     info = write_repo(art, None, tmp_path / "repo", RepoOptions(top_k=2))
     model = make_model(info.settings)()
-    model.pb = _FakePbCodes
+    model.pb = type("Pb", (_FakePbCodes,), {"MetricFamily": _FakeMetricFamily})
+    model.args = {"model_name": "coder", "model_version": "1", "model_instance_name": "coder_0_0"}
+    _FakeMetricFamily.values = {}
     model.setup()
+    labels = (("instance", "coder_0_0"), ("model", "coder"), ("version", "1"))
+    metric = lambda name: _FakeMetricFamily.values.get((name, labels))  # noqa: E731
+    assert metric("coder_bank_cache_entries") == 0 and metric("coder_bank_cache_limit_bytes") == 256 * 2**20
+    assert _FakeMetricFamily.values[("coder_backend_info", tuple(sorted((*labels, ("backend", "cpu")))))] == 1
     img = lambda i: {"image": np.array([[images[i].read_bytes()]], object)}  # noqa: E731
     reqs = [_Req(img(0), {"classes": "cat,dog,zebra"}), _Req(img(1)), _Req(img(2), {"classes": "cat, dog ,zebra"}),
             _Req(img(3), {"classes": "cat,Cat"}), _Req(img(4), {"classes": "cat"}), _Req(img(5), {"classes": 7})]
@@ -594,9 +739,15 @@ def test_per_request_classes_lru_and_http_400(served_art, images, tmp_path):
     assert out[1].outputs["top_k"].max() < 10  # the served cifar10 bank
     assert model.lists.stats()["class_lists"] == 1 and model.lists.stats()["misses"] == 1  # one build, then a hit
     assert model.lists.stats()["hits"] == 1 and model.lists.stats()["bank_cache_mb"] > 0
+    # the same numbers on the metrics port (custom metrics), what `coder serve` prints as stats
+    assert metric("coder_bank_cache_entries") == 1 and metric("coder_bank_cache_misses_total") == 1
+    banks = sum(a.nbytes for a in model.lists.get(("cat", "dog", "zebra")).bank.arrays.values())
+    assert metric("coder_bank_cache_hits_total") == 1 and metric("coder_bank_cache_bytes") == banks > 0
     model.lists.limit = 1  # bytes: only the newest list stays
     model.execute([_Req(img(0), {"classes": "lion,tiger"})])
     assert model.lists.stats()["class_lists"] == 1 and list(model.lists._items)[0] == ("lion", "tiger")
+    assert metric("coder_bank_cache_entries") == 1 and metric("coder_bank_cache_misses_total") == 2
+    assert metric("coder_bank_cache_hits_total") == 2  # (the get above was a hit)
     # `coder bank add` on the served bank is picked up between batches.
     from typer.testing import CliRunner
 
@@ -606,6 +757,9 @@ def test_per_request_classes_lru_and_http_400(served_art, images, tmp_path):
     assert res.exit_code == 0, res.output
     model.execute([_Req(img(1))])
     assert model.clf.class_names[-1] == "zebra" and len(model.clf.class_names) == 11
+    # the class-list cache survives the swap of the served bank: the next request with a cached list is a hit
+    [again] = model.execute([_Req(img(0), {"classes": "lion,tiger"})])
+    assert again.error is None and metric("coder_bank_cache_hits_total") == 3
 
 
 def test_ensemble_refuses_per_request_classes(served_art, images, tmp_path):

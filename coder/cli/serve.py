@@ -17,14 +17,16 @@ BANK = typer.Option(None, "--bank", help="Bank name under <artifacts>/banks, or 
                                          "(default: the only one).")
 MAX_BATCH = typer.Option(32, "--max-batch", help="Triton max_batch_size: the largest batch dynamic batching forms.")
 INSTANCES = typer.Option(1, "--instances", help="Model instances (one Classifier each).")
-BACKEND = typer.Option("cpu", "--backend", help="ONNX Runtime provider inside the model: cpu | cuda | tensorrt.")
+BACKEND = typer.Option("cpu", "--backend", help="What runs the encoder inside the model: cpu | cuda | tensorrt "
+                       "(ONNX Runtime) | openvino | openvino:GPU | openvino:NPU | auto (the default layout only; "
+                       "--ensemble: cpu | cuda | tensorrt).")
 PRECISION = typer.Option("fp32", "--precision", help="Image encoder precision: fp32 | fp16 | int8 (as exported).")
 TOP_K = typer.Option(5, "--top-k", help="Classes returned per image (top_k, stage1_scores).")
 THREADS = typer.Option(None, "--threads", help="ONNX Runtime threads per instance (default: cores / instances).")
 QUEUE_DELAY = typer.Option(0, "--max-queue-delay-us", help="How long Triton may hold a request to grow a batch "
                                                             "(microseconds; 0: batch what queued while busy).")
 BANK_CACHE = typer.Option(256.0, "--bank-cache-mb", help="Memory for the banks of per-request `classes` lists "
-                          "(least recently used dropped; sizes logged to the server log).")
+                          "(least recently used dropped; entries, MB and hits in the `stats:` lines).")
 ENSEMBLE = typer.Option(None, "--ensemble", help="Write the ensemble layout with the fused head on onnxruntime | "
                                                  "tensorrt (Triton's native backends) | python.")
 
@@ -77,6 +79,9 @@ def serve(
                                                                     "backends) | onnxruntime | tensorrt."),
     ready_timeout: float = typer.Option(180.0, "--ready-timeout", help="Seconds to wait for /v2/health/ready."),
     bank_cache_mb: float = BANK_CACHE,
+    stats_interval: float = typer.Option(60.0, "--stats-interval", min=0.0,
+                                         help="Seconds between `stats:` lines (requests, batches, class-list bank "
+                                              "cache), printed when they changed; 0: only the last one, on exit."),
 ) -> None:
     """Start a real tritonserver (HTTP + gRPC, KServe v2) serving CODER; Ctrl-C stops it."""
     import shutil
@@ -97,18 +102,29 @@ def serve(
         written = write_repo(artifacts, bank, repo or workdir / "repo", opts)
         check_ports(host, ports)
         server = TritonServer(find_tritonserver(), written.root, ports, host, workdir)
-        _run(server, ready_timeout)
+        _run(server, ready_timeout, stats_interval)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
 def _check_backend(backend: str, ensemble: Optional[str]) -> None:
-    """A GPU provider that cannot load here cannot load in the server's stubs either: exit 6 before starting.
-    (Native ensemble heads run on Triton's own backends, which only the server can check.)"""
-    if backend == "cpu" or ensemble in ("onnxruntime", "tensorrt"):
+    """A backend that cannot load here cannot load in the server's stubs either (same machine, same Python):
+    exit 6 before starting. ``auto`` loads whatever works (the CPU at least). (Native ensemble heads run on
+    Triton's own backends, which only the server can check.)"""
+    if backend in ("cpu", "auto") or ensemble in ("onnxruntime", "tensorrt"):
+        return
+    from ..engines import openvino as ov
+    from ..errors import BackendError
+
+    if ov.is_openvino(backend):
+        if not ov.installed():
+            raise BackendError(f"--backend {backend}: {ov.NO_OV}")
+        why = ov.probe_openvino().get(backend, f"unknown backend {backend!r}")
+        if not why.startswith("ok"):
+            raise BackendError(f"--backend {backend}: OpenVINO cannot use it here ({why}); "
+                               "`coder doctor` shows what loads")
         return
     from ..engines.ort import probe_providers
-    from ..errors import BackendError
 
     why = probe_providers().get(backend, f"unknown backend {backend!r}")
     if why != "ok":
@@ -116,25 +132,52 @@ def _check_backend(backend: str, ensemble: Optional[str]) -> None:
                            "`coder doctor` shows what loads")
 
 
-def _run(server, ready_timeout: float) -> None:
-    """Start, wait until ready (and confirmed ours), print the URLs, then wait; SIGINT/SIGTERM (the CLI's one
-    signal policy raises Interrupted) stop the server and exit 0. A second signal during the shutdown is held
+def _run(server, ready_timeout: float, stats_interval: float = 0.0) -> None:
+    """Start, wait until ready (and confirmed ours), print the URLs, then wait, printing a ``stats:`` line every
+    ``stats_interval`` seconds when the numbers changed; SIGINT/SIGTERM (the CLI's one signal policy raises
+    Interrupted) print the last stats, stop the server and exit 0. A second signal during the shutdown is held
     until the server and its stubs are gone."""
     from ..store import critical
 
-    interrupted = False
+    interrupted, ready, shown = False, False, [None]
     try:
         server.start()
         server.wait_ready(ready_timeout)
+        ready = True
         info(f"ready: model coder at {server.url('http')} (HTTP) and {server.url('grpc')} (gRPC), "
              f"metrics {server.url('metrics')}; server log {server.log_path}; Ctrl-C stops")
-        code = server.wait()
+        _print_backends(server)
+        while (code := server.wait(stats_interval or None)) is None:
+            _print_stats(server, shown)
         raise ServeError(f"tritonserver exited by itself (code {code}); log tail:\n{server.log_tail()}")
     except KeyboardInterrupt:
         interrupted = True
     finally:
         with critical():
             if interrupted:
+                if ready:
+                    _print_stats(server, shown, final=True)
                 info("stopping tritonserver ...")
             server.stop()
     info("stopped")
+
+
+def _print_backends(server) -> None:
+    """``backend: openvino-f32 (1 instance)``: what the model's instances really run (no line for an ensemble)."""
+    from ..deploy.serve_stats import backends_line, read_backends
+
+    line = backends_line(read_backends(server.url("metrics", local=True)))
+    if line is not None:
+        info(line)
+
+
+def _print_stats(server, shown: list, final: bool = False) -> None:
+    """A ``stats:`` line from the server's metrics (:mod:`coder.deploy.serve_stats`) if they changed since the
+    last one shown (``shown[0]``), or always when ``final``; nothing when the metrics cannot be read."""
+    from ..deploy.serve_stats import read_stats, stats_line
+
+    stats = read_stats(server.url("metrics", local=True))
+    if stats is None or (stats == shown[0] and not final):
+        return
+    shown[0] = stats
+    info(stats_line(stats))

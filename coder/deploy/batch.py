@@ -43,8 +43,9 @@ class ClassifyJob:
 
 
 def job_settings(job: ClassifyJob) -> dict:
-    """What the rows depend on (compared when a run resumes an ``--out``): the encoder file's,
-    bank's and adapter's sha256, precision, tau, k, top-k and whether the rerank ran."""
+    """What the rows depend on (compared when a run resumes an ``--out``): the encoder file's and adapter's
+    sha256, the bank version (its content sha256: the value every row's ``bank_sha256`` carries), precision,
+    tau, k, top-k and whether the rerank ran."""
     from ..store import sha256_file
     from ..runtime.classifier import find_bank
     from ..text_bank.bank import load_bank
@@ -64,7 +65,7 @@ def job_settings(job: ClassifyJob) -> dict:
         ensure_fused_onnx(art, bank, o.precision, k)
     encoder = f"image_encoder.{o.precision}.onnx"
     return {"artifact_sha256": art.manifest["files"].get(encoder, {}).get("sha256"),
-            "bank_sha256": bank.meta["npz_sha256"],
+            "bank_sha256": bank.content_sha256,  # the bank version, as every row's ``bank_sha256``
             "adapter_sha256": sha256_file(o.adapter) if o.adapter else None,
             "architecture": art.architecture, "precision": o.precision,
             "tau": bank.tau if o.tau is None else float(o.tau), "k": k,

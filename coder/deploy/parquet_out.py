@@ -3,7 +3,7 @@
 Layout: ``OUT.parquet/`` is a directory dataset that pyarrow, pandas, Polars, DuckDB
 (``'OUT.parquet/*.parquet'``) and ``ray.data.read_parquet`` read as one table::
 
-    OUT.parquet/_coder.json                 format "coder.labels" v1 + the job's settings
+    OUT.parquet/_coder.json                 format "coder.labels" v3 + the job's settings
     OUT.parquet/part-00000-<run>.parquet    rows; schema metadata repeats _coder.json
     OUT.parquet/part-00001-<run>.parquet    ...
 
@@ -42,7 +42,8 @@ from ..store.files import storage_errors
 from .sources import Source
 
 FORMAT = "coder.labels"
-FORMAT_VERSION = 2  # 2: rows carry bank_sha256; ``file`` is the resolved absolute path / listed URI (1: as given)
+FORMAT_VERSION = 3  # 3: settings.bank_sha256 is the bank's content sha256, as in every row (2: the npz file's)
+# 2: rows carry bank_sha256; ``file`` is the resolved absolute path / listed URI (1: as given)
 META_FILE = "_coder.json"
 PART_GLOB = "part-*.parquet"
 DAMAGED_PREFIX = ".damaged-"

@@ -309,9 +309,10 @@ def database_version(sha256_hex: str) -> int:
 
 def vision_info(bank, method: str = "coder") -> dict:
     """The VisionInfo-style database of a bank: ``method``, ``database_location`` (the bank
-    directory), ``database_version`` (from the bank's sha256), ``database_sha256`` and ``labels``
-    (the class names; ``class_id`` in the results is one of them)."""
-    sha = str(bank.meta.get("npz_sha256", ""))
+    directory), ``database_version`` (from the bank's sha256), ``database_sha256`` (the bank version: its
+    content sha256, as each prediction's ``bank_sha256``) and ``labels`` (the class names; ``class_id`` in
+    the results is one of them)."""
+    sha = str(getattr(bank, "content_sha256", None) or bank.meta.get("npz_sha256", ""))
     return {"method": method, "database_location": str(bank.root), "database_version": database_version(sha or "0"),
             "database_sha256": sha, "labels": list(bank.class_names)}
 

@@ -96,7 +96,7 @@ class ClassifierCache:
 
         self.base, self.limit = base, float(limit_mb) * 2**20
         self._items: OrderedDict = OrderedDict()
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # stats() is also called while get() holds it
         self._text_encoder = None
         self.hits = self.misses = 0
 
@@ -105,11 +105,19 @@ class ClassifierCache:
         return sum(a.nbytes for a in clf.bank.arrays.values())
 
     @property
+    def nbytes(self) -> int:
+        return sum(self._size(c) for c in self._items.values())
+
+    @property
     def megabytes(self) -> float:
-        return sum(self._size(c) for c in self._items.values()) / 2**20
+        return self.nbytes / 2**20
 
     def stats(self) -> dict:
-        return {"class_lists": len(self._items), "bank_cache_mb": round(self.megabytes, 3), "hits": self.hits,
+        """``{"class_lists": 2, "bank_cache_mb": 0.118, "bytes": 123904, "hits": 5, "misses": 2,
+        "limit_mb": 256.0}``"""
+        with self._lock:
+            n, size = len(self._items), self.nbytes
+        return {"class_lists": n, "bank_cache_mb": round(size / 2**20, 3), "bytes": size, "hits": self.hits,
                 "misses": self.misses, "limit_mb": self.limit / 2**20}
 
     def get(self, names: tuple[str, ...]):
@@ -146,6 +154,63 @@ class ClassifierCache:
             pb.Logger.log_info(message)
         except (ImportError, AttributeError):
             pass
+
+
+class CacheMetrics:
+    """The bank cache of per-request class lists as Prometheus metrics on Triton's metrics port (the Python
+    backend's custom metrics, Triton 23.05 and later), labelled with the model, version and instance; what
+    ``coder serve`` reads for its ``stats:`` lines. A backend without ``MetricFamily`` publishes nothing.
+
+    >>> m = CacheMetrics(pb, {"model": "coder", "version": "1", "instance": "coder_0_0"})   # doctest: +SKIP
+    >>> m.publish(cache.stats())
+    """
+
+    GAUGES = {"entries": ("coder_bank_cache_entries", "class lists (request parameter `classes`) whose banks are "
+                          "cached"),
+              "bytes": ("coder_bank_cache_bytes", "memory of the cached class-list banks, bytes"),
+              "limit": ("coder_bank_cache_limit_bytes", "bound on that memory (--bank-cache-mb), bytes")}
+    COUNTERS = {"hits": ("coder_bank_cache_hits_total", "requests whose class list was cached"),
+                "misses": ("coder_bank_cache_misses_total", "requests whose class list had its bank built")}
+
+    def __init__(self, pb, labels: dict[str, str]):
+        self.metrics: dict = {}
+        self._counted = {"hits": 0, "misses": 0}
+        family = getattr(pb, "MetricFamily", None)
+        if family is None:
+            return
+        self._families = []  # owned here: a family must outlive its metrics
+        for kind, table in (("GAUGE", self.GAUGES), ("COUNTER", self.COUNTERS)):
+            for key, (name, what) in table.items():
+                fam = family(name=name, description=what, kind=getattr(family, kind))
+                self._families.append(fam)
+                self.metrics[key] = fam.Metric(labels=labels)
+
+    def publish(self, stats: dict) -> None:
+        """Set the gauges to ``stats`` (:meth:`ClassifierCache.stats`); counters grow by what was counted since."""
+        if not self.metrics:
+            return
+        self.metrics["entries"].set(float(stats["class_lists"]))
+        self.metrics["bytes"].set(float(stats["bytes"]))
+        self.metrics["limit"].set(float(stats["limit_mb"]) * 2**20)
+        for key in self.COUNTERS:
+            step = int(stats[key]) - self._counted[key]
+            if step > 0:
+                self.metrics[key].increment(float(step))
+                self._counted[key] += step
+
+
+def backend_info(pb, labels: dict[str, str], backend: str):
+    """``coder_backend_info{model=,version=,instance=,backend="openvino-f32"} 1`` on the metrics port: the backend
+    this instance really runs (what ``auto`` chose, OpenVINO's precision), read by ``coder serve``. Returns the
+    ``(family, metric)`` to keep alive, or None where the Python backend has no custom metrics."""
+    family = getattr(pb, "MetricFamily", None)
+    if family is None:
+        return None
+    fam = family(name="coder_backend_info", description="the backend this model instance runs its encoder on",
+                 kind=family.GAUGE)
+    metric = fam.Metric(labels={**labels, "backend": backend})
+    metric.set(1.0)
+    return fam, metric
 
 
 def run_batched(pb, requests, decode, infer, encode) -> list:
@@ -195,8 +260,14 @@ class _Base:
     def initialize(self, args) -> None:
         import triton_python_backend_utils as pb  # only importable inside the stub
 
-        self.pb = pb
+        self.pb, self.args = pb, args
         self.setup()
+
+    def metric_labels(self) -> dict[str, str]:
+        """Labels of this instance's custom metrics: model, version and instance name (one stub per instance)."""
+        a = getattr(self, "args", None) or {}
+        return {"model": str(a.get("model_name", "coder")), "version": str(a.get("model_version", "1")),
+                "instance": str(a.get("model_instance_name", ""))}
 
     def finalize(self) -> None:
         pass
@@ -208,6 +279,11 @@ class ClassifyModel(_Base):
         self.clf = self.options().load()
         self.top_k = int(s["top_k"])
         self.lists = ClassifierCache(self.clf, float(s.get("bank_cache_mb") or 256))
+        self.metrics = CacheMetrics(self.pb, self.metric_labels())
+        self.metrics.publish(self.lists.stats())
+        self.backend_metric = backend_info(self.pb, self.metric_labels(), self.clf.backend)
+        ClassifierCache.log(f"coder: {self.metric_labels()['instance'] or 'model'} classifies with backend "
+                            f"{self.clf.backend} (asked: {self.clf.options.backend})")
         self._bank_stamp = self._stamp()
 
     def _stamp(self):
@@ -234,7 +310,7 @@ class ClassifyModel(_Base):
             bank = load_bank(self.clf.bank.root, self.clf.encoder.artifact)
             if bank.content_sha256 != self.clf.bank_sha256:
                 self.clf = replace(self.clf, bank=bank, encoder=self.clf.encoder.with_head(bank, self.clf.k))
-                self.lists = ClassifierCache(self.clf, self.lists.limit / 2**20)
+                self.lists.base = self.clf  # cached class lists do not depend on the served bank: kept
             self._bank_stamp = stamp
         return self.clf
 
@@ -243,9 +319,11 @@ class ClassifyModel(_Base):
         served = self._served()
         groups: dict = {}
         responses: list = [None] * len(requests)
+        listed = False
         for i, r in enumerate(requests):
             try:
                 names = request_classes(r)
+                listed = listed or names is not None
                 if names is not None and len(names) < self.top_k:
                     raise ConfigError(f"request parameter {CLASSES_PARAM!r}: {len(names)} classes, this model "
                                       f"returns top_k={self.top_k}: give at least {self.top_k}")
@@ -254,6 +332,8 @@ class ClassifyModel(_Base):
                 responses[i] = _error(self.pb, e)
                 continue
             groups.setdefault(id(clf), (clf, []))[1].append(i)
+        if listed:  # only class lists move the cache's numbers
+            self.metrics.publish(self.lists.stats())
         for clf, idx in groups.values():
             out = run_batched(self.pb, [requests[i] for i in idx], lambda r: request_images(self.pb, r),
                               lambda ims, c=clf: c.classify(ims, self.top_k),

@@ -28,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from ..engines.head_graph import clamp_k
+from ..engines.openvino import BACKENDS as OV_BACKENDS
 from ..errors import ArtifactError, ConfigError
 from ..store import atomic_write_bytes, atomic_write_json
 from ..manifest import PRECISIONS, load_artifact
@@ -38,7 +39,9 @@ REPO_FORMAT = "coder.triton-repo"
 REPO_FORMAT_VERSION = 2  # 2: models load their Classifier from one ClassifierOptions ("options")
 MODEL_FORMAT = "coder.triton-model"
 MODEL = "coder"
-BACKENDS = ("cpu", "cuda", "tensorrt")
+ORT_BACKENDS = ("cpu", "cuda", "tensorrt")  # ONNX Runtime providers: what every layout's heads can run on
+# The default layout's Python model builds a Classifier (ClassifierOptions): OpenVINO and `auto` as well.
+BACKENDS = (*ORT_BACKENDS, *OV_BACKENDS, "auto")
 ENSEMBLE_HEADS = ("onnxruntime", "tensorrt", "python")
 
 # The thin file Triton's Python backend loads. It only puts coder (and the interpreter's
@@ -65,7 +68,7 @@ class RepoOptions:
 
     max_batch: int = 32
     instances: int = 1
-    backend: str = "cpu"
+    backend: str = "cpu"  # ONNX Runtime provider; the default layout also takes openvino[:GPU|:NPU] and auto
     precision: str = "fp32"
     top_k: int = 5
     tau: float | None = None
@@ -89,6 +92,9 @@ class RepoInfo:
 def check_options(opts: RepoOptions) -> None:
     if opts.backend not in BACKENDS:
         raise ConfigError(f"--backend {opts.backend!r}: choose {', '.join(BACKENDS)}")
+    if opts.ensemble is not None and opts.backend not in ORT_BACKENDS:
+        raise ConfigError(f"--backend {opts.backend} runs only in the default layout's Python model; the --ensemble "
+                          f"head runs on Triton's own backends: drop --ensemble, or choose {', '.join(ORT_BACKENDS)}")
     if opts.precision not in PRECISIONS:
         raise ConfigError(f"--precision {opts.precision!r}: choose {', '.join(PRECISIONS)}")
     if opts.ensemble is not None and opts.ensemble not in ENSEMBLE_HEADS:

@@ -195,9 +195,12 @@ class TritonServer:
     def probe_host(self) -> str:
         return "127.0.0.1" if self.host in ("0.0.0.0", "") else ("::1" if self.host == "::" else self.host)
 
-    def url(self, kind: str = "http") -> str:
+    def url(self, kind: str = "http", local: bool = False) -> str:
+        """Where the server listens (``kind`` http, grpc or metrics); ``local``: the address this machine reaches
+        it at (127.0.0.1 / ::1 for a server bound to every interface)."""
         port = {"http": self.ports.http, "grpc": self.ports.grpc, "metrics": self.ports.metrics}[kind]
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        host = self.probe_host if local else self.host
+        host = f"[{host}]" if ":" in host else host
         return f"{'http://' if kind != 'grpc' else ''}{host}:{port}" + ("/metrics" if kind == "metrics" else "")
 
     def start(self) -> "TritonServer":
@@ -254,8 +257,14 @@ class TritonServer:
                          f"{self.proc.pid}): another process holds it; choose another --http-port. Log "
                          f"{self.log_path}:\n" + self.log_tail())
 
-    def wait(self) -> int:
-        return self.proc.wait() if self.proc is not None else 0
+    def wait(self, timeout: float | None = None) -> int | None:
+        """The server's exit code once it exited; None if it still runs after ``timeout`` seconds."""
+        if self.proc is None:
+            return 0
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
 
     def stop(self, grace: float = 15.0) -> int | None:
         """SIGTERM to the whole process group (server + stubs), SIGKILL after ``grace`` seconds."""
