@@ -168,10 +168,10 @@ def write_int8(opts: ExportOptions, state: dict[str, Any], info: dict[str, Any],
             result = _validate_one(out / name, "image", "int8", ref, info)
             validate.require(name, result)
         _record(state, out, name, result)
-    probe = ((state.get("int8") or {}).get("record") or {}).get("openvino", {}).get("probe")
-    for name in ir_files(state):  # the OpenVINO IR: gated with OpenVINO inside quantize_static_int8
-        _record(state, out, name, {"min_cosine": probe["min_cosine"], "same_top1": probe["top1_agreement"] in (None, 1.0),
-                                   "engine": "openvino"} if name.endswith(".xml") else None)
+    ir = ((state.get("int8") or {}).get("record") or {}).get("openvino", {})
+    for name in ir_files(state):  # the OpenVINO IR (xml + bin, one model): gated with OpenVINO in quantize_static_int8
+        _record(state, out, name, {"min_cosine": ir["probe"]["min_cosine"], "engine": "openvino",
+                                   "same_top1": ir["probe"]["top1_agreement"] in (None, 1.0), "passed": ir["gate_passed"]})
     return names if done else []
 
 
