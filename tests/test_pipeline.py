@@ -22,9 +22,13 @@ def test_manifest_fields(tiny_artifact):
     assert m["text"]["context_length"] == 77 and m["text"]["dynamic_seq"] is True
     assert m["text"]["tokenizer"]["kind"] == "clip_bpe" and len(m["text"]["tokenizer"]["sha256"]) == 64
     assert set(m["versions"]) >= {"open_clip", "torch", "onnx", "onnxruntime", "coder"}
+    from coder.export import int8_openvino
+
+    ir = {"image_encoder.int8.openvino.xml", "image_encoder.int8.openvino.bin"} if int8_openvino.available() is None \
+        else set()  # OpenVINO's int8 IR: written where openvino and nncf are installed
     assert set(m["files"]) == {"image_encoder.fp32.onnx", "image_encoder.fp16.onnx", "image_encoder.int8.onnx",
                                "image_encoder.int8.trt.onnx", "text_encoder.fp32.onnx", "text_encoder.fp16.onnx",
-                               "bpe_simple_vocab_16e6.txt.gz"}
+                               "bpe_simple_vocab_16e6.txt.gz"} | ir
     assert m["encoders"] == {"image": ["fp32", "fp16", "int8"], "text": ["fp32", "fp16"]}
     v = m["validation"]
     assert v["image_encoder.fp32.onnx"]["max_abs_diff"] <= 1e-4
