@@ -157,6 +157,11 @@ class Artifact:
         return record["files"][consumer]
 
 
+def swap_journal(root: Path) -> Path:
+    """``.<name>.coder-swap.json`` beside ``root``: the journal of an export replacing that artifact."""
+    return root.parent / f".{root.name}.coder-swap.json"
+
+
 def load_artifact(root: str | os.PathLike) -> Artifact:
     """Read and check ``root/manifest.json`` (format, version, listed files present).
 
@@ -166,6 +171,10 @@ def load_artifact(root: str | os.PathLike) -> Artifact:
     root = Path(root)
     path = root / MANIFEST_NAME
     if not path.is_file():
+        if swap_journal(root).is_file():
+            raise ArtifactError(f"{root}: an export replacing this artifact was stopped in the middle of its swap; "
+                                f"run `coder export --backbone ARCH --out {root}` (without --force): it finishes "
+                                "the swap first, from its journal")
         raise ArtifactError(f"{root}: no {MANIFEST_NAME}; run `coder export` to create an artifact there")
     try:
         manifest = read_json(path)

@@ -6,7 +6,7 @@ import pytest
 
 from coder.errors import ArtifactError
 from coder.export import workdir
-from coder.manifest import FORMAT, MANIFEST_NAME
+from coder.manifest import FORMAT, MANIFEST_NAME, load_artifact
 
 
 def _fake_artifact(d, files=("image_encoder.fp32.onnx",)):
@@ -126,7 +126,31 @@ def test_swap_killed_at_any_step_loses_nothing(tmp_path, step):
     res = subprocess.run([sys.executable, "-c", _KILL_AT, step, str(work), str(out)], cwd=root,
                          env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=120)
     assert res.returncode == -signal.SIGKILL, res.stderr
+    if not (out / MANIFEST_NAME).exists():  # killed between the renames: a reader is told how to finish the swap
+        with pytest.raises(ArtifactError, match="stopped in the middle of its swap.*without --force"):
+            load_artifact(out)
     workdir.plan(out, force=True)
+    _assert_recovered(out, tmp_path, new=True)
+
+
+def test_a_stopped_swap_is_named_when_the_artifact_is_missing(tmp_path):
+    out, work = _old_and_new(tmp_path)
+
+    def stop(at):
+        if at == "backup":
+            raise Stop(at)
+
+    workdir._hook = stop
+    try:
+        with pytest.raises(Stop):
+            workdir.swap_in(work, out)
+    finally:
+        workdir._hook = None
+    assert not out.exists()
+    with pytest.raises(ArtifactError, match=r"coder export --backbone ARCH --out .*art` \(without --force\)"):
+        load_artifact(out)
+    with pytest.raises(ArtifactError, match="already holds an exported artifact"):
+        workdir.plan(out, force=False)  # what that command does first: the swap is finished
     _assert_recovered(out, tmp_path, new=True)
 
 

@@ -34,7 +34,7 @@ from typing import Any, Callable, Iterator, Optional
 from ..errors import ArtifactError, StorageError, one_line
 from ..store import atomic_write_json, critical, fsync_dir, read_json, remove_stale_temps, resolved
 from ..store.files import storage_errors
-from ..manifest import FORMAT, MANIFEST_NAME
+from ..manifest import FORMAT, MANIFEST_NAME, swap_journal
 
 STATE_NAME = ".coder-export.json"
 STATE_FORMAT = "coder.export-state"
@@ -55,7 +55,7 @@ def backup_dir(out: Path) -> Path:
 
 
 def journal_path(out: Path) -> Path:
-    return out.parent / f".{out.name}.coder-swap.json"
+    return swap_journal(out)  # load_artifact names it when a stopped swap left no artifact
 
 
 def _at(step: str) -> None:
