@@ -157,6 +157,9 @@ class Artifact:
         return record["files"][consumer]
 
 
+PACK_JOURNAL = ".coder-pack-journal.json"  # inside a `coder pack` destination while the copy moves in
+
+
 def swap_journal(root: Path) -> Path:
     """``.<name>.coder-swap.json`` beside ``root``: the journal of an export replacing that artifact."""
     return root.parent / f".{root.name}.coder-swap.json"
@@ -171,6 +174,9 @@ def load_artifact(root: str | os.PathLike) -> Artifact:
     root = Path(root)
     path = root / MANIFEST_NAME
     if not path.is_file():
+        if (root / PACK_JOURNAL).is_file():
+            raise ArtifactError(f"{root}: a `coder pack` into it was stopped while moving the copy in; run the same "
+                                "`coder pack ARTIFACT DIR` again: it finishes the move first, from its journal")
         if swap_journal(root).is_file():
             raise ArtifactError(f"{root}: an export replacing this artifact was stopped in the middle of its swap; "
                                 f"run `coder export --backbone ARCH --out {root}` (without --force): it finishes "

@@ -24,8 +24,8 @@ from typing import Callable
 import numpy as np
 
 from .errors import ArtifactError, StorageError
-from .manifest import MANIFEST_NAME, load_artifact, write_manifest
-from .store import critical, fsync_dir, output_lock, resolved, sha256_file
+from .manifest import MANIFEST_NAME, PACK_JOURNAL, load_artifact, write_manifest
+from .store import atomic_write_json, critical, fsync_dir, output_lock, read_json, resolved, sha256_file
 from .store.files import fsync_file, storage_errors
 
 BANK_FILES = ("bank.json", "bank.npz", "clip_w.npz")
@@ -86,19 +86,66 @@ def _copy_checked(src: Path, dst: Path) -> int:
     return dst.stat().st_size
 
 
+JOURNAL = PACK_JOURNAL  # inside DIR while a copy staged in it moves in (see _commit)
+JOURNAL_FORMAT, JOURNAL_VERSION = "coder.pack-journal", 1
+
+# Fault injection: called with the name of each durable step of the commit (tests stop the process there).
+_hook: Callable[[str], None] | None = None
+
+
+def _at(step: str) -> None:
+    if _hook is not None:
+        _hook(step)
+
+
 def _commit(tmp: Path, dest: Path) -> None:
-    """Move the verified copy into ``dest``: one rename, or (staged inside an existing ``dest``) its entries with
-    the manifest last, so ``dest`` is an artifact only once complete; signals wait for it."""
+    """Move the verified copy into ``dest``; signals wait for it.
+
+    Staged beside ``dest``: one rename. Staged inside an existing ``dest`` (a mount point): a journal
+    naming the staging folder and its entries is committed first, then the entries move in with the
+    manifest last, so ``dest`` is an artifact only once complete, and a pack killed in between is
+    finished by the next ``coder pack`` into ``dest`` (:func:`finish_stopped_pack`).
+    """
     with critical():
         if tmp.parent != dest:
             tmp.chmod(0o755)  # mkdtemp makes it 0700
             os.replace(tmp, dest)
             fsync_dir(dest.parent)
+            _at("renamed")
             return
-        for p in sorted(tmp.iterdir(), key=lambda p: p.name == MANIFEST_NAME):
-            os.replace(p, dest / p.name)
-        tmp.rmdir()
-        fsync_dir(dest)
+        names = sorted((p.name for p in tmp.iterdir()), key=lambda n: (n == MANIFEST_NAME, n))
+        atomic_write_json(dest / JOURNAL, {"format": JOURNAL_FORMAT, "format_version": JOURNAL_VERSION,
+                                           "staging": tmp.name, "entries": names})
+        _at("journal")
+        _move_in(dest, tmp, names)
+
+
+def _move_in(dest: Path, tmp: Path, names: list[str]) -> None:
+    for name in names:
+        if (tmp / name).exists():
+            os.replace(tmp / name, dest / name)
+            _at(f"moved {name}")
+    fsync_dir(dest)
+    shutil.rmtree(tmp, ignore_errors=True)
+    (dest / JOURNAL).unlink()
+    fsync_dir(dest)
+    _at("done")
+
+
+def finish_stopped_pack(dest: Path) -> bool:
+    """Roll forward a commit into ``dest`` that was killed after its journal (the copy was verified before
+    the journal was written); True if there was one. A journal of another format is left alone (ArtifactError)."""
+    journal = dest / JOURNAL
+    if not journal.is_file():
+        return False
+    rec = read_json(journal)
+    names, staging = rec.get("entries"), rec.get("staging", "")
+    if rec.get("format") != JOURNAL_FORMAT or not isinstance(names, list) or not staging.startswith(".tmp-pack-") \
+            or any(not isinstance(n, str) or n != Path(n).name or n in ("", ".", "..") for n in names):
+        raise ArtifactError(f"{journal}: not a coder pack journal this version can finish; move {dest} aside")
+    with critical():
+        _move_in(dest, dest / staging, names)
+    return True
 
 
 def pack_artifact(artifact_dir, dest: Path, report: Callable[[str], None] = lambda msg: None) -> dict:
@@ -114,6 +161,11 @@ def pack_artifact(artifact_dir, dest: Path, report: Callable[[str], None] = lamb
 
 
 def _pack_locked(art, dest: Path, report: Callable[[str], None]) -> dict:
+    if dest.is_dir() and finish_stopped_pack(dest):
+        report("finished the pack that was stopped while moving in")
+        summary = verify_copy(dest)
+        return {**summary, "dest": str(dest), "finished_stopped_pack": True,
+                "bytes": sum(p.stat().st_size for p in dest.rglob("*") if p.is_file())}
     if dest.exists() and (not dest.is_dir() or any(not p.name.startswith(".tmp-pack-") for p in dest.iterdir())):
         raise ArtifactError(f"{dest} exists and is not empty; pack into a new directory")
     files = _plan(art)

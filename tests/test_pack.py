@@ -138,3 +138,70 @@ def test_pack_checks_every_copied_file_and_leaves_a_damaged_cache_behind(art, tm
     res = CliRunner().invoke(app, ["pack", str(art), str(tmp_path / "c2")])
     assert res.exit_code == CODE[ArtifactError] and "differs" in res.output
     assert not (tmp_path / "c2").exists()
+
+
+_KILL_PACK_AT = """
+import os, signal, sys
+from pathlib import Path
+import coder.pack as pack
+step = sys.argv[1]
+kill = lambda at: os.kill(os.getpid(), signal.SIGKILL) if at == step else None
+pack._hook = kill
+pack.pack_artifact(sys.argv[2], Path(sys.argv[3]), kill)
+"""
+
+
+def _pack_steps(art, tmp_path, mount: bool) -> list[str]:
+    import coder.pack as pack
+
+    dest = tmp_path / "seen"
+    if mount:
+        dest.mkdir()
+    seen = []
+    pack._hook = seen.append
+    try:
+        pack.pack_artifact(art, dest, seen.append)
+    finally:
+        pack._hook = None
+    return seen
+
+
+@pytest.mark.parametrize("mount", [False, True], ids=["beside", "inside-mount-point"])
+def test_pack_killed_at_every_step_loses_nothing(art, tmp_path, mount):
+    """SIGKILL at each report and each durable step of the commit: DIR is then nothing, or the complete copy, or
+    (killed while moving in) a journal the next `coder pack` finishes from; the source is never touched."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from coder.manifest import load_artifact
+    from coder.pack import verify_copy
+    from tests.batch_data import input_digest
+
+    steps = _pack_steps(art, tmp_path, mount)
+    assert "journal" in steps if mount else "renamed" in steps
+    before = input_digest(art)
+    root = Path(__file__).resolve().parents[1]
+    for i, step in enumerate(dict.fromkeys(steps)):
+        dest = tmp_path / f"d{i}"
+        if mount:
+            dest.mkdir()
+        res = subprocess.run([sys.executable, "-c", _KILL_PACK_AT, step, str(art), str(dest)], cwd=root,
+                             env={**os.environ, "PYTHONPATH": str(root)}, capture_output=True, text=True, timeout=120)
+        assert res.returncode == -signal.SIGKILL, (step, res.stderr)
+        journal, manifest = (dest / ".coder-pack-journal.json").exists(), (dest / "manifest.json").is_file()
+        if journal and not manifest:
+            with pytest.raises(ArtifactError, match="stopped while moving the copy in"):
+                load_artifact(dest)
+        again = CliRunner().invoke(app, ["pack", str(art), str(dest), "--json"])
+        if manifest and not journal:
+            assert again.exit_code == CODE[ArtifactError], (step, again.output)  # a finished copy is kept as is
+        else:  # nothing there yet, or a journal: the copy is made, or its move finished
+            assert again.exit_code == 0, (step, again.output)
+            assert json.loads(again.stdout).get("finished_stopped_pack", False) == journal, step
+        assert verify_copy(dest)["banks"] == ["cifar10"], step
+        assert not list(dest.glob(".tmp-pack-*")) and not list(tmp_path.glob(f".tmp-pack-d{i}-*")), step
+        assert not (dest / ".coder-pack-journal.json").exists(), step
+    assert input_digest(art) == before

@@ -26,6 +26,7 @@ def pack(
     if as_json:
         print_json(summary)
     else:
-        info(f"packed {summary['dest']}: {summary['files']} files, banks {', '.join(summary['banks']) or 'none'}, "
+        info(("finished the stopped pack of " if summary.get("finished_stopped_pack") else "packed ") +
+             f"{summary['dest']}: {summary['files']} files, banks {', '.join(summary['banks']) or 'none'}, "
              f"{summary['bytes'] / 1e6:.1f} MB; every sha256 checked. On the target: coder doctor, "
              f"coder build-engine {summary['dest']}, coder bench {summary['dest']}")
