@@ -219,22 +219,10 @@ def test_curl_style_binary_request(server, images, reference):
 def _raw_infer_status(port: int, data: bytes) -> int:
     """HTTP status of one binary-data request carrying ``data`` as the image (a corrupt image: 400, not 500,
     since clients and proxies retry a 5xx)."""
-    import struct
-    import urllib.error
-
-    header = json.dumps({"inputs": [{"name": "image", "shape": [1, 1], "datatype": "BYTES",
-                                     "parameters": {"binary_data_size": len(data) + 4}}]}).encode()
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/v2/models/coder/infer",
-                                 data=header + struct.pack("<I", len(data)) + data,
-                                 headers={"Content-Type": "application/octet-stream",
-                                          "Inference-Header-Content-Length": str(len(header))})
-    try:
-        with urllib.request.urlopen(req, timeout=30) as r:
-            return r.status
-    except urllib.error.HTTPError as e:
-        body = json.loads(e.read() or b"{}")
+    status, body = _infer(port, data)
+    if status != 200:
         assert "image" in body.get("error", ""), body
-        return e.code
+    return status
 
 
 def _infer(port: int, data: bytes, params: dict | None = None) -> tuple[int, dict]:
