@@ -99,17 +99,17 @@ def quantize_openvino(src: Path, out: Path, pixels: np.ndarray, probe: np.ndarra
     why = available()
     if why is not None:
         return {"file": None, "skipped": why}
+    from .int8 import passes
+
     report(f"int8 for OpenVINO: NNCF on {len(pixels)} calibration images")
     try:
+        import nncf  # a broken install fails here, named below, not as an internal error
+
         model = quantize_model(src, pixels)
     except Exception as e:  # nncf / openvino raise many types
         raise ExportError(f"NNCF int8 quantization of {src.name} failed: {one_line(e, 300)}; "
                           "export without --int8, or uninstall nncf to skip the OpenVINO int8 file") from None
     result = judge(embed(model, probe))
-    from .int8 import passes
-
-    import nncf
-
     record = {"nncf": nncf.__version__, "model_type": model_type(model), "preset": "mixed", "probe": result,
               "gate_passed": passes(result, min_cosine)}
     if not record["gate_passed"]:
