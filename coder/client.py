@@ -9,7 +9,7 @@ cannot be reached (refused, unknown host, timed out), over HTTP and gRPC alike.
 >>> c.classify_file("cat.jpg")["name"]
 'tabby cat'
 
-Command line: ``python -m coder.client IMAGE... [--url 127.0.0.1:8001 --protocol grpc]``.
+Command line: ``python -m coder.client IMAGE... [--url 127.0.0.1:8001 --protocol grpc] [--classes cat,dog]``.
 Needs the ``[triton]`` extra (tritonclient[http,grpc]); one client object per thread.
 """
 
@@ -49,24 +49,32 @@ class CoderClient:
             self.client = mod.InferenceServerClient(url)
         self.mod = mod
 
-    def _request(self, images: list[bytes]):
+    def _request(self, images: list[bytes], classes: str | None):
         inp = self.mod.InferInput("image", [len(images), 1], "BYTES")
         data = np.array([[b] for b in images], dtype=np.object_)
+        params = {"parameters": {"classes": classes}} if classes is not None else {}
         if self.protocol == "http":
             inp.set_data_from_numpy(data, binary_data=True)
             outs = [self.mod.InferRequestedOutput(n, binary_data=True) for n in OUTPUTS]
-            return self.client.infer(self.model, [inp], outputs=outs, timeout=int(self.timeout * 1e6))
+            return self.client.infer(self.model, [inp], outputs=outs, timeout=int(self.timeout * 1e6), **params)
         inp.set_data_from_numpy(data)
         outs = [self.mod.InferRequestedOutput(n) for n in OUTPUTS]
-        return self.client.infer(self.model, [inp], outputs=outs, client_timeout=self.timeout)
+        return self.client.infer(self.model, [inp], outputs=outs, client_timeout=self.timeout, **params)
 
-    def classify_bytes(self, images: list[bytes], names: list[str] | None = None) -> list[dict]:
-        """One request carrying ``len(images)`` images; on a server error every record gets ``error``."""
+    def classify_bytes(self, images: list[bytes], names: list[str] | None = None,
+                       classes: str | list[str] | None = None) -> list[dict]:
+        """One request carrying ``len(images)`` images; on a server error every record gets ``error``.
+
+        ``classes`` (``"cat,dog,zebra"`` or a list) is the request's own class list: the KServe v2
+        request parameter ``classes``, which the default layout's model builds and caches a bank for.
+        """
         from tritonclient.utils import InferenceServerException
 
         names = names or [f"#{i}" for i in range(len(images))]
+        if classes is not None and not isinstance(classes, str):
+            classes = ",".join(classes)
         try:
-            res = self._request(images)
+            res = self._request(images, classes)
         except InferenceServerException as e:
             return [{"file": n, "error": e.message() or str(e)} for n in names]
         except _transport_errors() as e:  # HTTP: the socket's own errors (gRPC reports them as above)
@@ -78,13 +86,13 @@ class CoderClient:
                  "stage1_scores": arrays["stage1_scores"][i].tolist(), "gap": float(arrays["gap"][i, 0]),
                  "reranked": bool(arrays["reranked"][i, 0]), "error": None} for i, name in enumerate(names)]
 
-    def classify_file(self, path: str | os.PathLike) -> dict:
+    def classify_file(self, path: str | os.PathLike, classes: str | list[str] | None = None) -> dict:
         """One image file, one request (the server batches concurrent requests itself)."""
         try:
             data = Path(path).read_bytes()
         except OSError as e:
             return {"file": str(path), "error": f"cannot read: {e.strerror or e}"}
-        return self.classify_bytes([data], [str(path)])[0]
+        return self.classify_bytes([data], [str(path)], classes)[0]
 
     def close(self) -> None:
         self.client.close()
@@ -122,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--url", default=None, help="host:port (default 127.0.0.1:8000 http, :8001 grpc)")
     p.add_argument("--protocol", choices=("http", "grpc"), default="http")
     p.add_argument("--timeout", type=float, default=60.0)
+    p.add_argument("--classes", default=None, help="this request's own class list, comma-separated (cat,dog,zebra)")
     a = p.parse_args(argv)
     url = a.url or ("127.0.0.1:8000" if a.protocol == "http" else "127.0.0.1:8001")
     try:
@@ -132,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     failed = 0
     with CoderClient(url, a.protocol, timeout=a.timeout) as c:
         for path in a.images:
-            record = c.classify_file(path)
+            record = c.classify_file(path, a.classes)
             failed += record["error"] is not None
             sys.stdout.write(json.dumps(record) + "\n")
     return 1 if failed else 0

@@ -249,6 +249,7 @@ def test_per_request_classes_through_the_real_server(server, served_art, images,
     list again is a cache hit (the server's metrics say so), a bad list is HTTP 400, no list: the served bank."""
     from PIL import Image
 
+    from coder.client import CoderClient
     from coder.deploy.serve_stats import parse_metrics
     from coder.runtime.classifier import Classifier
 
@@ -276,6 +277,13 @@ def test_per_request_classes_through_the_real_server(server, served_art, images,
     assert status == 200 and {o["name"]: o["data"] for o in plain["outputs"]}["label"] == \
         [reference[str(images[4])]["label"]]
     assert metrics()["misses"] == after["misses"]  # neither the bad list nor the plain request built a bank
+    # The Python client sends the same parameter, over HTTP and gRPC alike (a list or a comma-separated string).
+    for protocol, port in (("http", server.http), ("grpc", server.grpc)):
+        with CoderClient(f"127.0.0.1:{port}", protocol, timeout=60) as c:
+            [r] = c.classify_bytes([images[4].read_bytes()], classes=names.split(","))
+            assert (r["error"], r["label"], r["name"]) == (None, want.label, want.name), protocol
+            assert "twice" in c.classify_file(images[4], classes="zebra,Zebra")["error"], protocol
+    assert metrics()["misses"] == after["misses"]  # the cached list again
 
 
 def test_sigint_stops_everything(server):
