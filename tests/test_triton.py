@@ -413,6 +413,7 @@ def test_serve_checks_the_backend_before_starting(served_art, monkeypatch):
     from coder.engines import openvino as ov
 
     monkeypatch.setattr(triton_server, "find_tritonserver", lambda: pytest.fail("a server was started"))
+    monkeypatch.setattr(ov, "installed", lambda: True)  # the probe is stubbed: OpenVINO need not be installed
     monkeypatch.setattr(ov, "probe_openvino", lambda: {"openvino": "ok", "openvino:GPU": "no GPU device",
                                                        "openvino:NPU": "no NPU device"})
     res = runner.invoke(app, ["serve", "-a", str(served_art), "--backend", "openvino:NPU", "--http-port", "1"])
