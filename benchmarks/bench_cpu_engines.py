@@ -36,6 +36,7 @@ def _engines(art) -> dict:
         return art.manifest["files"][p.name]["sha256"]
 
     fp32 = art.encoder("image", "fp32")
+    reduced = ov.reduced_hint("CPU")
     out = {"ORT fp32": load_ort(fp32, "cpu")}
     if "int8" in art.variants("image"):
         p = art.encoder("image", "int8")
@@ -44,12 +45,10 @@ def _engines(art) -> dict:
         enc = load_openvino_encoder(art, "int8", "openvino")
         kind = "" if enc.path.suffix == ".xml" else ", QDQ file"
         out[f"OpenVINO int8 ({enc.precision_hint}{kind})"] = enc
-        reduced = ov.reduced_hint("CPU")
         if reduced and enc.precision_hint != reduced:  # the gate kept f32: what the reduced hint would have given
             out[f"OpenVINO int8 ({reduced}{kind}, gate failed)"] = ov.load_openvino(
                 enc.path, "openvino", reduced, None, openvino_model_sha256(art, enc.path.name), int8=True)
     out["OpenVINO f32"] = ov.load_openvino(fp32, "openvino", "f32", None, sha(fp32))
-    reduced = ov.reduced_hint("CPU")
     if reduced:
         out[f"OpenVINO {reduced}"] = ov.load_openvino(fp32, "openvino", reduced, None, sha(fp32))
     default = ov.core().compile_model(ov.core().read_model(str(fp32)), "CPU", {"PERFORMANCE_HINT": "LATENCY"})

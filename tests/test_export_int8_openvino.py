@@ -39,13 +39,20 @@ def test_ir_is_listed_with_its_weights_and_runs_as_openvino_int8(tiny_artifact):
     assert np.sum(unit(alone) * unit(ref), axis=1).min() >= 0.99
 
 
-def test_damaged_weights_are_refused_before_openvino_reads_them(tiny_artifact, tmp_path):
+@pytest.fixture
+def art_dir(tiny_artifact, tmp_path, monkeypatch):
+    """A private copy (the test writes into it), without caches, and a private user cache."""
     import shutil
 
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    out = tmp_path / "art"
+    shutil.copytree(tiny_artifact, out, ignore=shutil.ignore_patterns("engines", ".coder-*"))
+    return out
+
+
+def test_damaged_weights_are_refused_before_openvino_reads_them(art_dir):
     from coder.errors import ArtifactError
 
-    art_dir = tmp_path / "art"
-    shutil.copytree(tiny_artifact, art_dir, ignore=shutil.ignore_patterns("engines", ".coder-*"))
     bin_path = art_dir / int8_openvino.weights_name(int8_openvino.FILE)
     data = bytearray(bin_path.read_bytes())
     data[len(data) // 2] ^= 0xFF
@@ -102,15 +109,10 @@ def test_classifier_reports_openvino_int8(tiny_artifact, tmp_path):
     assert np.abs(np.array([p.stage1_scores for p in got]) - [p.stage1_scores for p in want]).max() < 2.0
 
 
-def test_int8_ir_runs_its_float_layers_at_the_reduced_hint_only_after_the_gate(tiny_artifact, tmp_path, monkeypatch):
-    import shutil
-
+def test_int8_ir_runs_its_float_layers_at_the_reduced_hint_only_after_the_gate(art_dir, monkeypatch):
     from coder.engines import openvino as ov
     from coder.runtime.openvino_precision import PrecisionGate, choose_hint, load_openvino_encoder
 
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    art_dir = tmp_path / "art"
-    shutil.copytree(tiny_artifact, art_dir, ignore=shutil.ignore_patterns("engines", ".coder-*"))
     art = load_artifact(art_dir)
     monkeypatch.setattr(ov, "reduced_hint", lambda device="CPU": "bf16")
     failing = lambda art, path, hint, device, threads: PrecisionGate(hint, device, 16, 0.98, 1.0, False)  # noqa: E731

@@ -28,23 +28,30 @@ _LINE = re.compile(r"^([A-Za-z_:][A-Za-z0-9_:]*)(\{(.*)\})?\s+(\S+)")
 _LABEL = re.compile(r'([A-Za-z_][A-Za-z0-9_]*)="((?:[^"\\]|\\.)*)"')
 
 
+def _series(text: str, model: str):
+    """(metric name, labels, value text) of every Prometheus sample line of ``model``."""
+    for line in text.splitlines():
+        m = _LINE.match(line)
+        if m is None:
+            continue
+        labels = dict(_LABEL.findall(m.group(3) or ""))
+        if labels.get("model") == model:
+            yield m.group(1), labels, m.group(4)
+
+
 def parse_metrics(text: str, model: str = MODEL) -> dict[str, float]:
     """Prometheus text exposition -> ``{"requests": 12.0, "failed": 1.0, ..., "class_lists": 2.0, ...}``:
     the series of ``model`` summed over versions and instances; a key is absent when no series had it
     (``class_lists`` etc. are absent for an ensemble, which caches no class lists)."""
     out: dict[str, float] = {}
-    for line in text.splitlines():
-        m = _LINE.match(line)
-        if m is None or (m.group(1) not in TRITON and m.group(1) not in CACHE):
-            continue
-        labels = dict(_LABEL.findall(m.group(3) or ""))
-        if labels.get("model") != model:
+    for name, _, text_value in _series(text, model):
+        key = TRITON.get(name) or CACHE.get(name)
+        if key is None:
             continue
         try:
-            value = float(m.group(4))
+            value = float(text_value)
         except ValueError:
             continue
-        key = TRITON.get(m.group(1)) or CACHE[m.group(1)]
         out[key] = out.get(key, 0.0) + value
     return out
 
@@ -52,14 +59,8 @@ def parse_metrics(text: str, model: str = MODEL) -> dict[str, float]:
 def parse_backends(text: str, model: str = MODEL) -> dict[str, str]:
     """``{instance: backend}`` from the ``coder_backend_info`` series of ``model`` (the backend each instance
     really runs), e.g. ``{"coder_0_0": "openvino-f32"}``; empty for a model that publishes none."""
-    out = {}
-    for line in text.splitlines():
-        m = _LINE.match(line)
-        if m is not None and m.group(1) == "coder_backend_info":
-            labels = dict(_LABEL.findall(m.group(3) or ""))
-            if labels.get("model") == model and "backend" in labels:
-                out[labels.get("instance", "")] = labels["backend"]
-    return out
+    return {labels.get("instance", ""): labels["backend"] for name, labels, _ in _series(text, model)
+            if name == "coder_backend_info" and "backend" in labels}
 
 
 def _get(url: str, timeout: float) -> str | None:

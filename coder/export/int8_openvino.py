@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..engines.openvino import core
 from ..errors import ExportError, one_line
 from .onnx_files import staged
 
@@ -55,9 +56,8 @@ def model_type(model) -> str | None:
 def quantize_model(src: Path, pixels: np.ndarray):
     """``nncf.quantize`` of the fp32 ONNX encoder, one calibration image per sample (scales do not depend on batch)."""
     import nncf
-    import openvino as ov
 
-    model = ov.Core().read_model(str(src))
+    model = core().read_model(str(src))
     kind = model_type(model)
     samples = [pixels[i:i + 1] for i in range(len(pixels))]
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
@@ -69,9 +69,7 @@ def quantize_model(src: Path, pixels: np.ndarray):
 
 def embed(model, pixels: np.ndarray, batch: int = 8) -> np.ndarray:
     """Raw embeddings of ``pixels`` from an OpenVINO model on the CPU at the f32 hint (int8 layers stay int8)."""
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    compiled = core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
     req = compiled.create_infer_request()
     return np.concatenate([np.array(req.infer({0: pixels[i:i + batch]})[compiled.outputs[0]])
                            for i in range(0, len(pixels), batch)])

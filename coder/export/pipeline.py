@@ -168,7 +168,7 @@ def write_int8(opts: ExportOptions, state: dict[str, Any], info: dict[str, Any],
             result = _validate_one(out / name, "image", "int8", ref, info)
             validate.require(name, result)
         _record(state, out, name, result)
-    ir = ((state.get("int8") or {}).get("record") or {}).get("openvino", {})
+    ir = state["int8"]["record"].get("openvino", {})
     for name in ir_files(state):  # the OpenVINO IR (xml + bin, one model): gated with OpenVINO in quantize_static_int8
         _record(state, out, name, {"min_cosine": ir["probe"]["min_cosine"], "engine": "openvino",
                                    "same_top1": ir["probe"]["top1_agreement"] in (None, 1.0), "passed": ir["gate_passed"]})
