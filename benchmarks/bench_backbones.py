@@ -5,7 +5,7 @@
 Per row (random init, seed 0): parameters, GFLOPs per image (image tower), ONNX
 sizes (image + text encoders, fp32 / fp16; int8 image encoder), the export's
 own parity figures (fp32 max |diff|, fp16 min cosine, int8 min cosine vs torch),
-CPU image-encoder ms at batch 1 (fp32 and int8 interleaved, best of ``--repeats``; ONNX Runtime) and
+CPU image-encoder ms at batch 1 (fp32 and int8 timed in blocks of ``--repeats``, :mod:`coder.timing`) and
 the int8-vs-fp32 cosine on natural-looking scenes. A row that does not export
 records why. Results are cached per row in ``<artifacts>/zoo.json`` as soon as a
 row finishes: re-running resumes after a crash or timeout (``--redo 1`` starts over);
@@ -32,6 +32,7 @@ import numpy as np
 from common import script  # also puts the repository on sys.path
 
 from coder.store import atomic_write_json  # noqa: E402
+from coder.timing import blocks_ms  # noqa: E402
 
 ZOO = ["RN50", "ViT-B-32", "ViT-B-16", "MobileCLIP-S2", "MobileCLIP2-S0", "EVA02-B-16", "ViT-B-16-SigLIP",
        "ViT-B-16-SigLIP2", "MobileCLIP-S1", "MobileCLIP-B", "MobileCLIP2-S2", "MobileCLIP2-B", "convnext_base",
@@ -120,8 +121,8 @@ def _params(arch: str) -> dict:
 
 
 def _timing(art: Path, int8: bool, repeats: int) -> dict:
-    """Batch-1 ms of fp32 and int8, interleaved, best of ``repeats``: on a shared machine the minimum
-    is the figure least disturbed by other jobs (the median of a busy run measures the neighbours)."""
+    """Batch-1 ms of fp32 and int8 on ONNX Runtime, each timed in blocks (:func:`coder.timing.blocks_ms`:
+    alternating two sessions measures their spinning threads contending)."""
     from coder.runtime.encoder import ImageEncoder
     from coder.runtime.preprocess import preprocess_batch
     from coder.samples import synthetic_batch
@@ -130,14 +131,7 @@ def _timing(art: Path, int8: bool, repeats: int) -> dict:
     if int8:
         engines["int8"] = ImageEncoder.load(art, "int8")
     x = preprocess_batch(synthetic_batch(4, seed=11), engines["fp32"].preprocess_config)
-    best = {p: float("inf") for p in engines}
-    for p, enc in engines.items():  # warm-up
-        enc.engine.run(x[:1])
-    for _ in range(repeats):
-        for p, enc in engines.items():
-            t = time.perf_counter()
-            enc.engine.run(x[:1])
-            best[p] = min(best[p], (time.perf_counter() - t) * 1e3)
+    best = blocks_ms({p: (lambda e=enc: e.engine.run(x[:1])) for p, enc in engines.items()}, repeats)
     res = {f"cpu_{p}_b1_ms": v for p, v in best.items()}
     if int8:
         unit = lambda a: a / np.linalg.norm(a, axis=1, keepdims=True)  # noqa: E731

@@ -1,28 +1,28 @@
-"""CPU engines side by side on one image encoder, in one run, engines interleaved round by round.
+"""CPU engines side by side on one image encoder, in one run, each timed in blocks.
 
     python benchmarks/bench_cpu_engines.py --artifacts coder-artifacts/ViT-B-32__none [--rounds 10] [--json]
 
 Engines: ONNX Runtime fp32 (the reference), ONNX Runtime int8 and OpenVINO int8 (its NNCF IR at the hint
 its gate allows, what ``--backend openvino --precision int8`` runs; if the artifact has int8 files),
 OpenVINO at the f32 hint, OpenVINO at its reduced hint (bf16 on a CPU with BF16) and OpenVINO's
-default (no hint: what a plain ``compile_model`` runs). Each round times one call of every engine at
-batch 1 and then at batch 8, so a load spike on a shared machine hits every engine alike; medians
-per engine and batch, and ratios to ONNX Runtime fp32. ``cosine`` is each engine's minimum per-image
-cosine to ONNX Runtime fp32 on the 16 validation scenes; ``batch_dependent`` is the largest change
-of an image's embedding between batch 1 and batch 8. With a bank, the CODER head graph after the
+default (no hint: what a plain ``compile_model`` runs). Each engine is timed in blocks of ``--rounds``
+calls per batch size, twice, and keeps its best block median (:mod:`coder.timing`: round-robin timing
+measured ONNX Runtime's spinning threads slowing whichever engine ran next); ratios to ONNX Runtime
+fp32. ``cosine`` is each engine's minimum per-image cosine to ONNX Runtime fp32 on the 16 validation
+scenes; ``batch_dependent`` is the largest change of an image's embedding between batch 1 and batch 8.
+With a bank, the CODER head graph after the
 OpenVINO encoder is timed on ONNX Runtime (one thread, what coder runs) and on OpenVINO f32.
 Also reports the choice ``--backend auto`` makes here (measured if not cached).
 """
 
 from __future__ import annotations
 
-import time
-
 import numpy as np
 
 from common import script  # also puts the repository on sys.path
 
 from coder.bench import matmul_peak_gflops  # noqa: E402
+from coder.timing import blocks_ms  # noqa: E402
 
 
 def _engines(art) -> dict:
@@ -68,19 +68,10 @@ def _cosines(engines: dict, pixels: np.ndarray, ref: np.ndarray) -> dict:
     return out
 
 
-def _interleaved(engines: dict, xs: dict, rounds: int) -> dict:
-    times = {(n, b): [] for n in engines for b in xs}
-    for _ in range(2):  # warm-up
-        for eng in engines.values():
-            for x in xs.values():
-                eng.run(x)
-    for _ in range(rounds):
-        for b, x in xs.items():
-            for name, eng in engines.items():
-                t0 = time.perf_counter()
-                eng.run(x)
-                times[(name, b)].append((time.perf_counter() - t0) * 1e3)
-    return {k: float(np.median(v)) for k, v in times.items()}
+def _timed(engines: dict, xs: dict, repeats: int) -> dict:
+    """{(engine, batch): ms}, each engine timed in blocks (:func:`coder.timing.blocks_ms`), never round-robin."""
+    fns = {(n, b): (lambda e=e, x=x: e.run(x)) for n, e in engines.items() for b, x in xs.items()}
+    return blocks_ms(fns, repeats)
 
 
 def _head_rows(art, engines: dict, xs: dict, rounds: int) -> list[dict]:
@@ -98,7 +89,7 @@ def _head_rows(art, engines: dict, xs: dict, rounds: int) -> list[dict]:
                                               HEAD_THREADS)}
     enc = engines.get("OpenVINO bf16", engines["OpenVINO f32"])
     feats = {b: enc.run(x) for b, x in xs.items()}
-    t = _interleaved(heads, feats, rounds * 5)
+    t = _timed(heads, feats, rounds * 5)
     return [{"head": h, "batch": b, "ms": t[(h, b)]} for h in heads for b in xs]
 
 
@@ -115,7 +106,7 @@ def run(artifacts: str, rounds: int) -> dict:
     quality = _cosines(engines, pixels, ref)
     size = art.preprocess.size
     xs = {b: np.random.default_rng(b).standard_normal((b, 3, *size)).astype(np.float32) for b in (1, 8)}
-    ms = _interleaved(engines, xs, rounds)
+    ms = _timed(engines, xs, rounds)
     heads = _head_rows(art, engines, xs, rounds)
     peak = matmul_peak_gflops()  # last: BLAS threads spin after a GEMM
     rows = [{"engine": n, "backend": e.backend, **quality[n],
@@ -133,7 +124,7 @@ def run(artifacts: str, rounds: int) -> dict:
 
 def render(res: dict) -> None:
     print(f"{res['architecture']}  OpenVINO {res['openvino']}  {res['cpu']['model']} ({res['cpu']['cores']} cores)  "
-          f"{res['rounds']} rounds, engines interleaved")
+          f"engines timed in blocks of {res['rounds']} calls, best of 2 blocks")
     print(f"{'engine':<18} {'backend':<16} {'b1 ms':>8} {'b8 ms':>8} {'b1 x':>6} {'b8 x':>6} {'cosine':>8} "
           f"{'b1 vs b8':>9}")
     for r in res["rows"]:

@@ -13,7 +13,8 @@ import numpy as np
 
 from common import script  # also puts the repository on sys.path
 
-from coder.bench import matmul_peak_gflops, median_ms  # noqa: E402
+from coder.bench import matmul_peak_gflops  # noqa: E402
+from coder.timing import median_ms  # noqa: E402
 
 
 def run(artifacts: str, repeats: int) -> dict:

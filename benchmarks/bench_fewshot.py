@@ -25,7 +25,7 @@ import numpy as np
 
 from common import script  # also puts the repository on sys.path
 
-from coder.bench import median_ms  # noqa: E402
+from coder.timing import median_ms  # noqa: E402
 from coder.runtime.adapter import Adapter, fold_keys  # noqa: E402
 from coder.runtime.classifier import Classifier  # noqa: E402
 from coder.runtime.datasets import fashion_mnist, match_classes, subset  # noqa: E402

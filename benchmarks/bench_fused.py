@@ -24,7 +24,7 @@ import onnx
 from common import script  # also puts the repository on sys.path
 from bench_head import C, _Bank, synthetic_rows
 
-from coder.bench import median_ms  # noqa: E402
+from coder.timing import blocks_ms, median_ms  # noqa: E402
 from coder.engines.head_graph import fuse_head, head_model  # noqa: E402
 from coder.engines.ort import load_ort  # noqa: E402
 from coder.manifest import load_artifact  # noqa: E402
@@ -40,20 +40,6 @@ def _sessions(artifacts: str, bank, precision: str, backend: str, tmp: str):
     plain = load_ort(enc_path, backend, precision)
     onnx.save(fuse_head(onnx.load(str(enc_path)), head_model(bank, 5)), f"{tmp}/fused.onnx")
     return art, plain, load_ort(f"{tmp}/fused.onnx", backend, precision), load_head(bank, 5, backend)
-
-
-def blocks_ms(fns, repeats: int, rounds: int = 2) -> list[float]:
-    """Per callable, the lowest of ``rounds`` block medians (A..A B..B C..C, twice).
-
-    Not round-robin: each ONNX Runtime session keeps its own threads spinning for a while
-    after a run, so alternating two sessions on a small CPU measures their contention,
-    which a deployment running one of them never sees.
-    """
-    best = [float("inf")] * len(fns)
-    for _ in range(rounds):
-        for i, fn in enumerate(fns):
-            best[i] = min(best[i], median_ms(fn, repeats))
-    return best
 
 
 def _batch(b: int, size, plain, fused, head, bank, repeats: int) -> dict:
@@ -74,7 +60,8 @@ def _batch(b: int, size, plain, fused, head, bank, repeats: int) -> dict:
     a, c = fused.run_all(x), head.run_all(plain.run(x))
     diff = max(float(np.abs(p.astype(np.float64) - q).max()) for p, q in zip(a, c))
     same = bool(np.array_equal(one_call(), two_sessions()) and np.array_equal(one_call(), separate()))
-    t_enc, t_sep, t_fused, t_two = blocks_ms([lambda: plain.run(x), separate, one_call, two_sessions], repeats)
+    t = blocks_ms({"enc": lambda: plain.run(x), "sep": separate, "fused": one_call, "two": two_sessions}, repeats)
+    t_enc, t_sep, t_fused, t_two = t["enc"], t["sep"], t["fused"], t["two"]
     f = l2_normalize(plain.run(x))
     t_graph = median_ms(lambda: head.run_all(f), repeats * 10)
     return {"batch": b, "encoder_only_ms": t_enc, "separate_ms": t_sep, "fused_ms": t_fused,

@@ -13,7 +13,7 @@ import numpy as np
 
 from common import script  # also puts the repository on sys.path
 
-from coder.bench import median_ms  # noqa: E402
+from coder.timing import median_ms  # noqa: E402
 from coder.runtime.encoder import ImageEncoder  # noqa: E402
 from coder.runtime.head import rerank, stage1_scores  # noqa: E402
 from coder.text_bank.fold import fold  # noqa: E402

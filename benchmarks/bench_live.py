@@ -34,7 +34,7 @@ from pathlib import Path
 
 from common import script  # also puts the repository on sys.path
 
-from coder.bench import median_ms  # noqa: E402
+from coder.timing import median_ms  # noqa: E402
 from coder.samples import synthetic_scene  # noqa: E402
 
 NEW = ["zebra", "okapi", "giraffe", "lion", "tiger", "walrus", "penguin", "kangaroo", "koala", "flamingo",

@@ -17,16 +17,15 @@ measured fastest here.
 from __future__ import annotations
 
 import tempfile
-import time
 from dataclasses import asdict, dataclass, replace
 from functools import partial
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from .errors import ArtifactError, BackendError, StaleEngineError, WeightsError
 from .manifest import load_artifact
+from .timing import timings_ms
 
 
 @dataclass(frozen=True)
@@ -39,21 +38,6 @@ class BenchRow:
     p99_ms: float
     images_per_s: float
     pct_of_matmul_peak: float | None = None
-
-
-def timings_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> np.ndarray:
-    for _ in range(warmup):
-        fn()
-    out = np.empty(repeats)
-    for i in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out[i] = (time.perf_counter() - t0) * 1e3
-    return out
-
-
-def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
-    return float(np.median(timings_ms(fn, repeats, warmup)))
 
 
 def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
