@@ -94,6 +94,22 @@ class SpinningNeighbour:
         return self.alone[name] + (self.penalty if after == "cpu" and name != "cpu" else 0.0)
 
 
+def test_a_version_1_choice_measured_round_robin_is_neither_used_nor_shown(art):
+    """Version 1 choices were measured round-robin (biased against OpenVINO): auto measures again and
+    ``coder doctor`` lists only the new one."""
+    a = load_artifact(art)
+    key = {**cpu_choice.choice_key(a, "fp32", None, ["cpu", "openvino"]), "format_version": 1}
+    old = art / CHOICE_DIR / "fp32-0123456789abcdef.json"
+    old.parent.mkdir()
+    old.write_text(json.dumps({"format": "coder.cpu-engine-choice", "format_version": 1, "key": key,
+                               "choice": {"backend": "cpu", "ran": "cpu", "ms": {"cpu": 65.0, "openvino": 78.0}}}))
+    opened = []
+    c = choose_cpu_engine(a, "fp32", None, _loader(opened), _timer({"cpu": 65.0, "openvino": 28.0}),
+                          engines=["cpu", "openvino"])
+    assert (c.backend, c.measured) == ("openvino", True)
+    assert [d["choice"]["backend"] for d in cpu_choice.cached_choices(a)] == ["openvino"]
+
+
 def test_an_engine_timed_after_onnx_runtime_is_not_charged_for_its_spinning_threads(art):
     """Round-robin timing charged OpenVINO (28 ms alone) for ONNX Runtime's spinning threads (78 ms after it)
     and kept ONNX Runtime (65 ms); in blocks OpenVINO's timed calls follow its own and it wins."""

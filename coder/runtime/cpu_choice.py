@@ -191,11 +191,14 @@ def _save(p: Path, key: dict, c: CpuChoice) -> None:
 
 
 def cached_choices(art: Artifact) -> list[dict]:
-    """Every choice cached in ``art`` (for ``coder doctor``): ``[{"precision", "cpu", "choice", "measured_at"}]``."""
+    """Every choice cached in ``art`` (for ``coder doctor``): ``[{"precision", "cpu", "choice", "measured_at"}]``.
+    Files of another format version are left out: ``auto`` never reads them (version 1 was measured round-robin)."""
     out = []
     for p in sorted((art.root / CHOICE_DIR).glob("*.json")):
         try:
             d = read_json(p)
+            if (d.get("format"), d.get("format_version")) != (CHOICE_FORMAT, CHOICE_VERSION):
+                continue
             out.append({"precision": d["key"]["precision"], "cpu": d["key"]["cpu"], "this_machine":
                         d["key"]["cpu"] == cpu_identity(), "choice": d["choice"], "measured_at": d.get("measured_at")})
         except (ValueError, KeyError, OSError):
