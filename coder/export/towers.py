@@ -1,6 +1,8 @@
 """torch modules that the ONNX exporter traces: one per tower.
 
-* :class:`ImageTower` — ``(B,3,H,W) float32 -> (B,D)`` raw image embeddings.
+* :class:`ImageTower` — ``(B,3,H,W) float32 -> (B,D)`` raw image embeddings; traced inside
+  :func:`plain_attention`, which writes its ``nn.MultiheadAttention`` self-attention as plain matmuls
+  with the token count fixed (:class:`PlainSelfAttention`).
 * :class:`TextTower` — ``(B,L) int32 -> (B,D)`` with ``L`` dynamic: it slices the
   positional table and the causal mask to ``L`` and writes attention out as
   plain matmuls, because ``nn.MultiheadAttention`` traces the sequence length
@@ -16,6 +18,9 @@ returns whichever holds the parts, so both export the same way.
 """
 
 from __future__ import annotations
+
+import contextlib
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -61,15 +66,74 @@ def supports_dynamic_text(model: nn.Module) -> bool:
     )
 
 
-def _attention(mha: nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    batch, length, dim = x.shape
+def _attention(mha: nn.MultiheadAttention, x: torch.Tensor, mask: torch.Tensor | None,
+               batch: int | torch.Tensor | None = None, length: int | torch.Tensor | None = None) -> torch.Tensor:
+    """Self-attention of ``x`` (B, L, D) with ``mha``'s weights as plain matmuls; ``batch``/``length`` as
+    traced (default: read from ``x``; ``-1`` and an int keep the graph free of shape arithmetic)."""
+    dim = mha.embed_dim
+    batch = x.shape[0] if batch is None else batch
+    length = x.shape[1] if length is None else length
     heads = mha.num_heads
     head_dim = dim // heads
     qkv = F.linear(x, mha.in_proj_weight, mha.in_proj_bias)
     qkv = qkv.reshape(batch, length, 3, heads, head_dim).permute(2, 0, 3, 1, 4)
-    scores = (qkv[0] * head_dim**-0.5) @ qkv[1].transpose(-1, -2) + mask
+    scores = (qkv[0] * head_dim**-0.5) @ qkv[1].transpose(-1, -2)
+    scores = scores if mask is None else scores + mask
     out = (scores.softmax(-1) @ qkv[2]).transpose(1, 2).reshape(batch, length, dim)
     return mha.out_proj(out)
+
+
+def plain_attention_eligible(mha: nn.Module) -> bool:
+    """An ``nn.MultiheadAttention`` :class:`PlainSelfAttention` can stand in for (packed q/k/v, no extras)."""
+    return (isinstance(mha, nn.MultiheadAttention) and mha._qkv_same_embed_dim and mha.in_proj_weight is not None
+            and mha.bias_k is None and mha.bias_v is None and not mha.add_zero_attn)
+
+
+class PlainSelfAttention(nn.Module):
+    """Stands in for an ``nn.MultiheadAttention`` while an image tower is traced.
+
+    Self-attention (query, key and value the same tensor, no padding mask, no weights asked for) is
+    written as plain matmuls with the token count as a constant and the batch as ``-1``: the exporter
+    traced ``nn.MultiheadAttention`` into ~40 nodes of shape arithmetic on the symbolic batch (Shape,
+    Gather, Unsqueeze, Concat) and 8 Transposes per block. Any other call goes to the wrapped module.
+    The token count of an image tower is fixed by its input size, so the constant is exact.
+    """
+
+    def __init__(self, mha: nn.MultiheadAttention):
+        super().__init__()
+        self.mha = mha
+
+    def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
+                average_attn_weights=True, is_causal=False):
+        if key is not query or value is not query or key_padding_mask is not None or need_weights or is_causal:
+            return self.mha(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
+                            attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal)
+        x = query if self.mha.batch_first else query.transpose(0, 1)
+        mask = None
+        if attn_mask is not None:  # a boolean mask marks the positions NOT to attend
+            mask = attn_mask if attn_mask.is_floating_point() else torch.zeros_like(
+                attn_mask, dtype=x.dtype).masked_fill(attn_mask, float("-inf"))
+        out = _attention(self.mha, x, mask, batch=-1, length=int(x.shape[1]))
+        return (out if self.mha.batch_first else out.transpose(0, 1)), None
+
+
+@contextlib.contextmanager
+def plain_attention(module: nn.Module) -> Iterator[int]:
+    """Within: every eligible ``nn.MultiheadAttention`` in ``module`` replaced by :class:`PlainSelfAttention`
+    (weights shared, nothing copied); restored on exit. Yields how many were replaced.
+
+    >>> with plain_attention(model.visual) as n:      # doctest: +SKIP
+    ...     torch.onnx.export(ImageTower(model.visual), ...)
+    """
+    swapped = [(parent, name, child) for parent in list(module.modules())
+               for name, child in list(parent.named_children()) if plain_attention_eligible(child)]
+    for parent, name, child in swapped:
+        setattr(parent, name, PlainSelfAttention(child))
+    try:
+        yield len(swapped)
+    finally:
+        for parent, name, child in swapped:
+            setattr(parent, name, child)
 
 
 class TextTower(nn.Module):
