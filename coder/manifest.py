@@ -15,7 +15,9 @@ One directory holds everything the runtime needs for one backbone + weights:
 
 Fields added without a format bump (older manifests load with these defaults):
 ``preprocess.source`` (where the transform came from; absent: the model),
-``reparameterization`` (absent: none applied), ``files[*].external_data``
+``reparameterization`` (absent: none applied), ``image_attention`` (how many
+``nn.MultiheadAttention`` modules the image encoder traced as plain matmuls; absent: exported before
+that), ``files[*].external_data``
 (absent: weights inline), ``text.tokenizer.kind`` ``hf_tokenizers`` (older
 manifests only hold ``clip_bpe``), ``int8`` (the static int8 record: ``files`` per consumer,
 ``cpu`` -> ``image_encoder.int8.onnx``, ``tensorrt`` -> ``image_encoder.int8.trt.onnx``, calibration,

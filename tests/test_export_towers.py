@@ -82,3 +82,10 @@ def test_exported_vit_has_no_batch_shape_arithmetic_and_matches_torch(tmp_path, 
             want = visual(x).numpy()
         got = sess.run(None, {IMAGE_INPUT: x.numpy()})[0]
         np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-5)
+
+
+def test_manifest_records_the_attention_modules_traced_as_matmuls(tiny_artifact):
+    import json
+
+    manifest = json.loads((tiny_artifact / "manifest.json").read_text())
+    assert manifest["image_attention"] == {"form": "plain matmuls, token count fixed", "modules": 2}  # 2 layers

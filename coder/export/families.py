@@ -100,6 +100,7 @@ def prepare_model(model, tokenizer, opts, report) -> tuple[ExportModel, dict[str
     from .pipeline import model_info
     from .reparam import reparameterize
     from .tokenizer_info import save_tokenizer
+    from .towers import plain_attention_record
 
     if int(tokenizer.context_length) != int(model.context_length):
         raise ExportError(f"{opts.architecture}: tokenizer context {tokenizer.context_length} != text tower "
@@ -107,6 +108,7 @@ def prepare_model(model, tokenizer, opts, report) -> tuple[ExportModel, dict[str
     record = save_tokenizer(tokenizer, opts.out_dir, opts.architecture)
     info = model_info(model, opts.architecture, record, preprocess_record(model, opts.architecture, opts.pretrained))
     visual, info["reparameterization"] = reparameterize(model.visual)
+    info["image_attention"] = plain_attention_record(visual)
     if info["reparameterization"]["applied"]:
         report(f"reparameterized {info['reparameterization']['modules']} train-time branch modules")
     return ExportModel(model, visual), info

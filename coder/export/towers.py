@@ -117,6 +117,12 @@ class PlainSelfAttention(nn.Module):
         return (out if self.mha.batch_first else out.transpose(0, 1)), None
 
 
+def plain_attention_record(module: nn.Module) -> dict:
+    """The manifest's ``image_attention``: ``{"form": "plain matmuls", "modules": 12}`` (``modules`` 0: none)."""
+    n = sum(plain_attention_eligible(m) for m in module.modules())
+    return {"form": "plain matmuls, token count fixed", "modules": n} if n else {"modules": 0}
+
+
 @contextlib.contextmanager
 def plain_attention(module: nn.Module) -> Iterator[int]:
     """Within: every eligible ``nn.MultiheadAttention`` in ``module`` replaced by :class:`PlainSelfAttention`
