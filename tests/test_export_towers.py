@@ -41,7 +41,11 @@ def test_other_calls_go_to_the_wrapped_module():
     with torch.no_grad():
         want_out, want_w = mha(q, kv, kv)  # cross-attention, weights asked for
         got_out, got_w = PlainSelfAttention(mha)(q, kv, kv)
+        per_head = torch.randn(2 * 4, 3, 3)  # a (batch*heads, L, L) mask
+        want_masked = mha(q, q, q, need_weights=False, attn_mask=per_head)[0]
+        got_masked = PlainSelfAttention(mha)(q, q, q, need_weights=False, attn_mask=per_head)[0]
     assert torch.equal(got_out, want_out) and torch.equal(got_w, want_w)
+    assert torch.equal(got_masked, want_masked)
 
 
 def test_modules_are_restored_even_when_the_export_fails():

@@ -92,7 +92,8 @@ def plain_attention_eligible(mha: nn.Module) -> bool:
 class PlainSelfAttention(nn.Module):
     """Stands in for an ``nn.MultiheadAttention`` while an image tower is traced.
 
-    Self-attention (query, key and value the same tensor, no padding mask, no weights asked for) is
+    Self-attention (query, key and value the same tensor, no padding mask, at most an (L, L) attention
+    mask, no weights asked for) is
     written as plain matmuls with the token count as a constant and the batch as ``-1``: the exporter
     traced ``nn.MultiheadAttention`` into ~40 nodes of shape arithmetic on the symbolic batch (Shape,
     Gather, Unsqueeze, Concat) and 8 Transposes per block. Any other call goes to the wrapped module.
@@ -105,7 +106,9 @@ class PlainSelfAttention(nn.Module):
 
     def forward(self, query, key, value, key_padding_mask=None, need_weights=True, attn_mask=None,
                 average_attn_weights=True, is_causal=False):
-        if key is not query or value is not query or key_padding_mask is not None or need_weights or is_causal:
+        per_head_mask = attn_mask is not None and attn_mask.dim() != 2  # (B*heads, L, L): MHA's own layout
+        if (key is not query or value is not query or key_padding_mask is not None or need_weights or is_causal
+                or per_head_mask):
             return self.mha(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights,
                             attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal)
         x = query if self.mha.batch_first else query.transpose(0, 1)
