@@ -257,3 +257,38 @@ def test_sigkill_of_a_ray_driver_then_resume_gives_one_row_per_file(art, tmp_pat
     assert res.exit_code == 0, res.output
     assert f"{2 if point == 4 else 0} already in" in res.stdout  # the committed part is kept, the rest redone
     assert len(parquet_rows(out)) == 4 and not list(out.glob(".tmp-*"))
+
+
+def test_stop_iteration_closes_the_batches_and_waits_for_ray_data_threads():
+    """Before ray.shutdown(): the iterator is closed on this thread and Ray Data's threads started by the run
+    have ended (one still calling into Ray after the shutdown made Ray exit the process with status 1)."""
+    import threading
+
+    from coder.deploy.ray_batch import stop_iteration
+
+    release, closed = threading.Event(), []
+    old = threading.Thread(target=release.wait, name="Prefetcher-old", daemon=True)
+    old.start()
+    before = set(threading.enumerate())
+    worker = threading.Thread(target=release.wait, name="Prefetcher", daemon=True)  # ends once closed
+    other = threading.Thread(target=release.wait, name="not-ray-data", daemon=True)
+    worker.start()
+    other.start()
+
+    def batches():
+        try:
+            yield 1
+            yield 2
+        finally:
+            closed.append(True)
+            release.set()
+
+    it = batches()
+    assert next(it) == 1
+    assert stop_iteration(it, before, timeout=30) == []
+    assert closed == [True] and not worker.is_alive()
+    stuck = threading.Event()
+    late = threading.Thread(target=stuck.wait, name="StreamingExecutor-1", daemon=True)
+    late.start()
+    assert stop_iteration(iter(()), before, timeout=0.05) == ["StreamingExecutor-1"]  # bounded, and said
+    stuck.set()

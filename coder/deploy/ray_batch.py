@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 from dataclasses import dataclass, field, replace
 from typing import Callable, Optional
 
@@ -286,12 +288,34 @@ def build_dataset(job: ClassifyJob, sources: list[Source], opts: RayOptions, bac
                           num_cpus=opts.cpus_per_actor, num_gpus=opts.num_gpus(backend))
 
 
+DATA_THREADS = ("StreamingExecutor-", "Prefetcher", "map_tp_", "iter_threaded")  # Ray Data's worker threads
+STOP_TIMEOUT_S = 10.0
+
+
+def stop_iteration(batches, before: set, timeout: float = STOP_TIMEOUT_S) -> list[str]:
+    """Close the dataset iterator ``batches`` (Ray Data shuts its executor down on this thread) and wait, at
+    most ``timeout`` s in all, for the Ray Data threads started since ``before`` (a ``threading.enumerate()``
+    snapshot). A thread still calling into Ray after ``ray.shutdown()`` makes Ray end the whole process with
+    status 1 ("The core worker has already been shutdown"), which turned a SIGTERM's exit 143 into 1 before
+    the finished rows were committed. Returns the names of threads still alive at the deadline."""
+    close = getattr(batches, "close", None)
+    if close is not None:
+        close()
+    deadline = time.monotonic() + timeout
+    left = []
+    for t in threading.enumerate():
+        if t in before or t is threading.current_thread() or not t.name.startswith(DATA_THREADS):
+            continue
+        t.join(max(0.0, deadline - time.monotonic()))
+        if t.is_alive():
+            left.append(t.name)
+    return left
+
+
 def run_ray(job: ClassifyJob, sources: list[Source], opts: RayOptions, on_table: Callable[[pa.Table], None],
             stats: Optional[RayStats] = None) -> RayStats:
     """Run the pipeline over ``sources``; ``on_table`` gets each finished :data:`SCHEMA` batch on
     the driver (as it streams). Ray is shut down afterwards only if it was started here."""
-    import time
-
     import ray
 
     stats = stats or RayStats()
@@ -309,9 +333,11 @@ def run_ray(job: ClassifyJob, sources: list[Source], opts: RayOptions, on_table:
 
         cfg = load_artifact(job.options.artifacts).preprocess
         actors: set[str] = set()
+        before = set(threading.enumerate())
+        batches = iter(build_dataset(job, sources, opts, job.options.backend, cfg).iter_batches(
+            batch_size=None, batch_format="pyarrow") if sources else ())
         try:
-            for batch in build_dataset(job, sources, opts, job.options.backend, cfg).iter_batches(
-                    batch_size=None, batch_format="pyarrow") if sources else ():
+            for batch in batches:
                 actors.update(batch.column("_actor").to_pylist())
                 stats.backends.update(b for b in batch.column("backend").to_pylist() if b)
                 mask = batch.column("_unseen")
@@ -321,6 +347,7 @@ def run_ray(job: ClassifyJob, sources: list[Source], opts: RayOptions, on_table:
             raise _coder_error_in(e) or e
         finally:
             stats.actors = len(actors)
+            stop_iteration(batches, before)  # also on SIGTERM: nothing may call into Ray after its shutdown
         return stats
     finally:
         if stats.started_local:
