@@ -120,9 +120,15 @@ class PlainSelfAttention(nn.Module):
         return (out if self.mha.batch_first else out.transpose(0, 1)), None
 
 
+def _eligible(module: nn.Module) -> list[tuple[nn.Module, str, nn.Module]]:
+    """``(parent, attribute name, attention module)`` of every module :class:`PlainSelfAttention` can stand in for."""
+    return [(parent, name, child) for parent in list(module.modules())
+            for name, child in list(parent.named_children()) if plain_attention_eligible(child)]
+
+
 def plain_attention_record(module: nn.Module) -> dict:
     """The manifest's ``image_attention``: ``{"form": "plain matmuls", "modules": 12}`` (``modules`` 0: none)."""
-    n = sum(plain_attention_eligible(m) for m in module.modules())
+    n = len(_eligible(module))
     return {"form": "plain matmuls, token count fixed", "modules": n} if n else {"modules": 0}
 
 
@@ -134,8 +140,7 @@ def plain_attention(module: nn.Module) -> Iterator[int]:
     >>> with plain_attention(model.visual) as n:      # doctest: +SKIP
     ...     torch.onnx.export(ImageTower(model.visual), ...)
     """
-    swapped = [(parent, name, child) for parent in list(module.modules())
-               for name, child in list(parent.named_children()) if plain_attention_eligible(child)]
+    swapped = _eligible(module)
     for parent, name, child in swapped:
         setattr(parent, name, PlainSelfAttention(child))
     try:
