@@ -7,8 +7,6 @@ import json
 import shutil
 from pathlib import Path
 
-import pyarrow.parquet as pq
-
 GOOD = [("jpg", "RGB"), ("png", "RGBA"), ("bmp", "RGB"), ("webp", "RGB"), ("gif", "P"), ("png", "L")]
 BAD = {"bad.jpg": b"this is not an image", "sub/empty.png": b"", "sub/deep/trunc.jpg": None}
 
@@ -49,6 +47,8 @@ def json_records(output: str) -> dict[str, dict]:
 
 
 def parquet_rows(out: Path) -> dict[str, dict]:
+    import pyarrow.parquet as pq  # here, not at the top: tests without the [ray] extra import this module too
+
     rows = pq.read_table(out).to_pylist()
     by_file = {r["file"]: r for r in rows}
     assert len(by_file) == len(rows), "a file has two rows"

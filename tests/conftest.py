@@ -155,6 +155,20 @@ def b32_torch():
 
 
 @pytest.fixture
+def private_copy(tmp_path, monkeypatch):
+    """``private_copy(src, *ignore)``: a copy of artifact ``src`` in ``tmp_path / "art"`` (the test writes caches
+    into it) without the ``ignore`` patterns, and a private user cache (``$XDG_CACHE_HOME``)."""
+    import shutil
+
+    def copy(src: Path, *ignore: str) -> Path:
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+        dst = tmp_path / "art"
+        shutil.copytree(src, dst, ignore=shutil.ignore_patterns(*ignore))
+        return dst
+    return copy
+
+
+@pytest.fixture
 def sample_images(tmp_path) -> list[Path]:
     from coder.samples import synthetic_scene
 

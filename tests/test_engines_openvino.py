@@ -1,7 +1,6 @@
 """OpenVINO backend: parity with ONNX Runtime fp32, the backend string says what ran, the compiled-model
 cache folder (and its fallback for a read-only artifact), the gated bf16 hint and its cached verdict."""
 
-import shutil
 import warnings
 
 import numpy as np
@@ -17,12 +16,9 @@ from coder.runtime.openvino_precision import PrecisionGate, choose_hint  # noqa:
 
 
 @pytest.fixture
-def art(tiny_fp32_artifact, tmp_path, monkeypatch):
+def art(tiny_fp32_artifact, private_copy):
     """A private copy (caches are written into it) and a private user cache."""
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    dst = tmp_path / "art"
-    shutil.copytree(tiny_fp32_artifact, dst, ignore=shutil.ignore_patterns("engines", ".coder-cpu-choice"))
-    return dst
+    return private_copy(tiny_fp32_artifact, "engines", ".coder-cpu-choice")
 
 
 def _x(art_dir, n=3):

@@ -40,14 +40,9 @@ def test_ir_is_listed_with_its_weights_and_runs_as_openvino_int8(tiny_artifact):
 
 
 @pytest.fixture
-def art_dir(tiny_artifact, tmp_path, monkeypatch):
+def art_dir(tiny_artifact, private_copy):
     """A private copy (the test writes into it), without caches, and a private user cache."""
-    import shutil
-
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    out = tmp_path / "art"
-    shutil.copytree(tiny_artifact, out, ignore=shutil.ignore_patterns("engines", ".coder-*"))
-    return out
+    return private_copy(tiny_artifact, "engines", ".coder-*")
 
 
 def test_damaged_weights_are_refused_before_openvino_reads_them(art_dir):

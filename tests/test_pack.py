@@ -151,13 +151,6 @@ pack.pack_artifact(sys.argv[2], Path(sys.argv[3]), kill)
 """
 
 
-def _digest(root) -> dict:
-    """sha256 of every file under ``root``: proves the source was left as it was."""
-    from coder.store import sha256_file
-
-    return {str(p.relative_to(root)): sha256_file(p) for p in sorted(root.rglob("*")) if p.is_file()}
-
-
 def _pack_steps(art, tmp_path, mount: bool) -> list[str]:
     import coder.pack as pack
 
@@ -188,7 +181,9 @@ def test_pack_killed_at_every_step_loses_nothing(art, tmp_path, mount):
 
     steps = _pack_steps(art, tmp_path, mount)
     assert "journal" in steps if mount else "renamed" in steps
-    before = _digest(art)
+    from tests.batch_data import input_digest  # pyarrow-free: the lowest-versions venv runs this test
+
+    before = input_digest(art)
     root = Path(__file__).resolve().parents[1]
     for i, step in enumerate(dict.fromkeys(steps)):
         dest = tmp_path / f"d{i}"
@@ -210,4 +205,4 @@ def test_pack_killed_at_every_step_loses_nothing(art, tmp_path, mount):
         assert verify_copy(dest)["banks"] == ["cifar10"], step
         assert not list(dest.glob(".tmp-pack-*")) and not list(tmp_path.glob(f".tmp-pack-d{i}-*")), step
         assert not (dest / ".coder-pack-journal.json").exists(), step
-    assert _digest(art) == before
+    assert input_digest(art) == before
