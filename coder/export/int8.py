@@ -6,7 +6,8 @@ runtime's own transform) or on the synthetic scenes of :mod:`coder.samples`, the
 file per consumer, because no single file runs at full speed on both:
 
 * ``image_encoder.int8.onnx`` (consumer ``cpu``): uint8 asymmetric activations (QUInt8), int8
-  per-channel symmetric weights: the u8 x s8 operands x86 VNNI kernels of ONNX Runtime need.
+  per-channel symmetric weights: the u8 x s8 operands x86 VNNI kernels of ONNX Runtime need; each
+  weight MatMul is then written with its bias as the kernel ONNX Runtime runs (:mod:`.int8_ort`).
 * ``image_encoder.int8.trt.onnx`` (consumer ``tensorrt``): int8 symmetric activations with zero
   point 0 (QInt8) and the same weights: the only form TensorRT explicit quantization accepts
   (``coder build-engine --precision int8``; ONNX Runtime's ``cuda``/``tensorrt`` backends).
@@ -46,6 +47,7 @@ from ..errors import ConfigError, ExportError, one_line
 from ..manifest import INT8_SCHEME, PreprocessConfig
 from .int8_openvino import CONSUMER as OPENVINO
 from .int8_openvino import quantize_openvino
+from .int8_ort import fold_matmul_bias
 from .onnx_files import staged
 
 SCHEME = INT8_SCHEME
@@ -59,7 +61,8 @@ HELD_OUT_IMAGES = 16
 MIN_COSINE = 0.99  # the int8 gate (coder.export.validate.INT8_MIN_COS)
 CONSUMERS: dict[str, dict[str, str]] = {
     "cpu": {"file": "image_encoder.int8.onnx", "activations": "uint8 asymmetric (QUInt8)",
-            "weights": "int8 symmetric per channel", "runs_on": "ONNX Runtime CPU (--backend cpu)"},
+            "weights": "int8 symmetric per channel", "runs_on": "ONNX Runtime CPU (--backend cpu)",
+            "form": "QDQ; each weight MatMul with its bias as ONNX Runtime's MatMulIntegerToFloat (com.microsoft)"},
     "tensorrt": {"file": "image_encoder.int8.trt.onnx", "activations": "int8 symmetric, zero point 0 (QInt8)",
                  "weights": "int8 symmetric per channel",
                  "runs_on": "TensorRT explicit quantization (coder build-engine --precision int8; "
@@ -347,6 +350,7 @@ def quantize_static_int8(src: Path, out: Path, opts: Int8Options, cfg: Preproces
         files = {c: out / v["file"] for c, v in CONSUMERS.items()}
         excluded, sensitivity = write_consumers(prepared, files, method, work / f"ranges.{method}.json", pixels,
                                                 probe, judge, opts.min_cosine, external, report)
+        folded = fold_matmul_bias(files["cpu"], external)  # measured below: the gate sees the file shipped
         openvino = quantize_openvino(src, out, pixels, probe, judge, opts.min_cosine, report)
     got = embed(files["cpu"], probe)
     consumers = {**CONSUMERS, **({"openvino": {"file": openvino["file"], **OPENVINO}} if openvino["file"] else {})}
@@ -355,6 +359,7 @@ def quantize_static_int8(src: Path, out: Path, opts: Int8Options, cfg: Preproces
         "files": {c: v["file"] for c, v in consumers.items()},
         "consumers": {v["file"]: {k: x for k, x in v.items() if k != "file"} for v in consumers.values()},
         "quantized_op_types": list(INT8_OPS),
+        "cpu_bias_folded": folded,
         "calibration": {**calibration, "method": method, "methods_tried": scores},
         "excluded_nodes": list(excluded),
         "sensitivity": sensitivity,
