@@ -1,12 +1,12 @@
 """CPU engines side by side on one image encoder, in one run, each timed in blocks.
 
-    python benchmarks/bench_cpu_engines.py --artifacts coder-artifacts/ViT-B-32__none [--rounds 10] [--json]
+    python benchmarks/bench_cpu_engines.py --artifacts coder-artifacts/ViT-B-32__none [--rounds 10] [--blocks 6] [--json]
 
 Engines: ONNX Runtime fp32 (the reference), ONNX Runtime int8 and OpenVINO int8 (its NNCF IR at the hint
 its gate allows, what ``--backend openvino --precision int8`` runs; if the artifact has int8 files),
 OpenVINO at the f32 hint, OpenVINO at its reduced hint (bf16 on a CPU with BF16) and OpenVINO's
 default (no hint: what a plain ``compile_model`` runs). Each engine is timed in blocks of ``--rounds``
-calls per batch size, twice, and keeps its best block median (:mod:`coder.timing`: round-robin timing
+calls per batch size, ``--blocks`` times in turn, and keeps its best block median (:mod:`coder.timing`: round-robin timing
 measured ONNX Runtime's spinning threads slowing whichever engine ran next); ratios to ONNX Runtime
 fp32. ``cosine`` is each engine's minimum per-image cosine to ONNX Runtime fp32 on the 16 validation
 scenes; ``batch_dependent`` is the largest change of an image's embedding between batch 1 and batch 8.
@@ -68,13 +68,13 @@ def _cosines(engines: dict, pixels: np.ndarray, ref: np.ndarray) -> dict:
     return out
 
 
-def _timed(engines: dict, xs: dict, repeats: int) -> dict:
+def _timed(engines: dict, xs: dict, repeats: int, blocks: int) -> dict:
     """{(engine, batch): ms}, each engine timed in blocks (:func:`coder.timing.blocks_ms`), never round-robin."""
     fns = {(n, b): (lambda e=e, x=x: e.run(x)) for n, e in engines.items() for b, x in xs.items()}
-    return blocks_ms(fns, repeats)
+    return blocks_ms(fns, repeats, blocks)
 
 
-def _head_rows(art, engines: dict, xs: dict, rounds: int) -> list[dict]:
+def _head_rows(art, engines: dict, xs: dict, rounds: int, blocks: int) -> list[dict]:
     """The bank's head graph after the OpenVINO encoder: ONNX Runtime (1 thread) vs OpenVINO f32."""
     from coder.bench import _bank_or_none
     from coder.engines import openvino as ov
@@ -89,11 +89,11 @@ def _head_rows(art, engines: dict, xs: dict, rounds: int) -> list[dict]:
                                               HEAD_THREADS)}
     enc = engines.get("OpenVINO bf16", engines["OpenVINO f32"])
     feats = {b: enc.run(x) for b, x in xs.items()}
-    t = _timed(heads, feats, rounds * 5)
+    t = _timed(heads, feats, rounds * 5, blocks)
     return [{"head": h, "batch": b, "ms": t[(h, b)]} for h in heads for b in xs]
 
 
-def run(artifacts: str, rounds: int) -> dict:
+def run(artifacts: str, rounds: int, blocks: int) -> dict:
     from coder.engines import openvino as ov
     from coder.manifest import load_artifact
     from coder.runtime.engine_build import reference_pixels
@@ -106,8 +106,8 @@ def run(artifacts: str, rounds: int) -> dict:
     quality = _cosines(engines, pixels, ref)
     size = art.preprocess.size
     xs = {b: np.random.default_rng(b).standard_normal((b, 3, *size)).astype(np.float32) for b in (1, 8)}
-    ms = _timed(engines, xs, rounds)
-    heads = _head_rows(art, engines, xs, rounds)
+    ms = _timed(engines, xs, rounds, blocks)
+    heads = _head_rows(art, engines, xs, rounds, blocks)
     peak = matmul_peak_gflops()  # last: BLAS threads spin after a GEMM
     rows = [{"engine": n, "backend": e.backend, **quality[n],
              **{f"b{b}_ms": ms[(n, b)] for b in xs},
@@ -118,13 +118,13 @@ def run(artifacts: str, rounds: int) -> dict:
 
     choice = choose_cpu_engine(art, "fp32", None, lambda e: ImageEncoder.load(artifacts, "fp32", e))
     return {"architecture": art.architecture, "openvino": ov.version(), "rounds": rounds,
-            "cpu": cpu_identity(),
+            "blocks": blocks, "cpu": cpu_identity(),
             "matmul_peak_gflops": peak, "rows": rows, "heads": heads, "auto": choice.describe()}
 
 
 def render(res: dict) -> None:
     print(f"{res['architecture']}  OpenVINO {res['openvino']}  {res['cpu']['model']} ({res['cpu']['cores']} cores)  "
-          f"engines timed in blocks of {res['rounds']} calls, best of 2 blocks")
+          f"engines timed in blocks of {res['rounds']} calls, best of {res['blocks']} blocks")
     print(f"{'engine':<18} {'backend':<16} {'b1 ms':>8} {'b8 ms':>8} {'b1 x':>6} {'b8 x':>6} {'cosine':>8} "
           f"{'b1 vs b8':>9}")
     for r in res["rows"]:
@@ -137,4 +137,4 @@ def render(res: dict) -> None:
 
 
 if __name__ == "__main__":
-    script(__doc__, run, render, rounds=10)
+    script(__doc__, run, render, rounds=10, blocks=6)

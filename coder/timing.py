@@ -7,7 +7,10 @@ cores with those threads. Round-robin timing measured that contention, which a d
 one engine never sees: on a 2-core CPU it made OpenVINO's int8 ViT-B/32 encoder look 1.9x faster than
 ONNX Runtime fp32 at batch 1 when, timed in blocks, it was 3.5x (``benchmarks/bench_cpu_engines.py``).
 Blocks are repeated (A..A B..B, A..A B..B) and the best block median is kept, so a load spike that hits
-one block does not decide the comparison.
+one block does not decide the comparison. On a shared VM the machine's own speed also moves in phases
+of seconds: one ONNX Runtime int8 session on the 2-core test VM ran 29 ms per call for 7 s, then 22 ms,
+in one process. :func:`rounds_ms` gives ratios between blocks run back to back, which share a phase;
+benchmark scripts report those and take ``--blocks`` rounds.
 
 >>> blocks_ms({"a": lambda: sum(range(1000)), "b": lambda: sum(range(10))}, repeats=5)  # doctest: +SKIP
 {'a': 0.021, 'b': 0.0011}
@@ -16,6 +19,7 @@ one block does not decide the comparison.
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Callable, Mapping
 
 import numpy as np
@@ -45,12 +49,41 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
 def blocks_ms(fns: Mapping[str, Callable[[], object]], repeats: int, rounds: int = 2, warmup: int = 2,
               clock: Clock = time_call) -> dict[str, float]:
     """Per name, the lowest of ``rounds`` block medians: every callable runs ``warmup`` untimed then
-    ``repeats`` timed calls in a row before the next one starts; ``clock(name, fn)`` times one call."""
-    best = {name: float("inf") for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
+    ``repeats`` timed calls in a row before the next one starts (:func:`rounds_ms`); ``clock(name, fn)``
+    times one call."""
+    return {name: r.best_ms for name, r in rounds_ms(fns, repeats, rounds, warmup, clock).items()}
+
+
+
+@dataclass(frozen=True)
+class Rounds:
+    """One callable's block medians, one per round of :func:`rounds_ms`.
+
+    Example: ``Rounds((21.0, 20.4, 28.9)).speedup_over(Rounds((60.2, 59.9, 83.0)))`` -> (2.87, 2.88, 2.89).
+    """
+
+    ms: tuple[float, ...]
+
+    @property
+    def best_ms(self) -> float:
+        return min(self.ms)
+
+    def speedup_over(self, base: "Rounds") -> tuple[float, float, float]:
+        """Median, first and third quartile over rounds of ``base / self`` (> 1: this one is faster)."""
+        ratio = np.array(base.ms) / np.array(self.ms)
+        return float(np.median(ratio)), float(np.percentile(ratio, 25)), float(np.percentile(ratio, 75))
+
+
+def rounds_ms(fns: Mapping[str, Callable[[], object]], repeats: int, rounds: int, warmup: int = 2,
+              clock: Clock = time_call) -> dict[str, Rounds]:
+    """Every round times one block per callable (as :func:`blocks_ms`), in order on even rounds and in
+    reverse on odd ones, so no callable always follows the same neighbour. Ratios between blocks of one
+    round (:meth:`Rounds.speedup_over`) share the machine's phase; each callable's best block may not."""
+    names = list(fns)
+    blocks: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
             for _ in range(warmup):
-                fn()
-            block = [clock(name, fn) for _ in range(repeats)]
-            best[name] = min(best[name], float(np.median(block)))
-    return best
+                fns[name]()
+            blocks[name].append(float(np.median([clock(name, fns[name]) for _ in range(repeats)])))
+    return {name: Rounds(tuple(ms)) for name, ms in blocks.items()}

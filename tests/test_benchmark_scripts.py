@@ -19,8 +19,8 @@ def test_help(script):
 @pytest.mark.torch  # compares with torch eager
 def test_encoder_benchmark_runs(tiny_artifact):
     script = next(p for p in SCRIPTS if p.name == "bench_encoder.py")
-    res = subprocess.run([sys.executable, str(script), "--artifacts", str(tiny_artifact), "--repeats", "2", "--json"],
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, str(script), "--artifacts", str(tiny_artifact), "--repeats", "2",
+                          "--blocks", "2", "--json"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     import json
     rows = json.loads(res.stdout)["rows"]
@@ -53,11 +53,12 @@ def test_int8_benchmark_runs(tiny_artifact):
     import json
 
     script = next(p for p in SCRIPTS if p.name == "bench_int8.py")
-    res = subprocess.run([sys.executable, str(script), "--artifacts", str(tiny_artifact), "--repeats", "2", "--json"],
-                         capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, str(script), "--artifacts", str(tiny_artifact), "--repeats", "2",
+                          "--blocks", "2", "--json"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     out = json.loads(res.stdout)
     rows = {(r["encoder"], r["batch"]): r for r in out["rows"]}
     assert set(rows) == {(e, b) for e in ("fp32", "int8 static", "int8 dynamic") for b in (1, 8)}
     assert rows["int8 static", 8]["batch1_vs_batch8_max_abs"] <= 1e-5 < rows["int8 dynamic", 8]["batch1_vs_batch8_max_abs"]
     assert rows["int8 static", 1]["min_cosine_vs_fp32"] >= 0.99 and out["int8_matmul_peak_gops"] > 0
+    assert out["blocks"] == 2

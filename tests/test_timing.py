@@ -14,8 +14,8 @@ def test_blocks_run_each_callable_in_a_row_and_keep_the_best_block_median():
 
     fns = {n: (lambda n=n: calls.append(n)) for n in "ab"}
     ms = blocks_ms(fns, repeats=3, rounds=2, warmup=1, clock=clock)
-    # per block: 1 warm-up + 3 timed calls of the same callable, never alternating
-    assert calls == ["a"] * 4 + ["b"] * 4 + ["a"] * 4 + ["b"] * 4
+    # per block: 1 warm-up + 3 timed calls of the same callable, never alternating; rounds in turn
+    assert calls == ["a"] * 4 + ["b"] * 4 + ["b"] * 4 + ["a"] * 4
     assert ms == {"a": 1.0, "b": 4.0}  # medians (2, 1) and (5, 4): the best block wins
 
 
@@ -23,3 +23,21 @@ def test_timings_are_real_milliseconds():
     t = timings_ms(lambda: sum(range(10_000)), repeats=4, warmup=1)
     assert t.shape == (4,) and np.all(t > 0) and np.all(t < 5_000)
     assert 0 <= median_ms(lambda: None, 3) < 5_000
+
+
+def test_paired_ratios_come_from_blocks_of_the_same_round_in_alternating_order():
+    """A machine twice as slow in rounds 2-3 as in 0-1; b is 2x faster than a in every round."""
+    from coder.timing import rounds_ms
+
+    calls, speed = [], [1.0, 1.0, 2.0, 2.0]
+
+    def clock(name, fn):
+        fn()
+        return {"a": 10.0, "b": 5.0}[name] * speed[(len(calls) - 1) // 4]  # a round: 2 blocks of 2 calls
+
+    fns = {n: (lambda n=n: calls.append(n)) for n in "ab"}
+    out = rounds_ms(fns, repeats=2, rounds=4, warmup=0, clock=clock)
+    assert calls == ["a", "a", "b", "b", "b", "b", "a", "a", "a", "a", "b", "b", "b", "b", "a", "a"]
+    assert out["a"].ms == (10.0, 10.0, 20.0, 20.0) and out["b"].best_ms == 5.0
+    assert out["b"].speedup_over(out["a"]) == (2.0, 2.0, 2.0) and out["a"].speedup_over(out["a"])[0] == 1.0
+    assert out["a"].best_ms / out["b"].best_ms == 2.0  # here best blocks agree; on the VM they can straddle phases
