@@ -6,9 +6,10 @@ Engines: ONNX Runtime fp32 (the reference), ONNX Runtime int8 and OpenVINO int8 
 its gate allows, what ``--backend openvino --precision int8`` runs; if the artifact has int8 files),
 OpenVINO at the f32 hint, OpenVINO at its reduced hint (bf16 on a CPU with BF16) and OpenVINO's
 default (no hint: what a plain ``compile_model`` runs). Each engine is timed in blocks of ``--rounds``
-calls per batch size, ``--blocks`` times in turn, and keeps its best block median (:mod:`coder.timing`: round-robin timing
-measured ONNX Runtime's spinning threads slowing whichever engine ran next); ratios to ONNX Runtime
-fp32. ``cosine`` is each engine's minimum per-image cosine to ONNX Runtime fp32 on the 16 validation
+calls, in ``--blocks`` rounds per batch size (:func:`coder.timing.rounds_ms`: round-robin timing measured
+ONNX Runtime's spinning threads slowing whichever engine ran next). ``ms`` is an engine's best block
+median; its ratio to ONNX Runtime fp32 is the median over rounds of the ratio of two blocks of the same
+round (quartiles in ``--json``), which share the VM's phase. ``cosine`` is each engine's minimum per-image cosine to ONNX Runtime fp32 on the 16 validation
 scenes; ``batch_dependent`` is the largest change of an image's embedding between batch 1 and batch 8.
 With a bank, the CODER head graph after the
 OpenVINO encoder is timed on ONNX Runtime (one thread, what coder runs) and on OpenVINO f32.
@@ -22,7 +23,7 @@ import numpy as np
 from common import script  # also puts the repository on sys.path
 
 from coder.bench import matmul_peak_gflops  # noqa: E402
-from coder.timing import blocks_ms  # noqa: E402
+from coder.timing import rounds_ms  # noqa: E402
 
 
 def _engines(art) -> dict:
@@ -69,9 +70,9 @@ def _cosines(engines: dict, pixels: np.ndarray, ref: np.ndarray) -> dict:
 
 
 def _timed(engines: dict, xs: dict, repeats: int, blocks: int) -> dict:
-    """{(engine, batch): ms}, each engine timed in blocks (:func:`coder.timing.blocks_ms`), never round-robin."""
-    fns = {(n, b): (lambda e=e, x=x: e.run(x)) for n, e in engines.items() for b, x in xs.items()}
-    return blocks_ms(fns, repeats, blocks)
+    """{batch: {engine: Rounds}}, engines timed in blocks, ``blocks`` rounds per batch size (:func:`coder.timing.rounds_ms`)."""
+    return {b: rounds_ms({n: (lambda e=e, x=x: e.run(x)) for n, e in engines.items()}, repeats, blocks)
+            for b, x in xs.items()}
 
 
 def _head_rows(art, engines: dict, xs: dict, rounds: int, blocks: int) -> list[dict]:
@@ -90,7 +91,7 @@ def _head_rows(art, engines: dict, xs: dict, rounds: int, blocks: int) -> list[d
     enc = engines.get("OpenVINO bf16", engines["OpenVINO f32"])
     feats = {b: enc.run(x) for b, x in xs.items()}
     t = _timed(heads, feats, rounds * 5, blocks)
-    return [{"head": h, "batch": b, "ms": t[(h, b)]} for h in heads for b in xs]
+    return [{"head": h, "batch": b, "ms": t[b][h].best_ms} for h in heads for b in xs]
 
 
 def run(artifacts: str, rounds: int, blocks: int) -> dict:
@@ -110,8 +111,9 @@ def run(artifacts: str, rounds: int, blocks: int) -> dict:
     heads = _head_rows(art, engines, xs, rounds, blocks)
     peak = matmul_peak_gflops()  # last: BLAS threads spin after a GEMM
     rows = [{"engine": n, "backend": e.backend, **quality[n],
-             **{f"b{b}_ms": ms[(n, b)] for b in xs},
-             **{f"b{b}_vs_ort_fp32": ms[("ORT fp32", b)] / ms[(n, b)] for b in xs}} for n, e in engines.items()]
+             **{f"b{b}_ms": ms[b][n].best_ms for b in xs},
+             **{f"b{b}_vs_ort_fp32": ms[b][n].speedup_over(ms[b]["ORT fp32"])[0] for b in xs},
+             **{f"b{b}_quartiles": ms[b][n].speedup_over(ms[b]["ORT fp32"])[1:] for b in xs}} for n, e in engines.items()]
     from coder.runtime.cpu_choice import choose_cpu_engine
     from coder.runtime.encoder import ImageEncoder
     from coder.runtime.openvino_precision import cpu_identity
@@ -124,7 +126,7 @@ def run(artifacts: str, rounds: int, blocks: int) -> dict:
 
 def render(res: dict) -> None:
     print(f"{res['architecture']}  OpenVINO {res['openvino']}  {res['cpu']['model']} ({res['cpu']['cores']} cores)  "
-          f"engines timed in blocks of {res['rounds']} calls, best of {res['blocks']} blocks")
+          f"engines timed in blocks of {res['rounds']} calls, {res['blocks']} rounds; x: median ratio within rounds")
     print(f"{'engine':<18} {'backend':<16} {'b1 ms':>8} {'b8 ms':>8} {'b1 x':>6} {'b8 x':>6} {'cosine':>8} "
           f"{'b1 vs b8':>9}")
     for r in res["rows"]:

@@ -51,6 +51,17 @@ def matmul_peak_gflops(n: int = 2048, repeats: int = 10) -> float:
 def int8_matmul_peak_gops(n: int = 1024, repeats: int = 10) -> float | None:
     """Best-of uint8 x int8 -> int32 GEMM throughput (GOPS) of ONNX Runtime's CPU ``MatMulInteger``;
     None without ONNX Runtime. Example: ``int8_matmul_peak_gops()`` -> 410.0 on a 2-core VNNI CPU."""
+    gemm = ort_gemm("int8", (n, n, n))
+    if gemm is None:
+        return None
+    call, ops = gemm
+    return ops / (min(timings_ms(call, repeats, warmup=2)) / 1e3) / 1e9
+
+
+def ort_gemm(kind: str, shape: tuple[int, int, int] = (1024, 1024, 1024)):
+    """``(call, ops)``: one (m x k) @ (k x n) GEMM on ONNX Runtime's CPU, ``kind`` ``"int8"`` (``MatMulInteger``,
+    uint8 x int8 -> int32) or ``"fp32"`` (``MatMul``), and its 2mkn operations; None without ONNX Runtime.
+    Example: ``call, ops = ort_gemm("int8"); ops / (median_ms(call, 10) / 1e3) / 1e9`` -> GOPS."""
     try:
         import onnxruntime as ort
     except ImportError:
@@ -58,18 +69,20 @@ def int8_matmul_peak_gops(n: int = 1024, repeats: int = 10) -> float | None:
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
-    b = numpy_helper.from_array(rng.integers(-127, 128, (n, n), dtype=np.int8), "b")
-    graph = helper.make_graph([helper.make_node("MatMulInteger", ["a", "b"], ["y"])], "int8_peak",
-                              [helper.make_tensor_value_info("a", TensorProto.UINT8, [n, n])],
-                              [helper.make_tensor_value_info("y", TensorProto.INT32, [n, n])], [b])
+    int8, (m, k, n) = kind == "int8", shape
+    b = rng.integers(-127, 128, (k, n), dtype=np.int8) if int8 else rng.random((k, n), dtype=np.float32)
+    op, a_type, y_type = ("MatMulInteger", TensorProto.UINT8, TensorProto.INT32) if int8 else \
+        ("MatMul", TensorProto.FLOAT, TensorProto.FLOAT)
+    graph = helper.make_graph([helper.make_node(op, ["a", "b"], ["y"])], f"{kind}_peak",
+                              [helper.make_tensor_value_info("a", a_type, [m, k])],
+                              [helper.make_tensor_value_info("y", y_type, [m, n])], [numpy_helper.from_array(b, "b")])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     so = ort.SessionOptions()
     so.log_severity_level = 3
     sess = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    a = rng.integers(0, 256, (n, n), dtype=np.uint8)
-    best = min(timings_ms(lambda: sess.run(None, {"a": a}), repeats, warmup=2)) / 1e3
-    return 2 * n**3 / best / 1e9
+    a = rng.integers(0, 256, (m, k), dtype=np.uint8) if int8 else rng.random((m, k), dtype=np.float32)
+    return (lambda: sess.run(None, {"a": a})), 2 * m * k * n
 
 
 def _row(backend: str, stage: str, batch: int, t: np.ndarray) -> BenchRow:

@@ -6,7 +6,10 @@ OpenVINO's TBB workers do the same), so on a small CPU the engine timed right af
 cores with those threads. Round-robin timing measured that contention, which a deployment running
 one engine never sees: on a 2-core CPU it made OpenVINO's int8 ViT-B/32 encoder look 1.9x faster than
 ONNX Runtime fp32 at batch 1 when, timed in blocks, it was 3.5x (``benchmarks/bench_cpu_engines.py``).
-Blocks are repeated (A..A B..B, A..A B..B) and the best block median is kept, so a load spike that hits
+The threads spin for 50-70 ms after a run on the 2-core test VM (an int8 GEMM session timed right after
+an fp32 one reached 300 GOPS, 730 GOPS after 0.1 s idle), longer than a block's two warm-up calls of a
+fast engine, so every block starts after ``SETTLE_S`` idle.
+Blocks are repeated (A..A B..B, B..B A..A) and the best block median is kept, so a load spike that hits
 one block does not decide the comparison. On a shared VM the machine's own speed also moves in phases
 of seconds: one ONNX Runtime int8 session on the 2-core test VM ran 29 ms per call for 7 s, then 22 ms,
 in one process. :func:`rounds_ms` gives ratios between blocks run back to back, which share a phase;
@@ -25,6 +28,7 @@ from typing import Callable, Mapping
 import numpy as np
 
 Clock = Callable[[str, Callable[[], object]], float]
+SETTLE_S = 0.2  # idle before each block: the previous engine's threads stop spinning (measured: 50-70 ms)
 
 
 def time_call(name: str, fn: Callable[[], object]) -> float:
@@ -47,11 +51,11 @@ def median_ms(fn: Callable[[], object], repeats: int, warmup: int = 2) -> float:
 
 
 def blocks_ms(fns: Mapping[str, Callable[[], object]], repeats: int, rounds: int = 2, warmup: int = 2,
-              clock: Clock = time_call) -> dict[str, float]:
+              clock: Clock = time_call, settle_s: float = SETTLE_S) -> dict[str, float]:
     """Per name, the lowest of ``rounds`` block medians: every callable runs ``warmup`` untimed then
     ``repeats`` timed calls in a row before the next one starts (:func:`rounds_ms`); ``clock(name, fn)``
     times one call."""
-    return {name: r.best_ms for name, r in rounds_ms(fns, repeats, rounds, warmup, clock).items()}
+    return {name: r.best_ms for name, r in rounds_ms(fns, repeats, rounds, warmup, clock, settle_s).items()}
 
 
 
@@ -75,14 +79,16 @@ class Rounds:
 
 
 def rounds_ms(fns: Mapping[str, Callable[[], object]], repeats: int, rounds: int, warmup: int = 2,
-              clock: Clock = time_call) -> dict[str, Rounds]:
-    """Every round times one block per callable (as :func:`blocks_ms`), in order on even rounds and in
-    reverse on odd ones, so no callable always follows the same neighbour. Ratios between blocks of one
-    round (:meth:`Rounds.speedup_over`) share the machine's phase; each callable's best block may not."""
+              clock: Clock = time_call, settle_s: float = SETTLE_S) -> dict[str, Rounds]:
+    """Every round times one block per callable (as :func:`blocks_ms`), each after ``settle_s`` idle, in
+    order on even rounds and in reverse on odd ones, so no callable always follows the same neighbour.
+    Ratios between blocks of one round (:meth:`Rounds.speedup_over`) share the machine's phase; each
+    callable's best block may not."""
     names = list(fns)
     blocks: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names if r % 2 == 0 else names[::-1]:
+            time.sleep(settle_s)
             for _ in range(warmup):
                 fns[name]()
             blocks[name].append(float(np.median([clock(name, fns[name]) for _ in range(repeats)])))

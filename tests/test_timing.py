@@ -41,3 +41,15 @@ def test_paired_ratios_come_from_blocks_of_the_same_round_in_alternating_order()
     assert out["a"].ms == (10.0, 10.0, 20.0, 20.0) and out["b"].best_ms == 5.0
     assert out["b"].speedup_over(out["a"]) == (2.0, 2.0, 2.0) and out["a"].speedup_over(out["a"])[0] == 1.0
     assert out["a"].best_ms / out["b"].best_ms == 2.0  # here best blocks agree; on the VM they can straddle phases
+
+
+def test_every_block_starts_after_the_settle_time(monkeypatch):
+    """The previous engine's threads spin for tens of ms after its last call: each block waits them out."""
+    import coder.timing as timing
+
+    events = []
+    monkeypatch.setattr(timing.time, "sleep", lambda s: events.append(("idle", s)))
+    fns = {n: (lambda n=n: events.append(n)) for n in "ab"}
+    timing.rounds_ms(fns, repeats=1, rounds=2, warmup=1, clock=lambda name, fn: fn() or 1.0, settle_s=0.25)
+    idle = ("idle", 0.25)
+    assert events == [idle, "a", "a", idle, "b", "b", idle, "b", "b", idle, "a", "a"]
