@@ -19,8 +19,8 @@ def test_help(script):
 @pytest.mark.torch  # compares with torch eager
 def test_encoder_benchmark_runs(tiny_artifact):
     script = next(p for p in SCRIPTS if p.name == "bench_encoder.py")
-    res = subprocess.run([sys.executable, str(script), "--artifacts", str(tiny_artifact), "--repeats", "2",
-                          "--blocks", "2", "--json"], capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, str(script), "--artifacts", str(tiny_artifact), "--repeats", "2", "--json"],
+                         capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr
     import json
     rows = json.loads(res.stdout)["rows"]
