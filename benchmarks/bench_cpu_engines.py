@@ -1,6 +1,7 @@
 """CPU engines side by side on one image encoder, in one run, each timed in blocks.
 
-    python benchmarks/bench_cpu_engines.py --artifacts coder-artifacts/ViT-B-32__none [--rounds 10] [--blocks 6] [--json]
+    python benchmarks/bench_cpu_engines.py --artifacts coder-artifacts/ViT-B-32__none \
+        [--rounds 10] [--blocks 6] [--json]
 
 Engines: ONNX Runtime fp32 (the reference), ONNX Runtime int8 and OpenVINO int8 (its NNCF IR at the hint
 its gate allows, what ``--backend openvino --precision int8`` runs; if the artifact has int8 files),
@@ -9,7 +10,8 @@ default (no hint: what a plain ``compile_model`` runs). Each engine is timed in 
 calls, in ``--blocks`` rounds per batch size (:func:`coder.timing.rounds_ms`: round-robin timing measured
 ONNX Runtime's spinning threads slowing whichever engine ran next). ``ms`` is an engine's best block
 median; its ratio to ONNX Runtime fp32 is the median over rounds of the ratio of two blocks of the same
-round (quartiles in ``--json``), which share the VM's phase. ``cosine`` is each engine's minimum per-image cosine to ONNX Runtime fp32 on the 16 validation
+round (quartiles in ``--json``), which share the VM's phase. ``cosine`` is each engine's minimum
+per-image cosine to ONNX Runtime fp32 on the 16 validation
 scenes; ``batch_dependent`` is the largest change of an image's embedding between batch 1 and batch 8.
 With a bank, the CODER head graph after the
 OpenVINO encoder is timed on ONNX Runtime (one thread, what coder runs) and on OpenVINO f32.
@@ -70,9 +72,19 @@ def _cosines(engines: dict, pixels: np.ndarray, ref: np.ndarray) -> dict:
 
 
 def _timed(engines: dict, xs: dict, repeats: int, blocks: int) -> dict:
-    """{batch: {engine: Rounds}}, engines timed in blocks, ``blocks`` rounds per batch size (:func:`coder.timing.rounds_ms`)."""
+    """{batch: {engine: Rounds}}: engines timed in blocks, ``blocks`` rounds per batch size
+    (:func:`coder.timing.rounds_ms`)."""
     return {b: rounds_ms({n: (lambda e=e, x=x: e.run(x)) for n, e in engines.items()}, repeats, blocks)
             for b, x in xs.items()}
+
+
+def _ratios(ms: dict, name: str) -> dict:
+    """``b1_vs_ort_fp32`` (median over rounds) and ``b1_quartiles``, per batch size."""
+    out = {}
+    for b, rounds in ms.items():
+        median, q1, q3 = rounds[name].speedup_over(rounds["ORT fp32"])
+        out.update({f"b{b}_vs_ort_fp32": median, f"b{b}_quartiles": [q1, q3]})
+    return out
 
 
 def _head_rows(art, engines: dict, xs: dict, rounds: int, blocks: int) -> list[dict]:
@@ -111,9 +123,7 @@ def run(artifacts: str, rounds: int, blocks: int) -> dict:
     heads = _head_rows(art, engines, xs, rounds, blocks)
     peak = matmul_peak_gflops()  # last: BLAS threads spin after a GEMM
     rows = [{"engine": n, "backend": e.backend, **quality[n],
-             **{f"b{b}_ms": ms[b][n].best_ms for b in xs},
-             **{f"b{b}_vs_ort_fp32": ms[b][n].speedup_over(ms[b]["ORT fp32"])[0] for b in xs},
-             **{f"b{b}_quartiles": ms[b][n].speedup_over(ms[b]["ORT fp32"])[1:] for b in xs}} for n, e in engines.items()]
+             **{f"b{b}_ms": ms[b][n].best_ms for b in xs}, **_ratios(ms, n)} for n, e in engines.items()]
     from coder.runtime.cpu_choice import choose_cpu_engine
     from coder.runtime.encoder import ImageEncoder
     from coder.runtime.openvino_precision import cpu_identity

@@ -31,7 +31,7 @@ from coder.bench import ort_gemm  # noqa: E402
 from coder.timing import rounds_ms  # noqa: E402
 
 BATCHES = (1, 8)
-# The peak GEMM's shape: ViT-B's MLP at batch 8 (400 tokens, 768 -> 3072). On the 2-core test VM ONNX Runtime's
+# The peak GEMM's shape: ViT-B's MLP at batch 8 (400 tokens, 768 -> 3072). On a 2-core VM ONNX Runtime's
 # fp32 MatMul ran 212 GFLOPS median there and 141 at 1024^3, below what the fp32 encoder itself reached;
 # int8 ran 730-790 GOPS at every shape tried.
 PEAK_SHAPE = (400, 768, 3072)
@@ -84,7 +84,8 @@ def run(artifacts: str, repeats: int, blocks: int) -> dict:
                          "pct_of_peak": 100 * share if share else None})
     best = {k: ops / (min(t[b][k].best_ms for b in BATCHES) / 1e3) / 1e9 for k, (_, ops) in peaks.items()}
     return {"architecture": art.architecture, "repeats": repeats, "blocks": blocks, "images": int(len(x)),
-            "image_gflop": flops, "fp32_matmul_peak_gflops": best["peak fp32"], "int8_matmul_peak_gops": best["peak int8"],
+            "image_gflop": flops, "fp32_matmul_peak_gflops": best["peak fp32"],
+            "int8_matmul_peak_gops": best["peak int8"],
             "static_vs_dynamic": {b: t[b]["int8 static"].speedup_over(t[b]["int8 dynamic"]) for b in BATCHES},
             "int8": art.manifest.get("int8", {}).get("calibration", {}).get("method"), "rows": rows}
 
@@ -100,8 +101,8 @@ def render(res: dict) -> None:
         q1, q3 = r["speedup_quartiles"]
         print(f"{r['encoder']:>13} {r['batch']:>5} {r['median_ms']:>8.1f} {r['speedup_vs_fp32']:>6.2f}x "
               f"{q1:>5.2f}-{q3:<5.2f} {r['min_cosine_vs_fp32']:>9.6f} {r['batch1_vs_batch8_max_abs']:>9.1e} {pct}")
-    print("static vs dynamic (dynamic ms / static ms, median over rounds [quartiles]): "
-          + ", ".join(f"batch {b}: {v[0]:.2f}x [{v[1]:.2f}-{v[2]:.2f}]" for b, v in res["static_vs_dynamic"].items()))
+    pairs = (f"batch {b}: {v[0]:.2f}x [{v[1]:.2f}-{v[2]:.2f}]" for b, v in res["static_vs_dynamic"].items())
+    print("static vs dynamic (dynamic ms / static ms, median over rounds [quartiles]): " + ", ".join(pairs))
 
 
 if __name__ == "__main__":

@@ -6,12 +6,12 @@ OpenVINO's TBB workers do the same), so on a small CPU the engine timed right af
 cores with those threads. Round-robin timing measured that contention, which a deployment running
 one engine never sees: on a 2-core CPU it made OpenVINO's int8 ViT-B/32 encoder look 1.9x faster than
 ONNX Runtime fp32 at batch 1 when, timed in blocks, it was 3.5x (``benchmarks/bench_cpu_engines.py``).
-The threads spin for 50-70 ms after a run on the 2-core test VM (an int8 GEMM session timed right after
+The threads spin for 50-70 ms after a run on a 2-core VM (an int8 GEMM session timed right after
 an fp32 one reached 300 GOPS, 730 GOPS after 0.1 s idle), longer than a block's two warm-up calls of a
 fast engine, so every block starts after ``SETTLE_S`` idle.
 Blocks are repeated (A..A B..B, B..B A..A) and the best block median is kept, so a load spike that hits
 one block does not decide the comparison. On a shared VM the machine's own speed also moves in phases
-of seconds: one ONNX Runtime int8 session on the 2-core test VM ran 29 ms per call for 7 s, then 22 ms,
+of seconds: one ONNX Runtime int8 session on a 2-core VM ran 29 ms per call for 7 s, then 22 ms,
 in one process. :func:`rounds_ms` gives ratios between blocks run back to back, which share a phase;
 benchmark scripts report those and take ``--blocks`` rounds.
 
@@ -58,12 +58,11 @@ def blocks_ms(fns: Mapping[str, Callable[[], object]], repeats: int, rounds: int
     return {name: r.best_ms for name, r in rounds_ms(fns, repeats, rounds, warmup, clock, settle_s).items()}
 
 
-
 @dataclass(frozen=True)
 class Rounds:
     """One callable's block medians, one per round of :func:`rounds_ms`.
 
-    Example: ``Rounds((21.0, 20.4, 28.9)).speedup_over(Rounds((60.2, 59.9, 83.0)))`` -> (2.87, 2.88, 2.89).
+    Example: ``Rounds((21.0, 20.4, 28.9)).speedup_over(Rounds((60.2, 59.9, 83.0)))`` -> (2.87, 2.87, 2.90).
     """
 
     ms: tuple[float, ...]

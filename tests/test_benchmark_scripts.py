@@ -62,5 +62,5 @@ def test_int8_benchmark_runs(tiny_artifact):
     assert rows["int8 static", 8]["batch1_vs_batch8_max_abs"] <= 1e-5 < rows["int8 dynamic", 8]["batch1_vs_batch8_max_abs"]
     assert rows["int8 static", 1]["min_cosine_vs_fp32"] >= 0.99 and out["int8_matmul_peak_gops"] > 0
     assert out["blocks"] == 2 and out["fp32_matmul_peak_gflops"] > 0
-    assert all(r["pct_of_peak"] > 0 and r["speedup_quartiles"][0] <= r["speedup_quartiles"][1] for r in out["rows"])
-    assert all(len(v) == 3 for v in out["static_vs_dynamic"].values())  # median, quartiles
+    assert all(r["pct_of_peak"] > 0 for r in out["rows"])
+    assert rows["fp32", 1]["speedup_vs_fp32"] == 1.0 and rows["fp32", 1]["speedup_quartiles"] == [1.0, 1.0]

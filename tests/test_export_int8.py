@@ -142,7 +142,8 @@ def _float_consumers(path: Path, names) -> bool:
     m = onnx.load(str(path))
     prod = {o: n for n in m.graph.node for o in n.output}
     nodes = {n.name: n for n in m.graph.node}
-    return all(not any(i in prod and prod[i].op_type == "DequantizeLinear" for i in nodes[name].input[:2])
+    return all(nodes[name].op_type in ("MatMul", "Gemm")  # not folded into an int8 kernel (the CPU file)
+               and not any(i in prod and prod[i].op_type == "DequantizeLinear" for i in nodes[name].input[:2])
                for name in names)
 
 

@@ -13,7 +13,7 @@ def test_blocks_run_each_callable_in_a_row_and_keep_the_best_block_median():
         return next(fake[name])
 
     fns = {n: (lambda n=n: calls.append(n)) for n in "ab"}
-    ms = blocks_ms(fns, repeats=3, rounds=2, warmup=1, clock=clock)
+    ms = blocks_ms(fns, repeats=3, rounds=2, warmup=1, clock=clock, settle_s=0)
     # per block: 1 warm-up + 3 timed calls of the same callable, never alternating; rounds in turn
     assert calls == ["a"] * 4 + ["b"] * 4 + ["b"] * 4 + ["a"] * 4
     assert ms == {"a": 1.0, "b": 4.0}  # medians (2, 1) and (5, 4): the best block wins
@@ -36,7 +36,7 @@ def test_paired_ratios_come_from_blocks_of_the_same_round_in_alternating_order()
         return {"a": 10.0, "b": 5.0}[name] * speed[(len(calls) - 1) // 4]  # a round: 2 blocks of 2 calls
 
     fns = {n: (lambda n=n: calls.append(n)) for n in "ab"}
-    out = rounds_ms(fns, repeats=2, rounds=4, warmup=0, clock=clock)
+    out = rounds_ms(fns, repeats=2, rounds=4, warmup=0, clock=clock, settle_s=0)
     assert calls == ["a", "a", "b", "b", "b", "b", "a", "a", "a", "a", "b", "b", "b", "b", "a", "a"]
     assert out["a"].ms == (10.0, 10.0, 20.0, 20.0) and out["b"].best_ms == 5.0
     assert out["b"].speedup_over(out["a"]) == (2.0, 2.0, 2.0) and out["a"].speedup_over(out["a"])[0] == 1.0

@@ -451,6 +451,22 @@ def test_triton_repo_layout(served_art, tmp_path):
     assert res.exit_code == 2 and (tmp_path / "other" / "keep.txt").exists()
 
 
+def test_an_int8_ensemble_for_a_gpu_is_built_from_the_tensorrt_file(served_art, tmp_path):
+    """The CPU int8 file's MatMulIntegerToFloat kernels run only on ONNX Runtime's CPU provider: a GPU ensemble's
+    fused graph comes from the plain QDQ (TensorRT) file, a CPU one from the CPU file."""
+    import onnx
+
+    ops = {}
+    for backend in ("cuda", "cpu"):
+        out = tmp_path / backend
+        res = runner.invoke(app, ["triton-repo", "-a", str(served_art), "--out", str(out), "--ensemble", "onnxruntime",
+                                  "--backend", backend, "--precision", "int8"])
+        assert res.exit_code == 0, res.output
+        ops[backend] = {n.op_type for n in onnx.load(str(out / "coder_head" / "1" / "model.onnx")).graph.node}
+    assert "MatMulIntegerToFloat" not in ops["cuda"] and "DequantizeLinear" in ops["cuda"]
+    assert "MatMulIntegerToFloat" in ops["cpu"]
+
+
 def test_native_ensemble_repositories(served_art, tmp_path):
     """The layouts for Triton's ONNX Runtime / TensorRT backends (not runnable on the bundled server)."""
     import onnx

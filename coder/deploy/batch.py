@@ -60,9 +60,9 @@ def job_settings(job: ClassifyJob) -> dict:
         bank = load_bank(find_bank(art.root, o.bank), art)
     k = bank.k if o.k is None else int(o.k)
     if o.fused_head and o.backend != "tensorrt-native":  # once here, not raced by every actor
-        from ..runtime.fused import ensure_fused_onnx
+        from ..runtime.fused import ensure_fused_onnx, fused_consumer
 
-        ensure_fused_onnx(art, bank, o.precision, k)
+        ensure_fused_onnx(art, bank, o.precision, k, fused_consumer(o.backend))
     encoder = f"image_encoder.{o.precision}.onnx"
     return {"artifact_sha256": art.manifest["files"].get(encoder, {}).get("sha256"),
             "bank_sha256": bank.content_sha256,  # the bank version, as every row's ``bank_sha256``

@@ -41,14 +41,14 @@ def _head_io(size, dim: int, n_classes: int, k: int) -> tuple[list[str], list[st
 
 def _native_head(root, art, bank, opts, k: int, inputs, outputs) -> None:
     """coder_head on Triton's ONNX Runtime or TensorRT backend (the model file copied in)."""
-    from ..runtime.fused import ensure_fused_onnx
+    from ..runtime.fused import ensure_fused_onnx, fused_consumer
 
     gpu = opts.backend in ("cuda", "tensorrt")
     kind = "KIND_GPU" if gpu or opts.ensemble == "tensorrt" else "KIND_CPU"
     target = root / HEAD / "1"
     target.mkdir(parents=True, exist_ok=True)
     if opts.ensemble == "onnxruntime":
-        fused = ensure_fused_onnx(art, bank, opts.precision, k)
+        fused = ensure_fused_onnx(art, bank, opts.precision, k, fused_consumer(opts.backend))
         if isinstance(fused, bytes):
             atomic_write_bytes(target / "model.onnx", fused)
         else:

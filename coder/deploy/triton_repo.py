@@ -175,9 +175,9 @@ def write_repo(artifacts: str | os.PathLike, bank: str | None, out: str | os.Pat
     top_k, k = min(opts.top_k, n_classes), clamp_k(b.k, n_classes)
     final = _check_out(Path(out))
     if opts.ensemble != "tensorrt":  # fuse (or reuse) the encoder+head graph now: a missing precision fails here
-        from ..runtime.fused import ensure_fused_onnx
+        from ..runtime.fused import ensure_fused_onnx, fused_consumer
 
-        ensure_fused_onnx(art, b, opts.precision, k)
+        ensure_fused_onnx(art, b, opts.precision, k, fused_consumer(opts.backend))
     root = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     os.chmod(root, 0o755)  # mkdtemp makes it 0700; a repository is meant to be read by the server's user
     try:

@@ -350,7 +350,9 @@ def quantize_static_int8(src: Path, out: Path, opts: Int8Options, cfg: Preproces
         files = {c: out / v["file"] for c, v in CONSUMERS.items()}
         excluded, sensitivity = write_consumers(prepared, files, method, work / f"ranges.{method}.json", pixels,
                                                 probe, judge, opts.min_cosine, external, report)
-        folded = fold_matmul_bias(files["cpu"], external)  # measured below: the gate sees the file shipped
+        # Same integers and scales, only `+ bias` rounds differently: the exclusions found on the QDQ file hold,
+        # and the gate below is measured on the file shipped.
+        kernels = fold_matmul_bias(files["cpu"], external)
         openvino = quantize_openvino(src, out, pixels, probe, judge, opts.min_cosine, report)
     got = embed(files["cpu"], probe)
     consumers = {**CONSUMERS, **({"openvino": {"file": openvino["file"], **OPENVINO}} if openvino["file"] else {})}
@@ -359,7 +361,7 @@ def quantize_static_int8(src: Path, out: Path, opts: Int8Options, cfg: Preproces
         "files": {c: v["file"] for c, v in consumers.items()},
         "consumers": {v["file"]: {k: x for k, x in v.items() if k != "file"} for v in consumers.values()},
         "quantized_op_types": list(INT8_OPS),
-        "cpu_bias_folded": folded,
+        "cpu_matmul_kernels": kernels,  # weight MatMuls (+ bias) written as MatMulIntegerToFloat
         "calibration": {**calibration, "method": method, "methods_tried": scores},
         "excluded_nodes": list(excluded),
         "sensitivity": sensitivity,

@@ -21,11 +21,13 @@ file (OpenVINO's ONNX reader knows the op); TensorRT gets the plain QDQ file.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from .onnx_files import save_model, staged
 
 DOMAIN = "com.microsoft"
 KERNEL = "MatMulIntegerToFloat"
+FORM_VERSION = 1  # the CPU file's form; in the export's resume key, so an unfolded file is never resumed
 
 
 def fold_matmul_bias(path: Path, external: bool) -> int:
@@ -43,36 +45,49 @@ def fold_matmul_bias(path: Path, external: bool) -> int:
 def fold_model(model) -> int:
     """:func:`fold_matmul_bias` on a loaded ``ModelProto`` (modified in place)."""
     g = model.graph
+    replace, drop = _plan(g)
+    if not replace:
+        return 0
+    nodes = [replace.get(i, n) for i, n in enumerate(g.node) if i not in drop]
+    outputs = {o.name for o in g.output}
+    read = {x for n in nodes for x in n.input} | outputs
+    nodes = [n for n in nodes if n.op_type != "DequantizeLinear" or n.output[0] in read]  # now unread
+    del g.node[:]
+    g.node.extend(nodes)
+    known = read | {o for n in nodes for o in n.output}
+    kept = [v for v in g.value_info if v.name in known]  # shapes of the tensors that are gone go too
+    del g.value_info[:]
+    g.value_info.extend(kept)
+    if not any(o.domain == DOMAIN for o in model.opset_import):
+        import onnx
+
+        model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
+    return len(replace)
+
+
+def _plan(g) -> tuple[dict[int, Any], set[int]]:
+    """({node index: its MatMulIntegerToFloat}, {indices of the bias Adds it absorbs})."""
     inits = {t.name: t for t in g.initializer}
     producer = {o: n for n in g.node for o in n.output}
     users: dict[str, list] = {}
-    for n in g.node:
+    index = {}
+    for i, n in enumerate(g.node):
+        index[n.output[0] if n.output else ""] = i
         for x in n.input:
             users.setdefault(x, []).append(n)
     outputs = {o.name for o in g.output}
     replace, drop = {}, set()
-    for n in g.node:
+    for i, n in enumerate(g.node):
         pair = _dequantized_inputs(n, producer, inits)
         if pair is None:
             continue
         a, b = pair
         add, bias = _bias_add(n, users, inits, outputs, inits[b.input[0]].dims[1])
         inputs = [a.input[0], b.input[0], a.input[1], b.input[1], _opt(a, 2), _opt(b, 2)] + ([bias] if bias else [])
-        out = add.output[0] if add is not None else n.output[0]
-        replace[id(n)] = _node(KERNEL, inputs, out, n.name)
-        drop |= {id(add)} if add is not None else set()
-    if not replace:
-        return 0
-    nodes = [replace.get(id(n), n) for n in g.node if id(n) not in drop]
-    read = {x for n in nodes for x in n.input} | outputs
-    nodes = [n for n in nodes if n.op_type != "DequantizeLinear" or n.output[0] in read]  # now unread
-    del g.node[:]
-    g.node.extend(nodes)
-    if not any(o.domain == DOMAIN for o in model.opset_import):
-        import onnx
-
-        model.opset_import.append(onnx.helper.make_opsetid(DOMAIN, 1))
-    return len(replace)
+        replace[i] = _node(KERNEL, inputs, add.output[0] if add is not None else n.output[0], n.name)
+        if add is not None:
+            drop.add(index[add.output[0]])
+    return replace, drop
 
 
 def _dequantized_inputs(node, producer, inits):

@@ -26,6 +26,7 @@ from ..manifest import FORMAT, FORMAT_VERSION, PreprocessConfig, encoder_filenam
 from . import onnx_export, validate, workdir
 from . import int8_openvino
 from .int8 import CONSUMERS, Int8Options, quantize_static_int8
+from .int8_ort import FORM_VERSION as CPU_FORM
 from .registry import PretrainedSpec
 from .workdir import STATE_NAME
 
@@ -140,7 +141,7 @@ def int8_key(opts: ExportOptions, info: dict[str, Any]) -> dict[str, Any]:
     o = opts.int8_options
     _, record = calibration_pixels(o, PreprocessConfig.from_dict(info["preprocess"]))
     return {"calibration": record, "held_out": o.held_out, "methods": list(o.methods), "min_cosine": o.min_cosine,
-            "openvino_ir": int8_openvino.available() is None}
+            "openvino_ir": int8_openvino.available() is None, "cpu_form": CPU_FORM}
 
 
 def write_int8(opts: ExportOptions, state: dict[str, Any], info: dict[str, Any], ref: dict[str, Any] | None,

@@ -138,6 +138,17 @@ def _current(path: Path, key: dict) -> bool:
         return False
 
 
+def fused_consumer(backend: str) -> str:
+    """The int8 file a fused graph for ``backend`` is built from: the TensorRT (plain QDQ) one for the GPU
+    backends, else the CPU one, whose ``MatMulIntegerToFloat`` kernels only ONNX Runtime's CPU provider runs.
+
+    Example: ``fused_consumer("cuda") == "tensorrt"``, ``fused_consumer("cpu") == "cpu"``.
+    """
+    from .encoder import int8_consumer
+
+    return "tensorrt" if int8_consumer(backend) == "tensorrt" else "cpu"
+
+
 def ensure_fused_onnx(art: Artifact, bank, precision: str, k: int, consumer: str = "cpu") -> Path | bytes:
     """Path of the fused encoder+head ONNX for a TensorRT engine; written if missing or stale.
 
