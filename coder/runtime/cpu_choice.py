@@ -6,9 +6,10 @@ without. So ``auto`` measures, once per machine, artifact and precision, every i
 (:data:`CPU_ENGINES`: ONNX Runtime's CPU provider, OpenVINO on the CPU at the precision its gate
 allows) on the same input, in blocks: each engine idles ``coder.timing.SETTLE_S``, runs :data:`WARMUP`
 untimed then :data:`ROUNDS` timed batch-1 calls before the next engine starts, in :data:`BLOCKS` rounds
-(the second in reverse order), and keeps its best block median (:func:`coder.timing.blocks_ms`). Round-robin timing measured ONNX Runtime's threads, still
-spinning after its run, slowing OpenVINO's run right after it: on a 2-core CPU ``auto`` measured the
-OpenVINO bf16 encoder 1.2x faster than ONNX Runtime when it ran 2x faster alone. An engine must beat
+(the second in reverse order), and keeps its best block median (:func:`coder.timing.blocks_ms`).
+Round-robin timing measured ONNX Runtime's threads, still spinning after its run, slowing OpenVINO's
+run right after it: on a 2-core CPU ``auto`` measured the OpenVINO bf16 encoder 1.2x faster than
+ONNX Runtime when it ran 2x faster alone. An engine must beat
 ONNX Runtime by :data:`MARGIN` to displace it (noise on a loaded machine must not flip the choice run to run).
 ``$CODER_CPU_ENGINES`` (e.g. ``cpu`` or ``openvino``) limits the candidates: one left is used unmeasured.
 
