@@ -131,7 +131,7 @@ def test_measures_in_blocks_picks_the_faster_and_caches(art):
     files = list((art / CHOICE_DIR).glob("fp32-*.json"))
     assert len(files) == 1
     d = json.loads(files[0].read_text())
-    assert (d["format"], d["format_version"], d["choice"]["backend"]) == ("coder.cpu-engine-choice", 2, "openvino")
+    assert (d["format"], d["format_version"], d["choice"]["backend"]) == ("coder.cpu-engine-choice", 3, "openvino")
     assert d["key"]["cpu"]["cores"] >= 1 and d["key"]["precision"] == "fp32"
     # cached: a second load measures nothing, even with timings that would choose otherwise
     again = choose_cpu_engine(a, "fp32", None, _loader(opened), _timer({"cpu": 1.0, "openvino": 99.0}),

@@ -40,6 +40,37 @@ def test_f32_matches_onnx_runtime_fp32(art):
     assert np.allclose(enc.run(x[:1]), got[:1], atol=1e-5)  # batch-independent
 
 
+def test_bucket_is_the_next_power_of_two():
+    assert [ov.bucket(n) for n in (1, 2, 3, 4, 5, 8, 9, 64, 65)] == [1, 2, 4, 4, 8, 8, 16, 64, 128]
+
+
+def test_batches_run_on_static_compiles_and_an_image_does_not_depend_on_its_batch(art):
+    enc = ov.load_openvino(load_artifact(art).encoder("image", "fp32"), "openvino", "f32")
+    assert enc.batches == (1,)  # batch 1 is compiled at load
+    x = _x(art, 5)
+    got = enc.run(x)  # padded to 8 rows, 5 returned
+    assert got.shape[0] == 5 and enc.batches == (1, 8)
+    b, compiled = enc.compiled(5)
+    assert b == 8 and compiled.inputs[0].get_partial_shape().is_static
+    assert list(compiled.inputs[0].get_partial_shape())[0].get_length() == 8
+    alone = np.concatenate([enc.run(x[i:i + 1]) for i in range(5)])
+    assert np.abs(alone - got).max() <= 1e-5 and np.abs(enc.run(x[:3]) - got[:3]).max() <= 1e-5
+    assert enc.batches == (1, 8, 4)
+
+
+def test_a_model_with_another_dynamic_dimension_compiles_as_it_is():
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "t"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "t"])])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    enc = ov.load_openvino(model.SerializeToString(), "openvino", "f32")
+    x = np.array([[-1.0, 2.0, 3.0], [4.0, -5.0, 6.0], [1.0, 1.0, -1.0]], np.float32)
+    assert np.array_equal(enc.run(x), np.maximum(x, 0)) and enc.run(x[:, :2]).shape == (3, 2)
+    assert enc.batches == (None,)
+
+
 @pytest.mark.skipif(ov.reduced_hint("CPU") != "bf16", reason="this CPU has no BF16")
 def test_bf16_hint_is_reported_and_close(art):
     path = load_artifact(art).encoder("image", "fp32")
@@ -116,7 +147,7 @@ def test_reduced_hint_only_after_the_gate_and_the_verdict_is_cached(art, monkeyp
     files = list((art / "engines" / "openvino").glob("*/gate-bf16-*.json"))
     assert len(files) == 1
     d = __import__("json").loads(files[0].read_text())
-    assert d["format"] == "coder.openvino-precision-gate" and d["format_version"] == 1 and d["gate"]["passed"]
+    assert d["format"] == "coder.openvino-precision-gate" and d["format_version"] == 2 and d["gate"]["passed"]
     files[0].unlink()
     hint, verdict = choose_hint(a, "fp32", "openvino", gate=_counting_gate(False, calls))
     assert (hint, verdict.passed, calls) == ("f32", False, ["bf16", "bf16"])

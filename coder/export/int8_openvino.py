@@ -28,7 +28,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..engines.openvino import core
+from ..engines.openvino import OvEncoder, core
 from ..errors import ExportError, one_line
 from .onnx_files import staged
 
@@ -68,11 +68,10 @@ def quantize_model(src: Path, pixels: np.ndarray):
 
 
 def embed(model, pixels: np.ndarray, batch: int = 8) -> np.ndarray:
-    """Raw embeddings of ``pixels`` from an OpenVINO model on the CPU at the f32 hint (int8 layers stay int8)."""
-    compiled = core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-    req = compiled.create_infer_request()
-    return np.concatenate([np.array(req.infer({0: pixels[i:i + batch]})[compiled.outputs[0]])
-                           for i in range(0, len(pixels), batch)])
+    """Raw embeddings of ``pixels`` from an OpenVINO model on the CPU at the f32 hint (int8 layers stay int8),
+    compiled at static batch sizes as the runtime runs it (:class:`coder.engines.openvino.OvEncoder`)."""
+    enc = OvEncoder(Path(FILE), "openvino-int8", ["openvino:CPU"], model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    return np.concatenate([enc.run(pixels[i:i + batch]) for i in range(0, len(pixels), batch)])
 
 
 def save(model, out: Path) -> tuple[str, str]:
