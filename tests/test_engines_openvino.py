@@ -44,9 +44,10 @@ def test_bucket_is_the_next_power_of_two():
     assert [ov.bucket(n) for n in (1, 2, 3, 4, 5, 8, 9, 64, 65)] == [1, 2, 4, 4, 8, 8, 16, 64, 128]
 
 
-def test_batches_run_on_static_compiles_and_an_image_does_not_depend_on_its_batch(art):
-    enc = ov.load_openvino(load_artifact(art).encoder("image", "fp32"), "openvino", "f32")
-    assert enc.batches == (1,)  # batch 1 is compiled at load
+def test_int8_batches_run_on_static_compiles_and_an_image_does_not_depend_on_its_batch(art):
+    path = load_artifact(art).encoder("image", "fp32")
+    enc = ov.load_openvino(path, "openvino", "f32", int8=True)
+    assert enc.static and enc.batches == (1,)  # batch 1 is compiled at load
     x = _x(art, 5)
     got = enc.run(x)  # padded to 8 rows, 5 returned
     assert got.shape[0] == 5 and enc.batches == (1, 8)
@@ -56,6 +57,9 @@ def test_batches_run_on_static_compiles_and_an_image_does_not_depend_on_its_batc
     alone = np.concatenate([enc.run(x[i:i + 1]) for i in range(5)])
     assert np.abs(alone - got).max() <= 1e-5 and np.abs(enc.run(x[:3]) - got[:3]).max() <= 1e-5
     assert enc.batches == (1, 8, 4)
+    plain = ov.load_openvino(path, "openvino", "f32")  # other precisions: one dynamic-batch compile
+    assert not plain.static and plain.run(x).shape[0] == 5 and plain.batches == (None,)
+    assert np.abs(plain.run(x) - got).max() <= 1e-4 * max(1.0, float(np.abs(got).max()))
 
 
 def test_a_model_with_another_dynamic_dimension_compiles_as_it_is():
@@ -65,7 +69,7 @@ def test_a_model_with_another_dynamic_dimension_compiles_as_it_is():
                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", "t"])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", "t"])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    enc = ov.load_openvino(model.SerializeToString(), "openvino", "f32")
+    enc = ov.load_openvino(model.SerializeToString(), "openvino", "f32", int8=True)
     x = np.array([[-1.0, 2.0, 3.0], [4.0, -5.0, 6.0], [1.0, 1.0, -1.0]], np.float32)
     assert np.array_equal(enc.run(x), np.maximum(x, 0)) and enc.run(x[:, :2]).shape == (3, 2)
     assert enc.batches == (None,)

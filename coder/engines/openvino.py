@@ -134,6 +134,9 @@ def compile_cache_dir(path: Path, sha: str, device: str) -> Path | None:
     return writable_dir(path.parent / "engines" / PREFIX / key, user_cache_root() / PREFIX / key)
 
 
+UNKNOWN = object()
+
+
 def bucket(n: int) -> int:
     """The static batch size a batch of ``n`` runs at: the next power of two (``bucket(5) == 8``)."""
     return 1 << max(0, n - 1).bit_length()
@@ -157,11 +160,13 @@ def batch_dims(model) -> list[tuple[int, ...]] | None:
 class OvEncoder:
     """One model compiled by OpenVINO for one device; ``run`` takes and returns numpy.
 
-    A model whose only dynamic dimension is the batch is compiled at static batch sizes, one per
-    power of two that a call needs (:func:`bucket`), the rows padded by repeating the last one: on
-    the 2-core AVX-512 CPU, ViT-B/32's int8 IR ran 13.9 ms at a static batch 1 and 16.2 ms at a
-    dynamic one (README "OpenVINO"). Every batch size runs through a static compile, so an image's
-    result does not depend on its batch. Thread-safe: each thread has its own infer requests.
+    With ``static`` (int8 models), a model whose only dynamic dimension is the batch is compiled at
+    static batch sizes, one per power of two that a call needs (:func:`bucket`), the rows padded by
+    repeating the last one. On the 2-core AVX-512 CPU ViT-B/32's int8 IR ran 13.9 ms at a static batch
+    1 vs 16.2 ms at a dynamic one, for +0.23 GB per size; the fp32 file at bf16 gained 1-4 % for
+    +0.70 GB, so it stays dynamic (README "OpenVINO"). Every batch size of a static encoder runs a
+    static compile (static and dynamic int8 results differ by up to 0.04), so an image's result does
+    not depend on its batch. Thread-safe: each thread has its own infer requests.
     """
 
     path: Path
@@ -172,8 +177,9 @@ class OvEncoder:
     config: dict = field(default_factory=dict, repr=False)
     precision_hint: str = "f32"
     cache_dir: Path | None = None
+    static: bool = False  # compile at static batch sizes (if only the batch is dynamic)
     _compiled: dict = field(default_factory=dict, repr=False)  # static batch (None: as read) -> CompiledModel
-    _static: bool = field(default=False, repr=False)
+    _dims: object = field(default=UNKNOWN, repr=False)  # batch_dims of the model, once read
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
     _local: threading.local = field(default_factory=threading.local, repr=False)
 
@@ -183,7 +189,8 @@ class OvEncoder:
         return tuple(self._compiled)
 
     def _read(self):
-        """A fresh ``openvino.Model`` (read again per compile: a read ONNX model holds its weights in memory)."""
+        """A fresh ``openvino.Model`` per compile: kept, a read model's constants stay in memory beside
+        compiled models loaded from ``CACHE_DIR`` (ViT-B/32 fp32 at bf16: +0.34 GB)."""
         src = self.source
         return core().read_model(src) if isinstance(src, (str, bytes)) else src.clone()
 
@@ -191,14 +198,15 @@ class OvEncoder:
         """``(static batch or None, compiled model)`` that a batch of ``n`` runs on, compiled on first use."""
         with self._lock:
             model = None
-            if not self._compiled:  # the first compile learns whether the batch can be made static
-                model = self._read()
-                self._static = batch_dims(model) is not None
-            b = bucket(n) if self._static else None
+            if self._dims is UNKNOWN:  # the first compile learns whether the batch can be made static
+                model = self._read() if self.static else None
+                self._dims = batch_dims(model) if self.static else None
+            b = None if self._dims is None else bucket(n)
             if b not in self._compiled:
-                model = self._read() if model is None else model
+                if model is None:  # a path compiles directly: a CACHE_DIR hit then never reads the file
+                    model = self.source if b is None and isinstance(self.source, str) else self._read()
                 if b is not None:
-                    model.reshape({inp: [b, *d] for inp, d in zip(model.inputs, batch_dims(model))})
+                    model.reshape({inp: [b, *d] for inp, d in zip(model.inputs, self._dims)})
                 self._compiled[b] = core().compile_model(model, self.device, self.config)
             return b, self._compiled[b]
 
@@ -232,9 +240,9 @@ def load_openvino(path: str | os.PathLike | bytes, backend: str = PREFIX, hint: 
 
     ``backend`` reads e.g. ``openvino-bf16``: the precision the compiled model reports, or ``openvino-int8``
     for a quantized model (``int8``: its quantized layers run int8, the rest at ``hint``); ``hint=None``
-    leaves OpenVINO's default. Batch 1 is compiled here; other batch sizes on first use
-    (:class:`OvEncoder`). Raises BackendError if OpenVINO is missing, the device is not there, or the
-    model does not compile.
+    leaves OpenVINO's default. The model is compiled here (an int8 one at batch 1, other batch sizes on
+    first use: :class:`OvEncoder`). Raises BackendError if OpenVINO is missing, the device is not there,
+    or the model does not compile.
     """
     dev = device_of(backend)
     if hint is not None and hint not in HINTS:
@@ -255,7 +263,7 @@ def load_openvino(path: str | os.PathLike | bytes, backend: str = PREFIX, hint: 
     name = "<in-memory model>" if isinstance(path, bytes) else path.name
     try:
         enc = OvEncoder(Path(name) if isinstance(path, bytes) else path, "", [f"{PREFIX}:{dev}"],
-                        path if isinstance(path, bytes) else str(path), dev, config, cache_dir=cache)
+                        path if isinstance(path, bytes) else str(path), dev, config, cache_dir=cache, static=int8)
         ran = enc.compiled(1)[1].get_property("INFERENCE_PRECISION_HINT")
     except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own
         raise BackendError(f"backend {backend!r} could not load {name}: {one_line(e, 200)}") from None

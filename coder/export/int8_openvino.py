@@ -70,7 +70,8 @@ def quantize_model(src: Path, pixels: np.ndarray):
 def embed(model, pixels: np.ndarray, batch: int = 8) -> np.ndarray:
     """Raw embeddings of ``pixels`` from an OpenVINO model on the CPU at the f32 hint (int8 layers stay int8),
     compiled at static batch sizes as the runtime runs it (:class:`coder.engines.openvino.OvEncoder`)."""
-    enc = OvEncoder(Path(FILE), "openvino-int8", ["openvino:CPU"], model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    enc = OvEncoder(Path(FILE), "openvino-int8", ["openvino:CPU"], model, "CPU", {"INFERENCE_PRECISION_HINT": "f32"},
+                    static=True)
     return np.concatenate([enc.run(pixels[i:i + batch]) for i in range(0, len(pixels), batch)])
 
 
