@@ -6,7 +6,8 @@
 Engines: ONNX Runtime fp32 (the reference), ONNX Runtime int8 and OpenVINO int8 (its NNCF IR at the hint
 its gate allows, what ``--backend openvino --precision int8`` runs; if the artifact has int8 files),
 OpenVINO at the f32 hint, OpenVINO at its reduced hint (bf16 on a CPU with BF16) and OpenVINO's
-default (no hint: what a plain ``compile_model`` runs). Each engine is timed in blocks of ``--rounds``
+default (no precision hint: what OpenVINO picks by itself, with the latency hint and compile cache
+coder always sets). Each engine is timed in blocks of ``--rounds``
 calls, in ``--blocks`` rounds per batch size (:func:`coder.timing.rounds_ms`: round-robin timing measured
 ONNX Runtime's spinning threads slowing whichever engine ran next). ``ms`` is an engine's best block
 median; its ratio to ONNX Runtime fp32 is the median over rounds of the ratio of two blocks of the same

@@ -6,6 +6,8 @@ Messages are one line and name the fix where there is one.
 
 from __future__ import annotations
 
+import re
+
 
 class CoderError(Exception):
     """Base of every expected failure (never shown with a traceback)."""
@@ -92,13 +94,19 @@ def exit_code_for(exc: CoderError) -> int:
     return next(code for cls, code, _ in EXIT_CODES if isinstance(exc, cls))
 
 
+OPENVINO_FRAME = re.compile(r"^Exception from \S+:\d+:$")  # where OpenVINO raised, not why
+
+
 def one_line(exc: BaseException, limit: int = 240) -> str:
     """The first non-empty line of an exception's message (at most ``limit`` characters), or its type name.
+    OpenVINO's leading ``Exception from <source file>:<line>:`` lines are skipped: the reason follows them.
 
     >>> one_line(OSError("disk full\\nmore detail"))
     'disk full'
+    >>> one_line(RuntimeError("Exception from src/inference/src/cpp/core.cpp:84:\\nUnable to read the model"))
+    'Unable to read the model'
     """
     for line in str(exc).splitlines():
-        if line.strip():
+        if line.strip() and not OPENVINO_FRAME.match(line.strip()):
             return line.strip()[:limit]
     return type(exc).__name__

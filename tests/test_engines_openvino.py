@@ -40,8 +40,28 @@ def test_f32_matches_onnx_runtime_fp32(art):
     assert np.allclose(enc.run(x[:1]), got[:1], atol=1e-5)  # batch-independent
 
 
-def test_bucket_is_the_next_power_of_two():
-    assert [ov.bucket(n) for n in (1, 2, 3, 4, 5, 8, 9, 64, 65)] == [1, 2, 4, 4, 8, 8, 16, 64, 128]
+def test_bucket_is_the_next_power_of_two_capped_at_the_max_batch():
+    assert [ov.bucket(n) for n in (0, 1, 2, 3, 4, 5, 8, 9, 64, 65)] == [1, 1, 2, 4, 4, 8, 8, 16, 64, 128]
+    assert [ov.bucket(n, 48) for n in (1, 20, 33, 48, 49)] == [1, 32, 48, 48, 64]
+
+
+def test_an_int8_encoder_takes_an_empty_batch_and_names_a_failed_compile(art, monkeypatch):
+    enc = ov.load_openvino(load_artifact(art).encoder("image", "fp32"), "openvino", "f32", int8=True)
+    x = _x(art, 3)
+    assert enc.run(x[:0]).shape == (0, enc.run(x[:1]).shape[1])
+
+    class NoMemory:  # OpenVINO's own core, except that compiling fails
+        def __getattr__(self, name):
+            return getattr(real, name)
+
+        def compile_model(self, *a, **k):
+            raise RuntimeError("Exception from src/inference/src/cpp/core.cpp:117:\nout of memory")
+
+    real = ov.core()
+    monkeypatch.setattr(ov, "core", lambda: NoMemory())
+    with pytest.raises(BackendError, match=r"could not compile image_encoder.fp32.onnx at batch 4 for CPU: .*out of memory"):
+        enc.run(x)
+    assert enc.run(x[:1]).shape[0] == 1  # what was compiled still runs
 
 
 def test_int8_batches_run_on_static_compiles_and_an_image_does_not_depend_on_its_batch(art):
@@ -62,6 +82,16 @@ def test_int8_batches_run_on_static_compiles_and_an_image_does_not_depend_on_its
     assert np.abs(plain.run(x) - got).max() <= 1e-4 * max(1.0, float(np.abs(got).max()))
 
 
+def test_a_load_error_names_openvinos_reason_not_where_it_raised(tmp_path):
+    bad = tmp_path / "image_encoder.fp32.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(BackendError) as e:  # OpenVINO's message starts with "Exception from src/...cpp:NN:"
+        ov.load_openvino(bad, "openvino", "f32")
+    assert str(e.value).startswith("backend 'openvino': OpenVINO could not compile image_encoder.fp32.onnx for CPU: ")
+    assert "Exception from" not in str(e.value)
+    assert "\n" not in str(e.value)
+
+
 def test_a_model_with_another_dynamic_dimension_compiles_as_it_is():
     from onnx import TensorProto, helper
 
@@ -73,6 +103,12 @@ def test_a_model_with_another_dynamic_dimension_compiles_as_it_is():
     x = np.array([[-1.0, 2.0, 3.0], [4.0, -5.0, 6.0], [1.0, 1.0, -1.0]], np.float32)
     assert np.array_equal(enc.run(x), np.maximum(x, 0)) and enc.run(x[:, :2]).shape == (3, 2)
     assert enc.batches == (None,)
+    summed = helper.make_graph([helper.make_node("ReduceSum", ["x"], ["y"], keepdims=0)], "g",  # no batch out
+                               [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 3])],
+                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, [])])
+    enc = ov.load_openvino(helper.make_model(summed, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(),
+                           "openvino", "f32", int8=True)
+    assert np.isclose(float(enc.run(x)), float(x.sum())) and enc.batches == (None,)
 
 
 @pytest.mark.skipif(ov.reduced_hint("CPU") != "bf16", reason="this CPU has no BF16")

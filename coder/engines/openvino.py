@@ -137,14 +137,20 @@ def compile_cache_dir(path: Path, sha: str, device: str) -> Path | None:
 UNKNOWN = object()
 
 
-def bucket(n: int) -> int:
-    """The static batch size a batch of ``n`` runs at: the next power of two (``bucket(5) == 8``)."""
-    return 1 << max(0, n - 1).bit_length()
+def bucket(n: int, max_batch: int | None = None) -> int:
+    """The static batch size a batch of ``n`` runs at: the next power of two, at most ``max_batch`` (the
+    export's, so that full batches are never padded): ``bucket(5) == 8``, ``bucket(48, 48) == 48``."""
+    b = 1 << max(0, n - 1).bit_length()
+    return b if max_batch is None or n > max_batch else min(b, max_batch)
 
 
 def batch_dims(model) -> list[tuple[int, ...]] | None:
     """Each input's shape after its batch dimension, if every input has a dynamic batch (dim 0) and no
-    other dynamic dimension; else None (the model then compiles once, as it is)."""
+    other dynamic dimension, and every output a dynamic dim 0 (so its rows can be sliced back); else
+    None (the model then compiles once, as it is)."""
+    if any(o.get_partial_shape().rank.is_dynamic or len(o.get_partial_shape()) == 0
+           or o.get_partial_shape()[0].is_static for o in model.outputs):
+        return None
     rest = []
     for inp in model.inputs:
         shape = inp.get_partial_shape()
@@ -178,6 +184,7 @@ class OvEncoder:
     precision_hint: str = "f32"
     cache_dir: Path | None = None
     static: bool = False  # compile at static batch sizes (if only the batch is dynamic)
+    max_batch: int | None = None  # the largest static size (the export's max batch); larger batches: bucket(n)
     _compiled: dict = field(default_factory=dict, repr=False)  # static batch (None: as read) -> CompiledModel
     _dims: object = field(default=UNKNOWN, repr=False)  # batch_dims of the model, once read
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -195,19 +202,29 @@ class OvEncoder:
         return core().read_model(src) if isinstance(src, (str, bytes)) else src.clone()
 
     def compiled(self, n: int = 1):
-        """``(static batch or None, compiled model)`` that a batch of ``n`` runs on, compiled on first use."""
+        """``(static batch or None, compiled model)`` that a batch of ``n`` runs on, compiled on first use
+        (BackendError if OpenVINO cannot compile it, e.g. out of memory)."""
+        if self._dims is not UNKNOWN:  # the common case: compiled before, no lock
+            b = None if self._dims is None else bucket(n, self.max_batch)
+            if b in self._compiled:
+                return b, self._compiled[b]
         with self._lock:
             model = None
             if self._dims is UNKNOWN:  # the first compile learns whether the batch can be made static
                 model = self._read() if self.static else None
                 self._dims = batch_dims(model) if self.static else None
-            b = None if self._dims is None else bucket(n)
+            b = None if self._dims is None else bucket(n, self.max_batch)
             if b not in self._compiled:
                 if model is None:  # a path compiles directly: a CACHE_DIR hit then never reads the file
                     model = self.source if b is None and isinstance(self.source, str) else self._read()
                 if b is not None:
                     model.reshape({inp: [b, *d] for inp, d in zip(model.inputs, self._dims)})
-                self._compiled[b] = core().compile_model(model, self.device, self.config)
+                try:
+                    self._compiled[b] = core().compile_model(model, self.device, self.config)
+                except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own
+                    at = "" if b is None else f" at batch {b}"
+                    raise BackendError(f"OpenVINO could not compile {self.path.name}{at} for {self.device}: "
+                                       f"{one_line(e, 200)}") from None  # e.g. out of memory
             return b, self._compiled[b]
 
     def _request(self, b, compiled):
@@ -224,10 +241,12 @@ class OvEncoder:
     def run_all(self, x: np.ndarray) -> list[np.ndarray]:
         n = len(x)
         b, compiled = self.compiled(n)
-        if b is not None and b > n:
-            x = np.concatenate([x, np.repeat(x[-1:], b - n, axis=0)])
+        if b is not None and b > n:  # pad with the last row (zeros for an empty batch); sliced back below
+            last = x[-1:] if n else np.zeros((1, *x.shape[1:]), x.dtype)
+            x = np.concatenate([x, np.repeat(last, b - n, axis=0)])
         res = self._request(b, compiled).infer({0: np.ascontiguousarray(x)})
-        return [np.array(res[o][:n]) for o in compiled.outputs]  # copies: the request reuses its buffers
+        out = [np.array(res[o]) for o in compiled.outputs]  # copies: the request reuses its buffers
+        return out if b is None or b == n else [a[:n] for a in out]
 
     def run(self, x: np.ndarray) -> np.ndarray:
         """The first output (the embedding)."""
@@ -235,13 +254,14 @@ class OvEncoder:
 
 
 def load_openvino(path: str | os.PathLike | bytes, backend: str = PREFIX, hint: str | None = "f32",
-                  threads: int | None = None, model_sha256: str | None = None, int8: bool = False) -> OvEncoder:
+                  threads: int | None = None, model_sha256: str | None = None, int8: bool = False,
+                  max_batch: int | None = None) -> OvEncoder:
     """Compile ``path`` (ONNX or OpenVINO IR ``.xml``, or serialized ONNX bytes) for ``backend``'s device at ``hint``.
 
     ``backend`` reads e.g. ``openvino-bf16``: the precision the compiled model reports, or ``openvino-int8``
     for a quantized model (``int8``: its quantized layers run int8, the rest at ``hint``); ``hint=None``
-    leaves OpenVINO's default. The model is compiled here (an int8 one at batch 1, other batch sizes on
-    first use: :class:`OvEncoder`). Raises BackendError if OpenVINO is missing, the device is not there,
+    leaves OpenVINO's default. The model is compiled here (an int8 one at batch 1, other batch sizes, up
+    to ``max_batch``, on first use: :class:`OvEncoder`). Raises BackendError if OpenVINO is missing, the device is not there,
     or the model does not compile.
     """
     dev = device_of(backend)
@@ -263,9 +283,12 @@ def load_openvino(path: str | os.PathLike | bytes, backend: str = PREFIX, hint: 
     name = "<in-memory model>" if isinstance(path, bytes) else path.name
     try:
         enc = OvEncoder(Path(name) if isinstance(path, bytes) else path, "", [f"{PREFIX}:{dev}"],
-                        path if isinstance(path, bytes) else str(path), dev, config, cache_dir=cache, static=int8)
+                        path if isinstance(path, bytes) else str(path), dev, config, cache_dir=cache, static=int8,
+                        max_batch=max_batch)
         ran = enc.compiled(1)[1].get_property("INFERENCE_PRECISION_HINT")
-    except Exception as e:  # OpenVINO raises RuntimeError subclasses of its own
+    except BackendError as e:  # the compile failed: the message names the file, batch and device
+        raise BackendError(f"backend {backend!r}: {e}") from None
+    except Exception as e:  # reading the model failed: OpenVINO raises RuntimeError subclasses of its own
         raise BackendError(f"backend {backend!r} could not load {name}: {one_line(e, 200)}") from None
     enc.precision_hint = ran.get_type_name() if hasattr(ran, "get_type_name") else str(ran)
     label = PREFIX if dev == "CPU" else f"{PREFIX}:{dev}"

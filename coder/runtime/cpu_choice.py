@@ -43,7 +43,7 @@ from ..timing import blocks_ms, time_call
 from .openvino_precision import cpu_identity, key_hash
 
 CHOICE_FORMAT = "coder.cpu-engine-choice"
-CHOICE_VERSION = 3  # 3: OpenVINO at static batch sizes; 2: in blocks; 1: round-robin (biased)
+CHOICE_VERSION = 3  # 3: OpenVINO int8 at static batch sizes; 2: in blocks; 1: round-robin (biased)
 CHOICE_DIR = ".coder-cpu-choice"
 CPU_ENGINES = ("cpu", "openvino")  # ONNX Runtime CPU provider first: it keeps ties
 MODULES = {"cpu": ("onnxruntime", ("onnxruntime", "onnxruntime-gpu")), "openvino": ("openvino", ("openvino",))}
@@ -194,7 +194,7 @@ def _save(p: Path, key: dict, c: CpuChoice) -> None:
 def cached_choices(art: Artifact) -> list[dict]:
     """Every choice cached in ``art`` (for ``coder doctor``): ``[{"precision", "cpu", "choice", "measured_at"}]``.
     Files of another format version are left out: ``auto`` never reads them (older versions timed
-    OpenVINO at a dynamic batch, or round-robin)."""
+    OpenVINO int8 at a dynamic batch, or round-robin)."""
     out = []
     for p in sorted((art.root / CHOICE_DIR).glob("*.json")):
         try:

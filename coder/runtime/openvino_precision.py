@@ -36,7 +36,7 @@ from ..manifest import Artifact
 from ..store import cached, read_json
 
 GATE_FORMAT = "coder.openvino-precision-gate"
-GATE_VERSION = 2  # 2: measured on static-batch compiles (what the runtime now runs)
+GATE_VERSION = 2  # 2: an int8 IR measured at static batch sizes, as the runtime now runs it
 MIN_COSINE = 0.999  # the fp16 export gate (coder/export/validate.py)
 GATE_SCENES = 16
 GATED = ("fp32", "int8")  # precisions whose file may run at the reduced hint (fp16 weights are already reduced)
@@ -126,7 +126,8 @@ def run_gate(art: Artifact, path: Path, hint: str, device: str, threads: int | N
     max_batch = int(art.manifest["exporter"]["max_batch"])
     pixels = reference_pixels(art, GATE_SCENES)
     int8 = "int8" in art.variants("image") and path.name == art.encoder_name("image", "int8", "openvino")
-    ref, got = (_embed(ov.load_openvino(path, backend, h, threads, sha, int8=int8), pixels, max_batch)
+    ref, got = (_embed(ov.load_openvino(path, backend, h, threads, sha, int8=int8, max_batch=max_batch), pixels,
+                       max_batch)
                 for h in ("f32", hint))  # as the runtime compiles it (int8: at static batch sizes)
     text = _class_embeddings(art, threads)
     cos = np.sum(ref * got, axis=1)
@@ -164,7 +165,8 @@ def load_openvino_encoder(art: Artifact, precision: str, backend: str, threads: 
         raise BackendError(ov.NO_OV)
     path = art.encoder("image", precision, "openvino")
     hint, _ = choose_hint(art, precision, backend, threads, gate)
-    return ov.load_openvino(path, backend, hint, threads, model_sha256(art, path.name), int8=precision == "int8")
+    return ov.load_openvino(path, backend, hint, threads, model_sha256(art, path.name), int8=precision == "int8",
+                            max_batch=int(art.manifest["exporter"]["max_batch"]))
 
 
 def model_sha256(art: Artifact, name: str) -> str:
