@@ -1,7 +1,7 @@
 """CPU engines side by side on one image encoder, in one run, each timed in blocks.
 
     python benchmarks/bench_cpu_engines.py --artifacts coder-artifacts/ViT-B-32__none \
-        [--rounds 10] [--blocks 6] [--json]
+        [--rounds 10] [--blocks 6] [--only "OpenVINO int8,ORT int8"] [--json]
 
 Engines: ONNX Runtime fp32 (the reference), ONNX Runtime int8 and OpenVINO int8 (its NNCF IR at the hint
 its gate allows, what ``--backend openvino --precision int8`` runs; if the artifact has int8 files),
@@ -14,8 +14,9 @@ median; its ratio to ONNX Runtime fp32 is the median over rounds of the ratio of
 round (quartiles in ``--json``), which share the VM's phase. ``cosine`` is each engine's minimum
 per-image cosine to ONNX Runtime fp32 on the 16 validation
 scenes; ``batch_dependent`` is the largest change of an image's embedding between batch 1 and batch 8.
-With a bank, the CODER head graph after the
+With a bank (and no ``--only``), the CODER head graph after the
 OpenVINO encoder is timed on ONNX Runtime (one thread, what coder runs) and on OpenVINO f32.
+``--only`` keeps ONNX Runtime fp32 and the named engines, so more rounds fit in the same time.
 Also reports the choice ``--backend auto`` makes here (measured if not cached).
 """
 
@@ -105,21 +106,28 @@ def _head_rows(art, engines: dict, xs: dict, rounds: int, blocks: int) -> list[d
     return [{"head": h, "batch": b, "ms": t[b][h].best_ms} for h in heads for b in xs]
 
 
-def run(artifacts: str, rounds: int, blocks: int) -> dict:
+def _select(engines: dict, only: str) -> dict:
+    """``--only "OpenVINO int8"``: ONNX Runtime fp32 (the reference) and the engines whose name contains one
+    of the comma-separated words; every engine when empty. Fewer engines, more rounds in the same time."""
+    words = [w.strip() for w in only.split(",") if w.strip()]
+    return {n: e for n, e in engines.items() if not words or n == "ORT fp32" or any(w in n for w in words)}
+
+
+def run(artifacts: str, rounds: int, blocks: int, only: str) -> dict:
     from coder.engines import openvino as ov
     from coder.manifest import load_artifact
     from coder.runtime.engine_build import reference_pixels
     from coder.vectors import l2_normalize
 
     art = load_artifact(artifacts)
-    engines = _engines(art)
+    engines = _select(_engines(art), only)
     pixels = reference_pixels(art, 16)
     ref = l2_normalize(np.concatenate([engines["ORT fp32"].run(pixels[i:i + 8]) for i in range(0, 16, 8)]))
     quality = _cosines(engines, pixels, ref)
     size = art.preprocess.size
     xs = {b: np.random.default_rng(b).standard_normal((b, 3, *size)).astype(np.float32) for b in (1, 8)}
     ms = _timed(engines, xs, rounds, blocks)
-    heads = _head_rows(art, engines, xs, rounds, blocks)
+    heads = [] if only else _head_rows(art, engines, xs, rounds, blocks)
     peak = matmul_peak_gflops()  # last: BLAS threads spin after a GEMM
     rows = [{"engine": n, "backend": e.backend, **quality[n],
              **{f"b{b}_ms": ms[b][n].best_ms for b in xs}, **_ratios(ms, n)} for n, e in engines.items()]
@@ -129,7 +137,7 @@ def run(artifacts: str, rounds: int, blocks: int) -> dict:
 
     choice = choose_cpu_engine(art, "fp32", None, lambda e: ImageEncoder.load(artifacts, "fp32", e))
     return {"architecture": art.architecture, "openvino": ov.version(), "rounds": rounds,
-            "blocks": blocks, "cpu": cpu_identity(),
+            "blocks": blocks, "only": only, "cpu": cpu_identity(),
             "matmul_peak_gflops": peak, "rows": rows, "heads": heads, "auto": choice.describe()}
 
 
@@ -148,4 +156,4 @@ def render(res: dict) -> None:
 
 
 if __name__ == "__main__":
-    script(__doc__, run, render, rounds=10, blocks=6)
+    script(__doc__, run, render, rounds=10, blocks=6, only="")

@@ -64,3 +64,21 @@ def test_int8_benchmark_runs(tiny_artifact):
     assert out["blocks"] == 2 and out["fp32_matmul_peak_gflops"] > 0
     assert all(r["pct_of_peak"] > 0 for r in out["rows"])
     assert rows["fp32", 1]["speedup_vs_fp32"] == 1.0 and rows["fp32", 1]["speedup_quartiles"] == [1.0, 1.0]
+
+
+def test_cpu_engines_benchmark_runs_the_named_engines_against_onnx_runtime_fp32(tiny_artifact, private_copy):
+    """--only keeps ORT fp32 and OpenVINO int8; the int8 row is batch-independent (static batch sizes)."""
+    import json
+
+    pytest.importorskip("openvino")
+    art = private_copy(tiny_artifact, "engines", ".coder-cpu-choice")  # the run caches gates and a choice
+    script = next(p for p in SCRIPTS if p.name == "bench_cpu_engines.py")
+    res = subprocess.run([sys.executable, str(script), "--artifacts", str(art), "--rounds", "2", "--blocks", "2",
+                          "--only", "OpenVINO int8", "--json"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    out = json.loads(res.stdout)
+    rows = {r["engine"]: r for r in out["rows"]}
+    int8 = [n for n in rows if n.startswith("OpenVINO int8")]
+    assert set(rows) == {"ORT fp32", *int8} and len(int8) >= 1 and out["heads"] == []
+    assert all(rows[n]["backend"] == "openvino-int8" and rows[n]["batch_dependent"] <= 1e-5 for n in int8)
+    assert rows["ORT fp32"]["b1_vs_ort_fp32"] == 1.0 and all(rows[n]["b8_ms"] > 0 for n in int8)
