@@ -239,10 +239,9 @@ def _openvino_encoder(art, precision: str, backend: str, hint: str):
     from .runtime.openvino_precision import model_sha256
 
     path = art.encoder("image", precision, "openvino")  # int8: the NNCF IR where the export wrote one
-    max_batch = int(art.manifest["exporter"]["max_batch"])
     engine = load_openvino(path, backend, hint, None, model_sha256(art, path.name), int8=precision == "int8",
-                           max_batch=max_batch)
-    return ImageEncoder(art, engine, precision, max_batch)
+                           max_batch=art.max_batch)
+    return ImageEncoder(art, engine, precision, art.max_batch)
 
 
 def _bank_or_none(art, name: str | None = None):

@@ -109,6 +109,11 @@ class Artifact:
         return int(self.manifest["embed_dim"])
 
     @property
+    def max_batch(self) -> int:
+        """The largest batch the exported encoders were validated at (``coder export --max-batch``)."""
+        return int(self.manifest["exporter"]["max_batch"])
+
+    @property
     def preprocess(self) -> PreprocessConfig:
         return PreprocessConfig.from_dict(self.manifest["preprocess"])
 

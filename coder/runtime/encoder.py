@@ -26,7 +26,7 @@ from .preprocess import preprocess_batch
 
 def trt_profile(art: Artifact) -> TrtProfile:
     """The artifact's batch range (1 .. exported max_batch, tuned for 8) for ONNX Runtime's TensorRT provider."""
-    hi = int(art.manifest["exporter"]["max_batch"])
+    hi = art.max_batch
     name = art.manifest.get("io", {}).get("image", ["pixel_values"])[0]
     return TrtProfile(name, (3, *art.preprocess.size), 1, min(8, hi), hi)
 
@@ -71,10 +71,10 @@ class ImageEncoder:
             from .openvino_precision import load_openvino_encoder
 
             engine = load_openvino_encoder(art, precision, backend, threads)
-            return cls(art, engine, precision, int(art.manifest["exporter"]["max_batch"]))
+            return cls(art, engine, precision, art.max_batch)
         engine = load_ort(name, backend, precision, allow_fallback, threads, trt_profile(art),
                           art.manifest["files"][name.name]["sha256"])
-        return cls(art, engine, precision, int(art.manifest["exporter"]["max_batch"]))
+        return cls(art, engine, precision, art.max_batch)
 
     @classmethod
     def load_fused(cls, artifact_dir: str | os.PathLike, bank, k: int, precision: str = "fp32",
@@ -125,7 +125,7 @@ class ImageEncoder:
 
             build_image_engine(art.root, options_from_key(path, precision), engine_dir, fused_bank, head_k)
             engine = load_engine_trt(path, onnx, precision)
-        max_batch = min(int(art.manifest["exporter"]["max_batch"]), engine.max_batch)
+        max_batch = min(art.max_batch, engine.max_batch)
         return cls(art, engine, precision, max_batch, head_k=head_k)
 
     def with_head(self, bank, k: int) -> "ImageEncoder":

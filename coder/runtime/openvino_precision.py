@@ -123,7 +123,7 @@ def run_gate(art: Artifact, path: Path, hint: str, device: str, threads: int | N
 
     sha = model_sha256(art, path.name)
     backend = ov.PREFIX if device == "CPU" else f"{ov.PREFIX}:{device}"
-    max_batch = int(art.manifest["exporter"]["max_batch"])
+    max_batch = art.max_batch
     pixels = reference_pixels(art, GATE_SCENES)
     int8 = "int8" in art.variants("image") and path.name == art.encoder_name("image", "int8", "openvino")
     ref, got = (_embed(ov.load_openvino(path, backend, h, threads, sha, int8=int8, max_batch=max_batch), pixels,
@@ -166,7 +166,7 @@ def load_openvino_encoder(art: Artifact, precision: str, backend: str, threads: 
     path = art.encoder("image", precision, "openvino")
     hint, _ = choose_hint(art, precision, backend, threads, gate)
     return ov.load_openvino(path, backend, hint, threads, model_sha256(art, path.name), int8=precision == "int8",
-                            max_batch=int(art.manifest["exporter"]["max_batch"]))
+                            max_batch=art.max_batch)
 
 
 def model_sha256(art: Artifact, name: str) -> str:
