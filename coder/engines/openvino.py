@@ -145,21 +145,16 @@ def bucket(n: int, max_batch: int | None = None) -> int:
 
 
 def batch_dims(model) -> list[tuple[int, ...]] | None:
-    """Each input's shape after its batch dimension, if every input has a dynamic batch (dim 0) and no
-    other dynamic dimension, and every output a dynamic dim 0 (so its rows can be sliced back); else
-    None (the model then compiles once, as it is)."""
-    if any(o.get_partial_shape().rank.is_dynamic or len(o.get_partial_shape()) == 0
-           or o.get_partial_shape()[0].is_static for o in model.outputs):
+    """Each input's shape after its batch dimension, if every input and output has a dynamic batch (dim 0:
+    outputs' rows are sliced back) and no input another dynamic dimension; else None (the model then
+    compiles once, as it is)."""
+    shapes = [p.get_partial_shape() for p in (*model.inputs, *model.outputs)]
+    if not all(s.rank.is_static and len(s) > 0 and s[0].is_dynamic for s in shapes):
         return None
-    rest = []
-    for inp in model.inputs:
-        shape = inp.get_partial_shape()
-        if shape.rank.is_dynamic or len(shape) == 0 or shape[0].is_static:
-            return None
-        if any(d.is_dynamic for d in list(shape)[1:]):
-            return None
-        rest.append(tuple(d.get_length() for d in list(shape)[1:]))
-    return rest
+    rest = [list(p.get_partial_shape())[1:] for p in model.inputs]
+    if any(d.is_dynamic for dims in rest for d in dims):
+        return None
+    return [tuple(d.get_length() for d in dims) for dims in rest]
 
 
 @dataclass
@@ -211,7 +206,8 @@ class OvEncoder:
         with self._lock:
             model = None
             if self._dims is UNKNOWN:  # the first compile learns whether the batch can be made static
-                model = self._read() if self.static else None
+                if self.static:
+                    model = self._read()
                 self._dims = batch_dims(model) if self.static else None
             b = None if self._dims is None else bucket(n, self.max_batch)
             if b not in self._compiled:
