@@ -138,11 +138,14 @@ def test_export_prints_the_int8_report():
 
 def _float_consumers(path: Path, names) -> bool:
     """No DequantizeLinear feeds the data or weight input of ``names`` (a random-init tower's zero bias is
-    one tensor shared with quantized nodes and LayerNorms, so biases are not checked)."""
+    one tensor shared with quantized nodes and LayerNorms, so biases are not checked). In the CPU file an
+    attention score/value MatMul may be inside a QAttention instead, which computes attention in float."""
     m = onnx.load(str(path))
     prod = {o: n for n in m.graph.node for o in n.output}
     nodes = {n.name: n for n in m.graph.node}
-    return all(nodes[name].op_type in ("MatMul", "Gemm")  # not folded into an int8 kernel (the CPU file)
+    in_float_attention = {n.name.rsplit("/", 2)[0] for n in m.graph.node if n.op_type == "QAttention"}
+    return all(name.rsplit("/", 1)[0] in in_float_attention if name not in nodes else
+               nodes[name].op_type in ("MatMul", "Gemm")  # not folded into an int8 kernel (the CPU file)
                and not any(i in prod and prod[i].op_type == "DequantizeLinear" for i in nodes[name].input[:2])
                for name in names)
 
@@ -294,3 +297,25 @@ def test_one_excluded_set_passes_the_gate_for_both_files(monkeypatch, tmp_path):
                                             judge, 0.99, False, lambda s: None)
     assert excluded == ("/visual/proj",) and effect == {"/visual/proj": 0.9995}
     assert written == [("cpu", ()), ("tensorrt", ()), ("cpu", ("/visual/proj",)), ("tensorrt", ("/visual/proj",))]
+
+
+def test_the_cpu_file_keeps_qdq_attention_when_qattention_misses_the_gate(tiny_artifact, tmp_path):
+    """QAttention runs attention in float: on a random tower whose prompts nearly tie it can flip a top-1 the
+    QDQ file kept. The gate is measured on the file shipped; missed, the attention goes back to QDQ."""
+    from coder.export.int8 import cpu_form, held_out_pixels, prepare_for_quantization, quantize_file
+
+    art = load_artifact(tiny_artifact)
+    src = prepare_for_quantization(art.encoder("image", "fp32"), tmp_path, external=False)
+    path, ranges = tmp_path / "cpu.onnx", tmp_path / "ranges.json"
+    pixels = held_out_pixels(art.preprocess, 4)
+    quantize_file(src, path, "cpu", "MinMax", ranges, pixels)
+    verdicts = iter([0.5, 1.0])  # the QAttention file misses the gate, the QDQ-attention one passes
+    judge = lambda got: {"images": len(got), "min_cosine": next(verdicts), "top1_agreement": None}  # noqa: E731
+    kernels, got = cpu_form(src, path, "MinMax", ranges, pixels, pixels, judge, 0.99, (), False, lambda s: None)
+    assert kernels["attention_kernels"] == 0 and kernels["skipped"] == "missed the gate"
+    assert kernels["matmul_kernels"] > 0 and got.shape[0] == len(pixels)
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert "QAttention" not in ops and "Softmax" in ops and "MatMulIntegerToFloat" in ops
+    kernels, _ = cpu_form(src, path, "MinMax", ranges, pixels, pixels, lambda got: {"min_cosine": 1.0,
+                          "top1_agreement": None}, 0.99, (), False, lambda s: None)
+    assert kernels == {"matmul_kernels": 0, "attention_kernels": 2}  # already folded; attention fused now

@@ -6,7 +6,7 @@ import copy
 import numpy as np
 import pytest
 
-from coder.export import int8_openvino
+from coder.export import int8, int8_openvino
 from coder.manifest import Artifact, load_artifact
 
 pytest.importorskip("openvino")
@@ -56,11 +56,22 @@ def test_damaged_weights_are_refused_before_openvino_reads_them(art_dir):
         load_artifact(art_dir).encoder("image", "int8", "openvino")
 
 
-def test_without_an_ir_openvino_runs_the_cpu_qdq_file(tiny_artifact):
+def test_without_an_ir_openvino_runs_the_plain_qdq_file(tiny_artifact):
+    """The CPU file's QAttention is ONNX Runtime's own (OpenVINO's reader has no conversion for it): without an
+    IR, OpenVINO reads the plain QDQ file, the same calibration, and embeds as ONNX Runtime's CPU file does."""
+    ov = pytest.importorskip("openvino")
     art = load_artifact(tiny_artifact)
+    assert art.manifest["int8"]["cpu_attention_kernels"] > 0
     m = copy.deepcopy(art.manifest)
     del m["int8"]["files"]["openvino"]
-    assert Artifact(art.root, m).encoder_name("image", "int8", "openvino") == "image_encoder.int8.onnx"
+    name = Artifact(art.root, m).encoder_name("image", "int8", "openvino")
+    assert name == "image_encoder.int8.trt.onnx"
+    x = _scenes(tiny_artifact, 4)
+    compiled = ov.Core().compile_model(str(art.root / name), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+    got = np.array(compiled.create_infer_request().infer([x])[compiled.outputs[0]])
+    want = int8.embed(art.encoder("image", "int8", "cpu"), x)
+    cos = np.sum(got * want, 1) / np.linalg.norm(got, axis=1) / np.linalg.norm(want, axis=1)
+    assert cos.min() > 0.99
 
 
 def test_skipped_without_nncf_and_when_the_gate_fails(tiny_artifact, tmp_path, monkeypatch):
@@ -85,8 +96,12 @@ def test_export_report_names_the_ir_or_why_not():
                                "probe": {"min_cosine": 0.9988, "median_cosine": 0.9995}}}
     assert "NNCF 3.4.0, transformer model type): cosine min 0.99880 / median 0.99950" in "\n".join(int8_report_lines(ok))
     skipped = {**base, "openvino": {"skipped": "missed the gate"}}
-    assert "not written (missed the gate); --backend openvino runs the CPU QDQ file" in \
-        "\n".join(int8_report_lines(skipped))
+    assert "not written (missed the gate); --backend openvino runs the plain QDQ file (image_encoder.int8.trt.onnx)" \
+        in "\n".join(int8_report_lines(skipped))
+    kernels = {**base, "cpu_matmul_kernels": 49, "cpu_attention_kernels": 12}
+    assert "int8 CPU kernels: 49 MatMulIntegerToFloat, 12 QAttention" in int8_report_lines(kernels)
+    kept = {**kernels, "cpu_attention_kernels": 0, "cpu_attention_skipped": "missed the gate"}
+    assert "0 QAttention (kept as QDQ: QAttention missed the gate)" in "\n".join(int8_report_lines(kept))
 
 
 def test_classifier_reports_openvino_int8(tiny_artifact, tmp_path):

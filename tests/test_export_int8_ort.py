@@ -5,7 +5,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from coder.export.int8_ort import KERNEL, fold_matmul_bias, fold_model
+from coder.export.int8_ort import ATTENTION, KERNEL, fold_matmul_bias, fold_model, fuse_attention
 from coder.manifest import load_artifact
 
 ort = pytest.importorskip("onnxruntime")
@@ -139,23 +139,104 @@ def test_external_data_is_rewritten_beside_the_model(qdq):
         np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-5)
 
 
-def test_openvino_runs_the_folded_file_as_it_runs_the_qdq_file(qdq, tmp_path):
-    """Without an NNCF IR, `--backend openvino --precision int8` reads the CPU file: its ONNX reader must take
-    MatMulIntegerToFloat with uint8 activations and a non-zero zero point as ONNX Runtime does."""
-    ov = pytest.importorskip("openvino")
-    x = np.random.default_rng(4).normal(size=(3, 4, 32)).astype(np.float32)
-    folded = tmp_path / "folded.onnx"
-    model = onnx.load(str(qdq))
-    fold_model(model)
-    onnx.save(model, str(folded))
-    zero_points = [t for t in model.graph.initializer if t.data_type == TensorProto.UINT8]
-    assert any(numpy_helper.to_array(z).any() for z in zero_points)  # asymmetric activations
+S, D, H = 5, 16, 2  # tokens, width, heads (head width 8)
 
-    def run_ov(path):
-        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
-        res = compiled.create_infer_request().infer({"x": x})
-        return [np.array(res[o]) for o in compiled.outputs]
 
-    for got, want, ort_out in zip(run_ov(folded), run_ov(qdq), _run(folded, x)):
-        np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4)
-        np.testing.assert_allclose(got, ort_out, rtol=1e-3, atol=1e-3)
+def _attention_model(rng, scale=(D // H) ** -0.5, qk=(0, 1), mask=False) -> onnx.ModelProto:
+    """x (B,S,D) -> self-attention as coder's exporter writes it (q/k/v Gathers, Transposes, scaled q) -> out
+    projection. ``qk`` picks the Gather indices of q and k, ``mask`` adds a constant before the softmax."""
+    w = {"w_qkv": rng.normal(size=(D, 3 * D)) * np.repeat([0.8, 0.8, 0.25], D), "b_qkv": rng.normal(size=3 * D) / 4, "w_o": rng.normal(size=(D, D)),
+         "shape5": np.array([-1, S, 3, H, D // H]), "shape3": np.array([-1, S, D]), "scale": np.array(scale),
+         "i0": np.array(qk[0]), "i1": np.array(qk[1]), "i2": np.array(2)}
+    if mask:
+        w["mask"] = np.triu(np.full((S, S), -5.0), 1)
+    inits = [numpy_helper.from_array(v.astype(np.int64 if k[0] in "is" and k != "scale" else np.float32), k)
+             for k, v in w.items()]
+    n = helper.make_node
+    nodes = [n("MatMul", ["x", "w_qkv"], ["m"], name="blk/attn/MatMul"), n("Add", ["m", "b_qkv"], ["qkv"]),
+             n("Reshape", ["qkv", "shape5"], ["r"]),
+             *[n("Gather", ["r", f"i{j}"], [f"g{j}"], axis=2) for j in range(3)],
+             n("Transpose", ["g0"], ["qt"], perm=[0, 2, 1, 3]), n("Mul", ["qt", "scale"], ["q"]),
+             n("Transpose", ["g1"], ["k"], perm=[0, 2, 3, 1]), n("Transpose", ["g2"], ["v"], perm=[0, 2, 1, 3]),
+             n("MatMul", ["q", "k"], ["s0" if mask else "s"], name="blk/attn/MatMul_1"),
+             *([n("Add", ["s0", "mask"], ["s"])] if mask else []),
+             n("Softmax", ["s"], ["p"], axis=-1), n("MatMul", ["p", "v"], ["o"], name="blk/attn/MatMul_2"),
+             n("Transpose", ["o"], ["ot"], perm=[0, 2, 1, 3]), n("Reshape", ["ot", "shape3"], ["a"]),
+             n("MatMul", ["a", "w_o"], ["y"], name="blk/attn/out_proj/MatMul")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", S, D])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", S, D])], inits)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+
+
+def _reference_attention(x, model) -> np.ndarray:
+    """The float attention of ``_attention_model`` (scale 1/sqrt(head width)), straight from its weights."""
+    w = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    qkv = (x @ w["w_qkv"] + w["b_qkv"]).reshape(len(x), S, 3, H, D // H).transpose(2, 0, 3, 1, 4)
+    scores = qkv[0] @ qkv[1].transpose(0, 1, 3, 2) / np.sqrt(D // H)
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    out = (p / p.sum(-1, keepdims=True)) @ qkv[2]
+    return out.transpose(0, 2, 1, 3).reshape(len(x), S, D) @ w["w_o"]
+
+
+def _quantized(model, tmp_path, rng) -> onnx.ModelProto:
+    """``model`` through the export's own steps: ONNX shape inference, quantize_static (QDQ), the bias fold."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+
+    src, dst = tmp_path / "attn.onnx", tmp_path / "attn.q.onnx"
+    onnx.save(onnx.shape_inference.infer_shapes(model), str(src))
+    xs = [{"x": rng.normal(size=(1, S, D)).astype(np.float32)} for _ in range(16)]
+    quantize_static(str(src), str(dst), _Reader(xs), quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"],
+                    per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8,
+                    extra_options={"WeightSymmetric": True, "OpTypesToExcludeOutputQuantization": ["MatMul"]})
+    q = onnx.load(str(dst))
+    assert fold_model(q) == 2  # the q/k/v and the out projection
+    return q
+
+
+def _cosine(a, b) -> float:
+    a, b = a.reshape(len(a), -1), b.reshape(len(b), -1)
+    return float(np.min(np.sum(a * b, 1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)))
+
+
+def test_self_attention_becomes_one_qattention_matching_float_attention(tmp_path):
+    rng = np.random.default_rng(5)
+    model = _attention_model(rng)
+    q = _quantized(model, tmp_path, rng)
+    x = rng.normal(size=(3, S, D)).astype(np.float32)
+    unfused = _run(q.SerializeToString(), x)[0]
+    assert fuse_attention(q) == 1
+    ops = [n.op_type for n in q.graph.node]
+    assert ops.count(ATTENTION) == 1 and not {"Softmax", "Gather", "Transpose", "MatMul"} & set(ops)
+    assert {n.op_type for n in q.graph.node} == {ATTENTION, KERNEL, "QuantizeLinear"}
+    assert not [t.name for t in q.graph.initializer if t.name.startswith(("shape", "i", "scale"))]  # unread: gone
+    got = _run(q.SerializeToString(), x)[0]
+    want = _reference_attention(x, model)
+    assert _cosine(got, want) > 0.995 and _cosine(got, want) >= _cosine(unfused, want) - 1e-3  # q,k swapped: 0.26
+    alone = np.concatenate([_run(q.SerializeToString(), x[i:i + 1])[0] for i in range(3)])
+    np.testing.assert_allclose(alone, got, rtol=0, atol=1e-5)  # batch-independent
+    assert fuse_attention(q) == 0  # idempotent
+
+
+@pytest.mark.parametrize("change", [{"scale": 0.5}, {"qk": (1, 0)}, {"mask": True}])
+def test_attention_of_another_form_is_left_alone(tmp_path, change):
+    """QAttention scales by 1/sqrt(head width), reads q|k|v in that order and takes no additive mask."""
+    rng = np.random.default_rng(6)
+    model = _attention_model(rng, **change)
+    q = _quantized(model, tmp_path, rng)
+    x = rng.normal(size=(2, S, D)).astype(np.float32)
+    want = _run(q.SerializeToString(), x)[0]
+    assert fuse_attention(q) == 0
+    np.testing.assert_array_equal(_run(q.SerializeToString(), x)[0], want)
+
+
+def test_the_exported_cpu_file_runs_attention_as_qattention(tiny_artifact, tmp_path):
+    """Each block's attention is one QAttention in the optimized graph: no Softmax or q/k/v QuantizeLinear left."""
+    art = load_artifact(tiny_artifact)
+    assert art.manifest["int8"]["cpu_attention_kernels"] == 2  # coder-tiny: 2 blocks
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    ort.InferenceSession(str(art.encoder("image", "int8", "cpu")), opts, providers=["CPUExecutionProvider"])
+    ops = [n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node]
+    assert ops.count(ATTENTION) == 2 and "Softmax" not in ops
+    assert ops.count("QuantizeLinear") == 4 * 2 + 1  # per block: ln_1, attention output, ln_2, GELU; projection

@@ -223,9 +223,14 @@ def int8_report_lines(rec: dict) -> list[str]:
                                              f", top-1 agreement {100 * held['top1_agreement']:.1f}%")]
     lines += [f"int8 file {name}: {c['runs_on']}; activations {c['activations']}, weights {c['weights']}"
               for name, c in rec["consumers"].items()]
+    if "cpu_attention_kernels" in rec:
+        kept = f" (kept as QDQ: QAttention {rec['cpu_attention_skipped']})" if rec.get("cpu_attention_skipped") else ""
+        lines.append(f"int8 CPU kernels: {rec['cpu_matmul_kernels']} MatMulIntegerToFloat, "
+                     f"{rec['cpu_attention_kernels']} QAttention{kept}")
     ov = rec.get("openvino") or {}
     if ov.get("skipped"):
-        lines.append(f"int8 OpenVINO IR: not written ({ov['skipped']}); --backend openvino runs the CPU QDQ file")
+        lines.append(f"int8 OpenVINO IR: not written ({ov['skipped']}); --backend openvino runs the plain QDQ file "
+                     "(image_encoder.int8.trt.onnx)")
     elif ov:
         lines.append(f"int8 OpenVINO IR (NNCF {ov['nncf']}, {ov['model_type'] or 'default'} model type): cosine min "
                      f"{ov['probe']['min_cosine']:.5f} / median {ov['probe']['median_cosine']:.5f} on the gate scenes")

@@ -33,7 +33,7 @@ def trt_profile(art: Artifact) -> TrtProfile:
 
 def int8_consumer(backend: str) -> str:
     """Which int8 file a backend runs: the GPU backends (``cuda``, ``tensorrt``, ``tensorrt-native``) the TensorRT
-    (symmetric) one, OpenVINO its NNCF IR (else the CPU file), ONNX Runtime ``cpu`` the uint8-activation one."""
+    (symmetric) one, OpenVINO its NNCF IR (else that TensorRT QDQ file), ONNX Runtime ``cpu`` the uint8-activation one."""
     if is_openvino(backend):
         return "openvino"
     return "tensorrt" if backend.split("+", 1)[0] in ("cuda", "tensorrt", "tensorrt-native") else "cpu"
