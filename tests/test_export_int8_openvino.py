@@ -98,6 +98,9 @@ def test_export_report_names_the_ir_or_why_not():
     skipped = {**base, "openvino": {"skipped": "missed the gate"}}
     assert "not written (missed the gate); --backend openvino runs the plain QDQ file (image_encoder.int8.trt.onnx)" \
         in "\n".join(int8_report_lines(skipped))
+    dw = {**base, "openvino": {**ok["openvino"], "depthwise": {"runtime_precisions": {"bf16": 90}, "quantized": False}}}
+    assert "model type, depthwise convolutions not quantized (OpenVINO runs them 90 bf16)): cosine min 0.99880" in \
+        "\n".join(int8_report_lines(dw))
     kernels = {**base, "cpu_matmul_kernels": 49, "cpu_attention_kernels": 12}
     assert "int8 CPU kernels: 49 MatMulIntegerToFloat, 12 QAttention" in int8_report_lines(kernels)
     kept = {**kernels, "cpu_attention_kernels": 0, "cpu_attention_skipped": "missed the gate"}
@@ -144,3 +147,54 @@ def test_the_real_gate_on_the_int8_ir(tiny_artifact):
     art = load_artifact(tiny_artifact)
     verdict = run_gate(art, art.encoder("image", "int8", "openvino"), "bf16", "CPU")
     assert verdict.images == 16 and 0.99 < verdict.min_cosine <= 1.0 + 1e-6
+
+
+def _depthwise_model(path):
+    """x (B,3,16,16) -> pointwise conv -> 3x3 depthwise conv -> pointwise conv -> global pool: (B, 8)."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(7)
+    w = {"w1": rng.normal(size=(16, 3, 1, 1)), "wd": rng.normal(size=(16, 1, 3, 3)), "w2": rng.normal(size=(8, 16, 1, 1))}
+    n = helper.make_node
+    nodes = [n("Conv", ["x", "w1"], ["a"]), n("Relu", ["a"], ["b"]),
+             n("Conv", ["b", "wd"], ["c"], group=16, pads=[1, 1, 1, 1]), n("Relu", ["c"], ["d"]),
+             n("Conv", ["d", "w2"], ["e"]), n("GlobalAveragePool", ["e"], ["f"]), n("Flatten", ["f"], ["y"])]
+    graph = helper.make_graph(nodes, "dw", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["B", 3, 16, 16])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["B", 8])],
+                              [numpy_helper.from_array(v.astype(np.float32), k) for k, v in w.items()])
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path))
+    return path
+
+
+def _depthwise_quantized(xml) -> bool:
+    """Whether a FakeQuantize feeds the IR's GroupConvolution."""
+    model = int8_openvino.core().read_model(str(xml))
+    conv = next(op for op in model.get_ops() if op.get_type_name() == "GroupConvolution")
+    return any(i.get_source_output().get_node().get_type_name() == "FakeQuantize" for i in conv.inputs())
+
+
+def test_depthwise_precisions_reads_the_compiled_model(tmp_path):
+    model = int8_openvino.quantize_model(_depthwise_model(tmp_path / "dw.onnx"), _pixels(8))
+    ran = int8_openvino.depthwise_precisions(model)
+    assert sum(ran.values()) == 1 and set(ran) <= {"i8", "u8", "bf16", "f32", "f16"}
+
+
+@pytest.mark.parametrize("ran", [{"bf16": 1}, {"i8": 1}])
+def test_depthwise_convolutions_keep_quantizers_only_where_openvino_runs_them_int8(tmp_path, monkeypatch, ran):
+    """OpenVINO's CPU plugin may run a depthwise convolution in bf16 although NNCF quantized its input: the
+    quantizer is then a separate FakeQuantize node of pure overhead, and the IR is written without it."""
+    src = _depthwise_model(tmp_path / "dw.onnx")
+    x = _pixels(12)
+    want = int8.embed(src, x)
+    monkeypatch.setattr(int8_openvino, "depthwise_precisions", lambda model: ran)
+    out = tmp_path / "out"
+    out.mkdir()
+    rec = int8_openvino.quantize_openvino(src, out, x[:8], x[8:], int8.gate_judge(want[8:], None, 0), 0.5)
+    assert rec["file"] == int8_openvino.FILE
+    assert rec["depthwise"] == {"runtime_precisions": ran, "quantized": "i8" in ran}
+    assert _depthwise_quantized(out / int8_openvino.FILE) == ("i8" in ran)
+
+
+def _pixels(n: int) -> np.ndarray:
+    return np.random.default_rng(8).uniform(-1, 1, size=(n, 3, 16, 16)).astype(np.float32)

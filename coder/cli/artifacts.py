@@ -232,8 +232,11 @@ def int8_report_lines(rec: dict) -> list[str]:
         lines.append(f"int8 OpenVINO IR: not written ({ov['skipped']}); --backend openvino runs the plain QDQ file "
                      "(image_encoder.int8.trt.onnx)")
     elif ov:
-        lines.append(f"int8 OpenVINO IR (NNCF {ov['nncf']}, {ov['model_type'] or 'default'} model type): cosine min "
-                     f"{ov['probe']['min_cosine']:.5f} / median {ov['probe']['median_cosine']:.5f} on the gate scenes")
+        dw = ov.get("depthwise")
+        ran = "" if not dw else ", depthwise convolutions {} (OpenVINO runs them {})".format(
+            "quantized" if dw["quantized"] else "not quantized", ", ".join(f"{n} {p}" for p, n in dw["runtime_precisions"].items()))
+        lines.append(f"int8 OpenVINO IR (NNCF {ov['nncf']}, {ov['model_type'] or 'default'} model type{ran}): cosine "
+                     f"min {ov['probe']['min_cosine']:.5f} / median {ov['probe']['median_cosine']:.5f} on the gate scenes")
     ev = rec.get("eval_set")
     if ev:
         lines.append(f"int8 eval set {ev['dir']}: {ev['images']} images, CODER top-1 fp32 "

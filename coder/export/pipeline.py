@@ -141,7 +141,8 @@ def int8_key(opts: ExportOptions, info: dict[str, Any]) -> dict[str, Any]:
     o = opts.int8_options
     _, record = calibration_pixels(o, PreprocessConfig.from_dict(info["preprocess"]))
     return {"calibration": record, "held_out": o.held_out, "methods": list(o.methods), "min_cosine": o.min_cosine,
-            "openvino_ir": int8_openvino.available() is None, "cpu_form": CPU_FORM}
+            "openvino_ir": int8_openvino.available() is None, "cpu_form": CPU_FORM,
+            "openvino_form": int8_openvino.FORM_VERSION}
 
 
 def write_int8(opts: ExportOptions, state: dict[str, Any], info: dict[str, Any], ref: dict[str, Any] | None,
