@@ -5,7 +5,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from coder.export.int8_ort import ATTENTION, KERNEL, fold_matmul_bias, fold_model, fuse_attention
+from coder.export.int8_ort import ATTENTION, KERNEL, fold_model, fuse_attention, write_cpu_form
 from coder.manifest import load_artifact
 
 ort = pytest.importorskip("onnxruntime")
@@ -88,11 +88,13 @@ def test_weights_quantized_along_the_wrong_axis_are_left_to_onnx_runtime(qdq):
     assert {n.name: n.op_type for n in model.graph.node}["fc1"] == "MatMul"
 
 
-def test_fold_matmul_bias_rewrites_the_file_atomically(qdq):
+def test_write_cpu_form_rewrites_the_file_atomically(qdq):
     before = qdq.read_bytes()
-    assert fold_matmul_bias(qdq, external=False) == 3
+    assert write_cpu_form(qdq, external=False) == {"matmul_kernels": 3, "attention_kernels": 0}
     assert qdq.read_bytes() != before and sorted(p.name for p in qdq.parent.iterdir()) == ["f.onnx", "q.onnx"]
-    assert fold_matmul_bias(qdq, external=False) == 0
+    after = qdq.read_bytes()
+    assert write_cpu_form(qdq, external=False) == {"matmul_kernels": 0, "attention_kernels": 0}
+    assert qdq.read_bytes() == after  # nothing to rewrite: not written again
 
 
 def test_the_exported_cpu_file_runs_without_separate_bias_adds(tiny_artifact, tmp_path):
@@ -132,7 +134,7 @@ def test_external_data_is_rewritten_beside_the_model(qdq):
     x = np.random.default_rng(3).normal(size=(2, 4, 32)).astype(np.float32)
     want = _run(qdq, x)
     save_model(onnx.load(str(qdq)), qdq, external=True)
-    assert fold_matmul_bias(qdq, external=True) == 3
+    assert write_cpu_form(qdq, external=True, attention=False) == {"matmul_kernels": 3, "attention_kernels": 0}
     assert (qdq.parent / data_name(qdq.name)).is_file()
     assert sorted(p.name for p in qdq.parent.iterdir()) == ["f.onnx", "q.onnx", "q.onnx.data"]
     for g, w in zip(_run(qdq, x), want):

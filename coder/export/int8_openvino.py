@@ -139,7 +139,6 @@ def quantize_openvino(src: Path, out: Path, pixels: np.ndarray, probe: np.ndarra
     return {"file": FILE, **record}
 
 
-
 def depthwise_precisions(model) -> dict[str, int]:
     """How OpenVINO's CPU plugin runs ``model``'s depthwise convolutions, compiled as the runtime compiles an
     int8 IR (static batch 1, latency hint): ``{runtime precision: count}``, e.g. ``{"bf16": 90}``."""

@@ -8,7 +8,7 @@ bias is folded, 0.9 ms of ``Add`` (the residuals) and 0.8 ms of ``Gelu`` remain.
 ``DynamicQuantizeMatMul`` always took its bias, which is why the static file used to run at 0.89x
 dynamic's speed.
 
-:func:`fold_matmul_bias` writes the node ONNX Runtime would make, with the bias as its optional 7th
+:func:`fold_model` writes the node ONNX Runtime would make, with the bias as its optional 7th
 input (``MatMulIntegerToFloat(A, B, a_scale, b_scale, a_zero_point, b_zero_point, bias)``, ONNX Runtime
 docs/ContribOperators.md). The integers, scales and zero points are the QDQ file's own, so results
 stay batch-independent; only the float rounding of ``+ bias`` moves. Activation x activation MatMuls
@@ -18,8 +18,8 @@ OpenVINO (without its own IR) read the plain QDQ file.
 Self-attention is written as ONNX Runtime's ``QAttention`` kernel (:func:`fuse_attention`): the q/k/v
 projection from the same uint8 input, scores, softmax and the weighted sum in one node, the attention
 itself in float. Left as QDQ, each block ran 4 ``QuantizeLinear`` nodes on q, k, v and the softmax, and
-about 20 Split/Squeeze/Transpose/Reshape nodes around two small integer matmuls: the per-node cost that
-kept the static file at 0.93-0.97x the dynamic one's speed at batch 1 on ViT-B/32.
+about a dozen Split/Squeeze/Transpose/Reshape nodes around two small integer matmuls: the per-node cost that
+kept the static file at 0.92-0.95x the dynamic one's speed at batch 1 on ViT-B/32.
 
 >>> write_cpu_form(out / "image_encoder.int8.onnx", external=False)  # doctest: +SKIP
 {'matmul_kernels': 49, 'attention_kernels': 12}
@@ -51,27 +51,14 @@ def write_cpu_form(path: Path, external: bool, attention: bool = True) -> dict[s
     return counts
 
 
-def fold_matmul_bias(path: Path, external: bool) -> int:
-    """Rewrite ``path`` in place (atomically); returns how many weight MatMuls became ``MatMulIntegerToFloat``."""
-    import onnx
-
-    model = onnx.load(str(path))
-    folded = fold_model(model)
-    if folded:
-        with staged(path) as tmp:
-            save_model(model, tmp, external)
-    return folded
-
-
 def fold_model(model) -> int:
-    """:func:`fold_matmul_bias` on a loaded ``ModelProto`` (modified in place)."""
+    """Each weight MatMul with its bias as ``MatMulIntegerToFloat`` in ``model`` (modified in place); returns how many."""
     g = model.graph
     replace, drop = _plan(g)
     if not replace:
         return 0
     nodes = [replace.get(i, n) for i, n in enumerate(g.node) if i not in drop]
-    outputs = {o.name for o in g.output}
-    read = {x for n in nodes for x in n.input} | outputs
+    read = _reads(nodes) | {o.name for o in g.output}
     nodes = [n for n in nodes if n.op_type != "DequantizeLinear" or n.output[0] in read]  # now unread
     _set_nodes(model, nodes)
     return len(replace)
@@ -98,21 +85,15 @@ def _set_nodes(model, nodes) -> None:
 
 def _plan(g) -> tuple[dict[int, Any], set[int]]:
     """({node index: its MatMulIntegerToFloat}, {indices of the bias Adds it absorbs})."""
-    inits = {t.name: t for t in g.initializer}
-    producer = {o: n for n in g.node for o in n.output}
+    ix = _Index(g)
     position = {o: i for i, n in enumerate(g.node) for o in n.output}
-    users: dict[str, list] = {}
-    for n in g.node:
-        for x in n.input:
-            users.setdefault(x, []).append(n)
-    outputs = {o.name for o in g.output}
     replace, drop = {}, set()
     for i, n in enumerate(g.node):
-        pair = _dequantized_inputs(n, producer, inits)
+        pair = _dequantized_inputs(n, ix.producer, ix.inits)
         if pair is None:
             continue
         a, b = pair
-        add, bias = _bias_add(n, users, inits, outputs, inits[b.input[0]].dims[1])
+        add, bias = _bias_add(n, ix.users, ix.inits, ix.outputs, ix.inits[b.input[0]].dims[1])
         inputs = [a.input[0], b.input[0], a.input[1], b.input[1], _opt(a, 2), _opt(b, 2)] + ([bias] if bias else [])
         replace[i] = _node(KERNEL, inputs, add.output[0] if add is not None else n.output[0], n.name)
         if add is not None:
@@ -339,6 +320,7 @@ def _scores_to_output(mm1, mm2, ix: _Index, tokens: int, dim: int):
 def _qattention(qkv, end: str, heads: int, dim: int, ix: _Index):
     """``QAttention(x_u8, W, bias, x_scale, W_scale, mask="", x_zero_point, W_zero_point)`` writing ``end``."""
     import numpy as np
+    import onnx
     from onnx import numpy_helper
 
     bias = _opt(qkv, 6)
@@ -346,8 +328,6 @@ def _qattention(qkv, end: str, heads: int, dim: int, ix: _Index):
         bias = qkv.name + "/zero_bias"
         ix.graph.initializer.append(numpy_helper.from_array(np.zeros(3 * dim, np.float32), bias))
     inputs = [qkv.input[0], qkv.input[1], bias, qkv.input[2], qkv.input[3], "", _opt(qkv, 4), _opt(qkv, 5)]
-    import onnx
-
     return onnx.helper.make_node(ATTENTION, inputs, [end], name=qkv.name + "/QAttention", domain=DOMAIN,
                                  num_heads=heads)
 
